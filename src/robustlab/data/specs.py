@@ -1,0 +1,75 @@
+"""What robustlab knows about each named dataset without loading it.
+
+One place for class names, image shape and the normalisation statistics, used by the loaders
+and by ``robustlab.models.create(arch, dataset=...)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Static facts about a dataset: ``shape`` is (C, H, W); mean/std are per channel in [0, 1] units."""
+
+    name: str
+    classes: tuple[str, ...]
+    shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+_SPECS = {
+    "digits": DatasetSpec(
+        "digits", tuple(str(i) for i in range(10)), (1, 8, 8), (0.3053,), (0.3760,)
+    ),
+    "mnist": DatasetSpec("mnist", tuple(str(i) for i in range(10)), (1, 28, 28), (0.1307,), (0.3081,)),
+    "fashion-mnist": DatasetSpec(
+        "fashion-mnist",
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        (1, 28, 28),
+        (0.2860,),
+        (0.3530,),
+    ),
+    "cifar10": DatasetSpec(
+        "cifar10",
+        ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+        (3, 32, 32),
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
+    ),
+}
+
+_ALIASES = {
+    "fashion_mnist": "fashion-mnist",
+    "fashionmnist": "fashion-mnist",
+    "fmnist": "fashion-mnist",
+    "cifar-10": "cifar10",
+    "cifar_10": "cifar10",
+}
+
+
+def canonical_name(name: str) -> str:
+    """Map a dataset name or alias to its canonical name; ValueError for unknown names."""
+    if not isinstance(name, str):
+        raise TypeError(f"dataset name must be a string, got {type(name).__name__}")
+    key = name.strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in _SPECS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(sorted(_SPECS))}")
+    return key
+
+
+def spec(name: str) -> DatasetSpec:
+    """The :class:`DatasetSpec` of a named dataset (aliases accepted)."""
+    return _SPECS[canonical_name(name)]
+
+
+def names() -> tuple[str, ...]:
+    """Canonical names of the datasets robustlab can load."""
+    return tuple(sorted(_SPECS))

@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny real data (scikit-learn's digits, embedded in robustlab) and tiny models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+class DigitsNet(nn.Module):
+    """A tiny CNN with normalisation inside, BatchNorm and Dropout (to test mode handling)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(0.3053).reshape(1, 1, 1, 1))
+        self.register_buffer("std", torch.tensor(0.3760).reshape(1, 1, 1, 1))
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1, stride=2), nn.ReLU(),
+            nn.Flatten(), nn.Dropout(0.1), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body((x - self.mean) / self.std)
+
+
+def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(x.shape[0], generator=g)
+        for i in range(0, x.shape[0], 64):
+            idx = perm[i : i + 64]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    for p in model.parameters():
+        p.grad = None
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="session")
+def digits_train():
+    import robustlab as rl
+
+    return rl.data.load("digits", split="train")
+
+
+@pytest.fixture(scope="session")
+def digits_test():
+    import robustlab as rl
+
+    return rl.data.load("digits", split="test")
+
+
+@pytest.fixture(scope="session")
+def digits_model(digits_train) -> nn.Module:
+    """A small CNN trained on digits (about 97% test accuracy), in eval mode."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = DigitsNet()
+    return _train(model, digits_train.images, digits_train.labels, epochs=15, seed=0)
+
+
+@pytest.fixture()
+def model(digits_model) -> nn.Module:
+    """The session's digits model, reset to eval mode for each test."""
+    return digits_model.eval()
+
+
+@pytest.fixture(scope="session")
+def batch(digits_test, digits_model):
+    """16 correctly classified test digits (x, y)."""
+    with torch.no_grad():
+        pred = digits_model(digits_test.images[:64]).argmax(1)
+    keep = (pred == digits_test.labels[:64]).nonzero().squeeze(1)[:16]
+    return digits_test.images[keep].clone(), digits_test.labels[keep].clone()
