@@ -1,0 +1,204 @@
+"""Adversaries for the one training loop: each turns a clean batch into a training loss.
+
+All share the :class:`~robustlab.defenses.adversaries.Adversary` contract
+``loss(model, x, y, *, generator, eps_scale) -> scalar``: the loop calls it with the model in
+train mode; adversarial points are crafted with the model in eval mode (BatchNorm statistics are
+not updated by adversarial crafting, dropout is off; TRADES' reference code does the same) and
+treated as constants, then the loss is computed in train mode. ``eps_scale`` in [0, 1] is the
+linear eps warm-up factor the loop passes.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robustlab._checks import check_positive
+from robustlab.attacks.base import eval_mode, input_gradient
+from robustlab.defenses.adversaries import Adversary
+from robustlab.threat import ThreatModel
+
+
+def _threat(tm: object) -> ThreatModel:
+    if not isinstance(tm, ThreatModel):
+        raise TypeError(f"threat must be a robustlab.ThreatModel, got {type(tm).__name__}")
+    if tm.norm == "l0":
+        raise ValueError("adversarial training supports the linf, l2 and l1 threat models, got norm 'l0'")
+    return tm
+
+
+def _scaled(tm: ThreatModel, eps_scale: float) -> ThreatModel:
+    return tm if eps_scale >= 1.0 else tm.with_eps(tm.eps * max(0.0, float(eps_scale)))
+
+
+def pgd_ascent(
+    model: nn.Module,
+    objective,
+    x: Tensor,
+    tm: ThreatModel,
+    steps: int,
+    step_size: float,
+    start: Tensor,
+) -> Tensor:
+    """``steps`` projected steepest-ascent steps of ``objective(logits) -> (N,)`` from ``start``,
+    with no early stop (training wants the high-loss point, Madry et al. 2018). Eval mode."""
+    xa = start.detach()
+    with eval_mode(model):
+        for _ in range(steps):
+            _, _, grad = input_gradient(model, xa, objective)
+            xa = tm.project(xa + step_size * tm.ascent(grad, xa), x)
+    return xa.detach()
+
+
+class FGSMRegularized(Adversary):
+    """Goodfellow, Shlens, Szegedy 2015 (arXiv:1412.6572, Sec. 5): the adversarial objective
+    ``J~(x) = alpha J(x) + (1 - alpha) J(x + eps sign(grad_x J(x)))``, alpha = 0.5 in the paper.
+
+    The input gradient comes from the same forward pass as the clean loss (train mode), so the
+    regulariser costs one extra forward and backward.
+    """
+
+    name = "fgsm-reg"
+
+    def __init__(self, threat: ThreatModel, alpha: float = 0.5) -> None:
+        self.threat = _threat(threat)
+        if not 0.0 <= float(alpha) <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+        self.alpha = float(alpha)
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator, eps_scale: float = 1.0) -> Tensor:
+        tm = _scaled(self.threat, eps_scale)
+        xg = x.detach().requires_grad_(True)
+        clean = F.cross_entropy(model(xg), y)
+        (g,) = torch.autograd.grad(clean, xg, retain_graph=True)
+        x_adv = tm.project(x + tm.eps * tm.ascent(g.detach(), x), x).detach()
+        return self.alpha * clean + (1.0 - self.alpha) * F.cross_entropy(model(x_adv), y)
+
+    def config(self) -> dict:
+        return {"name": self.name, "threat": self.threat.to_dict(), "alpha": self.alpha}
+
+
+class FGSMRS(Adversary):
+    """FGSM from a random start (Wong, Rice, Kolter 2020, "Fast is better than free",
+    arXiv:2001.03994, Alg. 3): ``delta ~ U(B_eps)``, ``delta <- Proj(delta + step * sign(grad))``,
+    train on ``x + delta``. The paper's step is ``1.25 eps``.
+
+    Catastrophic overfitting (PGD robust accuracy collapsing while FGSM accuracy soars) is
+    detected by the training loop's robust validation hook (:func:`robust_validation`).
+    """
+
+    name = "fgsm-rs"
+
+    def __init__(self, threat: ThreatModel, step: Optional[float] = None) -> None:
+        self.threat = _threat(threat)
+        self.step = float(check_positive(step, "step")) if step is not None else 1.25 * self.threat.eps
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator, eps_scale: float = 1.0) -> Tensor:
+        tm = _scaled(self.threat, eps_scale)
+        step = self.step * min(1.0, max(0.0, float(eps_scale)))
+        start = tm.random_start(x, generator)
+        x_adv = pgd_ascent(model, lambda z: F.cross_entropy(z, y, reduction="none"), x, tm, 1, step, start)
+        return F.cross_entropy(model(x_adv), y)
+
+    def config(self) -> dict:
+        return {"name": self.name, "threat": self.threat.to_dict(), "step": self.step}
+
+
+class PGDAdversary(Adversary):
+    """Madry et al. 2018 (arXiv:1706.06083, eq. 2.1): ``min_theta E max_{delta in B} L(f(x + delta), y)``,
+    the inner max by ``steps`` of PGD from a random start with step ``step_size``
+    (default ``2.5 eps / steps``)."""
+
+    name = "pgd"
+
+    def __init__(self, threat: ThreatModel, steps: int = 10, step_size: Optional[float] = None, random_start: bool = True) -> None:
+        self.threat = _threat(threat)
+        self.steps = int(check_positive(steps, "steps", integer=True))
+        self.step_size = float(check_positive(step_size, "step_size")) if step_size is not None else 2.5 * self.threat.eps / self.steps
+        if self.threat.norm == "linf" and self.step_size > 2 * self.threat.eps > 0:
+            raise ValueError(
+                f"step_size={self.step_size} is more than twice eps={self.threat.eps}: every step would jump across the "
+                "whole linf ball; expected step_size <= 2 * eps"
+            )
+        self.random_start = bool(random_start)
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator, eps_scale: float = 1.0) -> Tensor:
+        tm = _scaled(self.threat, eps_scale)
+        start = tm.random_start(x, generator) if self.random_start else x
+        step = self.step_size * min(1.0, max(0.0, float(eps_scale)))
+        return pgd_ascent(model, lambda z: F.cross_entropy(z, y, reduction="none"), x, tm, self.steps, step, start)
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator, eps_scale: float = 1.0) -> Tensor:
+        return F.cross_entropy(model(self.perturb(model, x, y, generator, eps_scale)), y)
+
+    def config(self) -> dict:
+        return {"name": self.name, "threat": self.threat.to_dict(), "steps": self.steps, "step_size": self.step_size,
+                "random_start": self.random_start}
+
+
+def _kl_rows(log_p_adv: Tensor, p_clean: Tensor) -> Tensor:
+    """``KL(p_clean || p_adv)`` per sample from log-probabilities of the adversarial point."""
+    return (p_clean * (p_clean.clamp_min(1e-12).log() - log_p_adv)).sum(dim=1)
+
+
+class TRADES(Adversary):
+    """Zhang et al. 2019 (arXiv:1901.08573, eq. 5): ``CE(f(x), y) + beta * KL(f(x) || f(x'))`` with
+    ``x' = argmax_{x' in B(x)} KL(f(x) || f(x'))`` found by PGD from ``x + 0.001 N(0, I)``.
+    beta = 6 in the paper (1/lambda)."""
+
+    name = "trades"
+
+    def __init__(self, threat: ThreatModel, beta: float = 6.0, steps: int = 10, step_size: Optional[float] = None) -> None:
+        self.threat = _threat(threat)
+        self.beta = float(check_positive(beta, "beta", allow_zero=True))
+        self.steps = int(check_positive(steps, "steps", integer=True))
+        self.step_size = float(check_positive(step_size, "step_size")) if step_size is not None else 2.5 * self.threat.eps / self.steps
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator, eps_scale: float = 1.0) -> Tensor:
+        tm = _scaled(self.threat, eps_scale)
+        with eval_mode(model), torch.no_grad():
+            p_clean = F.softmax(model(x), dim=1)
+        noise = 0.001 * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        start = tm.project(x + noise, x)
+        step = self.step_size * min(1.0, max(0.0, float(eps_scale)))
+        x_adv = pgd_ascent(model, lambda z: _kl_rows(F.log_softmax(z, dim=1), p_clean), x, tm, self.steps, step, start)
+        logits = model(x)
+        robust = _kl_rows(F.log_softmax(model(x_adv), dim=1), F.softmax(logits, dim=1)).mean()
+        return F.cross_entropy(logits, y) + self.beta * robust
+
+    def config(self) -> dict:
+        return {"name": self.name, "threat": self.threat.to_dict(), "beta": self.beta, "steps": self.steps,
+                "step_size": self.step_size}
+
+
+class MART(Adversary):
+    """Misclassification-aware adversarial training (Wang et al. 2020, ICLR, eq. 9):
+    ``BCE(p(x'), y) + beta * KL(p(x) || p(x')) * (1 - p_y(x))`` with
+    ``BCE(p, y) = -log p_y - log(1 - max_{k != y} p_k)`` and ``x'`` from PGD on the cross-entropy.
+    beta = 6 in the paper."""
+
+    name = "mart"
+
+    def __init__(self, threat: ThreatModel, beta: float = 6.0, steps: int = 10, step_size: Optional[float] = None) -> None:
+        self.threat = _threat(threat)
+        self.beta = float(check_positive(beta, "beta", allow_zero=True))
+        self._pgd = PGDAdversary(threat, steps, step_size)
+        self.steps, self.step_size = self._pgd.steps, self._pgd.step_size
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator, eps_scale: float = 1.0) -> Tensor:
+        x_adv = self._pgd.perturb(model, x, y, generator, eps_scale)
+        logits_adv, logits = model(x_adv), model(x)
+        p_adv, p = F.softmax(logits_adv, dim=1), F.softmax(logits, dim=1)
+        onehot = F.one_hot(y, p.shape[1]).bool()
+        best_other = p_adv.masked_fill(onehot, 0.0).amax(dim=1)
+        bce = F.cross_entropy(logits_adv, y, reduction="none") - torch.log((1.0 - best_other).clamp_min(1e-12))
+        p_true = p.gather(1, y[:, None]).squeeze(1)
+        kl = _kl_rows(F.log_softmax(logits_adv, dim=1), p)
+        return (bce + self.beta * kl * (1.0 - p_true)).mean()
+
+    def config(self) -> dict:
+        return {"name": self.name, "threat": self.threat.to_dict(), "beta": self.beta, "steps": self.steps,
+                "step_size": self.step_size}
