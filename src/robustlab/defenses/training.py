@@ -230,7 +230,7 @@ def train(
         if val_data is not None:
             record["val_accuracy"] = accuracy(model, _on_device(val_data, dev))
         extra = evaluate_fn(model, val_data) if evaluate_fn is not None else {}
-        record.update({k: v for k, v in extra.items() if k != "stop"})
+        record.update({k: v for k, v in extra.items() if k not in ("stop", "reason")})
         history.append(record)
         score = record.get("robust_accuracy", record.get("val_accuracy", -train_loss))
         if score >= best_score:
@@ -238,7 +238,7 @@ def train(
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if out_dir is not None:
                 save(model, out_dir / "best", {"training": config, "epoch": epoch + 1})
-        log.info("epoch %d/%d %s", epoch + 1, epochs, ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
+        log.info("epoch %d/%d %s", epoch + 1, epochs, ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items() if k != "epoch"))
         if out_dir is not None:
             _checkpoint(model, opt, out_dir, epoch, history, best_epoch, best_score, config)
         if extra.get("stop"):
