@@ -77,7 +77,8 @@ def write_comparison(out: "str | Path", evaluations: dict[str, tuple[Any, Any]],
         cls = test_set.classes
         clean_text = [f"{cls[int(p.argmax())]} ({float(p.max()):.2f})" for p in p_clean]
         adv_text = [f"{cls[int(p.argmax())]} ({float(p.max()):.2f})" + (" ✗" if s else "") for p, s in zip(p_adv, res.success)]
-        png = figures.adversarial_grid(x, res.x_adv, [cls[int(v)] for v in y], clean_text, adv_text)
+        amplify = min(10.0, 0.5 / max(float((res.x_adv - x).abs().max()), 1e-6))
+        png = figures.adversarial_grid(x, res.x_adv, [cls[int(v)] for v in y], clean_text, adv_text, amplify=round(amplify, 1))
         fname = f"grid_{name}.png"
         atomic_write_bytes(out / fname, png)
         sections.append(f"<div><h3>{html.escape(name)}, eps {eps:g}</h3>{_img(png, f'adversarial examples for {name}')}</div>")
