@@ -40,16 +40,20 @@ def _model(cfg: dict, train_set, test_set, folder: Path, quick: bool, retrain: b
         model = models.load(path)
         print(f"  reusing {path} (test accuracy {model.metadata['metrics'].get('val_accuracy', float('nan')):.4f})")
         return model, name
-    adversary = None
+    adversary, evaluate_fn = None, None
     if cfg["adversary"] == "fgsm-rs":
-        adversary = defenses.FGSMRS(ThreatModel("linf", cfg["eps"]))
+        tm = ThreatModel("linf", cfg["eps"])
+        adversary = defenses.FGSMRS(tm)
+        evaluate_fn = defenses.robust_validation(tm, n=500, steps=10)
     epochs = max(1, cfg["epochs"] // 3) if quick else cfg["epochs"]
     data = train_set.subset(10_000) if quick else train_set
     print(f"  training {name}: {cfg['arch']}, {epochs} epochs, adversary {cfg['adversary'] or 'none'}")
     model = models.create(cfg["arch"], train_set, seed=0)
     t0 = time.perf_counter()
-    defenses.train(model, data, adversary=adversary, epochs=epochs, val_data=test_set.subset(2000), out=path, seed=0,
-                   progress=progress, eps_warmup_epochs=epochs / 3 if adversary is not None else 0.0)
+    # Validation images come from the end of the test set; the evaluation uses its beginning.
+    val = test_set[len(test_set) - 2000 :]
+    defenses.train(model, data, adversary=adversary, epochs=epochs, val_data=val, evaluate_fn=evaluate_fn, out=path,
+                   seed=0, progress=progress, eps_warmup_epochs=epochs / 3 if adversary is not None else 0.0)
     print(f"  trained {name} in {time.perf_counter() - t0:.0f} s")
     return models.load(path), name
 

@@ -202,3 +202,33 @@ class MART(Adversary):
     def config(self) -> dict:
         return {"name": self.name, "threat": self.threat.to_dict(), "beta": self.beta, "steps": self.steps,
                 "step_size": self.step_size}
+
+
+def robust_validation(threat: ThreatModel, *, n: int = 500, steps: int = 10, restarts: int = 1,
+                      collapse: float = 0.2, seed: int = 0):
+    """An ``evaluate_fn`` for :func:`robustlab.defenses.train`: PGD robust accuracy on the first
+    ``n`` validation images after every epoch, used to keep the most robust epoch. It also detects
+    catastrophic overfitting (Wong et al. 2020, Sec. 5.1): when the PGD robust accuracy falls more
+    than ``collapse`` below the best seen so far, it asks the loop to stop (the best epoch is kept)."""
+    from robustlab.attacks.pgd import PGD
+    from robustlab.attacks.base import model_device
+    from robustlab.models.metrics import as_tensors
+
+    attack = PGD(_threat(threat), steps=steps, restarts=restarts, seed=seed)
+    best = {"value": -1.0}
+
+    def evaluate(model: nn.Module, val_data) -> dict:
+        if val_data is None:
+            raise ValueError("robust_validation needs val_data in train()")
+        x, y = as_tensors(val_data)
+        dev = model_device(model, x.device)
+        res = attack.attack(model, x[:n].to(dev), y[:n].to(dev))
+        acc = res.robust_accuracy
+        out = {"robust_accuracy": acc}
+        if best["value"] - acc > collapse:
+            out.update(stop=True, reason=f"PGD robust accuracy fell from {best['value']:.3f} to {acc:.3f} "
+                                         "(catastrophic overfitting)")
+        best["value"] = max(best["value"], acc)
+        return out
+
+    return evaluate

@@ -1,0 +1,93 @@
+"""PGD-40 (linf, eps 0.3, step 0.01, random start) on the first N MNIST test images: robustlab vs
+torchattacks (and Foolbox if installed), same model, same images, one process.
+
+    python benchmarks/bench_pgd.py [--n 1000] [--batch-size 250] [--repeats 2]
+
+Prints images/s for each library, the ratio to robustlab, and the robust accuracies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import first_test_images, hardware, mnist_model, timed  # noqa: E402
+
+import robustlab as rl  # noqa: E402
+
+EPS, STEP, STEPS = 0.3, 0.01, 40
+
+
+def robustlab_pgd(model, x, y, bs, early_stop=True):
+    attack = rl.attacks.PGD(rl.ThreatModel("linf", EPS), steps=STEPS, step_size=STEP, seed=0, early_stop=early_stop)
+    robust = []
+    for i in range(0, len(y), bs):
+        robust.append(attack.attack(model, x[i : i + bs], y[i : i + bs]).robust)
+    return torch.cat(robust)
+
+
+def torchattacks_pgd(model, x, y, bs):
+    import torchattacks
+
+    atk = torchattacks.PGD(model, eps=EPS, alpha=STEP, steps=STEPS, random_start=True)
+    robust = []
+    for i in range(0, len(y), bs):
+        xa = atk(x[i : i + bs], y[i : i + bs])
+        with torch.no_grad():
+            robust.append(model(xa).argmax(1) == y[i : i + bs])
+    return torch.cat(robust)
+
+
+def foolbox_pgd(model, x, y, bs):
+    import foolbox as fb
+
+    fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+    atk = fb.attacks.LinfPGD(rel_stepsize=STEP / EPS, abs_stepsize=STEP, steps=STEPS, random_start=True)
+    robust = []
+    for i in range(0, len(y), bs):
+        _, _, success = atk(fmodel, x[i : i + bs], y[i : i + bs], epsilons=EPS)
+        robust.append(~success)
+    return torch.cat(robust)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--batch-size", type=int, default=250)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args()
+    model = mnist_model()
+    x, y = first_test_images(args.n)
+    runners = {
+        "robustlab": robustlab_pgd,
+        # All 40 steps on every image, as the peers do: the per-step cost without early stopping.
+        "robustlab (no early stop)": lambda *a: robustlab_pgd(*a, early_stop=False),
+        "torchattacks": torchattacks_pgd,
+        "foolbox": foolbox_pgd,
+    }
+    rows = {}
+    for name, fn in runners.items():
+        try:
+            robust, seconds = timed(lambda: fn(model, x, y, args.batch_size), args.repeats)
+        except ImportError as exc:
+            print(f"{name}: not installed ({exc}); skipped")
+            continue
+        rows[name] = {"images_per_s": args.n / seconds, "seconds": seconds, "robust_accuracy": float(robust.float().mean())}
+    base = rows["robustlab"]["images_per_s"]
+    print(f"PGD-{STEPS} linf eps={EPS} step={STEP}, first {args.n} MNIST test images, cnn; {hardware()}")
+    print(f"{'library':<27}{'images/s':>10}{'robustlab speed-up':>20}{'robust acc':>12}")
+    for name, r in rows.items():
+        print(f"{name:<27}{r['images_per_s']:>10.1f}{base / r['images_per_s']:>19.2f}x{100 * r['robust_accuracy']:>11.2f}%")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"hardware": hardware(), "n": args.n, "results": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""The command line end to end on digits: train, evaluate, certify; user errors are one clear line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from robustlab.cli import main
+
+
+def test_train_evaluate_certify_on_digits(tmp_path, capsys):
+    model = tmp_path / "digits-mlp"
+    assert main(["train", "--dataset", "digits", "--arch", "mlp", "--epochs", "3", "--out", str(model), "--no-progress"]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    out = tmp_path / "ev"
+    assert main(["evaluate", "--model", str(model), "--attack", "fgsm,pgd", "--eps", "0.05,0.3", "--n", "40",
+                 "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["n"] == 40 and [r["eps"] for r in report["per_eps"]] == [0.05, 0.3]
+    pgd_03 = report["per_eps"][1]["attacks"]["pgd"]["robust_accuracy"]["value"]
+    assert pgd_03 <= 0.1 and f"{pgd_03:.4f}" in printed
+    # Resume reuses the finished batches and gives the same numbers.
+    assert main(["evaluate", "--model", str(model), "--attack", "fgsm,pgd", "--eps", "0.05,0.3", "--n", "40",
+                 "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert json.loads((out / "evaluation.json").read_text())["per_eps"] == report["per_eps"]
+    cert_file = tmp_path / "cert.json"
+    assert main(["certify", "--model", str(model), "--sigma", "0.25", "--n0", "20", "--n", "200", "--n-images", "5",
+                 "--radii", "0,0.1", "--out", str(cert_file)]) == 0
+    cert = json.loads(cert_file.read_text())
+    assert len(cert["certificate"]["radius"]) == 5 and cert["certified_accuracy"][0] >= cert["certified_accuracy"][1]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--dataset", "imagenet", "--arch", "mlp", "--out", "x"], "unknown dataset 'imagenet'"),
+        (["train", "--dataset", "digits", "--arch", "vgg", "--out", "x"], "unknown architecture 'vgg'"),
+        (["train", "--dataset", "digits", "--arch", "mlp", "--out", "x", "--adversary", "pgd"], "needs --eps"),
+        (["evaluate", "--model", "does-not-exist"], "no model at does-not-exist"),
+    ],
+)
+def test_user_errors_are_one_line(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_bad_eps_for_the_norm_is_refused_before_any_attack(tmp_path, capsys):
+    model = tmp_path / "m"
+    main(["train", "--dataset", "digits", "--arch", "mlp", "--epochs", "1", "--out", str(model), "--no-progress"])
+    assert main(["evaluate", "--model", str(model), "--eps", "1.5", "--out", str(tmp_path / "e")]) == 2
+    assert "larger than the input range" in capsys.readouterr().err
+    assert not (tmp_path / "e" / "evaluation.json").exists()
