@@ -110,7 +110,7 @@ def test_l2_pgd_reaches_the_hyperplane_distance():
     x = torch.full((4, 1, 8, 8), 0.5, dtype=torch.float64) + 0.1 * torch.randn(4, 1, 8, 8, generator=g, dtype=torch.float64)
     z = model(x)[:, 1]
     y = (z > 0).long()
-    dist = z.abs() / w.norm()
+    dist = (z.abs() / w.norm()).detach()
     for scale, expect in ((1.02, True), (0.98, False)):
         for i in range(4):
             tm = rl.ThreatModel("l2", float(dist[i]) * scale)
