@@ -208,3 +208,13 @@ def test_real_fashion_mnist_from_debian(tmp_path, monkeypatch):
 def test_real_mnist_from_cache():
     d = rl.data.load("mnist", "test", download=False)
     assert len(d) == 10000 and d.labels[:5].tolist() == [7, 2, 1, 0, 4]
+
+
+def test_fetch_copies_into_the_cache_and_names_the_source(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBUSTLAB_CACHE", str(tmp_path / "cache"))
+    _write_fake_idx_dataset(tmp_path / "mine" / "fashion-mnist")
+    info = rl.data.fetch("fashion-mnist", root=tmp_path / "mine", download=False)
+    assert info.path == tmp_path / "cache" / "fashion-mnist" and "copied from" in info.source
+    assert sources.complete("fashion-mnist", info.path)
+    d = rl.data.load("fashion-mnist", "train", download=False)
+    assert len(d) == 12 and "cache" in d.source

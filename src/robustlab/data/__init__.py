@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from robustlab._io import atomic_write_bytes, atomic_write_text
 from robustlab.data import cifar, sources
 from robustlab.data.dataset import Dataset, from_tensors
 from robustlab.data.idx import read_idx, write_idx
@@ -97,9 +98,20 @@ class FetchInfo:
 
 
 def fetch(name: str, root: "str | os.PathLike[str] | None" = None, *, download: bool = True) -> FetchInfo:
-    """Make sure dataset ``name`` is available (in ``root`` or the cache) and say where it came from."""
+    """Put dataset ``name`` into the user cache (copying it from ``root`` or an offline source,
+    or downloading it) and say where it came from."""
     key = canonical_name(name)
     if key == "digits":
         return FetchInfo(key, Path(str(resources.files("robustlab.data").joinpath("digits.npz"))), "embedded in robustlab")
     loc = sources.locate(key, root, download_ok=download)
+    cache = sources.cache_dir() / key
+    if loc.folder.resolve() != cache.resolve():
+        for fname in sources.files_for(key):
+            src = loc.folder / fname
+            if src.is_file():
+                atomic_write_bytes(cache / fname, src.read_bytes())
+        if not sources.complete(key, cache):  # e.g. CIFAR-10 extracted rather than archived
+            return FetchInfo(key, loc.folder, loc.source)
+        atomic_write_text(cache / "SOURCE", loc.source + "\n")
+        return FetchInfo(key, cache, f"copied from {loc.source}")
     return FetchInfo(key, loc.folder, loc.source)
