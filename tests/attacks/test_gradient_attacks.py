@@ -32,7 +32,9 @@ def test_property_suite(model, batch, norm, make):
     x, y = batch
     tm = rl.ThreatModel(norm, NORM_EPS[norm])
     model.train()  # the suite checks that the attack restores this
-    check_attack(lambda s: make(tm, s), model, x, y)
+    res = check_attack(lambda s: make(tm, s), model, x, y)
+    assert model.training and len(res) == x.shape[0]
+    assert bool(tm.contains(res.x_adv, x).all())
     model.eval()
 
 

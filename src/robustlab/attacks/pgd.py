@@ -98,7 +98,7 @@ class PGD(Attack):
                 break
             hit = is_adversarial(predict(model, xa), y0, t0)
             out[idx] = xa  # last iterate for the rest: adversarial or the final point of this restart
-            remaining = idx[~hit] if self.early_stop else idx[~hit]
+            remaining = idx[~hit]
             if remaining.numel() == 0:
                 break
         return RawResult(out, iterations)
