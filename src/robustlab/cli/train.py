@@ -1,85 +1,120 @@
-"""``robustlab train --dataset mnist --arch cnn --epochs N --out runs/mnist-cnn [--adversary ...]``."""
+"""``robustlab train --dataset mnist --arch cnn --epochs N --out runs/mnist-cnn [--adversary ...]``.
+
+The ``--adversary`` choices and their options (``--sigma``, ``--eps``, ``--steps``, ...) come from
+the registry :data:`robustlab.defenses.adversaries.ADVERSARIES`, so an adversary registered
+there is offered here without editing this module.
+
+Validation: ``--val-n N`` / ``--val-split F`` hold out N (or a fraction F of the) training images,
+chosen by a permutation seeded with ``--seed``, to pick the best epoch; the test set is then
+only evaluated once at the end. Without them the test set is monitored every epoch and the last
+epoch is kept (choosing an epoch on the test set would bias its accuracy).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
-from typing import Callable
-
-ADVERSARY_HELP = "none (standard), noise (Gaussian, --sigma), fgsm-reg, fgsm-rs, pgd, trades, mart"
+from typing import Any
 
 
-def _adversary(args: argparse.Namespace):
-    from robustlab import ThreatModel, defenses
+def register(subparsers: "argparse._SubParsersAction[Any]") -> None:
+    import robustlab.defenses  # noqa: F401  (registers every adversary shipped with robustlab)
+    from robustlab.defenses.adversaries import ADVERSARIES, cli_params
+    from robustlab.defenses.training import OPTIMIZERS, SCHEDULES
 
-    name = args.adversary
-    if name == "none":
-        return None
-    if name == "noise":
-        return defenses.GaussianNoise(args.sigma)
-    if args.eps is None:
-        raise ValueError(f"--adversary {name} needs --eps (and --norm, default linf)")
-    tm = ThreatModel(args.norm, args.eps)
-    makers: dict[str, Callable] = {
-        "fgsm-reg": lambda: defenses.FGSMRegularized(tm, alpha=args.alpha),
-        "fgsm-rs": lambda: defenses.FGSMRS(tm, step=args.step_size),
-        "pgd": lambda: defenses.PGDAdversary(tm, steps=args.steps, step_size=args.step_size),
-        "trades": lambda: defenses.TRADES(tm, beta=args.beta, steps=args.steps, step_size=args.step_size),
-        "mart": lambda: defenses.MART(tm, beta=args.beta, steps=args.steps, step_size=args.step_size),
-    }
-    return makers[name]()
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train", help="train a model (standard, noise or adversarial training)")
+    p = subparsers.add_parser(
+        "train", help="train a model (standard, noise or adversarial training)",
+        description="Train a model on a dataset and save it (safetensors + metadata.json) with per-epoch "
+                    "checkpoints in --out.",
+    )
     p.add_argument("--dataset", required=True, help="digits, mnist, fashion-mnist, cifar10")
     p.add_argument("--arch", required=True, help="mlp, cnn, small-cnn, resnet18")
-    p.add_argument("--out", required=True, help="output directory (model + checkpoints)")
+    p.add_argument("--out", required=True, help="output directory (final model, checkpoint/, best/)")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--schedule", choices=("cosine", "step", "onecycle", "constant"), default="cosine")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--adversary", choices=("none", "noise", "fgsm-reg", "fgsm-rs", "pgd", "trades", "mart"), default="none",
-                   help=ADVERSARY_HELP)
-    p.add_argument("--sigma", type=float, default=0.25, help="noise level for --adversary noise")
-    p.add_argument("--norm", default="linf")
-    p.add_argument("--eps", type=float, default=None)
-    p.add_argument("--steps", type=int, default=10, help="PGD steps for pgd/trades/mart")
-    p.add_argument("--step-size", type=float, default=None)
-    p.add_argument("--alpha", type=float, default=0.5, help="clean-loss weight for fgsm-reg")
-    p.add_argument("--beta", type=float, default=6.0, help="robust-loss weight for trades/mart")
-    p.add_argument("--eps-warmup", type=float, default=0.0, help="epochs of linear eps warm-up")
-    p.add_argument("--val-n", type=int, default=None, help="validate on the first N test images (default all)")
+    p.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="adam",
+                   help="adam (lr 1e-3, no weight decay) or sgd (lr 0.1, Nesterov momentum, weight decay 5e-4)")
+    p.add_argument("--lr", type=float, default=None, help="base learning rate (default per optimizer)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--weight-decay", type=float, default=None, help="default per optimizer")
+    p.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="learning-rate schedule, per step")
+    p.add_argument("--seed", type=int, default=0, help="seeds initialisation, shuffling, noise and the validation split")
+    adv = p.add_argument_group("adversary (registry: robustlab.defenses.adversaries.ADVERSARIES)")
+    adv.add_argument("--adversary", choices=tuple(ADVERSARIES), default="none",
+                     help="; ".join(f"{name}: {e.help}" for name, e in ADVERSARIES.items()))
+    for param in cli_params().values():
+        adv.add_argument(param.flag, dest=param.name, type=param.type, default=None,
+                         help=f"{param.help} [{_defaults(ADVERSARIES, param.name)}]")
+    adv.add_argument("--eps-warmup", type=float, default=0.0, help="epochs of linear eps warm-up from 0")
+    val = p.add_mutually_exclusive_group()
+    val.add_argument("--val-n", type=int, default=None, help="hold out N training images for validation")
+    val.add_argument("--val-split", type=float, default=None, help="hold out this fraction of the training images")
     p.add_argument("--train-n", type=int, default=None, help="train on the first N training images (default all)")
     p.add_argument("--root", default=None, help="dataset folder (default: $ROBUSTLAB_DATA, cache, offline sources)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default cpu)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
+
+
+def _defaults(registry: dict, name: str) -> str:
+    """'pgd 10, trades 10': the default of parameter ``name`` for each adversary that takes it."""
+    shown = []
+    for adv_name, entry in registry.items():
+        for q in entry.params:
+            if q.name == name:
+                shown.append(f"{adv_name}: {'required' if q.required else ('auto' if q.default is None else q.default)}")
+    return ", ".join(shown)
+
+
+def _holdout(train_set: Any, args: argparse.Namespace) -> tuple[Any, Any]:
+    """(train, validation) with the validation images chosen by a permutation seeded by ``--seed``."""
+    import torch
+
+    n = len(train_set)
+    if args.val_split is not None:
+        if not 0.0 < args.val_split < 1.0:
+            raise ValueError(f"--val-split must be in (0, 1), got {args.val_split}")
+        k = int(round(args.val_split * n))
+    else:
+        k = int(args.val_n)
+    if not 1 <= k < n:
+        raise ValueError(f"the validation hold-out must leave training images: got {k} of {n}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(int(args.seed)))
+    val_idx, train_idx = order[:k].sort().values, order[k:].sort().values
+    return train_set.subset(train_idx), train_set.subset(val_idx)
 
 
 def run(args: argparse.Namespace) -> int:
     from robustlab import data, defenses, models
+    from robustlab.defenses.adversaries import from_args
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    adversary = _adversary(args)
+    adversary = from_args(args.adversary, args)  # parameter errors before any data is read
+    if args.arch.strip().lower().replace("_", "-") not in models.architectures():
+        raise ValueError(f"unknown architecture {args.arch!r}; expected one of {', '.join(models.architectures())}")
     train_set = data.load(args.dataset, "train", args.root)
     test_set = data.load(args.dataset, "test", args.root)
-    if args.train_n:
+    if args.train_n is not None:
+        if args.train_n < 1:
+            raise ValueError(f"--train-n must be >= 1, got {args.train_n}")
         train_set = train_set.subset(args.train_n)
-    if args.val_n:
-        test_set = test_set.subset(args.val_n)
+    held_out = args.val_n is not None or args.val_split is not None
+    if held_out:
+        train_set, val_set = _holdout(train_set, args)
+    else:
+        val_set = test_set
     model = models.create(args.arch, train_set, seed=args.seed)
     result = defenses.train(
         model, train_set, adversary=adversary, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
-        lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule, val_data=test_set, out=args.out,
-        resume=args.resume, seed=args.seed, eps_warmup_epochs=args.eps_warmup, progress=not args.no_progress,
-        device=args.device,
+        lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule, val_data=val_set,
+        test_data=test_set, select_best=held_out, out=args.out, resume=args.resume, seed=args.seed,
+        eps_warmup_epochs=args.eps_warmup, progress=not args.no_progress, device=args.device,
+        metadata={"validation": "held-out training images" if held_out else "test set (monitoring only)"},
     )
-    acc = result.metrics.get("val_accuracy")
-    print(f"saved {args.out}: best epoch {result.best_epoch}, test accuracy {acc:.4f}, "
-          f"{result.metrics['train_seconds']:.0f} s of training")
+    m = result.metrics
+    n_epochs = len(result.history)
+    per_epoch = m["train_seconds"] / max(n_epochs, 1)
+    print(f"saved {args.out}: epoch {result.best_epoch} of {n_epochs}, test accuracy {m['test_accuracy']:.4f}, "
+          f"{m['train_seconds']:.0f} s of training ({per_epoch:.1f} s per epoch)")
     return 0

@@ -1,21 +1,36 @@
 """One training loop for every defence: the adversary decides what each batch's loss is.
 
-``train(model, data, adversary=...)`` runs seeded mini-batch SGD or Adam with a learning-rate
-schedule, evaluates after every epoch, keeps the best epoch (by robust validation accuracy when an
-``evaluate_fn`` reports one, else clean accuracy), checkpoints every epoch atomically and resumes
-exactly where it stopped: same seed, same weights, bit for bit on the CPU.
+``train(model, data, adversary=...)`` runs seeded mini-batch SGD or Adam with a per-step
+learning-rate schedule, evaluates after every epoch, keeps the best epoch (by a robust score when
+an ``evaluate_fn`` reports one, else clean validation accuracy), checkpoints every epoch
+atomically and resumes where it stopped: same seed, same weights, bit for bit on the CPU.
 
-Randomness: the shuffling order and the adversary's generator of epoch ``e`` are drawn from
-``torch.Generator`` seeded with ``(seed, e)``, so resuming needs no saved RNG state and the global
-RNG is never touched.
+Randomness. Nothing is drawn from an unseeded source and the caller's global RNG is left as it
+was. Epoch ``e`` uses three streams derived from ``(seed, e)``: a CPU ``torch.Generator`` for the
+shuffling order, a generator on the model's device passed to the adversary (noise, random
+starts), and the global RNG seeded inside ``torch.random.fork_rng`` for the epoch (so dropout and
+other global draws inside the model are reproducible too, and the caller's RNG state is restored
+afterwards). A checkpoint after epoch ``e`` therefore needs no RNG state to replay epoch ``e + 1``
+exactly; the scheme is recorded in ``train_state.json``.
 
-Checkpoint layout under ``out/``: the final model (``model.safetensors`` + ``metadata.json``);
-``checkpoint/`` with the last finished epoch's model, optimizer state (safetensors) and
-``train_state.json``; ``best/`` with the best epoch's model.
+Checkpoint layout under ``out/`` (written by the main process only, ``is_main``):
+
+- ``model.safetensors`` + ``metadata.json``: the final model (the best epoch when selected),
+  with training configuration, history and metrics in the metadata;
+- ``checkpoint/``: the last finished epoch: its model, ``train_state.safetensors`` (optimizer
+  tensors) and ``train_state.json`` (epoch, optimisation step, history, best epoch, the rest of
+  the optimizer state, configuration). Written into a temporary folder and swapped in with
+  renames, so a crash leaves the previous complete checkpoint;
+- ``best/``: the best epoch's model (same swap).
+
+The pieces the distributed loop reuses are separate functions: :func:`epoch_order`,
+:func:`iterate_batches`, :func:`train_step`, :func:`run_epoch`, :func:`evaluate_epoch`,
+:func:`save_checkpoint` / :func:`load_checkpoint`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -24,115 +39,354 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from robustlab._checks import check_logits, check_positive
-from robustlab._io import atomic_write_text
+from robustlab._checks import check_images, check_labels, check_logits, check_positive
+from robustlab._io import atomic_write_bytes, atomic_write_text
+from robustlab.attacks.base import eval_mode
 from robustlab.defenses.adversaries import Adversary, Standard
-from robustlab.models.checkpoint import read_state, save
+from robustlab.models.checkpoint import load_state_dict_into, read_state, save
 from robustlab.models.metrics import accuracy, as_tensors
 
-log = logging.getLogger("robustlab.train")
+_logger = logging.getLogger("robustlab.train")
 
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("constant", "cosine", "step", "onecycle")
-EvaluateFn = Callable[[nn.Module, Any], dict]
+#: Optimizers and their default (learning rate, weight decay).
+OPTIMIZERS: dict[str, tuple[float, float]] = {"adam": (1e-3, 0.0), "sgd": (0.1, 5e-4)}
+SCHEDULES = ("cosine", "step", "onecycle", "constant")
+CHECKPOINT, BEST = "checkpoint", "best"
+TRAIN_STATE = "train_state"
+#: Configuration entries that must match to resume a run (``epochs`` may change).
+RESUME_KEYS = ("adversary", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "seed",
+               "eps_warmup_epochs", "train_size")
+
+EvaluateFn = Callable[[nn.Module, Any], Mapping[str, Any]]
+"""``evaluate_fn(model, val_data) -> dict`` run after every epoch (model in eval mode inside a
+no-RNG-side-effect context). Numeric entries go into the epoch's history; ``"score"`` (or else
+``"robust_accuracy"``) selects the best epoch instead of the clean validation accuracy;
+``"stop": True`` ends training after this epoch (``"reason"`` is logged), keeping the best."""
 
 
 @dataclass
 class TrainResult:
-    """What a training run produced: the model (best epoch if selected), per-epoch history and
-    the final metrics written into the model's metadata."""
+    """What a training run produced.
+
+    ``model`` (trained in place; the best epoch's weights when ``select_best``), ``history`` (one
+    dict per epoch: ``epoch``, ``train_loss``, ``train_accuracy`` when the adversary exposes its
+    logits, ``val_accuracy``, the ``evaluate_fn`` entries such as ``robust_accuracy``, ``lr``,
+    ``seconds``), ``best_epoch`` (1-based), ``metrics`` (the selected epoch's entries plus
+    ``test_accuracy``, ``train_seconds``, ``wall_seconds``), ``config`` (the training
+    configuration incl. ``adversary.config()``), ``out`` and ``stopped_early``.
+    """
 
     model: nn.Module
     history: list[dict] = field(default_factory=list)
     best_epoch: int = -1
     metrics: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
     out: Optional[Path] = None
     stopped_early: bool = False
 
 
 def lr_factor(schedule: str, step: int, total: int) -> float:
-    """Multiplier of the base learning rate at optimisation step ``step`` of ``total``.
+    """Multiplier of the base learning rate at optimisation step ``step`` (0-based) of ``total``.
 
-    cosine: ``(1 + cos(pi t)) / 2``; step: x0.1 at 50% and 75%; onecycle: linear up to the peak at
-    40% then linearly down to 0 (the schedule of Wong et al. 2020); constant: 1.
+    With ``t = step / total``: cosine ``(1 + cos(pi t)) / 2`` (Loshchilov & Hutter 2017,
+    arXiv:1608.03983, without restarts); step: x0.1 from 50% and x0.01 from 75% of training;
+    onecycle: linear from ``1/total`` up to 1 at 40% of the steps, then linear down to 0 (the
+    triangular schedule of Wong et al. 2020, arXiv:2001.03994; the first step is not wasted at
+    lr 0); constant: 1.
     """
-    t = step / max(total, 1)
+    total = max(int(total), 1)
+    t = step / total
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * t))
     if schedule == "step":
         return 0.01 if t >= 0.75 else 0.1 if t >= 0.5 else 1.0
     if schedule == "onecycle":
-        return t / 0.4 if t < 0.4 else max(0.0, (1.0 - t) / 0.6)
-    return 1.0
+        peak = 0.4 * total
+        return min(1.0, (step + 1) / peak) if step < peak else max(0.0, (total - step) / (total - peak))
+    if schedule == "constant":
+        return 1.0
+    raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
 
 
-def _make_optimizer(model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    """Adam, or SGD with Nesterov momentum (when ``momentum > 0``), over the trainable parameters."""
     params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters (requires_grad=True); nothing to train")
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
 
 
-def _save_optimizer(opt: torch.optim.Optimizer, folder: Path) -> None:
-    """Optimizer state without pickle: tensors to safetensors, the rest to JSON."""
+# ----------------------------------------------------------------------------------------------
+# Randomness and batches
+
+
+def epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    """The seed of random stream ``stream`` (0 shuffling, 1 adversary, 2 global/dropout) of
+    0-based ``epoch``: distinct for every (epoch, stream) of a run."""
+    return ((int(seed) * 1_000_003 + int(epoch)) * 7 + int(stream)) % (2**63)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
+    """The shuffled sample order of ``epoch`` (a permutation of 0..n-1, drawn on the CPU so it is
+    the same on every device and every rank)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch, 0)))
+
+
+def iterate_batches(images: Tensor, labels: Tensor, order: Tensor, batch_size: int,
+                    device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(x, y)`` batches in ``order`` on ``device``; the last batch may be smaller."""
+    for i in range(0, order.shape[0], batch_size):
+        idx = order[i : i + batch_size].to(images.device)
+        yield images[idx].to(device, non_blocking=True), labels[idx].to(device, non_blocking=True)
+
+
+@contextlib.contextmanager
+def _global_rng(device: torch.device, seed: int) -> Iterator[None]:
+    """The global RNG (CPU, and CUDA when training there) seeded with ``seed`` inside the
+    context and restored to the caller's state afterwards."""
+    cuda = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        yield
+
+
+# ----------------------------------------------------------------------------------------------
+# One step, one epoch, evaluation
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, adversary: Adversary, x: Tensor, y: Tensor, *,
+               generator: torch.Generator, eps_scale: float) -> tuple[Tensor, Optional[Tensor]]:
+    """One optimisation step on the adversary's loss. Returns the loss (detached, a 0-dim tensor
+    on the device: no synchronisation) and the number of correct predictions on the trained
+    inputs (None when the adversary exposes no logits)."""
+    loss, logits = adversary.loss_and_logits(model, x, y, generator=generator, eps_scale=eps_scale)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    correct = None if logits is None else (logits.detach().argmax(1) == y).sum()
+    return loss.detach(), correct
+
+
+def run_epoch(model: nn.Module, opt: torch.optim.Optimizer, adversary: Adversary, images: Tensor, labels: Tensor, *,
+              epoch: int, epochs: int, seed: int, batch_size: int, lr: float, schedule: str, eps_warmup_epochs: float,
+              device: torch.device, progress: bool) -> dict:
+    """Train one epoch (0-based ``epoch``); returns ``train_loss``, ``train_accuracy`` (when
+    available) and the last ``lr``. Raises FloatingPointError if the loss became NaN/Inf."""
+    model.train()
+    n = images.shape[0]
+    steps_per_epoch = math.ceil(n / batch_size)
+    total_steps = epochs * steps_per_epoch
+    order = epoch_order(n, seed, epoch)
+    gen = torch.Generator(device=device).manual_seed(epoch_seed(seed, epoch, 1))
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct_sum: Optional[Tensor] = torch.zeros((), dtype=torch.int64, device=device)
+    seen, step_lr = 0, lr
+    bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False,
+               unit="batch", dynamic_ncols=True)
+    try:
+        for i, (x, y) in enumerate(iterate_batches(images, labels, order, batch_size, device)):
+            step_lr = lr * lr_factor(schedule, epoch * steps_per_epoch + i, total_steps)
+            for group in opt.param_groups:
+                group["lr"] = step_lr
+            t = epoch + i / steps_per_epoch
+            eps_scale = min(1.0, t / eps_warmup_epochs) if eps_warmup_epochs > 0 else 1.0
+            loss, correct = train_step(model, opt, adversary, x, y, generator=gen, eps_scale=eps_scale)
+            loss_sum += loss.double() * y.shape[0]
+            seen += y.shape[0]
+            if correct is None or correct_sum is None:
+                correct_sum = None
+            else:
+                correct_sum += correct
+            bar.update(1)
+            if progress and (i % 50 == 49 or i == steps_per_epoch - 1):
+                bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", refresh=False)
+    finally:
+        bar.close()
+        opt.zero_grad(set_to_none=True)
+    train_loss = float(loss_sum) / max(seen, 1)
+    if not math.isfinite(train_loss):
+        raise FloatingPointError(
+            f"the training loss became {train_loss} in epoch {epoch + 1} (lr {lr}); lower the learning rate. "
+            "The last checkpoint (if any) holds the previous epoch."
+        )
+    out = {"train_loss": train_loss, "lr": step_lr}
+    if correct_sum is not None:
+        out["train_accuracy"] = float(correct_sum) / max(seen, 1)
+    return out
+
+
+def evaluate_epoch(model: nn.Module, val_data: Any, evaluate_fn: Optional[EvaluateFn], *,
+                   batch_size: int = 512) -> tuple[dict, dict]:
+    """Clean ``val_accuracy`` on ``val_data`` and the ``evaluate_fn`` entries. Returns
+    ``(numeric entries for the history, control entries: stop / reason / score)``."""
+    record: dict = {}
+    control: dict = {}
+    if val_data is not None:
+        record["val_accuracy"] = accuracy(model, val_data, batch_size)
+    if evaluate_fn is not None:
+        with eval_mode(model):
+            extra = evaluate_fn(model, val_data)
+        if not isinstance(extra, Mapping):
+            raise TypeError(f"evaluate_fn must return a dict, got {type(extra).__name__}")
+        for key, value in extra.items():
+            if key in ("stop", "reason", "score"):
+                control[key] = value
+            elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"evaluate_fn returned {key}={value!r}; history entries must be numbers")
+            else:
+                record[key] = float(value)
+        if "score" in control:
+            control["score"] = float(control["score"])
+    return record, control
+
+
+def _score(record: dict, control: dict) -> float:
+    """Higher is better: evaluate_fn's score, else robust accuracy, else val accuracy, else -loss."""
+    for value in (control.get("score"), record.get("robust_accuracy"), record.get("val_accuracy")):
+        if value is not None:
+            return float(value)
+    return -float(record["train_loss"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints (no pickle: optimizer tensors in safetensors, everything else in JSON)
+
+
+def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict]:
+    """``opt.state_dict()`` split into tensors (``"<param id>.<name>"`` -> CPU tensor) and a JSON
+    part (the non-tensor per-parameter values and the param groups)."""
     sd = opt.state_dict()
-    tensors, scalars = {}, {}
+    tensors: dict[str, Tensor] = {}
+    values: dict[str, Any] = {}
     for pid, st in sd["state"].items():
         for key, val in st.items():
-            if isinstance(val, torch.Tensor):
-                tensors[f"{pid}.{key}"] = val.detach().cpu().contiguous()
+            if isinstance(val, Tensor):
+                tensors[f"{pid}.{key}"] = val.detach().to("cpu").contiguous().clone()
             else:
-                scalars[f"{pid}.{key}"] = val
-    save_file(tensors, str(folder / "optimizer.safetensors"))
-    atomic_write_text(folder / "optimizer.json", json.dumps({"scalars": scalars, "param_groups": sd["param_groups"]}))
+                values[f"{pid}.{key}"] = val
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"values": values, "param_groups": groups}
 
 
-def _load_optimizer(opt: torch.optim.Optimizer, folder: Path) -> None:
-    tensors = load_file(str(folder / "optimizer.safetensors"))
-    meta = json.loads((folder / "optimizer.json").read_text())
+def load_optimizer_state(opt: torch.optim.Optimizer, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> None:
+    """Inverse of :func:`optimizer_state` (tuples such as Adam's ``betas`` are restored)."""
     state: dict[int, dict] = {}
-    for key, val in list(tensors.items()) + list(meta["scalars"].items()):
+    for key, val in list(tensors.items()) + list(meta["values"].items()):
         pid, name = key.split(".", 1)
         state.setdefault(int(pid), {})[name] = val
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    groups = []
+    for saved, current in zip(meta["param_groups"], opt.state_dict()["param_groups"]):
+        groups.append({k: (tuple(v) if isinstance(current.get(k), tuple) else v) for k, v in saved.items()})
+    if len(groups) != len(opt.param_groups):
+        raise ValueError(f"the checkpoint has {len(meta['param_groups'])} parameter groups, the optimizer "
+                         f"{len(opt.param_groups)}")
+    opt.load_state_dict({"state": state, "param_groups": groups})
 
 
-def _epoch_generator(seed: int, epoch: int, stream: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed((int(seed) * 1_000_003 + epoch) * 7 + stream)
+def _swap_in(tmp: Path, target: Path) -> None:
+    """Replace folder ``target`` with the complete folder ``tmp`` by renames: at every moment
+    either ``target`` or ``.<name>.old`` is a complete copy."""
+    old = target.parent / f".{target.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
-def _validate_setup(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> int:
-    """One forward pass before any epoch: logits shape and channel count must fit."""
-    if images.dim() != 4 or images.shape[0] == 0:
-        raise ValueError(f"training images must be a non-empty (N, C, H, W) tensor, got shape {tuple(images.shape)}")
-    arch = getattr(model, "arch_config", None)
-    if arch is not None and arch.get("in_channels") not in (None, images.shape[1]):
-        raise ValueError(
-            f"the data has {images.shape[1]} channels but the model was built for {arch['in_channels']} "
-            f"(dataset and architecture do not match)"
-        )
-    probe = images[:2].to(device)
-    was = model.training
-    model.eval()
+def save_checkpoint(out: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict) -> Path:
+    """Write ``out/checkpoint/``: the model, ``train_state.safetensors`` (optimizer tensors) and
+    ``train_state.json`` (``state`` plus the optimizer's JSON part), swapped in atomically."""
+    tmp = out / f".{CHECKPOINT}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save(model, tmp, {"training": state["config"], "epoch": state["epoch"]})
+    tensors, opt_meta = optimizer_state(opt)
+    atomic_write_bytes(tmp / f"{TRAIN_STATE}.safetensors", st_save(tensors))
+    atomic_write_text(tmp / f"{TRAIN_STATE}.json", json.dumps({**state, "optimizer": opt_meta}, indent=1) + "\n")
+    _swap_in(tmp, out / CHECKPOINT)
+    return out / CHECKPOINT
+
+
+def _find_checkpoint(out: Path) -> Optional[Path]:
+    for folder in (out / CHECKPOINT, out / f".{CHECKPOINT}.old"):
+        if (folder / f"{TRAIN_STATE}.json").is_file():
+            return folder
+    return None
+
+
+def load_checkpoint(out: Path, model: nn.Module, opt: torch.optim.Optimizer) -> Optional[dict]:
+    """Restore model and optimizer from ``out``'s last checkpoint; returns its train state
+    (``epoch`` = finished epochs, ``history``, ...) or None when there is none."""
+    folder = _find_checkpoint(out)
+    if folder is None:
+        return None
+    state_file = folder / f"{TRAIN_STATE}.json"
     try:
-        with torch.no_grad():
+        state = json.loads(state_file.read_text())
+        tensors = st_load((folder / f"{TRAIN_STATE}.safetensors").read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot resume from {folder}: {exc}") from exc
+    weights, _ = read_state(folder)
+    load_state_dict_into(model, weights, source=str(folder))
+    load_optimizer_state(opt, tensors, state.pop("optimizer"))
+    return state
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation before the first epoch
+
+
+def _expected_channels(model: nn.Module) -> Optional[int]:
+    arch = getattr(model, "arch_config", None)
+    if isinstance(arch, Mapping) and arch.get("in_channels"):
+        return int(arch["in_channels"])
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return int(m.in_channels)
+    return None
+
+
+def _check_data(data: Any, what: str, channels: Optional[int], image_shape: Optional[tuple]) -> tuple[Tensor, Tensor]:
+    images, labels = as_tensors(data)
+    check_images(images, f"{what} images")
+    check_labels(labels, images.shape[0], f"{what} labels")
+    if channels is not None and images.shape[1] != channels:
+        raise ValueError(f"{what} has {images.shape[1]} channels (images {tuple(images.shape[1:])}) but the model "
+                         f"expects {channels}: the dataset and the architecture do not match")
+    if image_shape is not None and tuple(images.shape[1:]) != image_shape:
+        raise ValueError(f"{what} images have shape {tuple(images.shape[1:])}, the training images {image_shape}")
+    return images, labels
+
+
+def _probe(model: nn.Module, images: Tensor, labels: Tensor, device: torch.device) -> int:
+    """One eval-mode forward pass on two images: the output must be (N, K) logits covering the labels."""
+    probe = images[:2].to(device)
+    try:
+        with eval_mode(model), torch.no_grad():
             out = model(probe)
     except RuntimeError as exc:
-        raise ValueError(f"the model cannot process inputs of shape {tuple(probe.shape[1:])}: {exc}") from exc
-    finally:
-        model.train(was)
+        raise ValueError(f"the model cannot process training images of shape {tuple(probe.shape[1:])}: {exc}") from exc
     check_logits(out, probe.shape[0], "the model's output")
-    k = out.shape[1]
-    if int(labels.max()) >= k or int(labels.min()) < 0:
-        raise ValueError(f"labels range over [{int(labels.min())}, {int(labels.max())}] but the model has {k} outputs")
+    k = int(out.shape[1])
+    if int(labels.max()) >= k:
+        raise ValueError(f"the labels go up to {int(labels.max())} but the model has {k} outputs (classes 0..{k - 1})")
     return k
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
 
 
 def train(
@@ -148,6 +402,7 @@ def train(
     weight_decay: Optional[float] = None,
     schedule: str = "cosine",
     val_data: Any = None,
+    test_data: Any = None,
     evaluate_fn: Optional[EvaluateFn] = None,
     select_best: bool = True,
     out: "str | os.PathLike[str] | None" = None,
@@ -156,21 +411,37 @@ def train(
     eps_warmup_epochs: float = 0.0,
     progress: bool = True,
     device: "str | torch.device | None" = None,
-    metadata: Optional[dict] = None,
+    log: Optional[Callable[[dict], None]] = None,
+    metadata: Optional[Mapping[str, Any]] = None,
+    is_main: bool = True,
 ) -> TrainResult:
-    """Train ``model`` on ``train_data`` (a Dataset or ``(images, labels)``) in place.
+    """Train ``model`` in place on ``train_data`` (a Dataset or ``(images, labels)``, images in [0, 1]).
 
     Args:
-        adversary: how each batch's loss is made (:class:`Standard` when None).
-        optimizer: ``"adam"`` (default lr 1e-3, no weight decay) or ``"sgd"`` (lr 0.1, Nesterov
-            momentum, weight decay 5e-4).
-        schedule: ``"cosine"``, ``"step"``, ``"onecycle"`` or ``"constant"``, per optimisation step.
-        val_data: evaluated after every epoch (clean accuracy), and by ``evaluate_fn``.
-        evaluate_fn: ``f(model, val_data) -> dict``; a ``"robust_accuracy"`` entry selects the best
-            epoch, ``"stop": True`` ends training (e.g. catastrophic overfitting), keeping the best.
-        out: directory for checkpoints and the final model; ``resume`` continues from it.
+        adversary: how each batch's loss is made (:class:`~robustlab.defenses.Standard` when None).
+        epochs, batch_size: at least 1; the last batch of an epoch may be smaller.
+        optimizer: ``"adam"`` (default lr 1e-3, weight decay 0) or ``"sgd"`` (lr 0.1, Nesterov
+            momentum ``momentum``, weight decay 5e-4); ``lr`` / ``weight_decay`` override.
+        schedule: ``"cosine"``, ``"step"``, ``"onecycle"`` or ``"constant"``, set every step.
+        val_data: evaluated after every epoch (clean accuracy) and passed to ``evaluate_fn``.
+        test_data: evaluated once at the end on the returned model (``metrics["test_accuracy"]``).
+        evaluate_fn: ``f(model, val_data) -> dict`` after every epoch (see :data:`EvaluateFn`),
+            e.g. :func:`robustlab.defenses.robust_validation` for adversarial training.
+        select_best: return (and save) the best epoch's weights rather than the last.
+        out: folder for checkpoints and the final model; ``resume=True`` continues the run in it
+            from its last finished epoch (the configuration must match, ``epochs`` may grow).
+        seed: seeds every random choice (see the module docstring); the global RNG is untouched.
         eps_warmup_epochs: ramp the adversary's eps linearly from 0 over this many epochs.
+        progress: tqdm bar per epoch. ``log``: called with each epoch's history record (default:
+            the ``robustlab.train`` logger). ``metadata``: extra entries for the saved model.
+        device: where to train (default: the model's device). ``is_main``: False on the
+            non-zero ranks of a distributed run, which then write and log nothing.
+
+    Returns:
+        :class:`TrainResult`; the model is left in eval mode with no ``.grad`` on its parameters
+        and ``model.metadata`` updated with the run.
     """
+    # --- arguments, before any work ---
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_positive(epochs, "epochs", integer=True)
@@ -179,140 +450,151 @@ def train(
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    default_lr, default_wd = OPTIMIZERS[optimizer]
+    lr = float(check_positive(lr, "lr")) if lr is not None else default_lr
+    wd = float(check_positive(weight_decay, "weight_decay", allow_zero=True)) if weight_decay is not None else default_wd
+    momentum = float(check_positive(momentum, "momentum", allow_zero=True))
     check_positive(eps_warmup_epochs, "eps_warmup_epochs", allow_zero=True)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an integer, got {seed!r}")
     if resume and out is None:
         raise ValueError("resume=True needs the out directory of the run to continue")
+    if log is not None and not callable(log):
+        raise TypeError(f"log must be a callable taking each epoch's record, got {log!r}")
     adversary = adversary if adversary is not None else Standard()
     if not isinstance(adversary, Adversary):
         raise TypeError(f"adversary must be a robustlab.defenses.Adversary, got {type(adversary).__name__}")
-    images, labels = as_tensors(train_data)
-    dev = torch.device(device) if device is not None else next(iter(model.parameters()), images).device
-    model.to(dev)
-    _validate_setup(model, images, labels, dev)
 
-    lr = float(lr) if lr is not None else (1e-3 if optimizer == "adam" else 0.1)
-    wd = float(weight_decay) if weight_decay is not None else (0.0 if optimizer == "adam" else 5e-4)
-    opt = _make_optimizer(model, optimizer, lr, momentum, wd)
-    n = images.shape[0]
-    steps_per_epoch = math.ceil(n / batch_size)
-    total_steps = epochs * steps_per_epoch
+    # --- data and model must fit (one forward pass), before the first epoch ---
+    channels = _expected_channels(model)
+    images, labels = _check_data(train_data, "train_data", channels, None)
+    shape = tuple(images.shape[1:])
+    if val_data is not None:
+        _check_data(val_data, "val_data", channels, shape)
+    if test_data is not None:
+        _check_data(test_data, "test_data", channels, shape)
+    params = next(iter(model.parameters()), None)
+    dev = torch.device(device) if device is not None else (params.device if params is not None else images.device)
+    model.to(dev)
+    _probe(model, images, labels, dev)
+
+    opt = make_optimizer(model, optimizer, lr, momentum, wd)
     config = {
         "adversary": adversary.config(), "epochs": epochs, "batch_size": batch_size, "optimizer": optimizer, "lr": lr,
-        "momentum": momentum, "weight_decay": wd, "schedule": schedule, "seed": seed, "eps_warmup_epochs": eps_warmup_epochs,
-        "train_size": n, "dataset": getattr(train_data, "name", "tensors"),
+        "momentum": momentum, "weight_decay": wd, "schedule": schedule, "seed": seed,
+        "eps_warmup_epochs": float(eps_warmup_epochs), "train_size": int(images.shape[0]),
+        "dataset": getattr(train_data, "name", None) or "tensors", "select_best": bool(select_best),
+        "val_size": None if val_data is None else int(as_tensors(val_data)[1].shape[0]),
     }
+    emit = log if log is not None else _log_record
 
+    # --- resume ---
     out_dir = Path(out) if out is not None else None
     history: list[dict] = []
-    start_epoch, best_epoch, best_score = 0, -1, -math.inf
-    best_state: Optional[dict] = None
-    ck = _latest_checkpoint(out_dir) if resume and out_dir is not None else None
-    if ck is not None:
-        state, _ = read_state(ck)
-        model.load_state_dict(state)
-        _load_optimizer(opt, ck)
-        saved = json.loads((ck / "train_state.json").read_text())
-        if saved["config"]["seed"] != seed or saved["config"]["batch_size"] != batch_size:
-            raise ValueError(f"cannot resume {out_dir}: it was started with a different seed or batch size ({saved['config']})")
-        start_epoch, history = saved["epoch"] + 1, saved["history"]
-        best_epoch, best_score = saved["best_epoch"], saved["best_score"]
-        if (out_dir / "best").is_dir():
-            best_state = read_state(out_dir / "best")[0]
-        log.info("resuming %s from epoch %d of %d", out_dir, start_epoch + 1, epochs)
+    start, best_epoch, best_score = 0, -1, -math.inf
+    best_state: Optional[dict[str, Tensor]] = None
+    if resume and out_dir is not None:
+        saved = load_checkpoint(out_dir, model, opt)
+        if saved is None:
+            _logger.warning("nothing to resume in %s (no checkpoint); starting from epoch 1", out_dir)
+        else:
+            _check_resumable(out_dir, saved["config"], config)
+            start, history = int(saved["epoch"]), list(saved["history"])
+            best_epoch, best_score = int(saved["best_epoch"]), float(saved["best_score"])
+            if select_best and best_epoch == start:
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            elif select_best and best_epoch >= 1:
+                if not (out_dir / BEST).is_dir():
+                    raise ValueError(f"cannot resume {out_dir}: its best epoch {best_epoch} has no {BEST}/ folder")
+                best_state = read_state(out_dir / BEST)[0]
+            if start > epochs:
+                raise ValueError(f"cannot resume {out_dir} to {epochs} epochs: it has already finished {start}")
+            if is_main:
+                _logger.info("resuming %s after epoch %d of %d", out_dir, start, epochs)
 
+    if start == 0 and out_dir is not None and is_main:
+        shutil.rmtree(out_dir / BEST, ignore_errors=True)  # a fresh run: no best epoch from an older run
+
+    # --- epochs ---
     stopped_early = False
-    t_start = time.perf_counter()
-    for epoch in range(start_epoch, epochs):
+    t_wall = time.perf_counter()
+    for epoch in range(start, epochs):
         t0 = time.perf_counter()
-        train_loss = _run_epoch(model, opt, adversary, images, labels, epoch, seed, batch_size, lr, schedule,
-                                total_steps, steps_per_epoch, eps_warmup_epochs, dev, progress, epochs)
-        record = {"epoch": epoch + 1, "train_loss": train_loss, "seconds": time.perf_counter() - t0}
-        if val_data is not None:
-            record["val_accuracy"] = accuracy(model, _on_device(val_data, dev))
-        extra = evaluate_fn(model, val_data) if evaluate_fn is not None else {}
-        record.update({k: v for k, v in extra.items() if k not in ("stop", "reason")})
+        with _global_rng(dev, epoch_seed(seed, epoch, 2)):
+            record: dict[str, Any] = {"epoch": epoch + 1}
+            record.update(run_epoch(model, opt, adversary, images, labels, epoch=epoch, epochs=epochs, seed=seed,
+                                    batch_size=batch_size, lr=lr, schedule=schedule,
+                                    eps_warmup_epochs=float(eps_warmup_epochs), device=dev,
+                                    progress=progress and is_main))
+            evaluated, control = evaluate_epoch(model, val_data, evaluate_fn)
+        record.update(evaluated)
+        record["seconds"] = time.perf_counter() - t0
         history.append(record)
-        score = record.get("robust_accuracy", record.get("val_accuracy", -train_loss))
-        if score >= best_score:
+        score = _score(record, control)
+        if score >= best_score:  # ties go to the later epoch
             best_epoch, best_score = epoch + 1, score
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if out_dir is not None:
-                save(model, out_dir / "best", {"training": config, "epoch": epoch + 1})
-        log.info("epoch %d/%d %s", epoch + 1, epochs, ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items() if k != "epoch"))
-        if out_dir is not None:
-            _checkpoint(model, opt, out_dir, epoch, history, best_epoch, best_score, config)
-        if extra.get("stop"):
+            if select_best:
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                if out_dir is not None and is_main:
+                    _save_best(out_dir, model, config, epoch + 1)
+        if out_dir is not None and is_main:
+            save_checkpoint(out_dir, model, opt, {
+                "epoch": epoch + 1, "step": (epoch + 1) * math.ceil(images.shape[0] / batch_size),
+                "history": history, "best_epoch": best_epoch, "best_score": best_score, "config": config,
+                "rng": {"scheme": "per-epoch streams from epoch_seed(seed, epoch, stream)", "seed": seed},
+            })
+        if is_main:
+            emit(dict(record))  # after the checkpoint: what is logged is on disk
+        if control.get("stop"):
             stopped_early = True
-            log.warning("stopping after epoch %d: %s; keeping the best epoch %d", epoch + 1,
-                        extra.get("reason", "evaluate_fn asked to stop"), best_epoch)
+            if is_main:
+                _logger.warning("stopping after epoch %d: %s; keeping epoch %d", epoch + 1,
+                                control.get("reason", "evaluate_fn asked to stop"), best_epoch)
             break
 
-    if select_best and best_state is not None and best_epoch != len(history):
-        model.load_state_dict(best_state)
-    final = history[best_epoch - 1] if select_best and best_epoch >= 1 else (history[-1] if history else {})
-    metrics = {k: v for k, v in final.items() if k not in ("seconds",)}
-    metrics["train_seconds"] = sum(h["seconds"] for h in history)
-    result = TrainResult(model, history, best_epoch, metrics, out_dir, stopped_early)
-    if out_dir is not None:
-        meta = dict(metadata or {})
-        meta.update(training=config, history=history, metrics=metrics, best_epoch=best_epoch, stopped_early=stopped_early)
-        meta.setdefault("dataset", getattr(train_data, "name", None) or getattr(model, "metadata", {}).get("dataset"))
-        save(model, out_dir, meta)
-    log.info("training done in %.1f s", time.perf_counter() - t_start)
+    # --- final model, metrics, metadata ---
+    selected = len(history)
+    if select_best and best_epoch >= 1:
+        selected = best_epoch
+        if best_epoch != len(history) and best_state is not None:
+            model.load_state_dict(best_state)
+    metrics = {k: v for k, v in history[selected - 1].items() if k not in ("seconds", "lr")} if history else {}
+    metrics["train_seconds"] = sum(float(h.get("seconds", 0.0)) for h in history)
+    metrics["wall_seconds"] = time.perf_counter() - t_wall
+    if test_data is not None:
+        if test_data is val_data and "val_accuracy" in metrics:
+            metrics["test_accuracy"] = metrics["val_accuracy"]
+        else:
+            metrics["test_accuracy"] = accuracy(model, test_data)
     model.eval()
-    return result
+    run_meta = dict(metadata or {})
+    run_meta.update(training=config, history=history, metrics=metrics, best_epoch=selected, stopped_early=stopped_early)
+    known = getattr(model, "metadata", None) or {}
+    run_meta.setdefault("dataset", known.get("dataset") or config["dataset"])
+    model.metadata = {**known, **run_meta}
+    if out_dir is not None and is_main:
+        save(model, out_dir)
+        _logger.info("saved %s (epoch %d, %.1f s of training)", out_dir, selected, metrics["train_seconds"])
+    return TrainResult(model, history, selected, metrics, config, out_dir, stopped_early)
 
 
-def _on_device(data: Any, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = as_tensors(data)
-    return x.to(dev), y.to(dev)
-
-
-def _run_epoch(model, opt, adversary, images, labels, epoch, seed, batch_size, lr, schedule, total_steps,
-               steps_per_epoch, warmup, dev, progress, epochs) -> float:
-    model.train()
-    order = torch.randperm(images.shape[0], generator=_epoch_generator(seed, epoch, 0, torch.device("cpu")))
-    gen = _epoch_generator(seed, epoch, 1, dev)
-    total, count = torch.zeros((), device=dev), 0
-    bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
-    for i in bar:
-        idx = order[i * batch_size : (i + 1) * batch_size]
-        x, y = images[idx].to(dev, non_blocking=True), labels[idx].to(dev, non_blocking=True)
-        step = epoch * steps_per_epoch + i
-        for group in opt.param_groups:
-            group["lr"] = lr * lr_factor(schedule, step, total_steps)
-        eps_scale = min(1.0, (epoch + i / steps_per_epoch) / warmup) if warmup > 0 else 1.0
-        loss = adversary.loss(model, x, y, generator=gen, eps_scale=eps_scale)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss became {float(loss)} at epoch {epoch + 1}, step {i + 1}; lower the learning rate")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        total += loss.detach() * y.shape[0]
-        count += y.shape[0]
-    opt.zero_grad(set_to_none=True)
-    return float(total) / max(count, 1)
-
-
-def _checkpoint(model, opt, out_dir: Path, epoch: int, history, best_epoch, best_score, config) -> None:
-    """Write the whole checkpoint into a fresh folder, then swap it in with renames, so a crash
-    leaves the previous complete checkpoint (``checkpoint`` or, mid-swap, ``.checkpoint.old``)."""
-    tmp, old, ck = out_dir / ".checkpoint.tmp", out_dir / ".checkpoint.old", out_dir / "checkpoint"
+def _save_best(out_dir: Path, model: nn.Module, config: dict, epoch: int) -> None:
+    tmp = out_dir / f".{BEST}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    save(model, tmp, {"training": config, "epoch": epoch + 1})
-    _save_optimizer(opt, tmp)
-    atomic_write_text(tmp / "train_state.json", json.dumps({
-        "epoch": epoch, "history": history, "best_epoch": best_epoch, "best_score": best_score, "config": config,
-    }, indent=2))
-    shutil.rmtree(old, ignore_errors=True)
-    if ck.exists():
-        os.replace(ck, old)
-    os.replace(tmp, ck)
-    shutil.rmtree(old, ignore_errors=True)
+    save(model, tmp, {"training": config, "epoch": epoch})
+    _swap_in(tmp, out_dir / BEST)
 
 
-def _latest_checkpoint(out_dir: Path) -> Optional[Path]:
-    for folder in (out_dir / "checkpoint", out_dir / ".checkpoint.old"):
-        if (folder / "train_state.json").is_file():
-            return folder
-    return None
+def _check_resumable(out_dir: Path, saved: Mapping[str, Any], now: Mapping[str, Any]) -> None:
+    diff = [f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}" for k in RESUME_KEYS if saved.get(k) != now.get(k)]
+    if diff:
+        raise ValueError(f"cannot resume {out_dir}: the run was started with a different configuration "
+                         f"({'; '.join(diff)}); use the same settings or another out directory")
+    if saved.get("epochs") != now.get("epochs"):
+        _logger.warning("resuming %s with epochs=%s instead of %s: the learning-rate schedule is stretched",
+                        out_dir, now.get("epochs"), saved.get("epochs"))
+
+
+def _log_record(record: dict) -> None:
+    text = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items() if k != "epoch")
+    _logger.info("epoch %d: %s", record["epoch"], text)
