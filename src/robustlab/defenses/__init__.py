@@ -2,10 +2,11 @@
 FGSM-RS, PGD, TRADES, MART), and randomized smoothing."""
 
 from robustlab.defenses.adversarial import FGSMRS, MART, TRADES, FGSMRegularized, PGDAdversary, robust_validation
-from robustlab.defenses.adversaries import Adversary, GaussianNoise, Standard
+from robustlab.defenses.adversaries import ADVERSARIES, Adversary, GaussianNoise, Standard, from_args, register_adversary
+from robustlab.defenses.smoothing import Smoothed
 from robustlab.defenses.training import TrainResult, train
 
 __all__ = [
-    "Adversary", "FGSMRS", "FGSMRegularized", "GaussianNoise", "MART", "PGDAdversary", "Standard", "TRADES",
-    "TrainResult", "robust_validation", "train",
+    "ADVERSARIES", "Adversary", "FGSMRS", "FGSMRegularized", "GaussianNoise", "MART", "PGDAdversary", "Smoothed", "Standard", "TRADES",
+    "TrainResult", "from_args", "register_adversary", "robust_validation", "train",
 ]
