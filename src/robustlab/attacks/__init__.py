@@ -1,13 +1,36 @@
 """Attacks: configured objects with ``attack(model, x, y, *, target=None) -> AttackResult``.
 
+Fixed budget (a :class:`robustlab.ThreatModel`): :class:`FGSM`, :class:`BIM`, :class:`PGD`,
+:class:`APGD`, :class:`APGDT`. Minimal norm (a norm name, or a ThreatModel to cap the radius):
+:class:`CarliniWagner` (L2), :class:`CarliniWagnerLinf`, :class:`CarliniWagnerL0`,
+:class:`DeepFool`, :class:`FMN`, :class:`DDN`. Adaptive: :class:`EOT` (randomised models),
+:class:`BPDAWrapper` (non-differentiable pre-processing). Ensembles: :class:`WorstCase` and
+:func:`standard`. By name: :func:`get` / :func:`available`.
+
 Every attack here passes :func:`robustlab.testing.check_attack`.
 """
 
-from robustlab.attacks.base import Attack, AttackResult, RawResult, eval_mode, input_gradient, predict
+from robustlab.attacks.apgd import APGD, APGDT
+from robustlab.attacks.base import (
+    Attack,
+    AttackResult,
+    RawResult,
+    eval_mode,
+    input_gradient,
+    input_jacobian,
+    predict,
+)
+from robustlab.attacks.cw import CarliniWagner, CarliniWagnerL0, CarliniWagnerLinf
+from robustlab.attacks.deepfool import DeepFool
+from robustlab.attacks.ensemble import STANDARD, WorstCase, standard
+from robustlab.attacks.eot import EOT, BPDAWrapper
 from robustlab.attacks.fgsm import FGSM
+from robustlab.attacks.minnorm import DDN, FMN
 from robustlab.attacks.pgd import BIM, PGD
-from robustlab.attacks.registry import available, get
+from robustlab.attacks.registry import available, describe, get, register
 
 __all__ = [
-    "Attack", "AttackResult", "BIM", "FGSM", "PGD", "RawResult", "available", "eval_mode", "get", "input_gradient", "predict",
+    "APGD", "APGDT", "Attack", "AttackResult", "BIM", "BPDAWrapper", "CarliniWagner", "CarliniWagnerL0",
+    "CarliniWagnerLinf", "DDN", "DeepFool", "EOT", "FGSM", "FMN", "PGD", "RawResult", "STANDARD", "WorstCase",
+    "available", "describe", "eval_mode", "get", "input_gradient", "input_jacobian", "predict", "register", "standard",
 ]

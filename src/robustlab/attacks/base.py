@@ -5,12 +5,25 @@ validates the inputs once, puts the model in eval mode for the duration (restori
 mode afterwards), skips samples that are already misclassified (they come back unchanged with
 distance 0), runs the subclass's ``_run`` on the rest, projects the result into the threat model
 and recomputes ``success`` from ``model(x_adv)`` itself, never trusting the attack's own claim.
+
+Two kinds of attacks share this contract:
+
+* **fixed-budget** attacks (FGSM, PGD, APGD) take a :class:`ThreatModel` and search its ball;
+* **minimal-norm** attacks (Carlini-Wagner, DeepFool, FMN, DDN; ``minimal = True``) search the
+  smallest perturbation that changes the decision. Given a norm name (``"l2"``) they are unbounded
+  and ``AttackResult.distance`` is the size of the perturbation found; given a ThreatModel their
+  result is also projected into its ball, so ``success`` means "found within eps".
+
+Gradients go through :meth:`Attack._gradient` / :meth:`Attack._jacobian`, which average over
+``_eot_draws`` forward passes: that is the single hook :class:`robustlab.attacks.EOT` uses to turn
+any gradient attack into its Expectation-over-Transformation version.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import copy
 from dataclasses import dataclass, field, fields
 from typing import Callable, Iterator, NamedTuple, Optional, Sequence
 
@@ -34,6 +47,8 @@ class AttackResult:
         norm: the norm of ``distance``.
         queries: (N,) int64 model queries for black-box attacks, else None.
         clean_correct: bool (N,), whether the clean input was classified correctly (as ``y``).
+        info: the attack's name and optional per-sample tensors (e.g. ``broken_by`` of
+            :class:`robustlab.attacks.WorstCase`).
     """
 
     x_adv: Tensor
@@ -71,11 +86,13 @@ class AttackResult:
 
     def to(self, device: "torch.device | str") -> "AttackResult":
         kw = {f.name: getattr(self, f.name) for f in fields(self)}
-        return AttackResult(**{k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in kw.items()})
+        out = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in kw.items()}
+        out["info"] = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in self.info.items()}
+        return AttackResult(**out)
 
     @staticmethod
     def concat(results: Sequence["AttackResult"]) -> "AttackResult":
-        """Join the results of consecutive batches into one."""
+        """Join the results of consecutive batches into one (per-sample ``info`` tensors too)."""
         if not results:
             raise ValueError("results must hold at least one AttackResult, got an empty sequence")
 
@@ -83,6 +100,11 @@ class AttackResult:
             vals = [getattr(r, name) for r in results]
             return None if any(v is None for v in vals) else torch.cat(vals)
 
+        info = dict(results[0].info)
+        for key, value in results[0].info.items():
+            parts = [r.info.get(key) for r in results]
+            if isinstance(value, Tensor) and all(isinstance(p, Tensor) and p.shape[:1] == (len(r),) for p, r in zip(parts, results)):
+                info[key] = torch.cat(parts)  # type: ignore[arg-type]
         return AttackResult(
             x_adv=cat("x_adv"),  # type: ignore[arg-type]
             success=cat("success"),  # type: ignore[arg-type]
@@ -91,16 +113,22 @@ class AttackResult:
             norm=results[0].norm,
             queries=cat("queries"),
             clean_correct=cat("clean_correct"),
-            info=dict(results[0].info),
+            info=info,
         )
 
 
 class RawResult(NamedTuple):
-    """What ``Attack._run`` returns: candidates for the active samples and the work spent."""
+    """What ``Attack._run`` returns: candidates for the active samples and the work spent.
+
+    ``info`` holds optional per-sample tensors (first dimension = number of active samples, e.g.
+    which attack of an ensemble succeeded); the base class scatters them to the whole batch (fill
+    value -1 for integers, False for bools, NaN for floats) and puts them into ``AttackResult.info``.
+    """
 
     x_adv: Tensor
     iterations: Optional[Tensor] = None
     queries: Optional[Tensor] = None
+    info: Optional[dict] = None
 
 
 @contextlib.contextmanager
@@ -128,19 +156,72 @@ def input_gradient(
     model: nn.Module,
     x: Tensor,
     objective: Callable[[Tensor], Tensor],
+    *,
+    draws: int = 1,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(objective values (N,), logits (N, K), d sum(objective) / dx)`` in one forward/backward.
 
     Gradients are taken with ``torch.autograd.grad`` with respect to ``x`` only, so the model's
     parameters never receive ``.grad``. Samples are independent (the model is in eval mode), so the
-    gradient of the sum is the per-sample gradient.
+    gradient of the sum is the per-sample gradient. With ``draws > 1`` (EOT, Athalye et al. 2018,
+    arXiv:1707.07397) the model is evaluated ``draws`` times and values, logits and gradients are
+    averaged: ``grad = (1/n) sum_i grad_x L(f_i(x))``, an unbiased estimate of ``grad_x E[L]``.
     """
     x = x.detach().requires_grad_(True)
+    values_sum = logits_sum = grad_sum = None
     with torch.enable_grad():
-        logits = model(x)
-        values = objective(logits)
-        (grad,) = torch.autograd.grad(values.sum(), x)
-    return values.detach(), logits.detach(), grad.detach()
+        for _ in range(draws):
+            logits = model(x)
+            values = objective(logits)
+            (grad,) = torch.autograd.grad(values.sum(), x)
+            if values_sum is None:
+                values_sum, logits_sum, grad_sum = values.detach(), logits.detach(), grad.detach()
+            else:
+                values_sum = values_sum + values.detach()
+                logits_sum = logits_sum + logits.detach()
+                grad_sum = grad_sum + grad.detach()
+    if draws == 1:
+        return values_sum, logits_sum, grad_sum  # type: ignore[return-value]
+    return values_sum / draws, logits_sum / draws, grad_sum / draws  # type: ignore[operator,return-value]
+
+
+def input_jacobian(
+    model: nn.Module,
+    x: Tensor,
+    outputs: Callable[[Tensor], Tensor],
+    columns: int,
+    *,
+    draws: int = 1,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(outputs (N, M), logits (N, K), J (M, N, *x.shape[1:]))`` for ``M = columns`` outputs,
+    with ``J[m, i] = d out[i, m] / d x_i``.
+
+    The batch is repeated M times along the batch dimension, block ``m`` selects output column
+    ``m``, and one forward and one ``torch.autograd.grad`` give all M input gradients (samples are
+    independent in eval mode); no loop over samples or classes in the backward pass. Memory grows
+    with ``M x N``. ``draws > 1`` averages over forward passes of a randomised model (EOT).
+    """
+    n = x.shape[0]
+    out_sum = logits_sum = jac_sum = None
+    with torch.enable_grad():
+        for _ in range(draws):
+            m = int(columns)
+            xr = x.detach().repeat(m, *([1] * (x.dim() - 1))).requires_grad_(True)  # (M*N, C, H, W)
+            logits_r = model(xr).reshape(m, n, -1)  # (M, N, K)
+            sel = torch.stack([outputs(logits_r[j])[:, j] for j in range(m)])  # (M, N)
+            (grad,) = torch.autograd.grad(sel.sum(), xr)
+            jac = grad.reshape(m, *x.shape)  # (M, N, C, H, W)
+            logits = logits_r[0].detach()
+            out = outputs(logits)
+            if out_sum is None:
+                out_sum, logits_sum, jac_sum = out, logits, jac
+            else:
+                out_sum = out_sum + out
+                logits_sum = logits_sum + logits
+                jac_sum = jac_sum + jac
+    if draws == 1:
+        return out_sum, logits_sum, jac_sum  # type: ignore[return-value]
+    return out_sum / draws, logits_sum / draws, jac_sum / draws  # type: ignore[operator,return-value]
 
 
 def predict(model: nn.Module, x: Tensor, batch_size: Optional[int] = None) -> Tensor:
@@ -151,19 +232,78 @@ def predict(model: nn.Module, x: Tensor, batch_size: Optional[int] = None) -> Te
         return torch.cat([model(c) for c in x.split(batch_size)])
 
 
+def resolve_threat(
+    threat: "ThreatModel | str",
+    norms: Sequence[str],
+    bounds: tuple[float, float],
+    attack: str,
+) -> tuple[Optional[ThreatModel], str, tuple[float, float]]:
+    """For minimal-norm attacks: ``(threat or None, norm, box)`` from a ThreatModel or a norm name."""
+    if isinstance(threat, ThreatModel):
+        norm, box = threat.norm, threat.box
+        tm: Optional[ThreatModel] = threat
+    elif isinstance(threat, str):
+        norm = ThreatModel(threat, 0.0).norm  # validates the name, maps aliases
+        tm = None
+        lo, hi = float(bounds[0]), float(bounds[1])
+        if not lo < hi:
+            raise ValueError(f"bounds must be (lower, upper) with lower < upper, got {bounds!r}")
+        box = (lo, hi)
+    else:
+        raise TypeError(f"threat must be a robustlab.ThreatModel or a norm name, got {type(threat).__name__}")
+    if norm not in norms:
+        raise ValueError(f"{attack} supports the norms {', '.join(norms)}, got {norm!r}")
+    return tm, norm, box
+
+
+def scatter_info(info: dict, todo: Tensor, n: int) -> dict:
+    """Expand per-sample tensors of the active samples ``todo`` to the whole batch of ``n``."""
+    out = {}
+    for key, value in info.items():
+        if isinstance(value, Tensor) and value.shape[:1] == todo.shape:
+            if value.dtype == torch.bool:
+                fill = False
+            elif value.is_floating_point():
+                fill = float("nan")
+            else:
+                fill = -1
+            full = torch.full((n, *value.shape[1:]), fill, dtype=value.dtype, device=value.device)
+            full[todo] = value
+            out[key] = full
+        else:
+            out[key] = value
+    return out
+
+
 class Attack(abc.ABC):
     """Base class: hyperparameters in ``__init__``, the model at call time.
 
     Subclasses implement ``_run(model, x, y, target, generator) -> RawResult`` on the samples that
     still need attacking (all correctly classified, or not yet at the target). They may stop early
-    per sample; ``iterations`` records the steps each sample used.
+    per sample; ``iterations`` records the steps each sample used. They take gradients through
+    :meth:`_gradient` / :meth:`_jacobian` (the EOT hook) and draw randomness from ``generator``.
     """
 
-    #: The threat model the result is projected into; ``None`` for non-Lp attacks, which then
-    #: report ``distance`` in ``distance_norm`` and are only clipped to the box.
+    #: The threat model the result is projected into; ``None`` for unbounded minimal-norm and
+    #: non-Lp attacks, which report ``distance`` in ``distance_norm`` and are clipped to ``bounds``.
     threat: Optional[ThreatModel] = None
     distance_norm: str = "l2"
+    bounds: tuple[float, float] = (0.0, 1.0)
+    #: True for attacks that minimise the perturbation size (their distance is informative).
+    minimal: bool = False
     seed: int = 0
+    #: Forward passes averaged per gradient (1; :class:`robustlab.attacks.EOT` sets more).
+    _eot_draws: int = 1
+
+    @property
+    def box(self) -> tuple[float, float]:
+        """The valid input range ``(lower, upper)``."""
+        return self.threat.box if self.threat is not None else self.bounds
+
+    @property
+    def norm(self) -> str:
+        """The norm of ``AttackResult.distance``."""
+        return self.threat.norm if self.threat is not None else self.distance_norm
 
     def attack(self, model: nn.Module, x: Tensor, y: Tensor, *, target: Optional[Tensor] = None) -> AttackResult:
         """Attack ``model`` at inputs ``x`` (N, C, H, W) in the box with labels ``y`` (N,).
@@ -172,7 +312,7 @@ class Attack(abc.ABC):
         """
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module mapping images to logits, got {type(model).__name__}")
-        lower, upper = (self.threat.lower, self.threat.upper) if self.threat is not None else (0.0, 1.0)
+        lower, upper = self.box
         check_images(x, "x", lower=lower, upper=upper)
         n = x.shape[0]
         check_labels(y, n, "y")
@@ -185,6 +325,7 @@ class Attack(abc.ABC):
         y = y.to(x.device)
         target = target.to(x.device) if target is not None else None
         generator = torch.Generator(device=x.device).manual_seed(int(self.seed))
+        info: dict = {"attack": self.name}
         with eval_mode(model):
             clean_logits = check_logits(predict(model, x), n)
             k = clean_logits.shape[1]
@@ -214,10 +355,12 @@ class Attack(abc.ABC):
                 if raw.queries is not None:
                     queries = torch.zeros(n, dtype=torch.long, device=x.device)
                     queries[todo] = raw.queries.to(torch.long)
+                if raw.info:
+                    info.update(scatter_info(raw.info, todo, n))
             adv_logits = predict(model, x_adv)
             success = is_adversarial(adv_logits, y, target)
         # Samples already adversarial at the start stay exactly x with distance 0.
-        norm = self.threat.norm if self.threat is not None else self.distance_norm
+        norm = self.norm
         dist_tm = self.threat if self.threat is not None else ThreatModel(norm, 0.0)
         distance = dist_tm.distance(x_adv, x)
         return AttackResult(
@@ -228,14 +371,31 @@ class Attack(abc.ABC):
             norm=norm,
             queries=queries,
             clean_correct=clean_correct,
-            info={"attack": self.name},
+            info=info,
         )
 
     def _constrain(self, x_adv: Tensor, x: Tensor) -> Tensor:
         """Final safety net: inside the threat model (if any) and the box."""
         if self.threat is not None:
             return self.threat.project(x_adv, x)
-        return x_adv.clamp(0.0, 1.0)
+        return x_adv.clamp(*self.bounds)
+
+    # -- gradient hooks (EOT averages inside them) ------------------------------------------
+    def _gradient(self, model: nn.Module, x: Tensor, objective: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """``(values, logits, grad)`` of ``objective(model(x))``; see :func:`input_gradient`."""
+        return input_gradient(model, x, objective, draws=self._eot_draws)
+
+    def _jacobian(
+        self, model: nn.Module, x: Tensor, outputs: Callable[[Tensor], Tensor], columns: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(outputs, logits, J)`` of the ``columns`` outputs; see :func:`input_jacobian`."""
+        return input_jacobian(model, x, outputs, columns, draws=self._eot_draws)
+
+    def _with_draws(self, draws: int) -> "Attack":
+        """A shallow copy whose gradients average ``draws`` forward passes (used by EOT)."""
+        clone = copy.copy(self)
+        clone._eot_draws = int(draws)
+        return clone
 
     @property
     def name(self) -> str:
@@ -249,11 +409,17 @@ class Attack(abc.ABC):
 
     def config(self) -> dict:
         """Hyperparameters, for reports and metadata."""
-        out = {"attack": self.name}
+        out: dict = {"attack": self.name}
         for key, value in vars(self).items():
             if key.startswith("_"):
                 continue
-            out[key] = value.to_dict() if isinstance(value, ThreatModel) else value
+            if isinstance(value, ThreatModel):
+                value = value.to_dict()
+            elif isinstance(value, Attack):
+                value = value.config()
+            elif isinstance(value, (list, tuple)) and value and all(isinstance(v, Attack) for v in value):
+                value = [v.config() for v in value]
+            out[key] = value
         return out
 
     def __repr__(self) -> str:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab._checks import check_positive
-from robustlab.attacks.base import Attack, RawResult, input_gradient
+from robustlab.attacks.base import Attack, RawResult
 from robustlab.losses import LossFn, get_loss
 from robustlab.threat import ThreatModel
 
@@ -51,6 +51,6 @@ class FGSM(Attack):
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, target: Optional[Tensor], generator: torch.Generator) -> RawResult:
         start = self.threat.random_start(x, generator) if self.random_start else x
-        _, _, grad = input_gradient(model, start, lambda z: self._loss_fn(z, y, target))
+        _, _, grad = self._gradient(model, start, lambda z: self._loss_fn(z, y, target))
         x_adv = self.threat.project(start + self.step * self.threat.ascent(grad, start), x)
         return RawResult(x_adv, torch.ones(x.shape[0], dtype=torch.long, device=x.device))

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab._checks import check_positive
-from robustlab.attacks.base import Attack, RawResult, input_gradient, predict
+from robustlab.attacks.base import Attack, RawResult, predict
 from robustlab.losses import LossFn, get_loss, is_adversarial
 from robustlab.threat import ThreatModel
 
@@ -81,7 +81,7 @@ class PGD(Attack):
             t0 = None if target is None else target[idx]
             xa = tm.random_start(x0, generator) if self.random_start else x0.clone()
             for _step in range(self.steps):
-                _, logits, grad = input_gradient(model, xa, lambda z: self._loss_fn(z, y0, t0))
+                _, logits, grad = self._gradient(model, xa, lambda z: self._loss_fn(z, y0, t0))
                 if self.early_stop:
                     hit = is_adversarial(logits, y0, t0)
                     if bool(hit.any()):

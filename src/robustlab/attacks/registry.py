@@ -1,24 +1,70 @@
-"""Attacks by name, for the command line, suites and reports: ``get(name, threat, **overrides)``."""
+"""Attacks by name, for the command line, suites and reports: ``get(name, threat, **overrides)``.
+
+``threat`` is a :class:`ThreatModel` (fixed-budget attacks need one) or, for the minimal-norm
+attacks (``minimal(name)`` is True), also a norm name such as ``"l2"``: they then search the
+smallest perturbation without a radius. New attacks join with :func:`register`.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
+from robustlab.attacks.apgd import APGD, APGDT
 from robustlab.attacks.base import Attack
+from robustlab.attacks.cw import CarliniWagner, CarliniWagnerL0, CarliniWagnerLinf
+from robustlab.attacks.deepfool import DeepFool
 from robustlab.attacks.fgsm import FGSM
+from robustlab.attacks.minnorm import DDN, FMN
 from robustlab.attacks.pgd import BIM, PGD
 from robustlab.threat import ThreatModel
 
 Factory = Callable[..., Attack]
 
-#: name -> (factory(threat, **kw), one-line description). Defaults follow the papers.
-ATTACKS: dict[str, tuple[Factory, str]] = {
-    "fgsm": (lambda tm, **kw: FGSM(tm, **kw), "FGSM, one step of size eps (Goodfellow et al. 2015)"),
-    "bim": (lambda tm, **kw: BIM(tm, **{"steps": 10, **kw}), "BIM, 10 steps from x (Kurakin et al. 2017)"),
-    "pgd": (lambda tm, **kw: PGD(tm, **{"steps": 40, **kw}), "PGD-40, random start (Madry et al. 2018)"),
-    "pgd-dlr": (lambda tm, **kw: PGD(tm, **{"steps": 40, "loss": "dlr", **kw}), "PGD-40 on the DLR loss (Croce & Hein 2020)"),
-    "pgd-cw": (lambda tm, **kw: PGD(tm, **{"steps": 40, "loss": "cw", **kw}), "PGD-40 on the CW margin (Carlini & Wagner 2017)"),
+
+class Entry(NamedTuple):
+    factory: Factory
+    description: str
+    minimal: bool = False
+
+
+def _standard(version: str) -> Factory:
+    def make(tm: ThreatModel, **kw: Any) -> Attack:
+        from robustlab.attacks.ensemble import standard
+
+        return standard(tm, version=version, **kw)
+
+    return make
+
+
+#: name -> Entry(factory(threat, **kw), one-line description, minimal-norm?). Defaults follow the papers.
+ATTACKS: dict[str, Entry] = {
+    "fgsm": Entry(lambda tm, **kw: FGSM(tm, **kw), "FGSM, one step of size eps (Goodfellow et al. 2015)"),
+    "bim": Entry(lambda tm, **kw: BIM(tm, **{"steps": 10, **kw}), "BIM, 10 steps from x (Kurakin et al. 2017)"),
+    "pgd": Entry(lambda tm, **kw: PGD(tm, **{"steps": 40, **kw}), "PGD-40, random start (Madry et al. 2018)"),
+    "pgd-dlr": Entry(lambda tm, **kw: PGD(tm, **{"steps": 40, "loss": "dlr", **kw}), "PGD-40 on the DLR loss (Croce & Hein 2020)"),
+    "pgd-cw": Entry(lambda tm, **kw: PGD(tm, **{"steps": 40, "loss": "cw", **kw}), "PGD-40 on the CW margin (Carlini & Wagner 2017)"),
+    "apgd-ce": Entry(lambda tm, **kw: APGD(tm, **{"loss": "ce", **kw}), "APGD-CE, 100 steps (Croce & Hein 2020)"),
+    "apgd-dlr": Entry(lambda tm, **kw: APGD(tm, **{"loss": "dlr", **kw}), "APGD on the DLR loss, 100 steps (Croce & Hein 2020)"),
+    "apgd-t": Entry(lambda tm, **kw: APGDT(tm, **kw), "APGD-T, targeted DLR over 9 classes (Croce & Hein 2020)"),
+    "cw-l2": Entry(lambda tm, **kw: CarliniWagner(tm, **kw), "Carlini-Wagner L2, binary search over c (2017)", True),
+    "cw-linf": Entry(lambda tm, **kw: CarliniWagnerLinf(tm, **kw), "Carlini-Wagner Linf, decreasing tau (2017)", True),
+    "cw-l0": Entry(lambda tm, **kw: CarliniWagnerL0(tm, **kw), "Carlini-Wagner L0, iterative pixel freezing (2017)", True),
+    "deepfool": Entry(lambda tm, **kw: DeepFool(tm, **kw), "DeepFool, multi-class, overshoot 0.02 (Moosavi-Dezfooli et al. 2016)", True),
+    "fmn": Entry(lambda tm, **kw: FMN(tm, **kw), "Fast Minimum-Norm attack, 100 steps (Pintor et al. 2021)", True),
+    "ddn": Entry(lambda tm, **kw: DDN(tm, **kw), "Decoupled Direction and Norm, L2, 100 steps (Rony et al. 2019)", True),
+    "standard": Entry(_standard("standard"), "APGD-CE, APGD-T, FMN: worst case per sample (AutoAttack protocol)"),
+    "standard-quick": Entry(_standard("quick"), "APGD-CE and APGD-T (3 targets), 50 steps each: worst case per sample"),
 }
+
+
+def register(name: str, factory: Factory, description: str, *, minimal: bool = False, replace: bool = False) -> None:
+    """Make ``factory(threat, **overrides) -> Attack`` available as ``get(name, ...)``."""
+    key = str(name).lower()
+    if not callable(factory):
+        raise TypeError(f"factory must be callable, got {type(factory).__name__}")
+    if key in ATTACKS and not replace:
+        raise ValueError(f"an attack named {name!r} is already registered; pass replace=True to override it")
+    ATTACKS[key] = Entry(factory, str(description), bool(minimal))
 
 
 def available() -> tuple[str, ...]:
@@ -27,18 +73,31 @@ def available() -> tuple[str, ...]:
 
 
 def describe(name: str) -> str:
-    return _lookup(name)[1]
+    return _lookup(name).description
 
 
-def _lookup(name: str) -> tuple[Factory, str]:
+def minimal(name: str) -> bool:
+    """Whether attack ``name`` minimises the perturbation (accepts a bare norm name as threat)."""
+    return _lookup(name).minimal
+
+
+def _lookup(name: str) -> Entry:
     key = str(name).lower()
     if key not in ATTACKS:
         raise ValueError(f"unknown attack {name!r}; expected one of {', '.join(ATTACKS)}")
     return ATTACKS[key]
 
 
-def get(name: str, threat: ThreatModel, **overrides: Any) -> Attack:
+def get(name: str, threat: "ThreatModel | str", **overrides: Any) -> Attack:
     """Build attack ``name`` for ``threat``; ``overrides`` replace its default hyperparameters."""
-    if not isinstance(threat, ThreatModel):
+    entry = _lookup(name)
+    if isinstance(threat, str) and not entry.minimal:
+        raise TypeError(f"attack {name!r} needs a robustlab.ThreatModel with a radius eps, got the norm name {threat!r}")
+    if not isinstance(threat, (ThreatModel, str)):
         raise TypeError(f"threat must be a robustlab.ThreatModel, got {type(threat).__name__}")
-    return _lookup(name)[0](threat, **overrides)
+    try:
+        return entry.factory(threat, **overrides)
+    except TypeError as exc:
+        if "unexpected keyword argument" in str(exc):
+            raise ValueError(f"attack {name!r}: {exc}") from exc
+        raise

@@ -1,0 +1,292 @@
+"""Auto-PGD: step-size-free PGD with momentum (Croce & Hein 2020, arXiv:2003.01690, Algorithm 1).
+
+Update rule (eqs. 2-3), with ``P`` the projection onto ball ∩ box and ``d`` the steepest-ascent
+direction of the norm (``sign`` for linf, ``g / ||g||_2`` for l2, sparse for l1)::
+
+    z^{k+1} = P(x^k + eta^k d(grad f(x^k)))
+    x^{k+1} = P(x^k + alpha (z^{k+1} - x^k) + (1 - alpha)(x^k - x^{k-1}))    alpha = 0.75 (1 at k = 0)
+
+``eta^0 = 2 eps``. At the checkpoints ``w_j = ceil(p_j N)`` with ``p_0 = 0, p_1 = 0.22,
+p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``, the step is halved and the iterate reset to the
+best point found so far ``x_max`` when (1) the loss increased in fewer than ``rho = 0.75`` of the
+steps since the last checkpoint, or (2) neither the step size was reduced at the last checkpoint
+nor the best loss improved since.
+
+l1 (APGD-L1, Croce & Hein 2021, "Mind the box", arXiv:2103.01208): the exact projection onto the
+l1 ball ∩ box, a sparse step along the ``k`` largest gradient coordinates that can still move
+(coordinates on the box boundary pointing outwards are skipped), ``eta^0 = eps``, and ``k``
+adapted at each checkpoint to the sparsity of the best point (``k = ||x_max - x||_0 / 1.5``);
+the step shrinks by 1.5 (not 2) and never below ``eps / 10``.
+
+``APGDT`` is the targeted version used by AutoAttack: the targeted DLR loss (eq. 5) towards each
+of the ``n_target_classes`` classes with the highest clean logits after the true one, each run
+only on the samples still robust. Samples leave the working batch at their first adversarial
+iterate (per-sample early stop) and restarts run only on samples still robust.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from robustlab._checks import check_positive, check_probability
+from robustlab.attacks.base import Attack, RawResult, predict
+from robustlab.losses import LossFn, get_loss, is_adversarial
+from robustlab.threat import ThreatModel
+
+
+def checkpoints(steps: int) -> list[int]:
+    """The iterations ``w_j = ceil(p_j * steps)`` at which APGD checks its progress (paper, sec. 3.2)."""
+    p = [0.0, 0.22]
+    while p[-1] < 1.0:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    return sorted({math.ceil(q * steps) for q in p[1:] if 0 < math.ceil(q * steps) < steps})
+
+
+def _view(v: Tensor, like: Tensor) -> Tensor:
+    return v.reshape(-1, *([1] * (like.dim() - 1)))  # (N,) -> (N, 1, 1, 1)
+
+
+def sparse_l1_direction(grad: Tensor, x_adv: Tensor, k: Tensor, lower: float, upper: float) -> Tensor:
+    """Unit-l1 ascent direction on the ``k`` (per sample) largest gradient coordinates that can move.
+
+    ``v_i = sign(g_i) / k`` on the top-k of ``|g_i|`` among coordinates not stuck on the box
+    boundary in the direction of ``g_i``, 0 elsewhere (SLIDE, arXiv:1904.13000; APGD-L1).
+    """
+    flat = grad.reshape(grad.shape[0], -1)  # (N, D)
+    xf = x_adv.reshape(x_adv.shape[0], -1)
+    stuck = ((xf <= lower) & (flat < 0)) | ((xf >= upper) & (flat > 0))
+    mag = flat.abs().masked_fill(stuck, 0)
+    srt = mag.sort(dim=1, descending=True).values  # (N, D)
+    kk = k.clamp(1, flat.shape[1]).to(torch.long)
+    thresh = srt.gather(1, (kk - 1)[:, None])  # (N, 1) k-th largest magnitude
+    mask = (mag >= thresh) & (mag > 0)
+    v = flat.sign() * mask
+    v = v / v.abs().sum(dim=1, keepdim=True).clamp_min(1)
+    return v.reshape(grad.shape)
+
+
+class APGD(Attack):
+    """Auto-PGD on the cross-entropy (``loss="ce"``, APGD-CE) or the DLR loss (``"dlr"``, APGD-DLR).
+
+    Args:
+        threat: the threat model (``linf``, ``l2`` or ``l1``).
+        steps: iterations per restart (100 in AutoAttack).
+        loss: ``"ce"``, ``"dlr"``, ``"cw"`` or a callable ``(logits, y, target) -> (N,)`` to maximise.
+        restarts: random restarts, each only on the samples still robust.
+        rho: the fraction of increasing steps below which the step is halved (0.75).
+        momentum: ``alpha`` of the momentum update (0.75).
+        random_start: start from a random point of the ball (as the reference implementation).
+        seed: seed of the random starts.
+    """
+
+    def __init__(
+        self,
+        threat: ThreatModel,
+        steps: int = 100,
+        *,
+        loss: "str | LossFn" = "ce",
+        restarts: int = 1,
+        rho: float = 0.75,
+        momentum: float = 0.75,
+        random_start: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if not isinstance(threat, ThreatModel):
+            raise TypeError(f"threat must be a robustlab.ThreatModel, got {type(threat).__name__}")
+        if threat.norm not in ("linf", "l2", "l1"):
+            raise ValueError(f"{type(self).__name__} supports the norms linf, l2, l1, got {threat.norm!r}")
+        self.threat = threat
+        self.steps = int(check_positive(steps, "steps", integer=True))
+        self.loss = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
+        self._loss_fn = get_loss(loss)
+        self.restarts = int(check_positive(restarts, "restarts", integer=True))
+        self.rho = check_probability(rho, "rho")
+        self.momentum = check_probability(momentum, "momentum") if momentum != 1 else 1.0
+        self.random_start = bool(random_start)
+        self.seed = int(seed)
+
+    # -- one run of Algorithm 1 -----------------------------------------------------------
+    def _apgd(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        loss_target: Optional[Tensor],
+        success_target: Optional[Tensor],
+        generator: torch.Generator,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One run of Algorithm 1 on a batch: ``(x_out, found, best_loss, iterations)``, with
+        ``x_out`` the first adversarial iterate where ``found`` and the highest-loss point elsewhere."""
+        tm = self.threat
+        assert tm is not None
+        lower, upper = tm.box
+        n, dev, dt = x.shape[0], x.device, x.dtype
+        d = x[0].numel()
+        eps = tm.eps
+        is_l1 = tm.norm == "l1"
+        loss_fn = self._loss_fn
+
+        out = x.clone()
+        out_loss = torch.full((n,), float("-inf"), device=dev, dtype=dt)
+        found = torch.zeros(n, dtype=torch.bool, device=dev)
+        iterations = torch.zeros(n, dtype=torch.long, device=dev)
+
+        # Per-sample state of the working batch; compacted together when samples leave it.
+        s: dict[str, Tensor] = {"idx": torch.arange(n, device=dev), "x0": x, "y": y}
+        if loss_target is not None:
+            s["lt"] = loss_target
+        if success_target is not None:
+            s["st"] = success_target
+        s["xa"] = tm.random_start(x, generator) if self.random_start else x.clone()
+
+        def objective(z: Tensor) -> Tensor:
+            return loss_fn(z, s["y"], s.get("lt"))
+
+        s["loss"], logits, s["grad"] = self._gradient(model, s["xa"], objective)
+        s["x_best"], s["grad_best"], s["best_loss"] = s["xa"].clone(), s["grad"].clone(), s["loss"].clone()
+        s["xp"] = s["xa"].clone()
+        s["eta"] = torch.full((n,), (1.0 if is_l1 else 2.0) * eps, device=dev, dtype=dt)
+        s["k_l1"] = torch.full((n,), max(1, int(0.2 * d)), device=dev, dtype=torch.long)
+        s["incr"] = torch.zeros(n, device=dev, dtype=torch.long)
+        s["best_at_ckpt"] = s["best_loss"].clone()
+        s["reduced_last"] = torch.zeros(n, dtype=torch.bool, device=dev)
+        ckpts = set(checkpoints(self.steps))
+        last_ckpt = 0
+
+        hit = is_adversarial(logits, s["y"], s.get("st"))
+        for k in range(self.steps + 1):
+            # Per-sample early stop: adversarial samples are recorded and leave the working batch.
+            if bool(hit.any()):
+                out[s["idx"][hit]] = s["xa"][hit]
+                found[s["idx"][hit]] = True
+                keep = ~hit
+                s = {key: v[keep] for key, v in s.items()}
+                if s["idx"].numel() == 0:
+                    break
+            if k == self.steps:
+                break
+            xa, xp, x0, eta = s["xa"], s["xp"], s["x0"], s["eta"]
+            if is_l1:
+                direction = sparse_l1_direction(s["grad"], xa, s["k_l1"], lower, upper)
+            else:
+                direction = tm.ascent(s["grad"], xa)
+            z = tm.project(xa + _view(eta, xa) * direction, x0)
+            if k > 0 and self.momentum < 1:
+                a = self.momentum
+                z = tm.project(xa + a * (z - xa) + (1 - a) * (xa - xp), x0)
+            s["xp"], s["xa"] = xa, z
+            loss, logits, grad = self._gradient(model, z, objective)
+            iterations[s["idx"]] += 1
+            hit = is_adversarial(logits, s["y"], s.get("st"))
+            s["incr"] = s["incr"] + (loss > s["loss"]).long()
+            s["loss"], s["grad"] = loss, grad
+            better = loss > s["best_loss"]
+            b4 = _view(better, z)
+            s["x_best"] = torch.where(b4, z, s["x_best"])
+            s["grad_best"] = torch.where(b4, grad, s["grad_best"])
+            s["best_loss"] = torch.where(better, loss, s["best_loss"])
+            if k + 1 in ckpts:
+                window = k + 1 - last_ckpt
+                last_ckpt = k + 1
+                cond1 = s["incr"].to(dt) < self.rho * window
+                cond2 = ~s["reduced_last"] & (s["best_at_ckpt"] >= s["best_loss"])
+                reduce = (cond1 | cond2) & ~hit
+                if is_l1:
+                    s["eta"] = torch.where(reduce, (s["eta"] / 1.5).clamp_min(eps / 10), s["eta"])
+                    sparsity = (s["x_best"] - s["x0"]).reshape(s["x0"].shape[0], -1).ne(0).sum(dim=1)
+                    s["k_l1"] = (sparsity.to(dt) / 1.5).floor().to(torch.long).clamp(1, d)
+                else:
+                    s["eta"] = torch.where(reduce, s["eta"] / 2, s["eta"])
+                r4 = _view(reduce, z)
+                s["xa"] = torch.where(r4, s["x_best"], s["xa"])
+                s["xp"] = torch.where(r4, s["x_best"], s["xp"])
+                s["grad"] = torch.where(r4, s["grad_best"], s["grad"])
+                s["loss"] = torch.where(reduce, s["best_loss"], s["loss"])
+                s["reduced_last"] = reduce
+                s["best_at_ckpt"] = s["best_loss"].clone()
+                s["incr"] = torch.zeros_like(s["incr"])
+        if s["idx"].numel():
+            out[s["idx"]] = s["x_best"]
+            out_loss[s["idx"]] = s["best_loss"]
+        return out, found, out_loss, iterations
+
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, target: Optional[Tensor], generator: torch.Generator) -> RawResult:
+        return self._restarts(model, x, y, [(target, target)], generator)
+
+    def _restarts(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        targets: list,
+        generator: torch.Generator,
+    ) -> RawResult:
+        """Run APGD for every ``(loss_target, success_target)`` and restart, each time only on the
+        samples still robust; keep the first adversarial point, else the highest-loss one."""
+        n = x.shape[0]
+        out = x.clone()
+        best = torch.full((n,), float("-inf"), device=x.device, dtype=x.dtype)
+        iterations = torch.zeros(n, dtype=torch.long, device=x.device)
+        remaining = torch.arange(n, device=x.device)
+        for loss_t, succ_t in targets:
+            for _ in range(self.restarts):
+                if remaining.numel() == 0:
+                    break
+                r = remaining
+                lt = None if loss_t is None else loss_t[r]
+                st = None if succ_t is None else succ_t[r]
+                xo, found, loss, its = self._apgd(model, x[r], y[r], lt, st, generator)
+                iterations[r] += its
+                out[r[found]] = xo[found]
+                # For robust samples keep the highest-loss point (losses differ per target: keep the latest).
+                better = ~found & ((loss > best[r]) | (lt is not None))
+                out[r[better]] = xo[better]
+                best[r[better]] = loss[better]
+                remaining = r[~found]
+        return RawResult(out, iterations)
+
+
+class APGDT(APGD):
+    """APGD with the targeted DLR loss towards the top ``n_target_classes`` other classes (APGD-T).
+
+    Untargeted use (``target=None``): for each of the classes with the 2nd, 3rd, ... highest clean
+    logit, a targeted run on the samples still robust; success is any misclassification. With an
+    explicit ``target`` it is a targeted attack on that class. Models with fewer than 4 classes
+    (where the targeted DLR is undefined) get the targeted CW margin instead.
+    """
+
+    def __init__(
+        self,
+        threat: ThreatModel,
+        steps: int = 100,
+        *,
+        n_target_classes: int = 9,
+        loss: "str | LossFn" = "dlr",
+        restarts: int = 1,
+        rho: float = 0.75,
+        momentum: float = 0.75,
+        random_start: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(threat, steps, loss=loss, restarts=restarts, rho=rho, momentum=momentum,
+                         random_start=random_start, seed=seed)
+        self.n_target_classes = int(check_positive(n_target_classes, "n_target_classes", integer=True))
+
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, target: Optional[Tensor], generator: torch.Generator) -> RawResult:
+        if target is not None:
+            return self._restarts(model, x, y, [(target, target)], generator)
+        logits = predict(model, x)
+        k = logits.shape[1]
+        runner: APGD = self
+        if k < 4 and self.loss == "dlr":
+            # The targeted DLR needs 4 classes; with fewer, the targeted CW margin plays its role.
+            runner = copy.copy(self)
+            runner._loss_fn = get_loss("cw")
+        order = logits.masked_fill(torch.nn.functional.one_hot(y, k).bool(), float("-inf")).argsort(dim=1, descending=True)
+        n_t = min(self.n_target_classes, k - 1)
+        return runner._restarts(model, x, y, [(order[:, i], None) for i in range(n_t)], generator)
