@@ -17,14 +17,16 @@ def test_train_evaluate_certify_on_digits(tmp_path, capsys):
     assert main(["evaluate", "--model", str(model), "--attack", "fgsm,pgd", "--eps", "0.05,0.3", "--n", "40",
                  "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    report = json.loads((out / "evaluation.json").read_text())
-    assert report["n"] == 40 and [r["eps"] for r in report["per_eps"]] == [0.05, 0.3]
-    pgd_03 = report["per_eps"][1]["attacks"]["pgd"]["robust_accuracy"]["value"]
-    assert pgd_03 <= 0.1 and f"{pgd_03:.4f}" in printed
+    report = json.loads((out / "report.json").read_text())
+    threat = report["models"][0]["threats"][0]
+    assert report["models"][0]["data"]["n"] == 40 and [r["eps"] for r in threat["rows"]] == [0.05, 0.3]
+    pgd_03 = {a["attack"]: a for a in threat["rows"][1]["attacks"]}["pgd"]["robust"]["value"]
+    assert pgd_03 <= 0.1 and f"{100 * pgd_03:.1f}" in printed
+    assert (out / "index.html").exists()
     # Resume reuses the finished batches and gives the same numbers.
     assert main(["evaluate", "--model", str(model), "--attack", "fgsm,pgd", "--eps", "0.05,0.3", "--n", "40",
                  "--out", str(out), "--resume", "--no-progress"]) == 0
-    assert json.loads((out / "evaluation.json").read_text())["per_eps"] == report["per_eps"]
+    assert json.loads((out / "report.json").read_text())["models"][0]["threats"] == report["models"][0]["threats"]
     cert_file = tmp_path / "cert.json"
     assert main(["certify", "--model", str(model), "--sigma", "0.25", "--n0", "20", "--n", "200", "--n-images", "5",
                  "--radii", "0,0.1", "--out", str(cert_file)]) == 0
@@ -53,4 +55,4 @@ def test_bad_eps_for_the_norm_is_refused_before_any_attack(tmp_path, capsys):
     main(["train", "--dataset", "digits", "--arch", "mlp", "--epochs", "1", "--out", str(model), "--no-progress"])
     assert main(["evaluate", "--model", str(model), "--eps", "1.5", "--out", str(tmp_path / "e")]) == 2
     assert "larger than the input range" in capsys.readouterr().err
-    assert not (tmp_path / "e" / "evaluation.json").exists()
+    assert not (tmp_path / "e" / "report.json").exists()

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 from robustlab import __version__
 
 #: Subcommand modules, in the order ``robustlab --help`` lists them.
-COMMANDS = ("demo", "data", "train", "evaluate", "certify")
+COMMANDS = ("demo", "data", "train", "attack", "evaluate", "certify", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

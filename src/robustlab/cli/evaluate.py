@@ -1,8 +1,10 @@
-"""``robustlab evaluate --model runs/mnist-cnn --attack pgd --eps 0.1,0.2,0.3``."""
+"""``robustlab evaluate --model runs/mnist-cnn --attack pgd --eps 0.1,0.2,0.3``: clean and robust
+accuracy per eps, the gradient-masking checks, ``report.json`` and ``index.html``."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 
@@ -16,42 +18,81 @@ def parse_floats(text: str) -> tuple[float, ...]:
     return values
 
 
+def parse_names(text: str) -> tuple[str, ...]:
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("expected at least one name")
+    return names
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("evaluate", help="clean and robust accuracy of a model per eps (JSON)")
+    p = subparsers.add_parser(
+        "evaluate", help="robust accuracy per eps, gradient-masking checks, JSON + HTML report",
+        description="Evaluate a saved model with a suite of attacks (and certifiers), print clean and robust "
+                    "accuracy per eps and write report.json and a self-contained index.html.")
     p.add_argument("--model", required=True, help="a saved robustlab model (directory or .safetensors)")
-    p.add_argument("--attack", default=None, help="comma-separated attack names (default: the suite's)")
-    p.add_argument("--suite", default="quick", help="quick, standard or a .toml file")
-    p.add_argument("--norm", default="linf", help="linf, l2, l1 or l0")
+    p.add_argument("--suite", default="quick", help="quick, standard or a .toml file (default quick)")
+    p.add_argument("--attack", type=parse_names, default=None, help="comma-separated attack names, replacing the suite's")
+    p.add_argument("--norm", default=None, help="linf, l2, l1 or l0 (presets only; default linf)")
     p.add_argument("--eps", type=parse_floats, default=None, help="comma-separated radii, e.g. 0.1,0.2,0.3")
+    p.add_argument("--transfer", type=parse_names, default=None,
+                   help="comma-separated saved models whose adversarial examples are tried on this one")
+    p.add_argument("--smoothing", type=float, default=None, metavar="SIGMA",
+                   help="also certify with randomized smoothing at this sigma (L2)")
+    p.add_argument("--smoothing-n", type=int, default=1000, help="noise samples per image for --smoothing")
+    p.add_argument("--no-checks", action="store_true", help="skip the gradient-masking checks")
     p.add_argument("--dataset", default=None, help="default: the dataset in the model's metadata")
     p.add_argument("--split", default="test", choices=("train", "test"))
+    p.add_argument("--root", default=None, help="dataset folder")
     p.add_argument("--n", type=int, default=None, help="evaluate the first N images (default all)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--root", default=None, help="dataset folder")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: where the model loads, cpu)")
+    p.add_argument("--name", default=None, help="the model's name in the report (default: its folder name)")
     p.add_argument("--out", default=None, help="output folder (default out/evaluate/<model name>)")
-    p.add_argument("--resume", action="store_true", help="reuse finished batches in --out")
+    p.add_argument("--resume", action="store_true", help="reuse the finished batches in --out")
+    p.add_argument("--no-html", action="store_true", help="write report.json only")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
+
+
+def build_suite(args: argparse.Namespace, dataset: str):
+    """The suite the arguments describe (preset or file, with --attack/--smoothing/--transfer/--no-checks)."""
+    from robustlab import evaluate
+
+    suite = evaluate.load_suite(args.suite, args.norm, args.eps, dataset)
+    changes: dict = {}
+    if args.attack:
+        keep = {a: o for a, o in suite.attack_options.items() if a in args.attack}
+        changes.update(attacks=args.attack, attack_options=keep,
+                       threats=tuple(dataclasses.replace(t, attacks=None) for t in suite.threats),
+                       name=f"{suite.name}: {', '.join(args.attack)}")
+    if args.smoothing is not None:
+        changes["certifiers"] = (*suite.certifiers, evaluate.CertifierSpec(
+            "smoothing", {"sigma": args.smoothing, "n": args.smoothing_n}))
+    if args.transfer:
+        changes["transfer"] = {**suite.transfer, **{Path(p).name.replace(".safetensors", ""): p for p in args.transfer}}
+    if args.no_checks:
+        changes["checks"] = dataclasses.replace(suite.checks, enabled=False)
+    return dataclasses.replace(suite, **changes) if changes else suite
 
 
 def run(args: argparse.Namespace) -> int:
     from robustlab import data, evaluate, models
 
-    model = models.load(args.model)
+    if args.n is not None and args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    model = models.load(args.model, map_location=args.device or "cpu")
     name = args.dataset or model.metadata.get("dataset")
     if not name:
         raise ValueError(f"{args.model} records no dataset; pass --dataset")
-    suite = evaluate.load_suite(args.suite, args.norm, args.eps)
-    if args.attack:
-        suite = evaluate.Suite(f"custom:{args.attack}", suite.norm, suite.eps, tuple(a.strip() for a in args.attack.split(",")))
-    if args.n is not None and args.n < 1:
-        raise ValueError(f"--n must be >= 1, got {args.n}")
+    suite = build_suite(args, name)
     test = data.load(name, args.split, args.root)
-    out = Path(args.out) if args.out else Path("out") / "evaluate" / Path(args.model).name.replace(".safetensors", "")
-    ev = evaluate.run(model, test, suite, n=args.n, batch_size=args.batch_size, out=out, resume=args.resume,
-                      seed=args.seed, progress=not args.no_progress)
-    ev.info["model"] = str(args.model)
-    print(ev.table())
-    print(f"wrote {ev.save(out)} ({ev.seconds:.1f} s)")
+    model_name = args.name or Path(args.model).name.replace(".safetensors", "")
+    out = Path(args.out) if args.out else Path("out") / "evaluate" / model_name
+    report = evaluate.run(model, test, suite, n=args.n, batch_size=args.batch_size, out=out, resume=args.resume,
+                          seed=args.seed, progress=not args.no_progress, name=model_name, html=not args.no_html)
+    print(report.table())
+    wrote = "report.json" + ("" if args.no_html else " and index.html")
+    print(f"wrote {wrote} in {out}/ ({report.models[0].seconds:.1f} s)")
     return 0

@@ -1,117 +1,374 @@
-"""Run a suite over a dataset: stream batches, keep one record per sample, resume after a crash.
+"""Run a suite over a dataset: validate everything, stream batches, keep one record per sample,
+resume after a crash, and build the :class:`~robustlab.report.Report`.
 
-For every batch and every (eps, attack) pair the per-sample outcome (success, distance) is kept;
-finished batches are written atomically to ``out/records/`` so ``resume=True`` skips them.
+Per batch and per threat model, every attack runs at every eps on every image (so per-attack
+robust accuracy is exact); random noise (with the checks), transfer examples from the suite's
+source models and minimal-norm attacks add to the per-sample worst case; certifiers add a
+certified radius. What is kept per image and result is small: success, distance in the threat
+norm, the linf / l2 / l0 norms of the perturbation and the classification margin at the
+adversarial point. Finished batches are written atomically to ``out/records/`` as safetensors
+(with a manifest naming the suite, data, model and seed), so ``resume=True`` skips them; the
+gradient-masking probes are kept in ``out/records/checks.json`` the same way.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import logging
+import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional
 
 import torch
-from safetensors.torch import load_file, save as st_save
-from torch import nn
+from safetensors.torch import load_file
+from safetensors.torch import save as st_save
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from robustlab._checks import check_images, check_labels, check_logits
+from robustlab._checks import check_images, check_labels, check_logits, check_positive
 from robustlab._io import atomic_write_bytes, atomic_write_text
-from robustlab.attacks import registry
 from robustlab.attacks.base import eval_mode, model_device
-from robustlab.evaluate import metrics
-from robustlab.evaluate.suite import Suite, load_suite
-from robustlab.models.metrics import as_tensors
+from robustlab.evaluate import checks as checks_mod
+from robustlab.evaluate.metrics import perturbation_norms
+from robustlab.evaluate.suite import Suite, Threat, certifier, load_suite, unbounded_eps  # noqa: F401
+from robustlab.losses import margin
+from robustlab.report.schema import Report
+from robustlab.threat import ThreatModel
 
 log = logging.getLogger("robustlab.evaluate")
-SCHEMA_VERSION = 1
+RECORDS_VERSION = 1
+UNBOUNDED = None  # the eps key of minimal-norm attacks
+
+
+def eps_key(eps: Optional[float]) -> str:
+    return "unbounded" if eps is None else repr(float(eps))
+
+
+def key(kind: str, norm: str, eps: Optional[float], name: str, what: str) -> str:
+    """Record key ``kind|norm|eps|name|field`` (kind: attack, minimal, noise, transfer)."""
+    return f"{kind}|{norm}|{eps_key(eps)}|{name}|{what}"
+
+
+def display_sources(suite: Suite) -> list[str]:
+    """Names of what can produce the images of the report's grids (first threat model)."""
+    t = suite.threats[0]
+    names = [*suite.attacks_for(t), *(f"{a} (minimal)" for a in suite.minimal)]
+    if suite.checks.enabled:
+        names.append("random noise")
+    names += [f"transfer from {s}" for s in suite.transfer]
+    return names
 
 
 @dataclass
-class Evaluation:
-    """Per-sample records and the metrics derived from them. ``to_dict`` is the JSON form."""
+class Records:
+    """Every per-sample result of a run: tensors keyed as :func:`key` (and ``clean|*``,
+    ``cert|<i>|*``), per-batch seconds (``time|*``, summed) and exemplar candidates (``ex|*``)."""
 
-    suite: Suite
-    labels: torch.Tensor
-    clean_pred: torch.Tensor
-    success: dict[tuple[float, str], torch.Tensor]
-    distance: dict[tuple[float, str], torch.Tensor]
-    seconds: float = 0.0
-    info: dict = field(default_factory=dict)
+    tensors: dict[str, Tensor]
+    times: dict[str, float] = field(default_factory=dict)
+    exemplars: dict[str, Tensor] = field(default_factory=dict)
+
+    @staticmethod
+    def concat(batches: list[dict[str, Tensor]]) -> "Records":
+        keys = list(batches[0])
+        tensors, times, ex = {}, {}, {}
+        for k in keys:
+            parts = [b[k] for b in batches]
+            if k.startswith("time|"):
+                times[k[5:]] = float(sum(float(p.sum()) for p in parts))
+            elif k.startswith("ex|"):
+                ex[k] = torch.cat(parts)
+            else:
+                tensors[k] = torch.cat(parts)
+        return Records(tensors, times, ex)
+
+    def get(self, kind: str, norm: str, eps: Optional[float], name: str, what: str) -> Tensor:
+        return self.tensors[key(kind, norm, eps, name, what)]
+
+    def seconds(self, kind: str, norm: str, eps: Optional[float], name: str) -> float:
+        return self.times.get(key(kind, norm, eps, name, "seconds"), 0.0)
 
     @property
-    def correct(self) -> torch.Tensor:
+    def labels(self) -> Tensor:
+        return self.tensors["clean|label"]
+
+    @property
+    def clean_pred(self) -> Tensor:
+        return self.tensors["clean|pred"]
+
+    @property
+    def correct(self) -> Tensor:
         return self.clean_pred == self.labels
 
-    def robust_accuracy(self, eps: float, attack: Optional[str] = None) -> float:
-        """Robust accuracy at ``eps`` against one attack, or the worst case over all (None)."""
-        if attack is not None:
-            return float(metrics.robust_mask(self.correct, self.success[(eps, attack)]).float().mean())
-        return float(metrics.worst_case(self.correct, [self.success[(eps, a)] for a in self.suite.attacks]).float().mean())
 
-    def to_dict(self) -> dict:
-        per_eps = []
-        for eps in self.suite.eps:
-            row: dict[str, Any] = {"eps": eps, "attacks": {}}
-            for a in self.suite.attacks:
-                succ = self.success[(eps, a)]
-                found = self.distance[(eps, a)].masked_fill(~(succ & self.correct), float("inf"))
-                row["attacks"][a] = {
-                    "robust_accuracy": metrics.rate(metrics.robust_mask(self.correct, succ)),
-                    "distance": metrics.distance_summary(found),
-                }
-            worst = metrics.worst_case(self.correct, [self.success[(eps, a)] for a in self.suite.attacks])
-            row["worst_case"] = metrics.rate(worst)
-            per_eps.append(row)
-        return {
-            "schema": "robustlab-evaluation",
-            "schema_version": SCHEMA_VERSION,
-            "suite": self.suite.to_dict(),
-            "n": int(self.labels.numel()),
-            "clean_accuracy": metrics.rate(self.correct),
-            "per_eps": per_eps,
-            "seconds": self.seconds,
-            "info": self.info,
+# -- the per-batch work ----------------------------------------------------------------------------
+
+
+class _Show:
+    """Per image of a batch, the adversarial point the report would show: the smallest-distance
+    adversarial example found, else the failed attempt with the smallest margin at the largest eps."""
+
+    def __init__(self, x: Tensor, pred: Tensor, conf: Tensor) -> None:
+        n = x.shape[0]
+        self.adv = x.clone()
+        self.success = torch.zeros(n, dtype=torch.bool, device=x.device)
+        self.dist = torch.full((n,), math.inf, dtype=torch.float64, device=x.device)
+        self.margin = torch.full((n,), math.inf, dtype=torch.float64, device=x.device)
+        self.eps = torch.zeros(n, dtype=torch.float64, device=x.device)
+        self.src = torch.full((n,), -1, dtype=torch.long, device=x.device)
+        self.pred, self.conf = pred.clone(), conf.clone()
+
+    def update(self, x_adv: Tensor, success: Tensor, dist: Tensor, marg: Tensor, pred: Tensor, conf: Tensor,
+               eps: float, src: int, attempt: bool) -> None:
+        dist, marg = dist.double(), marg.double()
+        take = success & (~self.success | (dist < self.dist))
+        if attempt:
+            take |= ~success & ~self.success & (marg < self.margin)
+        if bool(take.any()):
+            self.adv[take] = x_adv[take]
+            self.success[take] = success[take]
+            self.dist[take] = torch.where(success[take], dist[take], torch.full_like(dist[take], math.inf))
+            self.margin[take] = marg[take]
+            self.eps[take] = eps
+            self.src[take] = src
+            self.pred[take], self.conf[take] = pred[take], conf[take]
+
+    def candidates(self, x: Tensor, y: Tensor, correct: Tensor, clean_pred: Tensor, clean_conf: Tensor, start: int,
+                   k: int) -> dict[str, Tensor]:
+        """The ``k`` least and most robust correct images of the batch, with what to show."""
+        big = 1e12
+        least = torch.where(correct & self.success, self.dist, torch.full_like(self.dist, math.inf))
+        most = torch.where(self.success, self.dist, big + self.margin.clamp(-1e6, 1e6))
+        most = torch.where(correct, most, torch.full_like(most, -math.inf))
+        out: dict[str, Tensor] = {}
+        for kind, score, descending in (("least", least, False), ("most", most, True)):
+            order = score.argsort(descending=descending)
+            valid = torch.isfinite(score[order])
+            idx = order[valid][:k]
+            fields = {
+                "index": torch.arange(start, start + x.shape[0], device=x.device)[idx],
+                "score": score[idx].double(), "x": x[idx].float(), "adv": self.adv[idx].float(), "label": y[idx],
+                "clean_pred": clean_pred[idx], "clean_conf": clean_conf[idx].float(), "adv_pred": self.pred[idx],
+                "adv_conf": self.conf[idx].float(), "eps": self.eps[idx], "src": self.src[idx],
+                "success": self.success[idx], "dist": torch.nan_to_num(self.dist[idx], posinf=-1.0),
+            }
+            out.update({f"ex|{kind}|{name}": v.detach().cpu().contiguous() for name, v in fields.items()})
+        return out
+
+
+class _Runner:
+    """Everything prepared (and validated) before the first batch."""
+
+    def __init__(self, model: nn.Module, suite: Suite, shape: tuple[int, int, int], seed: int,
+                 sources: Mapping[str, nn.Module]) -> None:
+        self.model, self.suite, self.shape, self.seed, self.sources = model, suite, shape, seed, dict(sources)
+        self.attacks = {}
+        self.minimal = {}
+        self.transfer = {}
+        for t in suite.threats:
+            for e in t.eps:
+                tm = ThreatModel(t.norm, e)
+                for a in suite.attacks_for(t):
+                    self.attacks[(t.norm, e, a)] = suite.build_attack(a, tm, seed)
+                if e in suite.transfer_at(t):
+                    for s in self.sources:
+                        self.transfer[(t.norm, e, s)] = _transfer_attack(suite, tm, seed)
+            for a in suite.minimal:
+                self.minimal[(t.norm, a)] = suite.build_minimal(a, t.norm, shape, seed)
+        self.certs = [(i, spec, certifier(spec.method), spec.resolved()) for i, spec in enumerate(suite.certifiers)]
+        self.sources_names = display_sources(suite)
+
+    def _store(self, rec: dict, show: Optional[_Show], kind: str, t: Threat, eps: Optional[float], name: str,
+               x: Tensor, y: Tensor, x_adv: Tensor, seconds: float, attempt: bool, src: int) -> None:
+        with eval_mode(self.model), torch.no_grad():
+            logits = self.model(x_adv)  # (B, K)
+        probs = logits.softmax(dim=1)
+        pred = logits.argmax(dim=1)
+        success = pred != y
+        dist = ThreatModel(t.norm, 0.0).distance(x_adv, x)
+        marg = margin(logits, y)
+        rec[key(kind, t.norm, eps, name, "success")] = success.cpu()
+        rec[key(kind, t.norm, eps, name, "distance")] = dist.float().cpu()
+        rec[key(kind, t.norm, eps, name, "margin")] = marg.float().cpu()
+        for norm, v in perturbation_norms(x_adv, x).items():
+            rec[key(kind, t.norm, eps, name, norm)] = v.float().cpu()
+        rec["time|" + key(kind, t.norm, eps, name, "seconds")] = torch.tensor([seconds], dtype=torch.float64)
+        if show is not None:
+            show.update(x_adv, success, dist, marg, pred, probs.amax(dim=1), float(eps) if eps is not None else -1.0,
+                        src, attempt)
+
+    def batch(self, x: Tensor, y: Tensor, start: int, b: int) -> dict[str, Tensor]:
+        model, suite = self.model, self.suite
+        with eval_mode(model), torch.no_grad():
+            logits = model(x)
+        clean_pred = logits.argmax(dim=1)
+        clean_conf = logits.softmax(dim=1).amax(dim=1)
+        rec: dict[str, Tensor] = {
+            "clean|label": y.cpu(), "clean|pred": clean_pred.cpu(), "clean|conf": clean_conf.float().cpu(),
+            "clean|index": torch.arange(start, start + x.shape[0]),
         }
+        k = suite.exemplars
+        show = _Show(x, clean_pred, clean_conf) if k > 0 else None
+        gen = torch.Generator(device=x.device).manual_seed(_mix(self.seed, b))
+        for ti, t in enumerate(suite.threats):
+            s_show = show if ti == 0 else None
+            names = suite.attacks_for(t)
+            for e in t.eps:
+                last = e == t.eps[-1]
+                for a in names:
+                    t0 = time.perf_counter()
+                    x_adv = self.attacks[(t.norm, e, a)].attack(model, x, y).x_adv
+                    self._store(rec, s_show, "attack", t, e, a, x, y, x_adv, time.perf_counter() - t0, last,
+                                self.sources_names.index(a) if ti == 0 else -1)
+                if suite.checks.enabled:
+                    t0 = time.perf_counter()
+                    x_noise = _noise(model, x, y, ThreatModel(t.norm, e), suite.checks.noise_draws, gen)
+                    self._store(rec, s_show, "noise", t, e, "noise", x, y, x_noise, time.perf_counter() - t0, False,
+                                self.sources_names.index("random noise") if ti == 0 else -1)
+                for s, source in (self.sources.items() if e in suite.transfer_at(t) else ()):
+                    t0 = time.perf_counter()
+                    x_adv = self.transfer[(t.norm, e, s)].attack(source, x, y).x_adv
+                    self._store(rec, s_show, "transfer", t, e, s, x, y, x_adv, time.perf_counter() - t0, False,
+                                self.sources_names.index(f"transfer from {s}") if ti == 0 else -1)
+            for a in suite.minimal:
+                t0 = time.perf_counter()
+                x_adv = self.minimal[(t.norm, a)].attack(model, x, y).x_adv
+                self._store(rec, s_show, "minimal", t, UNBOUNDED, a, x, y, x_adv, time.perf_counter() - t0, False,
+                            self.sources_names.index(f"{a} (minimal)") if ti == 0 else -1)
+        for i, spec, entry, opts in self.certs:
+            t0 = time.perf_counter()
+            cert = entry.certify(model, x, opts, _mix(self.seed, b, i + 1))
+            rec[f"cert|{i}|prediction"] = cert.prediction.long().cpu()
+            rec[f"cert|{i}|radius"] = cert.radius.float().cpu()
+            rec[f"cert|{i}|abstain"] = cert.abstain.bool().cpu()
+            rec[f"time|cert|{i}|seconds"] = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+        if show is not None:
+            rec.update(show.candidates(x, y, clean_pred == y, clean_pred, clean_conf, start, k))
+        return rec
 
-    def save(self, path: "str | os.PathLike[str]") -> Path:
-        """Write the JSON form atomically (``path`` is a file, or a folder for ``evaluation.json``)."""
-        path = Path(path)
-        if path.suffix != ".json":
-            path = path / "evaluation.json"
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
 
-    def table(self) -> str:
-        """A plain-text table: clean accuracy, then robust accuracy per eps and attack."""
-        head = f"{'eps':>8}  " + "  ".join(f"{a:>10}" for a in self.suite.attacks) + f"  {'worst':>10}"
-        lines = [f"clean accuracy: {float(self.correct.float().mean()):.4f} (n={self.labels.numel()})", head]
-        for eps in self.suite.eps:
-            cells = "  ".join(f"{self.robust_accuracy(eps, a):>10.4f}" for a in self.suite.attacks)
-            lines.append(f"{eps:>8.4g}  {cells}  {self.robust_accuracy(eps):>10.4f}")
-        return "\n".join(lines)
+def _mix(*values: int) -> int:
+    """A 63-bit seed derived from integers (stable across runs and platforms)."""
+    h = hashlib.sha256(",".join(str(int(v)) for v in values).encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
-def _key(eps: float, attack: str) -> str:
-    return f"{eps!r}|{attack}"
+def _transfer_attack(suite: Suite, tm: ThreatModel, seed: int):
+    """The suite's transfer attack, running all its steps where it can (higher-confidence examples
+    transfer better, Carlini & Wagner 2017); attacks without ``early_stop`` are built as they are."""
+    try:
+        return suite.build_attack(suite.transfer_attack, tm, seed, early_stop=False)
+    except TypeError:
+        return suite.build_attack(suite.transfer_attack, tm, seed)
 
 
-def _validate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, suite: Suite) -> None:
-    check_images(images[:256], "data images")
-    check_labels(labels, images.shape[0], "data labels")
-    dev = model_device(model, images.device)
+def _noise(model: nn.Module, x: Tensor, y: Tensor, tm: ThreatModel, draws: int, gen: torch.Generator) -> Tensor:
+    """Random points of the ball (linf: random vertices ``x + eps * sign(u)``; other norms: uniform
+    in the ball), ``draws`` per image; returns the first that is misclassified, else the last draw."""
+    out = x.clone()
+    fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    with eval_mode(model), torch.no_grad():
+        for _ in range(draws):
+            if tm.norm == "linf":
+                signs = torch.randint(0, 2, x.shape, generator=gen, device=x.device).to(x.dtype) * 2 - 1
+                xn = tm.project(x + tm.eps * signs, x)
+            else:
+                xn = tm.random_start(x, gen)
+            new = (model(xn).argmax(dim=1) != y) & ~fooled
+            keep = new | ~fooled
+            out[keep] = xn[keep]
+            fooled |= new
+    return out
+
+
+# -- validation ------------------------------------------------------------------------------------
+
+
+def _as_data(data: Any) -> tuple[Tensor, Tensor, dict]:
+    from robustlab.models.metrics import as_tensors
+
+    images, labels = as_tensors(data)
+    info = {"name": str(getattr(data, "name", "tensors")), "split": getattr(data, "split", None),
+            "classes": [str(c) for c in getattr(data, "classes", ())]}
+    return images, labels, info
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise PermissionError(f"output directory {out} is not writable: {exc}") from exc
+
+
+def _load_sources(suite: Suite, device: torch.device) -> dict[str, nn.Module]:
+    from robustlab import models
+
+    out = {}
+    for name, src in suite.transfer.items():
+        if isinstance(src, nn.Module):
+            out[name] = src
+        else:
+            out[name] = models.load(src, map_location=device)
+    return out
+
+
+def _probe_model(model: nn.Module, x1: Tensor, what: str, num_classes: Optional[int] = None) -> int:
     with eval_mode(model), torch.no_grad():
         try:
-            out = model(images[:1].to(dev))
+            out = model(x1)
         except RuntimeError as exc:
-            raise ValueError(f"the model cannot process the data's images of shape {tuple(images.shape[1:])}: {exc}") from exc
-    check_logits(out, 1, "the model's output")
-    if int(labels.max()) >= out.shape[1]:
-        raise ValueError(f"the data has label {int(labels.max())} but the model has {out.shape[1]} classes")
+            raise ValueError(f"{what} cannot process the data's images of shape {tuple(x1.shape[1:])} (C, H, W): "
+                             f"{str(exc).splitlines()[0]}") from exc
+    check_logits(out, 1, f"the output of {what}")
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(f"{what} returns non-finite logits on the first image")
+    if num_classes is not None and out.shape[1] != num_classes:
+        raise ValueError(f"{what} has {out.shape[1]} classes, the evaluated model {num_classes}")
+    return int(out.shape[1])
+
+
+def _fingerprint(model: nn.Module, images: Tensor, labels: Tensor) -> dict[str, str]:
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    d = hashlib.sha256(labels.cpu().numpy().tobytes())
+    d.update(images[: min(64, images.shape[0])].cpu().contiguous().numpy().tobytes())
+    d.update(str(tuple(images.shape)).encode())
+    return {"model": h.hexdigest(), "data": d.hexdigest()}
+
+
+def _jsonable(d: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        try:
+            json.dumps(v, allow_nan=False)
+        except (TypeError, ValueError):
+            continue
+        out[str(k)] = v
+    return out
+
+
+def model_info(model: nn.Module) -> dict[str, Any]:
+    """What a report says about a model: its class and parameter count, and its saved metadata
+    (architecture, dataset, training configuration, metrics) without the per-epoch history."""
+    meta = getattr(model, "metadata", None) or {}
+    info = {"class": type(model).__name__, "parameters": int(sum(p.numel() for p in model.parameters()))}
+    keep = ("architecture", "dataset", "training", "metrics", "created", "robustlab_version", "weights_sha256")
+    info.update(_jsonable({k: meta[k] for k in keep if k in meta}))
+    return info
+
+
+# -- the public entry point ------------------------------------------------------------------------
 
 
 def run(
@@ -119,68 +376,134 @@ def run(
     data: Any,
     suite: "str | Suite | os.PathLike[str]" = "quick",
     *,
-    norm: str = "linf",
-    eps: Optional[Sequence[float]] = None,
-    n: Optional[int] = None,
     batch_size: int = 256,
+    n: Optional[int] = None,
+    device: "str | torch.device | None" = None,
+    progress: bool = True,
     out: "str | os.PathLike[str] | None" = None,
     resume: bool = False,
     seed: int = 0,
-    progress: bool = True,
-) -> Evaluation:
-    """Evaluate ``model`` on ``data`` (a Dataset or ``(images, labels)``) with ``suite``.
+    name: Optional[str] = None,
+    norm: Optional[str] = None,
+    eps: Optional[list[float]] = None,
+    html: bool = True,
+) -> Report:
+    """Evaluate ``model`` on ``data`` with ``suite`` and return the :class:`~robustlab.report.Report`.
 
-    Every attack runs on every sample (so per-attack robust accuracy is exact); the worst case
-    per eps is the per-sample OR of the attacks' successes.
+    Args:
+        model: any ``nn.Module`` mapping images in [0, 1] (N, C, H, W) to logits; never modified
+            (with ``device`` set and different from the model's, a copy is moved there).
+        data: a :class:`robustlab.data.Dataset` or an ``(images, labels)`` pair of tensors.
+        suite: ``"quick"``, ``"standard"``, a ``.toml`` path or a :class:`Suite`; ``norm`` /
+            ``eps`` replace a preset's threat model.
+        batch_size: images per batch (memory is bounded by it); ``n``: the first ``n`` images.
+        out: folder for the per-batch records and, at the end, the report (``report.json``,
+            ``index.html`` unless ``html=False``, figures). ``resume=True`` reuses the finished
+            batches of an interrupted run with the same suite, data, model, batch size and seed.
+        seed: seeds every attack, the noise draws and the certifiers.
+        name: the model's name in the report (default: its saved name or class).
+
+    Everything is validated before any attack runs: the suite (names, radii, options), the data
+    (images in [0, 1], labels), the model on one image (shape, classes, finite logits), the
+    transfer sources and the output folder.
     """
-    suite = load_suite(suite, norm, eps)
-    images, labels = as_tensors(data)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module mapping images to logits, got {type(model).__name__}")
+    check_positive(batch_size, "batch_size", integer=True)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an integer, got {seed!r}")
+    images, labels, data_info = _as_data(data)
     if n is not None:
+        check_positive(n, "n", integer=True)
         images, labels = images[:n], labels[:n]
     if images.shape[0] == 0:
         raise ValueError("data is empty; nothing to evaluate")
-    _validate(model, images, labels, suite)
-    out_dir = Path(out) if out is not None else None
-    rec_dir = out_dir / "records" if out_dir is not None else None
-    if rec_dir is not None:
-        rec_dir.mkdir(parents=True, exist_ok=True)
-        if not os.access(rec_dir, os.W_OK):
-            raise PermissionError(f"output directory {out_dir} is not writable")
-        manifest = {"suite": suite.to_dict(), "n": int(images.shape[0]), "batch_size": batch_size, "seed": seed}
+    check_images(images, "data images")
+    check_labels(labels, images.shape[0], "data labels")
+    suite = load_suite(suite, norm, eps, data_info["name"])
+    shape = tuple(int(v) for v in images.shape[1:])
+    suite.validate_for_input(shape)
+    dev = torch.device(device) if device is not None else model_device(model, images.device)
+    if model_device(model, dev) != dev:
+        model = copy.deepcopy(model).to(dev)
+    k = _probe_model(model, images[:1].to(dev), "the model")
+    if int(labels.max()) >= k:
+        raise ValueError(f"the data has label {int(labels.max())} but the model has {k} classes")
+    if not data_info["classes"] or len(data_info["classes"]) != k:
+        data_info["classes"] = [str(i) for i in range(k)]
+    sources = _load_sources(suite, dev)
+    for s, m in sources.items():
+        _probe_model(m, images[:1].to(dev), f"transfer source {s!r}", k)
+    if resume and out is None:
+        raise ValueError("resume=True needs out, the folder of the run to continue")
+    runner = _Runner(model, suite, shape, seed, sources)  # builds every attack: bad options fail here
+    name = name or str((getattr(model, "metadata", None) or {}).get("name") or type(model).__name__)
+
+    rec_dir = None
+    manifest = {
+        "records_version": RECORDS_VERSION, "suite": suite.to_dict(), "n": int(images.shape[0]), "batch_size": batch_size,
+        "seed": seed, "fingerprint": _fingerprint(model, images, labels),
+        "sources": {s: _fingerprint(m, images[:1], labels[:1])["model"] for s, m in sources.items()},
+    }
+    if out is not None:
+        out_dir = Path(out)
+        _check_writable(out_dir)
+        rec_dir = out_dir / "records"
+        rec_dir.mkdir(exist_ok=True)
         mpath = rec_dir / "manifest.json"
-        if resume and mpath.is_file() and json.loads(mpath.read_text()) != manifest:
-            raise ValueError(f"cannot resume {out_dir}: it was started with another suite, n, batch size or seed")
-        atomic_write_text(mpath, json.dumps(manifest))
-    dev = model_device(model, images.device)
-    attacks = {(e, a): registry.get(a, tm, seed=seed, **suite.attack_options.get(a, {}))
-               for tm, e in zip(suite.threat_models(), suite.eps) for a in suite.attacks}
-    t0 = time.perf_counter()
-    batches: list[dict[str, torch.Tensor]] = []
-    starts = range(0, images.shape[0], batch_size)
-    for b, i in enumerate(tqdm(starts, desc="evaluate", disable=not progress)):
+        if mpath.is_file():
+            try:
+                old = json.loads(mpath.read_text())
+            except json.JSONDecodeError:
+                old = None
+            if resume and old != json.loads(json.dumps(manifest)):
+                raise ValueError(f"cannot resume {out_dir}: it was started with another suite, data, model, batch size "
+                                 f"or seed (delete {rec_dir} or drop --resume)")
+        if not resume:
+            for f in rec_dir.glob("batch_*.safetensors"):
+                f.unlink()
+            (rec_dir / "checks.json").unlink(missing_ok=True)
+        atomic_write_text(mpath, json.dumps(manifest, indent=1) + "\n")
+
+    t_start = time.perf_counter()
+    batches: list[dict[str, Tensor]] = []
+    starts = list(range(0, images.shape[0], batch_size))
+    reused = 0
+    bar = tqdm(starts, desc=f"evaluate {name}", unit="batch", disable=not progress)
+    for b, i in enumerate(bar):
         path = rec_dir / f"batch_{b:06d}.safetensors" if rec_dir is not None else None
         if resume and path is not None and path.is_file():
             batches.append(load_file(str(path)))
+            reused += 1
             continue
         x, y = images[i : i + batch_size].to(dev), labels[i : i + batch_size].to(dev)
-        with eval_mode(model), torch.no_grad():
-            rec = {"clean_pred": model(x).argmax(1).cpu()}
-        for (e, a), attack in attacks.items():
-            res = attack.attack(model, x, y)
-            rec[f"success|{_key(e, a)}"] = res.success.cpu()
-            rec[f"distance|{_key(e, a)}"] = res.distance.float().cpu()
+        rec = runner.batch(x, y, i, b)
         if path is not None:
             atomic_write_bytes(path, st_save(rec))
         batches.append(rec)
-    seconds = time.perf_counter() - t0
-    cat = {k: torch.cat([r[k] for r in batches]) for k in batches[0]}
-    return Evaluation(
-        suite=suite,
-        labels=labels.cpu(),
-        clean_pred=cat["clean_pred"],
-        success={(e, a): cat[f"success|{_key(e, a)}"] for e in suite.eps for a in suite.attacks},
-        distance={(e, a): cat[f"distance|{_key(e, a)}"] for e in suite.eps for a in suite.attacks},
-        seconds=seconds,
-        info={"dataset": getattr(data, "name", "tensors"), "split": getattr(data, "split", None), "seed": seed,
-              "batch_size": batch_size},
-    )
+    bar.close()
+    if reused:
+        log.info("resumed: reused %d of %d finished batches", reused, len(starts))
+    records = Records.concat(batches)
+
+    probes: Optional[dict] = None
+    if suite.checks.enabled:
+        cpath = rec_dir / "checks.json" if rec_dir is not None else None
+        if resume and cpath is not None and cpath.is_file():
+            probes = json.loads(cpath.read_text())
+        else:
+            m = min(suite.checks.n, images.shape[0])
+            probes = checks_mod.probe(model, images[:m].to(dev), labels[:m].to(dev), suite, records, shape=shape, seed=seed)
+            if cpath is not None:
+                atomic_write_text(cpath, json.dumps(probes, indent=1) + "\n")
+    seconds = time.perf_counter() - t_start
+
+    from robustlab.report import build
+
+    info = {"name": name, "model": model_info(model), "data": {**data_info, "n": int(images.shape[0]), "shape": list(shape)},
+            "seed": seed, "batch_size": batch_size, "device": str(dev), "seconds": seconds,
+            "sources": runner.sources_names}
+    report = build.report([build.model_report(suite, records, probes, info)], title=f"robustlab report: {name}")
+    if out is not None:
+        report.save(out, html=html)
+    return report

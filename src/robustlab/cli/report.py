@@ -1,0 +1,49 @@
+"""``robustlab report report.json [--out DIR]`` re-renders a report without rerunning anything;
+``robustlab compare a.json b.json [--out DIR]`` puts several models side by side (HTML + table).
+
+``register`` adds both subcommands."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("report", help="re-render a report.json as HTML (no rerun)",
+                              description="Read a report.json and write index.html and the figures again.")
+    p.add_argument("report", help="a report.json (or the folder holding it)")
+    p.add_argument("--out", default=None, help="output folder (default: the report's folder)")
+    p.set_defaults(func=run_report)
+
+    c = subparsers.add_parser("compare", help="several reports side by side (HTML + terminal table)",
+                              description="Combine the models of several report.json files into one comparison page.")
+    c.add_argument("reports", nargs="+", help="two or more report.json files (or their folders)")
+    c.add_argument("--out", default="out/compare", help="output folder (default out/compare)")
+    c.add_argument("--title", default=None)
+    c.set_defaults(func=run_compare)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from robustlab.report import load
+
+    rep = load(args.report)
+    src = Path(args.report)
+    out = Path(args.out) if args.out else (src if src.is_dir() else src.parent)
+    rep.save(out)
+    print(rep.table())
+    print(f"wrote {out / 'index.html'}")
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from robustlab.report import combine, compare_table, load
+
+    if len(args.reports) < 2:
+        raise ValueError(f"compare needs at least two reports, got {len(args.reports)}")
+    rep = combine([load(p) for p in args.reports], args.title)
+    out = Path(args.out)
+    rep.save(out)
+    print(compare_table(rep))
+    print(f"wrote {out / 'index.html'}")
+    return 0

@@ -1,0 +1,381 @@
+"""The report as a plain dataclass tree with a versioned JSON form (documented in docs/report-format.md).
+
+``to_dict`` / ``from_dict`` are generic over the dataclasses below: every field is JSON-native
+(numbers, strings, lists, objects, ``null``); ``float("inf")`` never appears (``null`` stands for
+"none found"), so the files are strict JSON. ``from_dict`` refuses unknown keys, missing keys and
+wrong types, naming the path inside the document, and refuses files written by a newer schema.
+
+Schema history: version 1 (this one).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+
+SCHEMA = "robustlab-report"
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class Rate:
+    """A proportion ``k / n`` with its ``1 - alpha`` confidence interval (``method``: wilson or
+    clopper-pearson): the test images are a sample, so every accuracy is an estimate."""
+
+    value: float
+    ci_low: float
+    ci_high: float
+    k: int
+    n: int
+    method: str = "wilson"
+    alpha: float = 0.05
+
+
+@dataclass
+class Summary:
+    """Distribution of a non-negative per-sample quantity over ``count`` samples (``None`` when
+    ``count == 0``)."""
+
+    count: int
+    mean: Optional[float] = None
+    min: Optional[float] = None
+    p10: Optional[float] = None
+    p25: Optional[float] = None
+    median: Optional[float] = None
+    p75: Optional[float] = None
+    p90: Optional[float] = None
+    max: Optional[float] = None
+
+
+@dataclass
+class AttackRow:
+    """One attack at one eps. ``robust``: correctly classified and the attack failed;
+    ``success``: the attack's success rate on the correctly classified images; ``distance``: the
+    threat norm of the adversarial examples it found; ``norms``: their linf, l2 and l0 (pixels)."""
+
+    attack: str
+    robust: Rate
+    success: Rate
+    distance: Summary
+    norms: dict[str, Summary]
+    seconds: float
+
+
+@dataclass
+class EpsRow:
+    """Everything at one radius. ``worst_case``: no adversarial example within ``eps`` was found by
+    any attack at any radius <= eps (white-box, noise, transfer, minimal-norm);
+    ``noise``: robust against random points of the ball; ``transfer``: per source model."""
+
+    eps: float
+    attacks: list[AttackRow]
+    worst_case: Rate
+    white_box: Rate
+    noise: Optional[Rate] = None
+    transfer: dict[str, Rate] = field(default_factory=dict)
+
+
+@dataclass
+class ThreatReport:
+    """One threat model: its rows per eps, the smallest adversarial distance found per sample
+    (``None``: none found; 0 for misclassified images) and the certified lower bound per sample
+    (``lower``; from certifiers of the model itself, converted to this norm; 0 where none)."""
+
+    norm: str
+    eps: list[float]
+    attacks: list[str]
+    minimal: list[str]
+    rows: list[EpsRow]
+    min_distance: Summary
+    unbroken: Rate
+    per_sample_upper: list[Optional[float]]
+    per_sample_lower: list[float]
+    lower_from: list[str]
+
+
+@dataclass
+class CertReport:
+    """A certifier's result: certified accuracy (prediction correct, not abstained, radius >= r)
+    at each radius; ``certifies``: "model" or "smoothed" (the radius holds for the smoothed
+    classifier, with probability >= 1 - alpha)."""
+
+    method: str
+    label: str
+    norm: str
+    certifies: str
+    alpha: float
+    options: dict[str, Any]
+    radii: list[float]
+    certified_accuracy: list[Rate]
+    accuracy: Rate
+    abstain: Rate
+    radius: Summary
+    seconds: float
+    per_sample_radius: list[float]
+    per_sample_prediction: list[int]
+
+
+@dataclass
+class Finding:
+    """A gradient-masking check: ``status`` pass / warn / note / skip (a note is a symptom that
+    does not affect the worst case, e.g. one weak attack fooled while stronger ones are not), the
+    evidence in words and numbers, and ``doc``: the anchor of its explanation (in the page and in
+    docs/report-format.md). Only ``warn`` makes the verdict untrusted."""
+
+    name: str
+    title: str
+    status: str
+    evidence: str
+    values: dict[str, Any]
+    doc: str
+
+    @property
+    def passed(self) -> bool:
+        return self.status != "warn"
+
+
+@dataclass
+class Verdict:
+    """Whether the robust accuracy can be trusted as an upper bound on true robustness."""
+
+    trusted: bool
+    summary: str
+    warnings: list[str]
+
+
+@dataclass
+class EncodedImage:
+    """An image (C, H, W) in [0, 1] as little-endian float16, base64-encoded."""
+
+    shape: list[int]
+    data: str
+    dtype: str = "float16"
+
+    @staticmethod
+    def encode(x: torch.Tensor) -> "EncodedImage":
+        arr = x.detach().cpu().to(torch.float16).numpy().astype("<f2")
+        return EncodedImage([int(v) for v in x.shape], base64.b64encode(arr.tobytes()).decode("ascii"))
+
+    def decode(self) -> torch.Tensor:
+        if self.dtype != "float16":
+            raise ValueError(f"image dtype {self.dtype!r} is not supported; expected 'float16'")
+        raw = base64.b64decode(self.data.encode("ascii"), validate=True)
+        arr = np.frombuffer(raw, dtype="<f2")
+        if arr.size != int(np.prod(self.shape)):
+            raise ValueError(f"image data holds {arr.size} values, its shape {self.shape} needs {int(np.prod(self.shape))}")
+        return torch.from_numpy(arr.astype(np.float32).reshape(self.shape))
+
+
+@dataclass
+class Exemplar:
+    """An image shown in the report: ``kind`` least-robust / most-robust, the adversarial point
+    shown (found at ``eps`` by ``attack``; for unbroken images the attempt closest to success at
+    the largest eps), labels and softmax confidences."""
+
+    kind: str
+    index: int
+    label: int
+    norm: str
+    eps: float
+    attack: str
+    success: bool
+    distance: float
+    clean_pred: int
+    clean_conf: float
+    adv_pred: int
+    adv_conf: float
+    image: EncodedImage
+    adversarial: EncodedImage
+
+
+@dataclass
+class DataInfo:
+    name: str
+    split: Optional[str]
+    n: int
+    shape: list[int]
+    classes: list[str]
+
+
+@dataclass
+class ModelReport:
+    """One evaluated model."""
+
+    name: str
+    model: dict[str, Any]
+    data: DataInfo
+    suite: dict[str, Any]
+    seed: int
+    batch_size: int
+    device: str
+    seconds: float
+    clean: Rate
+    threats: list[ThreatReport]
+    certificates: list[CertReport]
+    checks: list[Finding]
+    verdict: Verdict
+    exemplars: list[Exemplar]
+    labels: list[int]
+    clean_pred: list[int]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TransferMatrix:
+    """``robust[i][j]``: robust accuracy of ``targets[i]`` on adversarial examples crafted on
+    ``sources[j]`` with ``attack`` at ``eps`` (the diagonal: the white-box attack itself);
+    ``None`` where that pair was not evaluated."""
+
+    norm: str
+    eps: float
+    attack: str
+    sources: list[str]
+    targets: list[str]
+    robust: list[list[Optional[Rate]]]
+
+
+@dataclass
+class Report:
+    """A robustness report over one or more models (``models``), with transfer matrices between them."""
+
+    title: str
+    created: str
+    robustlab_version: str
+    models: list[ModelReport]
+    transfer: list[TransferMatrix] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    schema: str = SCHEMA
+    schema_version: int = SCHEMA_VERSION
+
+    def save(self, out: "str | os.PathLike[str]", *, html: bool = True) -> "Path":
+        """Write ``report.json``, ``index.html`` and ``figures/*.png`` into folder ``out`` (atomically)."""
+        from robustlab.report.build import save
+
+        return save(self, out, html=html)
+
+    @staticmethod
+    def load(path: "str | os.PathLike[str]") -> "Report":
+        """Read ``report.json`` (or the folder holding it); refuses malformed or newer files."""
+        from robustlab.report.build import load
+
+        return load(path)
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    @staticmethod
+    def from_dict(data: dict) -> "Report":
+        from robustlab.report.build import loads
+
+        return loads(json.dumps(data))
+
+    def model(self, name: str) -> "ModelReport":
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(f"no model {name!r} in this report; it holds {[m.name for m in self.models]}")
+
+    def table(self) -> str:
+        """Plain-text summary (clean and robust accuracy per eps, certificates, verdict)."""
+        from robustlab.report.build import table
+
+        return table(self)
+
+
+# --------------------------------------------------------------------------------------------
+# Generic JSON conversion
+# --------------------------------------------------------------------------------------------
+
+
+def to_dict(obj: Any) -> Any:
+    """The JSON form of a report object (dataclasses -> objects; non-finite floats refused)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
+        return obj
+    if isinstance(obj, float):
+        if not math.isfinite(obj):
+            raise ValueError(f"report values must be finite (null stands for 'none'), got {obj}")
+        return obj
+    if isinstance(obj, (np.integer, np.floating)):
+        return to_dict(obj.item())
+    raise TypeError(f"cannot write {type(obj).__name__} into a report: {obj!r}")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _convert(inner[0], value, path)
+        raise TypeError(f"{path}: unsupported union {tp}")
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{path}: expected a list, got {type(value).__name__}")
+        return [_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{path}: expected an object, got {type(value).__name__}")
+        return {str(k): _convert(args[1], v, f"{path}.{k}") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{path}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"{path}: unsupported field type {_type_name(tp)}")
+
+
+def from_dict(cls: type, data: Any, path: str = "report") -> Any:
+    """Rebuild dataclass ``cls`` from its JSON form, strictly (see the module docstring)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected an object for {cls.__name__}, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)} for {cls.__name__}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+                raise ValueError(f"{path}: missing key {name!r} of {cls.__name__}")
+            continue
+        kwargs[name] = _convert(hints[name], data[name], f"{path}.{name}")
+    return cls(**kwargs)
