@@ -49,6 +49,10 @@ def register(subparsers: "argparse._SubParsersAction[Any]") -> None:
     val = p.add_mutually_exclusive_group()
     val.add_argument("--val-n", type=int, default=None, help="hold out N training images for validation")
     val.add_argument("--val-split", type=float, default=None, help="hold out this fraction of the training images")
+    p.add_argument("--robust-val", type=int, default=500, metavar="N",
+                   help="adversarial training: PGD robust accuracy on the first N validation images after every "
+                        "epoch picks the best epoch and stops on catastrophic overfitting (0: off)")
+    p.add_argument("--robust-val-steps", type=int, default=10, help="PGD steps of the robust validation")
     p.add_argument("--train-n", type=int, default=None, help="train on the first N training images (default all)")
     p.add_argument("--root", default=None, help="dataset folder (default: $ROBUSTLAB_DATA, cache, offline sources)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default cpu)")
@@ -105,9 +109,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         val_set = test_set
     model = models.create(args.arch, train_set, seed=args.seed)
+    threat = getattr(adversary, "threat", None)
+    evaluate_fn = None
+    if threat is not None and args.robust_val > 0:
+        if args.robust_val_steps < 1:
+            raise ValueError(f"--robust-val-steps must be >= 1, got {args.robust_val_steps}")
+        evaluate_fn = defenses.robust_validation(threat, n=args.robust_val, steps=args.robust_val_steps, seed=args.seed)
     result = defenses.train(
         model, train_set, adversary=adversary, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule, val_data=val_set,
+        evaluate_fn=evaluate_fn,
         test_data=test_set, select_best=held_out, out=args.out, resume=args.resume, seed=args.seed,
         eps_warmup_epochs=args.eps_warmup, progress=not args.no_progress, device=args.device,
         metadata={"validation": "held-out training images" if held_out else "test set (monitoring only)"},
