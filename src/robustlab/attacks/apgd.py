@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from robustlab._checks import check_positive, check_probability
 from robustlab.attacks.base import Attack, RawResult, predict
-from robustlab.losses import LossFn, get_loss, is_adversarial
+from robustlab.losses import LossFn, get_loss, is_adversarial, margin
 from robustlab.threat import ThreatModel
 
 
@@ -44,7 +44,9 @@ def checkpoints(steps: int) -> list[int]:
     p = [0.0, 0.22]
     while p[-1] < 1.0:
         p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-    return sorted({math.ceil(q * steps) for q in p[1:] if 0 < math.ceil(q * steps) < steps})
+    # The 1e-9 guards ceil against round-off (0.41 + 0.16 = 0.5700000000000001 -> 57, not 58).
+    its = (math.ceil(q * steps - 1e-9) for q in p[1:])
+    return sorted({w for w in its if 0 < w < steps})
 
 
 def _view(v: Tensor, like: Tensor) -> Tensor:
@@ -154,7 +156,8 @@ class APGD(Attack):
         s["k_l1"] = torch.full((n,), max(1, int(0.2 * d)), device=dev, dtype=torch.long)
         s["incr"] = torch.zeros(n, device=dev, dtype=torch.long)
         s["best_at_ckpt"] = s["best_loss"].clone()
-        s["reduced_last"] = torch.zeros(n, dtype=torch.bool, device=dev)
+        # As the reference implementation: condition (2) cannot fire at the first checkpoint.
+        s["reduced_last"] = torch.ones(n, dtype=torch.bool, device=dev)
         ckpts = set(checkpoints(self.steps))
         last_ckpt = 0
 
@@ -251,12 +254,25 @@ class APGD(Attack):
         return RawResult(out, iterations)
 
 
+def _targeted_margin_dlr(logits: Tensor, y: Tensor, target: Optional[Tensor]) -> Tensor:
+    """``(z_t - max_{j != t} z_j) / (z_pi1 - (z_pi3 + z_pi4) / 2)``: the targeted DLR's scale
+    invariance with the success criterion of a targeted attack (argmax = t)."""
+    if target is None:
+        return get_loss("dlr")(logits, y, None)
+    if logits.shape[1] < 4:
+        return margin(logits, target)
+    srt = logits.sort(dim=1, descending=True).values
+    return margin(logits, target) / (srt[:, 0] - 0.5 * (srt[:, 2] + srt[:, 3]) + 1e-12)
+
+
 class APGDT(APGD):
     """APGD with the targeted DLR loss towards the top ``n_target_classes`` other classes (APGD-T).
 
     Untargeted use (``target=None``): for each of the classes with the 2nd, 3rd, ... highest clean
     logit, a targeted run on the samples still robust; success is any misclassification. With an
-    explicit ``target`` it is a targeted attack on that class. Models with fewer than 4 classes
+    explicit ``target`` it is a targeted attack on that class (success: argmax = target), and the
+    DLR loss becomes ``(z_t - max_{j != t} z_j) / (z_pi1 - (z_pi3 + z_pi4) / 2)``, which is positive
+    exactly at success (eq. 5 only rewards ``z_t > z_y``). Models with fewer than 4 classes
     (where the targeted DLR is undefined) get the targeted CW margin instead.
     """
 
@@ -279,7 +295,13 @@ class APGDT(APGD):
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, target: Optional[Tensor], generator: torch.Generator) -> RawResult:
         if target is not None:
-            return self._restarts(model, x, y, [(target, target)], generator)
+            # The targeted DLR (eq. 5) only asks z_t > z_y: right for untargeted success, wrong for
+            # "predict t", where another class may stay on top. With an explicit target, maximise the
+            # same ratio with max_{j != t} z_j in place of z_y: positive exactly when t is predicted.
+            runner = copy.copy(self)
+            if self.loss == "dlr":
+                runner._loss_fn = _targeted_margin_dlr
+            return runner._restarts(model, x, y, [(target, target)], generator)
         logits = predict(model, x)
         k = logits.shape[1]
         runner: APGD = self

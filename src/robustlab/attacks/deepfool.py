@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from robustlab._checks import check_positive
 from robustlab.attacks.base import Attack, RawResult, predict, resolve_threat
-from robustlab.losses import is_adversarial
+from robustlab.losses import is_adversarial, margin
 from robustlab.threat import ThreatModel
 
 
@@ -39,6 +39,8 @@ class DeepFool(Attack):
         steps: maximum iterations (50).
         overshoot: the final perturbation is ``(1 + overshoot)`` times the accumulated one (0.02).
         candidates: the number of classes considered, counting the label (10, as the paper).
+        tol: a sample is done once it is misclassified with a logit gap above ``tol`` (1e-4);
+            steps continue from points that sit on the boundary within round-off.
         bounds: the input box when ``threat`` is a norm name.
     """
 
@@ -51,6 +53,7 @@ class DeepFool(Attack):
         steps: int = 50,
         overshoot: float = 0.02,
         candidates: int = 10,
+        tol: float = 1e-4,
         bounds: tuple[float, float] = (0.0, 1.0),
         seed: int = 0,
     ) -> None:
@@ -60,6 +63,7 @@ class DeepFool(Attack):
         self.candidates = int(check_positive(candidates, "candidates", integer=True))
         if self.candidates < 2:
             raise ValueError(f"candidates must be >= 2 (the label and at least one other class), got {candidates}")
+        self.tol = float(check_positive(tol, "tol", allow_zero=True))
         self.seed = int(seed)
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, target: Optional[Tensor], generator: torch.Generator) -> RawResult:
@@ -88,7 +92,11 @@ class DeepFool(Attack):
                 return z.gather(1, cd_col) - z.gather(1, y_col[:, None])
 
             f, logits, jac = self._jacobian(model, xa, outputs, cd.shape[1])  # (N, c), (N, K), (c, N, ...)
-            hit = is_adversarial(logits, y0, t0)
+            # Done once misclassified by a margin above float round-off: a point exactly on the
+            # boundary (margin ~1e-6, common once clipping eats the overshoot on MNIST) can flip
+            # back when the model is evaluated in a batch of another size.
+            gap = -margin(logits, y0) if t0 is None else margin(logits, t0)
+            hit = is_adversarial(logits, y0, t0) & (gap > self.tol)
             if bool(hit.any()):
                 out[idx[hit]] = xa[hit]
                 keep = ~hit

@@ -52,7 +52,7 @@ ATTACKS: dict[str, Entry] = {
     "deepfool": Entry(lambda tm, **kw: DeepFool(tm, **kw), "DeepFool, multi-class, overshoot 0.02 (Moosavi-Dezfooli et al. 2016)", True),
     "fmn": Entry(lambda tm, **kw: FMN(tm, **kw), "Fast Minimum-Norm attack, 100 steps (Pintor et al. 2021)", True),
     "ddn": Entry(lambda tm, **kw: DDN(tm, **kw), "Decoupled Direction and Norm, L2, 100 steps (Rony et al. 2019)", True),
-    "standard": Entry(_standard("standard"), "APGD-CE, APGD-T, FMN: worst case per sample (AutoAttack protocol)"),
+    "standard": Entry(_standard("standard"), "APGD-CE (5 restarts), APGD-T, FMN: worst case per sample (AutoAttack protocol)"),
     "standard-quick": Entry(_standard("quick"), "APGD-CE and APGD-T (3 targets), 50 steps each: worst case per sample"),
 }
 
