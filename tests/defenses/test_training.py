@@ -5,6 +5,7 @@ registry and the ``robustlab train`` command."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -393,3 +394,91 @@ def test_cli_train_with_a_held_out_validation_split_and_resume(tmp_path, capsys)
     assert rl.models.load_metadata(out)["history"] == meta["history"]
     assert main(["train", "--dataset", "digits", "--arch", "mlp", "--out", str(out), "--val-split", "1.5"]) == 2
     assert "--val-split must be in (0, 1)" in capsys.readouterr().err
+
+
+# ---- bad input before any epoch, mixed precision and channels_last ---------------------------
+
+
+@pytest.mark.parametrize(
+    "make_adversary, match",
+    [
+        (lambda: rl.defenses.PGDAdversary(rl.ThreatModel("linf", 0.1), steps=0), "steps must be > 0"),
+        (lambda: rl.defenses.PGDAdversary(rl.ThreatModel("linf", 0.1), steps=2, step_size=0.0), "step_size must be > 0"),
+        (lambda: rl.defenses.PGDAdversary(rl.ThreatModel("linf", 0.1), step_size=0.3), "step_size=0.3 is more than twice"),
+        (lambda: rl.defenses.FGSMRS(rl.ThreatModel("linf", 0.1), step=0.25), "step=0.25 is more than twice eps=0.1"),
+        (lambda: rl.defenses.FGSMRS(rl.ThreatModel("linf", 0.1), step=-1.0), "step must be > 0"),
+        (lambda: rl.defenses.TRADES(rl.ThreatModel("linf", 0.1), step_size=0.5), "step_size=0.5 is more than twice"),
+        (lambda: rl.defenses.MART(rl.ThreatModel("l2", 1.0), steps=-3), "steps must be > 0"),
+        (lambda: rl.defenses.PGDAdversary(rl.ThreatModel("linf", 1.5)), "eps=1.5 is larger than the input range"),
+        (lambda: rl.defenses.PGDAdversary(rl.ThreatModel("l0", 3.0)), "supports the linf, l2 and l1"),
+    ],
+)
+def test_incompatible_adversary_settings_are_refused(make_adversary, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        make_adversary()
+
+
+def test_threat_and_model_must_fit_the_data_before_the_first_epoch(digits_train):
+    m = rl.models.create("mlp", "digits", seed=0)
+    before = _state(m)
+    # 8x8 digits: the l2 diameter of the image box is sqrt(64) = 8.
+    with pytest.raises(ValueError, match=r"eps=9.0 for norm l2 exceeds the diameter 8 of the image box"):
+        train(m, digits_train, adversary=rl.defenses.PGDAdversary(rl.ThreatModel("l2", 9.0)), progress=False)
+    with pytest.raises(ValueError, match="the dataset has 10 classes but the model has 12 outputs"):
+        train(rl.models.create("mlp", "digits", num_classes=12), digits_train, progress=False)
+    with pytest.raises(ValueError, match=r"amp must be None or 'bf16', got 'fp16' \(float16 needs loss scaling"):
+        train(m, digits_train, amp="fp16", progress=False)
+    assert _equal(before, _state(m))
+
+
+def test_bf16_autocast_and_channels_last_train_on_the_cpu(digits_train, digits_test):
+    small = digits_train.subset(256)
+    res = train(rl.models.create("small-cnn", "digits", seed=0), small, epochs=2, batch_size=64, lr=3e-3, amp="bf16",
+                channels_last=True, val_data=digits_test, progress=False,
+                adversary=rl.defenses.PGDAdversary(rl.ThreatModel("linf", 0.1), steps=2))
+    assert all(math.isfinite(h["train_loss"]) for h in res.history)
+    assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
+    assert all(p.dtype == torch.float32 and p.grad is None for p in res.model.parameters())  # weights stay fp32
+    assert res.config["amp"] == "bf16" and res.config["channels_last"] is True and res.config["world_size"] == 1
+    ref = train(rl.models.create("small-cnn", "digits", seed=0), small, epochs=2, batch_size=64, lr=3e-3,
+                val_data=digits_test, progress=False,
+                adversary=rl.defenses.PGDAdversary(rl.ThreatModel("linf", 0.1), steps=2))
+    assert res.history[-1]["train_loss"] == pytest.approx(ref.history[-1]["train_loss"], rel=0.05)  # bf16 rounding
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sync_batchnorm needs CUDA devices .* got device cpu"):
+            train(rl.models.create("mlp", "digits"), small, sync_batchnorm=True, progress=False)
+
+
+def test_cli_refuses_bad_adversary_settings_in_one_line(tmp_path, capsys):
+    from robustlab.cli import main
+
+    base = ["train", "--dataset", "digits", "--arch", "mlp", "--out", str(tmp_path / "m"), "--adversary", "pgd"]
+    for extra, message in [(["--eps", "1.5"], "eps=1.5 is larger than the input range"),
+                           (["--eps", "0.1", "--steps", "0"], "steps must be > 0"),
+                           (["--eps", "0.1", "--step-size", "-0.01"], "step_size must be > 0"),
+                           (["--eps", "0.1", "--norm", "l3"], "norm must be one of"),
+                           (["--eps", "0.1", "--amp", "bf16", "--device", "cuda:7"], "CUDA")]:
+        if extra[-1] == "cuda:7" and torch.cuda.is_available():
+            continue
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and err.startswith("robustlab train: error:")
+    assert not (tmp_path / "m").exists()  # nothing was trained or written
+
+
+def test_cli_records_the_adversary_and_clean_and_robust_accuracy_per_epoch(tmp_path, capsys):
+    from robustlab.cli import main
+
+    out = tmp_path / "pgd"
+    assert main(["train", "--dataset", "digits", "--arch", "mlp", "--epochs", "2", "--train-n", "300", "--val-n", "60",
+                 "--adversary", "pgd", "--eps", "0.1", "--steps", "2", "--robust-val", "40", "--robust-val-steps", "2",
+                 "--amp", "bf16", "--channels-last", "--out", str(out), "--no-progress"]) == 0
+    meta = rl.models.load_metadata(out)
+    adv = meta["training"]["adversary"]
+    assert adv["name"] == "pgd" and adv["steps"] == 2 and adv["threat"]["eps"] == 0.1 and adv["threat"]["norm"] == "linf"
+    assert adv["step_size"] == pytest.approx(0.125) and meta["training"]["amp"] == "bf16"
+    assert meta["training"]["evaluate_fn"] == {"name": "robust_validation", "attack": "PGD", "threat": adv["threat"],
+                                               "n": 40, "steps": 2, "restarts": 1, "collapse": 0.2, "seed": 0}
+    assert [h["epoch"] for h in meta["history"]] == [1, 2]
+    assert all(0.0 <= h["val_accuracy"] <= 1.0 and 0.0 <= h["robust_accuracy"] <= 1.0 for h in meta["history"])
+    assert meta["metrics"]["robust_accuracy"] == meta["history"][meta["best_epoch"] - 1]["robust_accuracy"]

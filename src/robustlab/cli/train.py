@@ -8,6 +8,12 @@ Validation: ``--val-n N`` / ``--val-split F`` hold out N (or a fraction F of the
 chosen by a permutation seeded with ``--seed``, to pick the best epoch; the test set is then
 only evaluated once at the end. Without them the test set is monitored every epoch and the last
 epoch is kept (choosing an epoch on the test set would bias its accuracy).
+
+Many processes: ``torchrun --nproc_per_node N -m robustlab train ...`` runs the same command
+data-parallel (DDP; gloo on the CPU, nccl with ``--device cuda``, one GPU per process);
+``--batch-size`` is the global batch. Only rank 0 prints and writes ``--out``; ``--resume``
+(which may always be given: with no checkpoint it starts afresh) makes every rank continue from
+the last checkpoint, also after a torchrun ``--max-restarts`` restart. See ``docs/training.md``.
 """
 
 from __future__ import annotations
@@ -55,7 +61,13 @@ def register(subparsers: "argparse._SubParsersAction[Any]") -> None:
     p.add_argument("--robust-val-steps", type=int, default=10, help="PGD steps of the robust validation")
     p.add_argument("--train-n", type=int, default=None, help="train on the first N training images (default all)")
     p.add_argument("--root", default=None, help="dataset folder (default: $ROBUSTLAB_DATA, cache, offline sources)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default cpu)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default cpu; under torchrun cuda means "
+                                                   "cuda:LOCAL_RANK)")
+    p.add_argument("--amp", choices=("bf16",), default=None,
+                   help="bfloat16 autocast for the training passes (GPU speed-up; works on CPU, slowly)")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format (GPU convolutions)")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="distributed CUDA runs: SyncBatchNorm, batch statistics over the global batch")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -90,11 +102,24 @@ def _holdout(train_set: Any, args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustlab import data, defenses, models
+    from robustlab import distributed
     from robustlab.defenses.adversaries import from_args
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     adversary = from_args(args.adversary, args)  # parameter errors before any data is read
+    joined = not distributed.is_distributed()
+    info = distributed.init_from_env(args.device)
+    try:
+        return _run(args, adversary, info)
+    finally:
+        if joined:  # leave a process group only when this command created it
+            distributed.cleanup()
+
+
+def _run(args: argparse.Namespace, adversary: Any, info: Any) -> int:
+    from robustlab import data, defenses, models
+
+    logging.basicConfig(level=logging.INFO if info.is_main else logging.WARNING,
+                        format="%(message)s" if not info.distributed else f"[rank {info.rank}] %(message)s")
     if args.arch.strip().lower().replace("_", "-") not in models.architectures():
         raise ValueError(f"unknown architecture {args.arch!r}; expected one of {', '.join(models.architectures())}")
     train_set = data.load(args.dataset, "train", args.root)
@@ -120,9 +145,13 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule, val_data=val_set,
         evaluate_fn=evaluate_fn,
         test_data=test_set, select_best=held_out, out=args.out, resume=args.resume, seed=args.seed,
-        eps_warmup_epochs=args.eps_warmup, progress=not args.no_progress, device=args.device,
+        eps_warmup_epochs=args.eps_warmup, progress=not args.no_progress,
+        device=info.device if info.distributed else args.device, amp=args.amp, channels_last=args.channels_last,
+        sync_batchnorm=args.sync_bn,
         metadata={"validation": "held-out training images" if held_out else "test set (monitoring only)"},
     )
+    if not info.is_main:
+        return 0
     m = result.metrics
     n_epochs = len(result.history)
     per_epoch = m["train_seconds"] / max(n_epochs, 1)

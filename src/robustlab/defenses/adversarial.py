@@ -30,6 +30,15 @@ def _threat(tm: object) -> ThreatModel:
     return tm
 
 
+def _check_step(tm: ThreatModel, step: float, name: str) -> float:
+    """A linf step of more than twice eps jumps across the whole ball: refuse it (l2 / l1 steps
+    are projected back onto the sphere and may be large)."""
+    if tm.norm == "linf" and step > 2 * tm.eps > 0:
+        raise ValueError(f"{name}={step} is more than twice eps={tm.eps}: every step would jump across the whole "
+                         f"linf ball; expected {name} <= 2 * eps")
+    return step
+
+
 def _scaled(tm: ThreatModel, eps_scale: float) -> ThreatModel:
     return tm if eps_scale >= 1.0 else tm.with_eps(tm.eps * max(0.0, float(eps_scale)))
 
@@ -95,6 +104,7 @@ class FGSMRS(Adversary):
     def __init__(self, threat: ThreatModel, step: Optional[float] = None) -> None:
         self.threat = _threat(threat)
         self.step = float(check_positive(step, "step")) if step is not None else 1.25 * self.threat.eps
+        _check_step(self.threat, self.step, "step")
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator, eps_scale: float = 1.0) -> Tensor:
         tm = _scaled(self.threat, eps_scale)
@@ -118,11 +128,7 @@ class PGDAdversary(Adversary):
         self.threat = _threat(threat)
         self.steps = int(check_positive(steps, "steps", integer=True))
         self.step_size = float(check_positive(step_size, "step_size")) if step_size is not None else 2.5 * self.threat.eps / self.steps
-        if self.threat.norm == "linf" and self.step_size > 2 * self.threat.eps > 0:
-            raise ValueError(
-                f"step_size={self.step_size} is more than twice eps={self.threat.eps}: every step would jump across the "
-                "whole linf ball; expected step_size <= 2 * eps"
-            )
+        _check_step(self.threat, self.step_size, "step_size")
         self.random_start = bool(random_start)
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator, eps_scale: float = 1.0) -> Tensor:
@@ -156,6 +162,7 @@ class TRADES(Adversary):
         self.beta = float(check_positive(beta, "beta", allow_zero=True))
         self.steps = int(check_positive(steps, "steps", integer=True))
         self.step_size = float(check_positive(step_size, "step_size")) if step_size is not None else 2.5 * self.threat.eps / self.steps
+        _check_step(self.threat, self.step_size, "step_size")
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator, eps_scale: float = 1.0) -> Tensor:
         tm = _scaled(self.threat, eps_scale)
@@ -231,4 +238,6 @@ def robust_validation(threat: ThreatModel, *, n: int = 500, steps: int = 10, res
         best["value"] = max(best["value"], acc)
         return out
 
+    evaluate.config = {"name": "robust_validation", "attack": "PGD", "threat": threat.to_dict(), "n": n,  # type: ignore[attr-defined]
+                       "steps": steps, "restarts": restarts, "collapse": collapse, "seed": seed}
     return evaluate

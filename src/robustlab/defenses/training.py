@@ -23,14 +23,23 @@ Checkpoint layout under ``out/`` (written by the main process only, ``is_main``)
   renames, so a crash leaves the previous complete checkpoint;
 - ``best/``: the best epoch's model (same swap).
 
-The pieces the distributed loop reuses are separate functions: :func:`epoch_order`,
-:func:`iterate_batches`, :func:`train_step`, :func:`run_epoch`, :func:`evaluate_epoch`,
-:func:`save_checkpoint` / :func:`load_checkpoint`.
+The pieces are separate functions: :func:`epoch_order`, :func:`iterate_batches`,
+:func:`train_step`, :func:`run_epoch`, :func:`evaluate_epoch`, :func:`save_checkpoint` /
+:func:`load_checkpoint`.
+
+Many processes (``torchrun``; :mod:`robustlab.distributed`): the same ``train()`` call trains
+data-parallel with DDP. Every rank walks the same seeded global batches and trains on its shard
+with a loss weight that makes the all-reduced gradient the global batch's; adversarial examples are
+crafted on the bare module (eval mode), the loss passes go through DDP; rank 0's buffers are
+broadcast after every step; metrics are summed over ranks; rank 0 validates (result broadcast) and
+alone writes; every rank loads the checkpoint on resume. Per-rank noise streams come from
+``(seed, epoch, rank)``, rank 0's being the single-process ones. Details: ``docs/training.md``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import math
@@ -166,43 +175,119 @@ def _global_rng(device: torch.device, seed: int) -> Iterator[None]:
 # One step, one epoch, evaluation
 
 
+class _RouteDDP(nn.Module):
+    """What the adversary sees in a distributed run: train-mode forwards go through the
+    DistributedDataParallel wrapper (so the backward pass all-reduces the gradients), eval-mode
+    forwards (adversarial crafting, which ``eval_mode`` puts the model in) go to the bare module,
+    so the attack's input-gradient passes never touch DDP's reducer or broadcast buffers."""
+
+    def __init__(self, ddp: nn.Module) -> None:
+        super().__init__()
+        self.ddp = ddp
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.ddp(x) if self.training else self.ddp.module(x)
+
+
+def _autocast(device: torch.device, amp: Optional[str]) -> Any:
+    return torch.autocast(device.type, dtype=torch.bfloat16) if amp == "bf16" else contextlib.nullcontext()
+
+
 def train_step(model: nn.Module, opt: torch.optim.Optimizer, adversary: Adversary, x: Tensor, y: Tensor, *,
-               generator: torch.Generator, eps_scale: float) -> tuple[Tensor, Optional[Tensor]]:
+               generator: torch.Generator, eps_scale: float, weight: float = 1.0,
+               amp: Optional[str] = None) -> tuple[Tensor, Optional[Tensor]]:
     """One optimisation step on the adversary's loss. Returns the loss (detached, a 0-dim tensor
     on the device: no synchronisation) and the number of correct predictions on the trained
-    inputs (None when the adversary exposes no logits)."""
-    loss, logits = adversary.loss_and_logits(model, x, y, generator=generator, eps_scale=eps_scale)
+    inputs (None when the adversary exposes no logits).
+
+    ``weight`` multiplies the loss before the backward pass (a distributed rank's share of an
+    unevenly split batch, see :func:`run_epoch`); ``amp="bf16"`` runs the adversary (crafting
+    and loss) under bfloat16 autocast, the parameters and their gradients stay float32."""
+    with _autocast(x.device, amp):
+        loss, logits = adversary.loss_and_logits(model, x, y, generator=generator, eps_scale=eps_scale)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss if weight == 1.0 else loss * weight).backward()
     opt.step()
     correct = None if logits is None else (logits.detach().argmax(1) == y).sum()
     return loss.detach(), correct
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """Rank ``rank``'s version of a stream seed: rank 0 keeps ``seed`` (a single process is rank
+    0), the others get distinct derived seeds, so ranks draw independent noise for their shards."""
+    return int(seed) if rank == 0 else epoch_seed(seed, rank, 3)
+
+
+#: Test hook: ``RANK:EPOCH:BATCHES`` makes process ``RANK`` exit hard (``os._exit``) after
+#: ``BATCHES`` batches of 1-based epoch ``EPOCH`` (only in a first attempt, not in a torchrun restart).
+CRASH_ENV = "ROBUSTLAB_TEST_CRASH"
+
+
+def _crash_point(rank: int, epoch: int) -> Optional[int]:
+    spec = os.environ.get(CRASH_ENV)
+    if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") not in ("", "0"):
+        return None
+    r, e, b = (int(v) for v in spec.split(":"))
+    return b if (r, e) == (rank, epoch + 1) else None
+
+
 def run_epoch(model: nn.Module, opt: torch.optim.Optimizer, adversary: Adversary, images: Tensor, labels: Tensor, *,
               epoch: int, epochs: int, seed: int, batch_size: int, lr: float, schedule: str, eps_warmup_epochs: float,
-              device: torch.device, progress: bool) -> dict:
+              device: torch.device, progress: bool, rank: int = 0, world: int = 1, amp: Optional[str] = None,
+              channels_last: bool = False) -> dict:
     """Train one epoch (0-based ``epoch``); returns ``train_loss``, ``train_accuracy`` (when
-    available) and the last ``lr``. Raises FloatingPointError if the loss became NaN/Inf."""
+    available) and the last ``lr``. Raises FloatingPointError if the loss became NaN/Inf.
+
+    Distributed (``world`` > 1, ``model`` the DDP route): every rank walks the same seeded
+    global order in global batches of ``batch_size`` and trains on its contiguous shard
+    (:func:`robustlab.distributed.shard`). Its mean loss is weighted by
+    ``n_rank * world / n_batch`` before the backward pass, so DDP's gradient average is exactly
+    the gradient of the global batch's mean loss, even for an uneven last batch (a rank with no
+    sample trains on one sample with weight 0, so every rank joins every all-reduce). After every
+    step rank 0's buffers (BatchNorm running statistics) are broadcast, so every rank crafts and
+    evaluates with the same model. Metrics are summed over ranks at the end of the epoch."""
+    from robustlab import distributed
+
     model.train()
     n = images.shape[0]
     steps_per_epoch = math.ceil(n / batch_size)
     total_steps = epochs * steps_per_epoch
     order = epoch_order(n, seed, epoch)
-    gen = torch.Generator(device=device).manual_seed(epoch_seed(seed, epoch, 1))
+    gen = torch.Generator(device=device).manual_seed(rank_seed(epoch_seed(seed, epoch, 1), rank))
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct_sum: Optional[Tensor] = torch.zeros((), dtype=torch.int64, device=device)
     seen, step_lr = 0, lr
+    crash_after = _crash_point(rank, epoch)
+    buffers = list(model.buffers()) if world > 1 else []
     bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False,
                unit="batch", dynamic_ncols=True)
     try:
-        for i, (x, y) in enumerate(iterate_batches(images, labels, order, batch_size, device)):
+        for i in range(steps_per_epoch):
+            if crash_after is not None and i == crash_after:
+                os._exit(17)  # the test hook: die without cleanup, as a killed worker does
+            idx = order[i * batch_size : (i + 1) * batch_size]
+            n_batch, weight = idx.shape[0], 1.0
+            if world > 1:
+                part = idx[distributed.shard(n_batch, rank, world)]
+                weight = part.shape[0] * world / n_batch
+                idx = part if part.shape[0] > 0 else idx[:1]
+            idx = idx.to(images.device)
+            x = images[idx].to(device, non_blocking=True)
+            y = labels[idx].to(device, non_blocking=True)
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             step_lr = lr * lr_factor(schedule, epoch * steps_per_epoch + i, total_steps)
             for group in opt.param_groups:
                 group["lr"] = step_lr
             t = epoch + i / steps_per_epoch
             eps_scale = min(1.0, t / eps_warmup_epochs) if eps_warmup_epochs > 0 else 1.0
-            loss, correct = train_step(model, opt, adversary, x, y, generator=gen, eps_scale=eps_scale)
+            loss, correct = train_step(model, opt, adversary, x, y, generator=gen, eps_scale=eps_scale, weight=weight,
+                                       amp=amp)
+            if buffers:  # BatchNorm running statistics: rank 0's, on every rank, before the next crafting
+                distributed.broadcast_tensors(buffers)
+            if weight == 0.0:
+                bar.update(1)
+                continue
             loss_sum += loss.double() * y.shape[0]
             seen += y.shape[0]
             if correct is None or correct_sum is None:
@@ -215,6 +300,13 @@ def run_epoch(model: nn.Module, opt: torch.optim.Optimizer, adversary: Adversary
     finally:
         bar.close()
         opt.zero_grad(set_to_none=True)
+    if world > 1:
+        has_correct = correct_sum is not None
+        totals = torch.stack([loss_sum, (correct_sum if has_correct else torch.zeros((), device=device)).double(),
+                              torch.tensor(float(seen), dtype=torch.float64, device=device)])
+        distributed.all_reduce_sum(totals)
+        loss_sum, seen = totals[0], int(round(float(totals[2])))
+        correct_sum = totals[1] if has_correct else None
     train_loss = float(loss_sum) / max(seen, 1)
     if not math.isfinite(train_loss):
         raise FloatingPointError(
@@ -370,8 +462,9 @@ def _check_data(data: Any, what: str, channels: Optional[int], image_shape: Opti
     return images, labels
 
 
-def _probe(model: nn.Module, images: Tensor, labels: Tensor, device: torch.device) -> int:
-    """One eval-mode forward pass on two images: the output must be (N, K) logits covering the labels."""
+def _probe(model: nn.Module, images: Tensor, labels: Tensor, device: torch.device, classes: Any = None) -> int:
+    """One eval-mode forward pass on two images: the output must be (N, K) logits covering the
+    labels, with K the dataset's number of classes when it names them."""
     probe = images[:2].to(device)
     try:
         with eval_mode(model), torch.no_grad():
@@ -382,7 +475,38 @@ def _probe(model: nn.Module, images: Tensor, labels: Tensor, device: torch.devic
     k = int(out.shape[1])
     if int(labels.max()) >= k:
         raise ValueError(f"the labels go up to {int(labels.max())} but the model has {k} outputs (classes 0..{k - 1})")
+    if classes is not None and len(classes) != k:
+        raise ValueError(f"the dataset has {len(classes)} classes but the model has {k} outputs: the model was "
+                         "built for another dataset")
     return k
+
+
+def _check_amp(device: torch.device, amp: Optional[str]) -> None:
+    if amp is None:
+        return
+    available = getattr(torch.amp.autocast_mode, "is_autocast_available", lambda t: t in ("cpu", "cuda"))
+    if not available(device.type):
+        raise ValueError(f"amp={amp!r}: this PyTorch has no autocast for device type {device.type!r}")
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"amp={amp!r}: the GPU {torch.cuda.get_device_name(device)} does not support bfloat16")
+
+
+def _check_adversary(adversary: Adversary, images: Tensor) -> None:
+    """A threat model must fit the data: its box holds the images, its radius is not larger
+    than the box itself (for l2 / l1 the box's diameter depends on the image size)."""
+    tm = getattr(adversary, "threat", None)
+    if tm is None or not hasattr(tm, "norm"):
+        return
+    lo, hi = float(images.min()), float(images.max())
+    if lo < tm.lower or hi > tm.upper:
+        raise ValueError(f"the training images lie in [{lo:.4g}, {hi:.4g}], outside the threat model's box "
+                         f"[{tm.lower}, {tm.upper}]")
+    d = images[0].numel()
+    width = tm.upper - tm.lower
+    diameter = {"linf": width, "l2": width * math.sqrt(d), "l1": width * d}.get(tm.norm)
+    if diameter is not None and tm.eps > diameter:
+        raise ValueError(f"eps={tm.eps} for norm {tm.norm} exceeds the diameter {diameter:.4g} of the image box "
+                         f"({d} values in [{tm.lower}, {tm.upper}]): every image could become any other")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -413,7 +537,10 @@ def train(
     device: "str | torch.device | None" = None,
     log: Optional[Callable[[dict], None]] = None,
     metadata: Optional[Mapping[str, Any]] = None,
-    is_main: bool = True,
+    is_main: Optional[bool] = None,
+    amp: Optional[str] = None,
+    channels_last: bool = False,
+    sync_batchnorm: bool = False,
 ) -> TrainResult:
     """Train ``model`` in place on ``train_data`` (a Dataset or ``(images, labels)``, images in [0, 1]).
 
@@ -434,8 +561,23 @@ def train(
         eps_warmup_epochs: ramp the adversary's eps linearly from 0 over this many epochs.
         progress: tqdm bar per epoch. ``log``: called with each epoch's history record (default:
             the ``robustlab.train`` logger). ``metadata``: extra entries for the saved model.
-        device: where to train (default: the model's device). ``is_main``: False on the
-            non-zero ranks of a distributed run, which then write and log nothing.
+        device: where to train (default: the model's device; ``"cuda"`` under torchrun means
+            ``cuda:LOCAL_RANK``). ``is_main``: whether this process writes and logs (default:
+            rank 0 of a distributed run, or the single process).
+        amp: ``"bf16"`` for bfloat16 autocast of the training forward/backward passes (the
+            adversary's crafting included; validation stays float32). Default None (float32).
+        channels_last: train with the model and the batches in ``torch.channels_last`` memory
+            format (faster convolutions on recent GPUs; same results up to rounding).
+        sync_batchnorm: CUDA only (refused on other devices): in a distributed run convert
+            BatchNorm layers to ``torch.nn.SyncBatchNorm`` so batch statistics are those of the
+            global batch; a no-op in a single process.
+
+    Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) or in an initialised
+    process group, the same call trains data-parallel with DDP: each rank trains on its shard of
+    every global batch (``batch_size`` is the global batch, as in a single process), metrics are
+    summed over ranks, validation runs on rank 0 and is broadcast, only rank 0 writes and logs,
+    and every rank loads the checkpoint on ``resume`` (so ``out`` must be on a file system every
+    rank sees). See ``docs/training.md``.
 
     Returns:
         :class:`TrainResult`; the model is left in eval mode with no ``.grad`` on its parameters
@@ -464,6 +606,11 @@ def train(
     adversary = adversary if adversary is not None else Standard()
     if not isinstance(adversary, Adversary):
         raise TypeError(f"adversary must be a robustlab.defenses.Adversary, got {type(adversary).__name__}")
+    if amp not in (None, "bf16"):
+        hint = " (float16 needs loss scaling; bfloat16 does not)" if amp in ("fp16", "float16") else ""
+        raise ValueError(f"amp must be None or 'bf16', got {amp!r}{hint}")
+    if is_main is not None and not isinstance(is_main, bool):
+        raise TypeError(f"is_main must be a bool or None, got {is_main!r}")
 
     # --- data and model must fit (one forward pass), before the first epoch ---
     channels = _expected_channels(model)
@@ -475,8 +622,27 @@ def train(
         _check_data(test_data, "test_data", channels, shape)
     params = next(iter(model.parameters()), None)
     dev = torch.device(device) if device is not None else (params.device if params is not None else images.device)
+    _check_amp(dev, amp)
+    _check_adversary(adversary, images)
+
+    # --- one process or many: the process group named by the environment (torchrun) ---
+    from robustlab import distributed
+
+    info = distributed.init_from_env(dev)
+    world, rank = info.world_size, info.rank
+    if world > 1:
+        dev = info.device  # on CUDA: cuda:LOCAL_RANK, one GPU per process
+    if is_main is None:
+        is_main = rank == 0
+    if world > 1 and batch_size < world:
+        raise ValueError(f"batch_size={batch_size} is the global batch and must be >= the number of processes "
+                         f"({world}); each rank trains on batch_size / {world} samples per step")
+    if sync_batchnorm and dev.type != "cuda":
+        raise ValueError(f"sync_batchnorm needs CUDA devices (torch's SyncBatchNorm is GPU-only), got device {dev}")
     model.to(dev)
-    _probe(model, images, labels, dev)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    _probe(model, images, labels, dev, getattr(train_data, "classes", None))
 
     opt = make_optimizer(model, optimizer, lr, momentum, wd)
     config = {
@@ -485,6 +651,9 @@ def train(
         "eps_warmup_epochs": float(eps_warmup_epochs), "train_size": int(images.shape[0]),
         "dataset": getattr(train_data, "name", None) or "tensors", "select_best": bool(select_best),
         "val_size": None if val_data is None else int(as_tensors(val_data)[1].shape[0]),
+        "evaluate_fn": getattr(evaluate_fn, "config", None) if evaluate_fn is not None else None,
+        "amp": amp, "channels_last": bool(channels_last), "world_size": world,
+        "sync_batchnorm": bool(sync_batchnorm and world > 1),
     }
     emit = log if log is not None else _log_record
 
@@ -509,11 +678,31 @@ def train(
                 best_state = read_state(out_dir / BEST)[0]
             if start > epochs:
                 raise ValueError(f"cannot resume {out_dir} to {epochs} epochs: it has already finished {start}")
+            if saved["config"].get("world_size", 1) != world and is_main:
+                _logger.warning("resuming %s on %d processes instead of %s: the same global batches, but other "
+                                "per-rank noise streams (not bit-identical to an uninterrupted run)", out_dir, world,
+                                saved["config"].get("world_size", 1))
             if is_main:
                 _logger.info("resuming %s after epoch %d of %d", out_dir, start, epochs)
 
     if start == 0 and out_dir is not None and is_main:
         shutil.rmtree(out_dir / BEST, ignore_errors=True)  # a fresh run: no best epoch from an older run
+
+    # --- data parallel: DDP for the train-mode passes, the bare module for crafting ---
+    net: nn.Module = model
+    if world > 1:
+        distributed.barrier()  # every rank has read the checkpoint before rank 0 writes again
+        if sync_batchnorm:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        # broadcast_buffers=False: DDP would overwrite the buffers in place at every train-mode
+        # forward, which breaks adversaries with two forwards per step (FGSM-reg, TRADES: the
+        # first graph saved them). run_epoch broadcasts rank 0's buffers after every step instead.
+        ddp_cls = nn.parallel.DistributedDataParallel
+        no_sync_buffers = ({"forward_sync_buffers": False}
+                           if "forward_sync_buffers" in inspect.signature(ddp_cls.__init__).parameters
+                           else {"broadcast_buffers": False})  # the name before torch 2.13
+        ddp = ddp_cls(model, device_ids=[dev.index] if dev.type == "cuda" else None, **no_sync_buffers)
+        net = _RouteDDP(ddp)
 
     # --- epochs ---
     stopped_early = False
@@ -522,11 +711,17 @@ def train(
         t0 = time.perf_counter()
         with _global_rng(dev, epoch_seed(seed, epoch, 2)):
             record: dict[str, Any] = {"epoch": epoch + 1}
-            record.update(run_epoch(model, opt, adversary, images, labels, epoch=epoch, epochs=epochs, seed=seed,
+            record.update(run_epoch(net, opt, adversary, images, labels, epoch=epoch, epochs=epochs, seed=seed,
                                     batch_size=batch_size, lr=lr, schedule=schedule,
                                     eps_warmup_epochs=float(eps_warmup_epochs), device=dev,
-                                    progress=progress and is_main))
-            evaluated, control = evaluate_epoch(model, val_data, evaluate_fn)
+                                    progress=progress and is_main, rank=rank, world=world, amp=amp,
+                                    channels_last=channels_last))
+            if world == 1:
+                evaluated, control = evaluate_epoch(model, val_data, evaluate_fn)
+            else:
+                # Rank 0 evaluates (evaluate_fn may keep state); every rank gets its answer.
+                done = evaluate_epoch(model, val_data, evaluate_fn) if rank == 0 else None
+                evaluated, control = distributed.broadcast_object(done)
         record.update(evaluated)
         record["seconds"] = time.perf_counter() - t0
         history.append(record)
@@ -565,7 +760,8 @@ def train(
         if test_data is val_data and "val_accuracy" in metrics:
             metrics["test_accuracy"] = metrics["val_accuracy"]
         else:
-            metrics["test_accuracy"] = accuracy(model, test_data)
+            test_acc = accuracy(model, test_data) if rank == 0 else None
+            metrics["test_accuracy"] = distributed.broadcast_object(test_acc)
     model.eval()
     run_meta = dict(metadata or {})
     run_meta.update(training=config, history=history, metrics=metrics, best_epoch=selected, stopped_early=stopped_early)
@@ -575,6 +771,7 @@ def train(
     if out_dir is not None and is_main:
         save(model, out_dir)
         _logger.info("saved %s (epoch %d, %.1f s of training)", out_dir, selected, metrics["train_seconds"])
+    distributed.barrier()  # the files are written before any rank returns
     return TrainResult(model, history, selected, metrics, config, out_dir, stopped_early)
 
 
