@@ -364,17 +364,17 @@ def table(rep: Report) -> str:
         lines.append(f"{m.name}: clean accuracy {m.clean.value:.4f} [{m.clean.ci_low:.4f}, {m.clean.ci_high:.4f}] "
                      f"(n={m.clean.n})")
         for t in m.threats:
-            head = f"  {'eps (' + t.norm + ')':>12}" + "".join(f"{a:>10}" for a in t.attacks)
             sources = list(dict.fromkeys(s for row in t.rows for s in row.transfer))
-            extra = (["noise"] if t.rows and t.rows[0].noise is not None else []) + [f"tr:{s}" for s in sources]
-            head += "".join(f"{e[:10]:>10}" for e in extra) + f"{'worst':>10}"
-            lines.append(head)
+            extra = (["noise"] if t.rows and t.rows[0].noise is not None else []) + [f"transfer:{s}" for s in sources]
+            labels = list(t.attacks) + extra + ["worst"]
+            widths = [max(10, len(label) + 2) for label in labels]  # every header readable, columns aligned
+            lines.append(f"  {'eps (' + t.norm + ')':>12}" + "".join(f"{a:>{w}}" for a, w in zip(labels, widths)))
             for row in t.rows:
-                cells = "".join(f"{a.robust.value:>10.4f}" for a in row.attacks)
-                if row.noise is not None:
-                    cells += f"{row.noise.value:>10.4f}"
-                cells += "".join(f"{row.transfer[s].value:>10.4f}" if s in row.transfer else f"{'-':>10}" for s in sources)
-                lines.append(f"  {row.eps:>12.4g}{cells}{row.worst_case.value:>10.4f}")
+                values = [a.robust.value for a in row.attacks] + ([row.noise.value] if row.noise is not None else [])
+                values += [row.transfer[s].value if s in row.transfer else None for s in sources]
+                values.append(row.worst_case.value)
+                cells = "".join(f"{'-' if v is None else f'{v:.4f}':>{w}}" for v, w in zip(values, widths))
+                lines.append(f"  {row.eps:>12.4g}{cells}")
         for c in m.certificates:
             pts = [0, len(c.radii) // 4, len(c.radii) // 2, 3 * len(c.radii) // 4, len(c.radii) - 1]
             lines.append(f"  certified ({c.label}, {c.norm}): " +
