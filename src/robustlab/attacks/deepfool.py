@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from robustlab._checks import check_positive
 from robustlab.attacks.base import Attack, RawResult, predict, resolve_threat
-from robustlab.losses import is_adversarial, margin
+from robustlab.losses import margin
 from robustlab.threat import ThreatModel
 
 
@@ -96,7 +96,7 @@ class DeepFool(Attack):
             # boundary (margin ~1e-6, common once clipping eats the overshoot on MNIST) can flip
             # back when the model is evaluated in a batch of another size.
             gap = -margin(logits, y0) if t0 is None else margin(logits, t0)
-            hit = is_adversarial(logits, y0, t0) & (gap > self.tol)
+            hit = gap > self.tol  # > 0 implies a unique argmax other than y (or = t)
             if bool(hit.any()):
                 out[idx[hit]] = xa[hit]
                 keep = ~hit

@@ -78,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _adversary(spec: DemoModel, quick: bool) -> tuple[str, Any, Optional[Callable]]:
+def _adversary(spec: DemoModel) -> tuple[str, Any, Optional[Callable]]:
     from robustlab import defenses
 
     if spec.kind == "robust":
@@ -92,7 +92,7 @@ def _get_model(spec: DemoModel, train_set, val_set, test_set, folder: Path, quic
     """A cached model whose recorded demo configuration matches, else a freshly trained one."""
     from robustlab import defenses, models
 
-    what, adversary, evaluate_fn = _adversary(spec, quick)
+    what, adversary, evaluate_fn = _adversary(spec)
     epochs = spec.quick_epochs if quick else spec.epochs
     config = {"name": spec.name, "arch": spec.arch, "epochs": epochs, "training": what, "train_size": len(train_set)}
     name = spec.name + ("-quick" if quick else "")
