@@ -143,3 +143,80 @@ def test_ascent_is_a_unit_steepest_direction(norm):
 def test_bad_threat_models_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ThreatModel(**kwargs)
+
+
+def test_l0_projection_keeps_the_pixel_that_gains_most():
+    """x = [0, 0.1], step [1, 5], one pixel: clipping gives changes 1 and 0.9, but keeping pixel 2
+    moves the point from distance 5 to 4.1 from its target, a gain of 8.19 against 1 for pixel 1."""
+    x = torch.tensor([[0.0, 0.1]], dtype=torch.float64)
+    z = x + torch.tensor([[1.0, 5.0]], dtype=torch.float64)
+    p = ThreatModel("l0", 1).project(z, x)
+    assert torch.allclose(p, torch.tensor([[0.0, 1.0]], dtype=torch.float64))
+
+
+def _l0_box_cost(p, z):
+    return float((p - z).square().sum())
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), channels=st.integers(1, 2), pixels=st.integers(1, 5),
+       k=st.integers(0, 5), spread=st.floats(0.1, 4.0))
+def test_l0_projection_matches_brute_force(seed, channels, pixels, k, spread):
+    """The projection's distance to its target equals the minimum over every set of <= k pixels."""
+    import itertools
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(1, channels, 1, pixels, generator=g, dtype=torch.float64)
+    z = x + spread * torch.randn(1, channels, 1, pixels, generator=g, dtype=torch.float64)
+    tm = ThreatModel("l0", k)
+    p = tm.project(z, x)
+    assert bool(tm.contains(p, x, atol=1e-12).all())
+    best = math.inf
+    clipped = z.clamp(0, 1)
+    for size in range(min(k, pixels) + 1):
+        for subset in itertools.combinations(range(pixels), size):
+            cand = x.clone()
+            cand[..., list(subset)] = clipped[..., list(subset)]
+            best = min(best, _l0_box_cost(cand, z))
+    assert _l0_box_cost(p, z) <= best + 1e-12
+
+
+def _l2_box_reference(z, eps, lo, hi):
+    """Independent solution with scipy's SLSQP on ``min ||d - z||^2, ||d||^2 <= eps^2, lo <= d <= hi``."""
+    import numpy as np
+    from scipy.optimize import minimize
+
+    zz, l, h = z.numpy(), lo.numpy(), hi.numpy()
+    res = minimize(lambda d: float(((d - zz) ** 2).sum()), np.clip(zz, l, h) * 0, jac=lambda d: 2 * (d - zz),
+                   bounds=list(zip(l, h)), method="SLSQP", options={"ftol": 1e-14, "maxiter": 500},
+                   constraints=[{"type": "ineq", "fun": lambda d: eps**2 - float((d**2).sum()), "jac": lambda d: -2 * d}])
+    return torch.from_numpy(res.x)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), d=st.integers(1, 8), eps=st.floats(0.01, 3.0), spread=st.floats(0.1, 4.0))
+def test_exact_l2_box_projection_matches_a_convex_solver(seed, d, eps, spread):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(1, d, generator=g, dtype=torch.float64)
+    z = x + spread * torch.randn(1, d, generator=g, dtype=torch.float64)
+    tm = ThreatModel("l2", eps, exact=True)
+    p = tm.project(z, x)
+    assert bool(tm.contains(p, x, atol=1e-9).all())
+    ref = x[0] + _l2_box_reference((z - x)[0], eps, -x[0], 1 - x[0])
+    # The solver's optimum can be no better than the exact projection, and they coincide.
+    assert float((p[0] - z[0]).norm()) <= float((ref - z[0]).norm()) + 1e-7
+    assert torch.allclose(p[0], ref, atol=1e-5)
+
+
+def test_exact_l2_projection_beats_rescale_then_clip():
+    """Rescale-then-clip lands inside ball ∩ box but farther from the target than the exact projection."""
+    x = torch.tensor([[0.9, 0.5]], dtype=torch.float64)
+    z = x + torch.tensor([[2.0, 1.0]], dtype=torch.float64)
+    approx = ThreatModel("l2", 0.5).project(z, x)
+    exact = ThreatModel("l2", 0.5, exact=True).project(z, x)
+    assert bool(ThreatModel("l2", 0.5).contains(exact, x, atol=1e-9).all())
+    assert float((exact - z).norm()) < float((approx - z).norm()) - 1e-3
+    # Closed form here: the first coordinate saturates at 1 (0.1 of change), the rest of the
+    # radius goes to the second: sqrt(0.25 - 0.01).
+    assert torch.allclose(exact, torch.tensor([[1.0, 0.5 + math.sqrt(0.24)]], dtype=torch.float64), atol=1e-9)
+    assert ThreatModel("l2", 0.5, exact=True).with_eps(0.3).exact

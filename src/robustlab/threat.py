@@ -47,6 +47,31 @@ def _expand_pixel_mask(mask: Tensor, like: Tensor) -> Tensor:
     return mask.reshape(like.shape)
 
 
+def project_l2_box(z: Tensor, eps: Tensor, lo: Tensor, hi: Tensor, *, iters: int = 60) -> Tensor:
+    """Exact Euclidean projection of each row of ``z`` onto ``{d : ||d||_2 <= eps, lo <= d <= hi}``.
+
+    Solves ``argmin_d ||d - z||_2^2`` over the l2 ball intersected with a box that contains 0. With
+    a multiplier ``mu >= 0`` for the ball the problem separates per coordinate, whose minimiser is
+    ``d_i(mu) = clip(z_i / (1 + mu), lo_i, hi_i)`` (KKT). Writing ``t = 1 / (1 + mu)`` in (0, 1],
+    ``||clip(t z, lo, hi)||_2`` is continuous and non-decreasing in ``t``, so the answer is
+    ``clip(z, lo, hi)`` when that is inside the ball and otherwise ``clip(t* z, lo, hi)`` with
+    ``||clip(t* z, lo, hi)||_2 = eps``, found by ``iters`` batched bisection halvings of ``t``
+    (60 halvings reach float64 resolution). Shapes: z, lo, hi (N, D); eps (N,).
+    """
+    clipped = torch.minimum(torch.maximum(z, lo), hi)
+    inside = clipped.norm(p=2, dim=1) <= eps
+    t_lo = torch.zeros_like(eps)  # ||d(t_lo)|| <= eps always holds (d(0) = 0)
+    t_hi = torch.ones_like(eps)
+    for _ in range(iters):
+        mid = 0.5 * (t_lo + t_hi)
+        d = torch.minimum(torch.maximum(z * mid[:, None], lo), hi)  # (N, D)
+        ok = d.norm(p=2, dim=1) <= eps
+        t_lo = torch.where(ok, mid, t_lo)
+        t_hi = torch.where(ok, t_hi, mid)
+    d = torch.minimum(torch.maximum(z * t_lo[:, None], lo), hi)
+    return torch.where(inside[:, None], clipped, d)
+
+
 def project_l1_box(z: Tensor, eps: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     """Exact Euclidean projection of each row of ``z`` onto ``{d : ||d||_1 <= eps, lo <= d <= hi}``.
 
@@ -101,12 +126,16 @@ class ThreatModel:
         norm: ``"linf"``, ``"l2"``, ``"l1"`` or ``"l0"`` (pixels changed).
         eps: radius, >= 0 (for ``l0`` the number of pixels that may change).
         lower, upper: the valid input box (images in [0, 1] by default).
+        exact: for ``l2``, project exactly onto ball ∩ box (:func:`project_l2_box`, a bisection of
+            about 60 clamp-and-norm passes) instead of the default rescale-then-clip. No effect on
+            the other norms, whose projections are always exact.
     """
 
     norm: str
     eps: float
     lower: float = 0.0
     upper: float = 1.0
+    exact: bool = False
 
     def __post_init__(self) -> None:
         norm = _ALIASES.get(str(self.norm), str(self.norm).lower())
@@ -126,12 +155,14 @@ class ThreatModel:
             raise ValueError(f"eps for norm l0 counts pixels and must be an integer, got {self.eps!r}")
         if not self.lower < self.upper:
             raise ValueError(f"lower must be < upper, got lower={self.lower}, upper={self.upper}")
+        if not isinstance(self.exact, bool):
+            raise TypeError(f"exact must be a bool, got {self.exact!r}")
         object.__setattr__(self, "eps", float(self.eps))
 
     # -- construction helpers -------------------------------------------------------------
     def with_eps(self, eps: float) -> "ThreatModel":
         """The same norm and box with another radius."""
-        return ThreatModel(self.norm, eps, self.lower, self.upper)
+        return ThreatModel(self.norm, eps, self.lower, self.upper, self.exact)
 
     @property
     def box(self) -> tuple[float, float]:
@@ -163,18 +194,27 @@ class ThreatModel:
         return in_ball & in_box
 
     def project(self, x_adv: Tensor, x: Tensor, eps: Optional[Tensor] = None) -> Tensor:
-        """Map ``x_adv`` into ``B(x)``: the point of the ball nearest to it, then the box.
+        """Map ``x_adv`` into ``B(x)`` = ball ∩ box.
 
-        linf and l1 are exact projections onto ball ∩ box (for l1 via :func:`project_l1_box`);
-        l0 keeps the ``eps`` pixels with the largest (box-clipped) change, which is exact for the
-        l0 ball ∩ box; l2 rescales into the ball and then clips to the box (the standard PGD step,
-        Madry et al. 2018; it stays inside both sets). ``eps`` optionally gives a per-sample radius (N,).
+        linf, l1 and l0 are exact Euclidean projections onto ball ∩ box: linf clips per coordinate;
+        l1 via :func:`project_l1_box`; l0 solves ``argmin ||x' - x_adv||_2`` over ``x'`` in the box
+        differing from ``x`` in at most ``eps`` pixels: a kept pixel's best value is
+        ``clip(x_adv)``, so each pixel's gain from being kept is ``||x_adv - x||^2 -
+        ||x_adv - clip(x_adv)||^2`` (summed over its channels) and the ``eps`` pixels of largest
+        positive gain are kept (the l0 ∩ box projection of PGD_0, Croce & Hein 2019,
+        arXiv:1909.05040). l2 by default rescales into the ball and then clips to the box (the PGD
+        step of Madry et al. 2018 and AutoAttack): the result lies in both sets but is in general
+        *not* the nearest point of ball ∩ box; with ``exact=True`` it is (:func:`project_l2_box`).
+        ``eps`` optionally gives a per-sample radius (N,).
         """
         e = self._eps(x, eps)
         delta = x_adv - x
         if self.norm == "linf":
             e4 = _per_sample(e, delta)
             delta = torch.maximum(torch.minimum(delta, e4), -e4)
+        elif self.norm == "l2" and self.exact:
+            d = project_l2_box(_flat(delta), e, _flat(self.lower - x), _flat(self.upper - x))
+            delta = d.reshape(x.shape)
         elif self.norm == "l2":
             norms = _flat(delta).norm(p=2, dim=1)
             scale = torch.where(norms > e, e / norms.clamp_min(1e-12), torch.ones_like(norms))
@@ -184,13 +224,13 @@ class ThreatModel:
             hi = _flat(self.upper - x)
             d = project_l1_box(_flat(delta), e, lo, hi)
             return (x + d.reshape(x.shape)).clamp(self.lower, self.upper)
-        else:  # l0
-            delta = (x + delta).clamp(self.lower, self.upper) - x
-            mag = _pixel_magnitude(delta)  # (N, P)
-            k = e.long().clamp(0, mag.shape[1])
-            rank = mag.argsort(dim=1, descending=True).argsort(dim=1)
-            keep = (rank < k.unsqueeze(1)) & (mag > 0)
-            delta = delta * _expand_pixel_mask(keep, delta).to(delta.dtype)
+        else:  # l0: keep the eps pixels whose best in-box value gains most over leaving them at x
+            clipped = x_adv.clamp(self.lower, self.upper)
+            gain = _pixel_magnitude(delta) - _pixel_magnitude(x_adv - clipped)  # (N, P), >= 0
+            k = e.long().clamp(0, gain.shape[1])
+            rank = gain.argsort(dim=1, descending=True, stable=True).argsort(dim=1)
+            keep = (rank < k.unsqueeze(1)) & (gain > 0)
+            delta = (clipped - x) * _expand_pixel_mask(keep, delta).to(delta.dtype)
         return (x + delta).clamp(self.lower, self.upper)
 
     def random_start(self, x: Tensor, generator: Optional[torch.Generator] = None, eps: Optional[Tensor] = None) -> Tensor:
@@ -247,4 +287,7 @@ class ThreatModel:
         return v.reshape(grad.shape)
 
     def to_dict(self) -> dict:
-        return {"norm": self.norm, "eps": self.eps, "lower": self.lower, "upper": self.upper}
+        d = {"norm": self.norm, "eps": self.eps, "lower": self.lower, "upper": self.upper}
+        if self.exact:
+            d["exact"] = True
+        return d
