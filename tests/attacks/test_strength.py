@@ -308,3 +308,22 @@ def test_worst_case_minimal_norm_keeps_the_smallest_distance(model, batch):
     assert torch.allclose(wc.distance, torch.minimum(da, db), atol=1e-5)
     # Ties go to the first attack.
     assert torch.equal(wc.info["broken_by"], (db < da).long())
+
+
+def test_apgd_l1_checks_progress_every_4_percent_of_the_iterations():
+    from robustlab.attacks.apgd import l1_checkpoints
+
+    assert l1_checkpoints(100) == list(range(4, 100, 4))
+    assert l1_checkpoints(10) == list(range(1, 10))  # at least every iteration
+
+
+def test_apgd_l1_uses_no_momentum_and_beats_pgd_l1(model, digits200):
+    x, y = digits200[0][:100], digits200[1][:100]
+    tm = rl.ThreatModel("l1", 2.0)
+    a = APGD(tm, steps=20, seed=0).attack(model, x, y)
+    b = APGD(tm, steps=20, momentum=0.3, seed=0).attack(model, x, y)
+    assert torch.equal(a.x_adv, b.x_adv)  # the momentum parameter plays no part for l1
+    pgd = PGD(tm, steps=20, seed=0).attack(model, x, y)
+    assert 0.05 < pgd.robust_accuracy
+    assert a.robust_accuracy <= pgd.robust_accuracy
+    assert bool(tm.contains(a.x_adv, x).all())

@@ -12,11 +12,15 @@ best point found so far ``x_max`` when (1) the loss increased in fewer than ``rh
 steps since the last checkpoint, or (2) neither the step size was reduced at the last checkpoint
 nor the best loss improved since.
 
-l1 (APGD-L1, Croce & Hein 2021, "Mind the box", arXiv:2103.01208): the exact projection onto the
-l1 ball ∩ box, a sparse step along the ``k`` largest gradient coordinates that can still move
-(coordinates on the box boundary pointing outwards are skipped), ``eta^0 = eps``, and ``k``
-adapted at each checkpoint to the sparsity of the best point (``k = ||x_max - x||_0 / 1.5``);
-the step shrinks by 1.5 (not 2) and never below ``eps / 10``.
+l1 (APGD-L1, Croce & Hein 2021, "Mind the box", arXiv:2103.01208, sec. 3 and its reference code)
+replaces the schedule above: no momentum (``x^{k+1} = z^{k+1}``); the exact projection onto the l1
+ball ∩ box; a sparse step along the ``k`` largest gradient coordinates that can still move
+(coordinates on the box boundary pointing outwards are skipped); ``eta^0 = eps``. Progress is
+checked every ``max(floor(0.04 N), 1)`` iterations (:func:`l1_checkpoints`), where with
+``s = ||x_max - x||_0`` (components) and ``s_prev`` its value at the previous check (``D`` at the
+start): ``k = ceil(s / 1.5)`` (sparsity-adaptive, ``k^0 = 0.2 D``); if the sparsity dropped
+(``s < 0.95 s_prev``) the step is reset to ``eps`` and the iterate to ``x_max``, otherwise the
+step shrinks by 1.5; the step stays in ``[eps / 10, eps]``.
 
 ``APGDT`` is the targeted version used by AutoAttack: the targeted DLR loss (eq. 5) towards each
 of the ``n_target_classes`` classes with the highest clean logits after the true one, each run
@@ -47,6 +51,12 @@ def checkpoints(steps: int) -> list[int]:
     # The 1e-9 guards ceil against round-off (0.41 + 0.16 = 0.5700000000000001 -> 57, not 58).
     its = (math.ceil(q * steps - 1e-9) for q in p[1:])
     return sorted({w for w in its if 0 < w < steps})
+
+
+def l1_checkpoints(steps: int) -> list[int]:
+    """The iterations at which APGD-L1 checks its progress: every ``max(floor(0.04 steps), 1)``."""
+    every = max(int(0.04 * steps), 1)
+    return list(range(every, steps, every))
 
 
 def _view(v: Tensor, like: Tensor) -> Tensor:
@@ -81,7 +91,7 @@ class APGD(Attack):
         loss: ``"ce"``, ``"dlr"``, ``"cw"`` or a callable ``(logits, y, target) -> (N,)`` to maximise.
         restarts: random restarts, each only on the samples still robust.
         rho: the fraction of increasing steps below which the step is halved (0.75).
-        momentum: ``alpha`` of the momentum update (0.75).
+        momentum: ``alpha`` of the momentum update (0.75; APGD-L1 uses none, as the reference).
         random_start: start from a random point of the ball (as the reference implementation).
         seed: seed of the random starts.
     """
@@ -154,11 +164,12 @@ class APGD(Attack):
         s["xp"] = s["xa"].clone()
         s["eta"] = torch.full((n,), (1.0 if is_l1 else 2.0) * eps, device=dev, dtype=dt)
         s["k_l1"] = torch.full((n,), max(1, int(0.2 * d)), device=dev, dtype=torch.long)
+        s["sparsity"] = torch.full((n,), d, device=dev, dtype=torch.long)  # ||x_max - x||_0 at the last check
         s["incr"] = torch.zeros(n, device=dev, dtype=torch.long)
         s["best_at_ckpt"] = s["best_loss"].clone()
         # As the reference implementation: condition (2) cannot fire at the first checkpoint.
         s["reduced_last"] = torch.ones(n, dtype=torch.bool, device=dev)
-        ckpts = set(checkpoints(self.steps))
+        ckpts = set(l1_checkpoints(self.steps) if is_l1 else checkpoints(self.steps))
         last_ckpt = 0
 
         hit = is_adversarial(logits, s["y"], s.get("st"))
@@ -179,7 +190,7 @@ class APGD(Attack):
             else:
                 direction = tm.ascent(s["grad"], xa)
             z = tm.project(xa + _view(eta, xa) * direction, x0)
-            if k > 0 and self.momentum < 1:
+            if k > 0 and self.momentum < 1 and not is_l1:
                 a = self.momentum
                 z = tm.project(xa + a * (z - xa) + (1 - a) * (xa - xp), x0)
             s["xp"], s["xa"] = xa, z
@@ -193,18 +204,24 @@ class APGD(Attack):
             s["x_best"] = torch.where(b4, z, s["x_best"])
             s["grad_best"] = torch.where(b4, grad, s["grad_best"])
             s["best_loss"] = torch.where(better, loss, s["best_loss"])
-            if k + 1 in ckpts:
+            if k + 1 in ckpts and is_l1:
+                # Sparsity-adaptive k; reset step and iterate where the best point got sparser.
+                sparsity = (s["x_best"] - s["x0"]).reshape(s["x0"].shape[0], -1).ne(0).sum(dim=1)  # (N,)
+                reset = sparsity.to(dt) < 0.95 * s["sparsity"].to(dt)
+                s["k_l1"] = torch.ceil(sparsity.to(dt) / 1.5).to(torch.long).clamp(1, d)
+                s["eta"] = torch.where(reset, torch.full_like(s["eta"], eps), s["eta"] / 1.5).clamp(eps / 10, eps)
+                s["sparsity"] = sparsity
+                r4 = _view(reset, z)
+                s["xa"] = torch.where(r4, s["x_best"], s["xa"])
+                s["grad"] = torch.where(r4, s["grad_best"], s["grad"])
+                s["loss"] = torch.where(reset, s["best_loss"], s["loss"])
+            elif k + 1 in ckpts:
                 window = k + 1 - last_ckpt
                 last_ckpt = k + 1
                 cond1 = s["incr"].to(dt) < self.rho * window
                 cond2 = ~s["reduced_last"] & (s["best_at_ckpt"] >= s["best_loss"])
                 reduce = (cond1 | cond2) & ~hit
-                if is_l1:
-                    s["eta"] = torch.where(reduce, (s["eta"] / 1.5).clamp_min(eps / 10), s["eta"])
-                    sparsity = (s["x_best"] - s["x0"]).reshape(s["x0"].shape[0], -1).ne(0).sum(dim=1)
-                    s["k_l1"] = (sparsity.to(dt) / 1.5).floor().to(torch.long).clamp(1, d)
-                else:
-                    s["eta"] = torch.where(reduce, s["eta"] / 2, s["eta"])
+                s["eta"] = torch.where(reduce, s["eta"] / 2, s["eta"])
                 r4 = _view(reduce, z)
                 s["xa"] = torch.where(r4, s["x_best"], s["xa"])
                 s["xp"] = torch.where(r4, s["x_best"], s["xp"])
