@@ -6,7 +6,7 @@ Every message names the argument, the value it got and what was expected.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -91,3 +91,57 @@ def check_probability(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
         raise ValueError(f"{name} must be a probability in (0, 1), got {value!r}")
     return float(value)
+
+
+def _first_layer(model: torch.nn.Module) -> "Optional[tuple[str, torch.nn.Module]]":
+    """The first convolution or linear layer in registration order (its name and module), if any."""
+    kinds = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear)
+    for name, module in model.named_modules():
+        if isinstance(module, kinds) and not isinstance(module, torch.nn.modules.lazy.LazyModuleMixin):
+            return name or type(module).__name__, module
+    return None
+
+
+def explain_input_mismatch(model: torch.nn.Module, x: Tensor, name: str = "x") -> Optional[str]:
+    """Why ``model`` cannot take ``x``, in words, when it is a dtype or channel mismatch with the
+    model's parameters / first layer; None when no such mismatch is visible from outside.
+
+    Only used after a forward pass failed, so a model whose first registered layer is not the
+    first one applied never gets a false error.
+    """
+    params = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    if params and x.is_floating_point() and x.dtype != params[0].dtype:
+        return (f"{name} has dtype {x.dtype} but the model's parameters are {params[0].dtype}; convert the "
+                f"images with x.to({params[0].dtype}) or the model with model.to({x.dtype})")
+    mean = getattr(model, "mean", None)
+    if isinstance(mean, Tensor) and mean.dim() == 4 and mean.shape[1] not in (1, x.shape[1]) and x.dim() == 4:
+        return (f"{name} has {x.shape[1]} channels (shape {tuple(x.shape)}) but the model's normalisation has "
+                f"{mean.shape[1]} channels (mean {tuple(round(v, 4) for v in mean.flatten().tolist())})")
+    found = _first_layer(model)
+    if found is None or x.dim() < 2:
+        return None
+    layer_name, layer = found
+    if isinstance(layer, torch.nn.Conv2d) and x.dim() == 4 and x.shape[1] != layer.in_channels:
+        return (f"{name} has {x.shape[1]} channels (shape {tuple(x.shape)}) but the model's first layer "
+                f"{layer_name!r} (Conv2d) expects {layer.in_channels} input channels")
+    if isinstance(layer, torch.nn.Linear):
+        per_image = int(x[0].numel())
+        if per_image != layer.in_features and x.shape[-1] != layer.in_features:
+            return (f"{name} has {per_image} values per image (shape {tuple(x.shape)}) but the model's first layer "
+                    f"{layer_name!r} (Linear) expects {layer.in_features} inputs")
+    return None
+
+
+def forward_checked(fn: "Callable[[torch.nn.Module, Tensor], Tensor]", model: torch.nn.Module, x: Tensor,
+                    name: str = "x") -> Tensor:
+    """``fn(model, x)``, turning torch's shape/dtype RuntimeError into a ValueError that names the
+    mismatch (input channels / dtype vs the model's first layer) when one is visible."""
+    try:
+        return fn(model, x)
+    except RuntimeError as exc:
+        if isinstance(exc, torch.OutOfMemoryError):
+            raise
+        why = explain_input_mismatch(model, x, name)
+        if why is None:
+            raise
+        raise ValueError(why) from exc

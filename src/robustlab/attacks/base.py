@@ -30,7 +30,7 @@ from typing import Callable, Iterator, NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from robustlab._checks import check_images, check_labels, check_logits
+from robustlab._checks import check_images, check_labels, check_logits, forward_checked
 from robustlab.losses import is_adversarial
 from robustlab.threat import ThreatModel
 
@@ -327,7 +327,7 @@ class Attack(abc.ABC):
         generator = torch.Generator(device=x.device).manual_seed(int(self.seed))
         info: dict = {"attack": self.name}
         with eval_mode(model):
-            clean_logits = check_logits(predict(model, x), n)
+            clean_logits = check_logits(forward_checked(predict, model, x), n)  # names channel/dtype mismatches
             k = clean_logits.shape[1]
             check_labels(y, n, "y", num_classes=k)
             if target is not None:

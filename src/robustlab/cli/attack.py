@@ -45,14 +45,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Attack the first N images of a dataset and save the adversarial examples (safetensors) "
                     "with a JSON summary. Attacks: " + ", ".join(registry.available()) + ".",
     )
-    p.add_argument("--model", required=True, help="a saved robustlab model (directory or .safetensors)")
+    from robustlab.cli._common import add_model_args
+
+    add_model_args(p)
     p.add_argument("--attack", required=True, help="attack name (see robustlab.attacks.available())")
     p.add_argument("--eps", type=float, default=None,
                    help="radius of the threat model (required for fixed-budget attacks)")
     p.add_argument("--norm", default=None, help="linf, l2, l1 or l0 (default: linf, or the attack's own norm)")
     p.add_argument("--option", "-o", type=parse_option, action="append", default=[], metavar="KEY=VALUE",
                    help="attack hyperparameter, e.g. -o steps=100 -o restarts=5 (repeatable)")
-    p.add_argument("--dataset", default=None, help="default: the dataset in the model's metadata")
+    p.add_argument("--dataset", default=None,
+                   help="a dataset name, a .npz file, an image folder or CIFAR binary files (default: the dataset in "
+                        "the model's metadata)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default cpu)")
     p.add_argument("--split", default="test", choices=("train", "test"))
     p.add_argument("--root", default=None, help="dataset folder")
     p.add_argument("--n", type=int, default=500, help="attack the first N images (default 500)")
@@ -79,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     from safetensors.torch import save as st_save
     from tqdm.auto import tqdm
 
-    from robustlab import __version__, data, models
+    from robustlab import __version__, data
+    from robustlab.cli._common import check_model_data, check_out_file, dataset_name, load_model, resolve_device
     from robustlab._io import atomic_write_bytes, atomic_write_text
     from robustlab.attacks import AttackResult, registry
     from robustlab.threat import ThreatModel
@@ -90,9 +96,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    out = Path(args.out)
-    if out.suffix != ".safetensors":
-        raise ValueError(f"--out must name a .safetensors file, got {args.out}")
+    out = check_out_file(args.out, "--out", ".safetensors")  # before any work: a bad --out fails now
+    check_out_file(out.with_suffix(".json"), "--out (its .json summary)")
+    device = resolve_device(args.device)
     norm = args.norm or DEFAULT_NORM.get(name, "linf")
     if args.eps is not None:
         threat: "ThreatModel | str" = ThreatModel(norm, args.eps)
@@ -102,17 +108,18 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"attack {name!r} has a fixed budget: pass --eps (and --norm, default linf)")
     options = dict(args.option)
     options.setdefault("seed", args.seed)
-    attack = registry.get(name, threat, **options)
+    try:
+        attack = registry.get(name, threat, **options)
+    except (TypeError, ValueError) as exc:
+        given = " ".join(f"-o {k}={v!r}" for k, v in args.option) or "no options"
+        raise ValueError(f"attack {name!r} with {given}: {exc}") from None
 
-    if not Path(args.model).exists():
-        raise FileNotFoundError(f"no model at {args.model}")
-    model = models.load(args.model).eval()
-    dataset = args.dataset or getattr(model, "metadata", {}).get("dataset")
-    if not dataset:
-        raise ValueError(f"{args.model} records no dataset; pass --dataset")
+    model = load_model(args, device)
+    dataset = dataset_name(args, model)
     images = data.load(dataset, args.split, args.root)
+    check_model_data(model, images, device)  # channels, size, classes: named before any attack
     n = min(args.n, len(images.labels))
-    x_all, y_all = images.images[:n], images.labels[:n]
+    x_all, y_all = images.images[:n].to(device), images.labels[:n].to(device)
 
     parts = []
     t0 = time.perf_counter()
@@ -136,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
     }
     if isinstance(res.info.get("broken_by"), torch.Tensor):
         tensors["broken_by"] = res.info["broken_by"].contiguous()  # index of the ensemble member that succeeded
+    tensors = {k: v.cpu().contiguous() for k, v in tensors.items()}
     header = {"format": "robustlab-attack", "attack": name, "model": str(args.model), "dataset": dataset,
               "split": args.split, "norm": res.norm}
     atomic_write_bytes(out, st_save(tensors, metadata=header))

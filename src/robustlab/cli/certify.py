@@ -23,7 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Certify a model with randomized smoothing (Cohen, Rosenfeld, Kolter 2019): print certified "
                     "accuracy per L2 radius and write per-image results as JSON.",
     )
-    p.add_argument("--model", required=True, help="a saved robustlab model (trained with Gaussian noise)")
+    from robustlab.cli._common import add_model_args
+
+    add_model_args(p)  # a saved robustlab model (trained with Gaussian noise) or your own
     p.add_argument("--sigma", type=float, required=True, help="noise standard deviation in [0, 1] pixel units")
     p.add_argument("--n0", type=int, default=100, help="samples to select the class (default 100)")
     p.add_argument("--n", type=int, default=100_000, help="samples to estimate pA (n_max with --adaptive)")
@@ -35,8 +37,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="stop sampling per image once its radius is settled (union bound over looks)")
     method.add_argument("--two-class", action="store_true",
                         help="two-class radius sigma/2 (Phi^-1(pA) - Phi^-1(pB)) with simultaneous bounds")
-    p.add_argument("--dataset", default=None, help="default: the dataset in the model's metadata")
-    p.add_argument("--split", default="test", help="dataset split (default test)")
+    p.add_argument("--dataset", default=None,
+                   help="a dataset name, a .npz file, an image folder or CIFAR binary files (default: the dataset in "
+                        "the model's metadata)")
+    p.add_argument("--split", default="test", choices=("train", "test"), help="dataset split (default test)")
+    p.add_argument("--root", default=None, help="dataset folder")
     p.add_argument("--n-images", type=int, default=100, help="certify the first N images (default 100)")
     p.add_argument("--batch-size", type=int, default=1000, help="(image, noise) rows per forward pass")
     p.add_argument("--chunk", type=int, default=100, help="images per certify call (progress granularity)")
@@ -50,10 +55,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     from tqdm.auto import tqdm
 
-    from robustlab import data, models
+    from robustlab import data
+    from robustlab.cli._common import check_model_data, check_out_file, dataset_name, load_model, resolve_device
+    from robustlab.cli.evaluate import model_label
     from robustlab._io import atomic_write_text
     from robustlab.certificates import Certificate, certified_accuracy
     from robustlab.defenses.smoothing import Smoothed
@@ -64,19 +70,20 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if any(r < 0 for r in args.radii):
         raise ValueError(f"--radii must be >= 0, got {','.join(str(r) for r in args.radii)}")
-    if not Path(args.model).exists():
-        raise FileNotFoundError(f"no model at {args.model}")
-    device = torch.device(args.device or "cpu")
-    model = models.load(args.model, map_location=device).eval()
-    name = args.dataset or getattr(model, "metadata", {}).get("dataset")
-    if not name:
-        raise ValueError(f"{args.model} records no dataset; pass --dataset")
-    images = data.load(name, args.split)
+    if not 0.0 < args.alpha < 1.0:
+        raise ValueError(f"--alpha must be a probability in (0, 1), got {args.alpha}")
+    device = resolve_device(args.device)
+    method = "adaptive" if args.adaptive else "two-class" if args.two_class else "cohen"
+    out = Path(args.out) if args.out else Path("out") / "certify" / (model_label(args.model) + f"-{method}.json")
+    check_out_file(out, "--out")  # before any sampling: a bad --out fails now
+    model = load_model(args, device)
+    name = dataset_name(args, model)
+    images = data.load(name, args.split, args.root)
+    check_model_data(model, images, device)
     images = images.subset(min(args.n_images, len(images.labels)))
     x_all, y = images.images, images.labels
     smoothed = Smoothed(model, args.sigma, batch_size=args.batch_size, seed=args.seed, autocast=args.autocast,
                         channels_last=args.channels_last)
-    method = "adaptive" if args.adaptive else "two-class" if args.two_class else "cohen"
     parts = []
     t0 = time.perf_counter()
     bar = tqdm(total=len(y), unit="img", desc="certify", disable=args.no_progress)
@@ -116,7 +123,6 @@ def run(args: argparse.Namespace) -> int:
          "p_lower": float(cert.p_lower[i]) if cert.p_lower is not None else None}
         for i in range(len(y))
     ]
-    out = Path(args.out) if args.out else Path("out") / "certify" / (Path(args.model).name + f"-{method}.json")
     payload = {
         "format": "robustlab-certify", "format_version": 1,
         "model": str(args.model), "dataset": name, "split": args.split, "sigma": args.sigma, "n0": args.n0,

@@ -28,9 +28,11 @@ def parse_names(text: str) -> tuple[str, ...]:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate", help="robust accuracy per eps, gradient-masking checks, JSON + HTML report",
-        description="Evaluate a saved model with a suite of attacks (and certifiers), print clean and robust "
+        description="Evaluate a model (saved by robustlab, or your own: docs/byo.md) with a suite of attacks (and certifiers), print clean and robust "
                     "accuracy per eps and write report.json and a self-contained index.html.")
-    p.add_argument("--model", required=True, help="a saved robustlab model (directory or .safetensors)")
+    from robustlab.cli._common import add_model_args
+
+    add_model_args(p)
     p.add_argument("--suite", default="quick", help="quick, standard or a .toml file (default quick)")
     p.add_argument("--attack", type=parse_names, default=None, help="comma-separated attack names, replacing the suite's")
     p.add_argument("--norm", default=None, help="linf, l2, l1 or l0 (presets only; default linf)")
@@ -41,7 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also certify with randomized smoothing at this sigma (L2)")
     p.add_argument("--smoothing-n", type=int, default=1000, help="noise samples per image for --smoothing")
     p.add_argument("--no-checks", action="store_true", help="skip the gradient-masking checks")
-    p.add_argument("--dataset", default=None, help="default: the dataset in the model's metadata")
+    p.add_argument("--dataset", default=None,
+                   help="a dataset name, a .npz file (images, labels), an image folder (one sub-folder per class) or "
+                        "CIFAR-10/100 binary files (default: the dataset in the model's metadata)")
     p.add_argument("--split", default="test", choices=("train", "test"))
     p.add_argument("--root", default=None, help="dataset folder")
     p.add_argument("--n", type=int, default=None, help="evaluate the first N images (default all)")
@@ -77,19 +81,31 @@ def build_suite(args: argparse.Namespace, dataset: str):
     return dataclasses.replace(suite, **changes) if changes else suite
 
 
+def model_label(spec: str) -> str:
+    """A short name for ``--model``: the folder or file name, or a factory's attribute."""
+    from robustlab.models.external import looks_like_factory
+
+    if looks_like_factory(spec):
+        return spec.rsplit(":", 1)[1].rsplit(".", 1)[-1]
+    return Path(spec).name.replace(".safetensors", "") or "model"
+
+
 def run(args: argparse.Namespace) -> int:
-    from robustlab import data, evaluate, models
+    from robustlab import data, evaluate
+    from robustlab.cli._common import check_model_data, check_out_dir, dataset_name, load_model, resolve_device
 
     if args.n is not None and args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
-    model = models.load(args.model, map_location=args.device or "cpu")
-    name = args.dataset or model.metadata.get("dataset")
-    if not name:
-        raise ValueError(f"{args.model} records no dataset; pass --dataset")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    device = resolve_device(args.device)
+    model_name = args.name or model_label(args.model)
+    model = load_model(args, device)
+    out = check_out_dir(args.out if args.out else Path("out") / "evaluate" / model_name)  # before data and attacks
+    name = dataset_name(args, model)
     suite = build_suite(args, name)
     test = data.load(name, args.split, args.root)
-    model_name = args.name or Path(args.model).name.replace(".safetensors", "")
-    out = Path(args.out) if args.out else Path("out") / "evaluate" / model_name
+    check_model_data(model, test, device)
     report = evaluate.run(model, test, suite, n=args.n, batch_size=args.batch_size, out=out, resume=args.resume,
                           seed=args.seed, progress=not args.no_progress, name=model_name, html=not args.no_html)
     print(report.table())

@@ -33,7 +33,9 @@ def register(subparsers: "argparse._SubParsersAction[Any]") -> None:
         description="Train a model on a dataset and save it (safetensors + metadata.json) with per-epoch "
                     "checkpoints in --out.",
     )
-    p.add_argument("--dataset", required=True, help="digits, mnist, fashion-mnist, cifar10")
+    p.add_argument("--dataset", required=True,
+                   help="digits, mnist, fashion-mnist, cifar10, or a path: a .npz with x_train/y_train/x_test/y_test, "
+                        "an image folder with train/ and test/, CIFAR-10/100 binary files")
     p.add_argument("--arch", required=True, help="mlp, cnn, small-cnn, resnet18")
     p.add_argument("--out", required=True, help="output directory (final model, checkpoint/, best/)")
     p.add_argument("--epochs", type=int, default=2)
@@ -103,9 +105,13 @@ def _holdout(train_set: Any, args: argparse.Namespace) -> tuple[Any, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from robustlab import distributed
+    from robustlab.cli._common import check_out_dir, resolve_device
     from robustlab.defenses.adversaries import from_args
 
     adversary = from_args(args.adversary, args)  # parameter errors before any data is read
+    if args.device is not None:
+        resolve_device(args.device)
+    check_out_dir(args.out)  # a bad --out fails now, not after training
     joined = not distributed.is_distributed()
     info = distributed.init_from_env(args.device)
     try:
@@ -124,6 +130,9 @@ def _run(args: argparse.Namespace, adversary: Any, info: Any) -> int:
         raise ValueError(f"unknown architecture {args.arch!r}; expected one of {', '.join(models.architectures())}")
     train_set = data.load(args.dataset, "train", args.root)
     test_set = data.load(args.dataset, "test", args.root)
+    if train_set.split != "train":
+        raise ValueError(f"--dataset {args.dataset} has no train/test split (expected train/ and test/ sub-folders, "
+                         "x_train/x_test arrays in a .npz, or the CIFAR binary files of both splits)")
     if args.train_n is not None:
         if args.train_n < 1:
             raise ValueError(f"--train-n must be >= 1, got {args.train_n}")

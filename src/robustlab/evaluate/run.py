@@ -31,7 +31,7 @@ from safetensors.torch import save as st_save
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from robustlab._checks import check_images, check_labels, check_logits, check_positive
+from robustlab._checks import check_images, check_labels, check_logits, check_positive, explain_input_mismatch
 from robustlab._io import atomic_write_bytes, atomic_write_text
 from robustlab.attacks.base import eval_mode, model_device
 from robustlab.evaluate import checks as checks_mod
@@ -326,8 +326,9 @@ def _probe_model(model: nn.Module, x1: Tensor, what: str, num_classes: Optional[
         try:
             out = model(x1)
         except RuntimeError as exc:
+            why = explain_input_mismatch(model, x1, "the data's images") or str(exc).splitlines()[0]
             raise ValueError(f"{what} cannot process the data's images of shape {tuple(x1.shape[1:])} (C, H, W): "
-                             f"{str(exc).splitlines()[0]}") from exc
+                             f"{why}") from exc
     check_logits(out, 1, f"the output of {what}")
     if not bool(torch.isfinite(out).all()):
         raise ValueError(f"{what} returns non-finite logits on the first image")

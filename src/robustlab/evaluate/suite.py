@@ -452,7 +452,12 @@ class Suite:
 
     @staticmethod
     def from_dict(d: Mapping[str, Any], where: str = "suite") -> "Suite":
-        """Build a suite from the TOML layout (see the module docstring); unknown keys are refused."""
+        """Build a suite from the TOML layout (see the module docstring); unknown keys are refused and
+        every value's type is checked (a string where a number or a list belongs is an error naming
+        the key, the value and what was expected, never read letter by letter)."""
+        if not isinstance(d, Mapping):
+            raise TypeError(f"{where} must be a table of settings, got {type(d).__name__}")
+        d = _typed_suite_dict(d, where)
         allowed = {"name", "norm", "eps", "threat", "threats", "attacks", "attack_options", "minimal", "certifier",
                    "certifiers", "checks", "transfer", "transfer_attack", "transfer_eps", "exemplars"}
         unknown = set(d) - allowed
@@ -509,6 +514,145 @@ class Suite:
             certifiers=tuple(certs), checks=checks, transfer=transfer, transfer_attack=str(transfer_attack),
             transfer_eps=None if transfer_eps is None else tuple(transfer_eps), exemplars=d.get("exemplars", 6),
         )
+
+
+def _what(value: Any) -> str:
+    return f"{value!r} ({'a string' if isinstance(value, str) else type(value).__name__})"
+
+
+def _toml_number(value: Any, key: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{where}: {key} must be a number, got {_what(value)}")
+    return value
+
+
+def _toml_int(value: Any, key: str, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{where}: {key} must be an integer, got {_what(value)}")
+    return value
+
+
+def _toml_str(value: Any, key: str, where: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{where}: {key} must be a string, got {_what(value)}")
+    return value
+
+
+def _toml_bool(value: Any, key: str, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{where}: {key} must be true or false, got {_what(value)}")
+    return value
+
+
+def _toml_eps(value: Any, key: str, where: str) -> list:
+    """A number or a list of numbers (never a string, which would be read character by character)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [value]
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{where}: {key} must be a number or a list of numbers, e.g. {key.split()[-1]} = [0.1, 0.3], "
+                        f"got {_what(value)}")
+    for i, v in enumerate(value):
+        _toml_number(v, f"{key}[{i}]", where)
+    return list(value)
+
+
+def _toml_names(value: Any, key: str, where: str) -> list:
+    """A list of names (a single string is refused rather than split into letters)."""
+    if not isinstance(value, (list, tuple)):
+        example = f'["{value}"]' if isinstance(value, str) else '["fgsm", "pgd"]'
+        raise TypeError(f"{where}: {key} must be a list of names, e.g. {key.split()[-1]} = {example}, got {_what(value)}")
+    for i, v in enumerate(value):
+        _toml_str(v, f"{key}[{i}]", where)
+    return list(value)
+
+
+def _toml_table(value: Any, key: str, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{where}: {key} must be a table ([{key}]), got {_what(value)}")
+    return value
+
+
+def _typed_option(value: Any, default: Any, key: str, where: str) -> None:
+    """``value`` has the type of the option's ``default`` (int options integers, float options numbers)."""
+    if default is None:
+        return
+    if isinstance(default, bool):
+        _toml_bool(value, key, where)
+    elif isinstance(default, int):
+        _toml_int(value, key, where)
+    elif isinstance(default, float):
+        _toml_number(value, key, where)
+    elif isinstance(default, str):
+        _toml_str(value, key, where)
+
+
+def _typed_suite_dict(d: Mapping[str, Any], where: str) -> dict:
+    """Check the type of every value of the TOML layout; returns ``d`` with lone eps numbers as lists."""
+    d = dict(d)
+    if "name" in d:
+        _toml_str(d["name"], "name", where)
+    if "norm" in d:
+        _toml_str(d["norm"], "norm", where)
+    for key in ("eps", "transfer_eps"):
+        if key in d:
+            d[key] = _toml_eps(d[key], key, where)
+    for key in ("attacks", "minimal"):
+        if key in d:
+            _toml_names(d[key], key, where)
+    if "transfer_attack" in d:
+        _toml_str(d["transfer_attack"], "transfer_attack", where)
+    if "exemplars" in d:
+        _toml_int(d["exemplars"], "exemplars", where)
+    for key in ("threat", "threats"):
+        if key in d:
+            if not isinstance(d[key], list):
+                raise TypeError(f"{where}: {key} must be an array of tables ([[threat]]), got {_what(d[key])}")
+            rows = []
+            for i, t in enumerate(d[key]):
+                t = dict(_toml_table(t, f"threat {i}", where))
+                if "norm" in t:
+                    _toml_str(t["norm"], f"threat {i} norm", where)
+                if "eps" in t:
+                    t["eps"] = _toml_eps(t["eps"], f"threat {i} eps", where)
+                if "attacks" in t:
+                    _toml_names(t["attacks"], f"threat {i} attacks", where)
+                rows.append(t)
+            d[key] = rows
+    if "attack_options" in d:
+        for name, opts in _toml_table(d["attack_options"], "attack_options", where).items():
+            _toml_table(opts, f"attack_options.{name}", where)
+    if "checks" in d and not isinstance(d["checks"], bool):
+        checks = _toml_table(d["checks"], "checks", where)
+        for key, default in Checks().to_dict().items():
+            if key in checks:
+                _typed_option(checks[key], default, f"checks.{key}", where)
+    for key in ("certifier", "certifiers"):
+        if key in d:
+            if not isinstance(d[key], list):
+                raise TypeError(f"{where}: {key} must be an array of tables ([[certifier]]), got {_what(d[key])}")
+            for i, c in enumerate(d[key]):
+                c = _toml_table(c, f"certifier {i}", where)
+                method = _toml_str(c.get("method"), f"certifier {i} method", where) if "method" in c else None
+                if method is not None and method.lower() in CERTIFIERS:
+                    defaults = CERTIFIERS[method.lower()].defaults
+                    for k, v in c.items():
+                        if k != "method" and k in defaults:
+                            _typed_option(v, defaults[k], f"certifier {method} {k}", where)
+    if "transfer" in d:
+        t = d["transfer"]
+        if isinstance(t, Mapping) and "sources" in t:
+            _toml_names(t["sources"], "transfer.sources", where)
+            if "attack" in t:
+                _toml_str(t["attack"], "transfer.attack", where)
+            if "eps" in t:
+                t = {**t, "eps": _toml_eps(t["eps"], "transfer.eps", where)}
+                d["transfer"] = t
+        elif isinstance(t, Mapping):
+            for name, path in t.items():
+                _toml_str(path, f"transfer.{name}", where)
+        else:
+            _toml_names(t, "transfer", where)
+    return d
 
 
 def preset(name: str, norm: Optional[str] = None, eps: Optional[Sequence[float]] = None,

@@ -5,6 +5,10 @@
 everything else (architecture, dataset, normalisation, training, metrics) in JSON. Pickles are
 never read.
 
+Bring your own (:mod:`robustlab.models.external`): ``load_external("pkg.mod:build", weights=...,
+mean=..., std=...)`` builds a network with your factory and loads a safetensors or weights-only
+``torch.save`` state dict; TorchScript files too, ONNX with the optional ``onnx`` extra.
+
 Architectures (:func:`architectures`): ``mlp``, ``cnn`` (Madry et al.'s MNIST CNN), ``small-cnn``
 (Wong & Kolter's small CPU network), ``resnet18`` (CIFAR-style); any input size and channel count.
 """
@@ -19,6 +23,7 @@ from robustlab.models.checkpoint import (
     read_state,
     save,
 )
+from robustlab.models.external import from_factory, load_external, load_onnx, load_torchscript, read_weights
 from robustlab.models.metrics import accuracy, predictions
 from robustlab.models.normalize import Normalize
 from robustlab.models.registry import architectures, create, register_architecture
@@ -28,12 +33,17 @@ __all__ = [
     "accuracy",
     "architectures",
     "create",
+    "from_factory",
     "import_state_dict",
     "load",
+    "load_external",
     "load_metadata",
+    "load_onnx",
+    "load_torchscript",
     "load_state_dict_into",
     "predictions",
     "read_state",
+    "read_weights",
     "register_architecture",
     "save",
 ]
