@@ -259,3 +259,21 @@ def test_trains_through_the_training_loop(digits_train):
     small = digits_train.subset(256)
     res = rl.defenses.train(pdp, small, epochs=1, batch_size=64, progress=False, seed=0)
     assert res.history and pdp.layer_sensitivity().item() <= 1.0 + 1e-6
+
+
+def test_certify_cli_pixeldp(pixeldp_digits, tmp_path, capsys):
+    import json
+
+    from robustlab.cli import main
+
+    path = tmp_path / "pdp"
+    rl.models.save(pixeldp_digits.base, path, metadata={"dataset": "digits"})
+    out = tmp_path / "cert.json"
+    assert main(["certify", "--model", str(path), "--method", "pixeldp", "--eps", "1", "--delta", "0.05", "--L", "0.1",
+                 "--n", "200", "--n-images", "6", "--radii", "0,0.05", "--out", str(out), "--no-progress"]) == 0
+    payload = json.loads(out.read_text())
+    assert payload["method"] == "pixeldp" and payload["certificate"]["info"]["method"] == "pixeldp"
+    assert len(payload["per_image"]) == 6
+    assert main(["certify", "--model", str(path), "--method", "pixeldp", "--eps", "2", "--n", "10",
+                 "--n-images", "2", "--out", str(tmp_path / "x.json"), "--no-progress"]) != 0
+    assert "eps" in capsys.readouterr().err

@@ -26,7 +26,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from robustlab.cli._common import add_model_args
 
     add_model_args(p)  # a saved robustlab model (trained with Gaussian noise) or your own
-    p.add_argument("--sigma", type=float, required=True, help="noise standard deviation in [0, 1] pixel units")
+    p.add_argument("--sigma", type=float, default=None,
+                   help="smoothing noise standard deviation in [0, 1] pixel units (required for smoothing)")
+    p.add_argument("--method", choices=("smoothing", "pixeldp"), default="smoothing",
+                   help="randomized smoothing (default) or PixelDP (Lecuyer et al. 2019): noise after the model's "
+                        "normalised first layer, Proposition 1 with --n draws")
+    dp = p.add_argument_group("PixelDP (--method pixeldp)")
+    dp.add_argument("--eps", type=float, default=1.0, help="DP epsilon, in (0, 1] for Gaussian noise (default 1)")
+    dp.add_argument("--delta", type=float, default=None, help="DP delta (default 0.05; 0 for Laplace)")
+    dp.add_argument("--L", type=float, default=0.1, help="construction attack size L in pixel units (default 0.1)")
+    dp.add_argument("--mechanism", choices=("gaussian", "laplace"), default="gaussian")
+    dp.add_argument("--norm", choices=("l2", "l1"), default="l2", help="attack norm (default l2)")
+    dp.add_argument("--scores", choices=("softmax", "argmax"), default="softmax",
+                    help="expected softmax with Hoeffding bounds, or argmax counts with Clopper-Pearson")
     p.add_argument("--n0", type=int, default=100, help="samples to select the class (default 100)")
     p.add_argument("--n", type=int, default=100_000, help="samples to estimate pA (n_max with --adaptive)")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability per image (default 0.001)")
@@ -73,7 +85,12 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 < args.alpha < 1.0:
         raise ValueError(f"--alpha must be a probability in (0, 1), got {args.alpha}")
     device = resolve_device(args.device)
-    method = "adaptive" if args.adaptive else "two-class" if args.two_class else "cohen"
+    method = "pixeldp" if args.method == "pixeldp" else "adaptive" if args.adaptive else \
+        "two-class" if args.two_class else "cohen"
+    if method == "pixeldp" and (args.adaptive or args.two_class):
+        raise ValueError("--adaptive and --two-class are randomized-smoothing options; drop them with --method pixeldp")
+    if method != "pixeldp" and args.sigma is None:
+        raise ValueError("--sigma is required for randomized smoothing (or pass --method pixeldp)")
     out = Path(args.out) if args.out else Path("out") / "certify" / (model_label(args.model) + f"-{method}.json")
     check_out_file(out, "--out")  # before any sampling: a bad --out fails now
     model = load_model(args, device)
@@ -82,14 +99,23 @@ def run(args: argparse.Namespace) -> int:
     check_model_data(model, images, device)
     images = images.subset(min(args.n_images, len(images.labels)))
     x_all, y = images.images, images.labels
-    smoothed = Smoothed(model, args.sigma, batch_size=args.batch_size, seed=args.seed, autocast=args.autocast,
-                        channels_last=args.channels_last)
+    if method == "pixeldp":
+        from robustlab.defenses.pixeldp import PixelDP
+
+        smoothed = PixelDP(model, eps=args.eps, delta=args.delta, L=args.L, norm=args.norm, mechanism=args.mechanism,
+                           batch_size=args.batch_size, seed=args.seed)
+        args.sigma = smoothed.noise_scale  # recorded: the noise scale after the first layer
+    else:
+        smoothed = Smoothed(model, args.sigma, batch_size=args.batch_size, seed=args.seed, autocast=args.autocast,
+                            channels_last=args.channels_last)
     parts = []
     t0 = time.perf_counter()
     bar = tqdm(total=len(y), unit="img", desc="certify", disable=args.no_progress)
     for start in range(0, len(y), args.chunk):
         x = x_all[start : start + args.chunk].to(device)
-        if method == "adaptive":
+        if method == "pixeldp":
+            cert = smoothed.certify(x, args.n, args.alpha, scores=args.scores)
+        elif method == "adaptive":
             cert = smoothed.certify_adaptive(x, args.n0, args.n, args.alpha, radius=args.radii)
         elif method == "two-class":
             cert = smoothed.certify_two_class(x, args.n0, args.n, args.alpha)
