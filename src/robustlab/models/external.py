@@ -33,6 +33,7 @@ import importlib.util
 import math
 import os
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
@@ -259,7 +260,9 @@ def load_torchscript(path: PathLike, *, mean: Optional[Sequence[float]] = None, 
                          "robustlab does not load as a model: give the factory that builds the network "
                          "(--model pkg.mod:build or file.py:build) and the state dict as --weights")
     try:
-        net = torch.jit.load(str(p), map_location="cpu")
+        with warnings.catch_warnings():  # torch 2.13 marks torch.jit deprecated; loading still works
+            warnings.simplefilter("ignore", DeprecationWarning)
+            net = torch.jit.load(str(p), map_location="cpu")
     except RuntimeError as exc:
         raise ValueError(f"cannot load TorchScript model {p}: {str(exc).splitlines()[0]}") from exc
     meta = {"source": "torchscript", "file": str(p), "weights_sha256": _sha256(p)}
