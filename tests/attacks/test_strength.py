@@ -327,3 +327,26 @@ def test_apgd_l1_uses_no_momentum_and_beats_pgd_l1(model, digits200):
     assert 0.05 < pgd.robust_accuracy
     assert a.robust_accuracy <= pgd.robust_accuracy
     assert bool(tm.contains(a.x_adv, x).all())
+
+
+class FlatAtGrey(nn.Module):
+    """Two classes; class 0 unless ``h = relu(||x - 0.5||_1 - 0.5)`` is large: its gradient is
+    exactly zero on the whole l1 ball of radius 0.5 around the grey image (abs'(0) = 0 in torch)."""
+
+    def forward(self, x):
+        h = torch.relu((x - 0.5).abs().flatten(1).sum(1) - 0.5)
+        return torch.stack([torch.zeros_like(h), 10 * h - 1], dim=1)
+
+
+def test_ddn_takes_a_random_direction_where_the_gradient_is_zero():
+    model = FlatAtGrey()
+    x = torch.full((4, 1, 4, 4), 0.5)
+    y = torch.zeros(4, dtype=torch.long)
+    x.requires_grad_(True)
+    assert float(torch.autograd.grad(model(x)[:, 0].sum() - model(x)[:, 1].sum(), x)[0].abs().sum()) == 0.0
+    x = x.detach()
+    res = DDN(steps=20, seed=1).attack(model, x, y)
+    assert bool(res.success.all())  # a zero step would leave every sample at the grey image
+    again = DDN(steps=20, seed=1).attack(model, x, y)
+    other = DDN(steps=20, seed=2).attack(model, x, y)
+    assert torch.equal(res.x_adv, again.x_adv) and not torch.equal(res.x_adv, other.x_adv)

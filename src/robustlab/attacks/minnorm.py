@@ -188,6 +188,10 @@ class DDN(_MinNorm):
         gamma: radius change factor (0.05).
         alpha_init, alpha_final: step size, cosine-annealed (1.0 -> 0.01).
         early_stop: stop per sample at the first adversarial iterate (default: only when bounded).
+        seed: seed of the random directions taken where the gradient is exactly zero.
+
+    Where the gradient is exactly zero the step follows a Gaussian direction drawn from the
+    attack's generator instead (as Foolbox's and adv_lib's DDN), so a flat start does not stall.
     """
 
     def __init__(
@@ -250,6 +254,11 @@ class DDN(_MinNorm):
                     break
             alpha = _cosine(self.alpha_init, self.alpha_final, k, self.steps)
             g_norm = g.flatten(1).norm(dim=1)
+            zero = g_norm == 0
+            if bool(zero.any()):  # no signal: step along a random direction (as Foolbox and adv_lib)
+                noise = torch.randn(g.shape, generator=generator, device=dev, dtype=dt)
+                g = torch.where(_view(zero, g), noise, g)
+                g_norm = g.flatten(1).norm(dim=1)
             delta = delta + alpha * g / _view(g_norm.clamp_min(1e-12), g)
             eps = torch.minimum(torch.where(adv, eps * (1 - self.gamma), eps * (1 + self.gamma)), cap_a)
             d_norm = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
