@@ -343,8 +343,10 @@ def _walk(module: nn.Module, name: str, probe: Tensor) -> tuple[list, Tensor]:
         return ops, probe
     if kind is Normalize:
         head = [ScaleOp(1.0 / module.std[0], -module.mean[0] / module.std[0], f"{name or '<model>'}(normalize)")]
+        head[0].in_shape = tuple(probe.shape[1:])
         with torch.no_grad():
             probe = (probe - module.mean) / module.std
+        head[0].out_shape = tuple(probe.shape[1:])
         tail, probe = _walk(module.net, f"{name}.net" if name else "net", probe)
         return head + tail, probe
     ops = _module_ops(module, name, tuple(probe.shape[1:]))

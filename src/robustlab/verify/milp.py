@@ -1,0 +1,319 @@
+"""Complete verification of small ReLU networks by mixed-integer linear programming (HiGHS).
+
+Tjeng, Xiao & Tedrake 2019 (arXiv:1711.07356, Sec. 4): over the linf ball ∩ box, with
+pre-activation bounds ``l <= z <= u`` (from CROWN, :mod:`robustlab.verify.bounds`), each unstable
+ReLU ``h = max(0, z)`` is encoded exactly with one binary ``a`` (big-M with the tight M = l, u)::
+
+    h >= 0,  h >= z,  h <= z - l (1 - a),  h <= u a,  a in {0, 1}
+
+(stable ReLUs become ``h = z`` or ``h = 0``). For each class ``j != y`` whose CROWN margin bound
+is not already positive, HiGHS (``scipy.optimize.milp``) minimises ``z_y - z_j``: a positive
+optimum (or a positive dual bound at the time limit) proves the margin; a negative solution is a
+counterexample, accepted only after it changes the model's float32 prediction. Relaxing the
+binaries to ``[0, 1]`` gives the triangle LP of Wong & Kolter 2018 (Ehlers 2017):
+:func:`lp_margin_bounds` solves it exactly, for comparison with the dual network's bound.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from robustlab._checks import check_images, check_labels
+from robustlab.threat import ThreatModel
+from robustlab.verify.bounds import InputSet, _prepare, _detached, bound_network, preactivation_bounds
+from robustlab.verify.network import Network, ReLUOp
+
+STATUSES = ("verified", "counterexample", "unknown")
+_STRICT = 1e-4  # a counterexample's margin is at most -_STRICT when one exists (ties are not enough)
+
+
+@dataclass
+class MILPResult:
+    """Per-sample outcome of :func:`verify_milp`.
+
+    ``status`` (list of "verified" / "counterexample" / "unknown"); ``x_adv`` (N, C, H, W) the
+    counterexamples (the clean image where there is none); ``min_margin`` (N,) the best lower
+    bound on ``min_j z_y - z_j`` proven (``-inf`` unknown), ``seconds`` (N,) solver time, ``crown``
+    (N,) bool: already verified by CROWN alone.
+    """
+
+    status: list
+    x_adv: Tensor
+    min_margin: Tensor
+    seconds: Tensor
+    crown: Tensor
+    info: dict = field(default_factory=dict)
+
+
+def _segments(net: Network, x: Tensor) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Dense matrices (A, b) of the affine segments between ReLUs: ``z_k = A_k h_{k-1} + b_k``."""
+    bounds_at = net.relu_indices + [len(net.ops)]
+    out = []
+    start = 0
+    for end in bounds_at:
+        shape = net.ops[start].in_shape if start < len(net.ops) else net.ops[-1].out_shape
+        d = int(np.prod(shape))
+        with torch.no_grad():
+            probe = torch.cat([torch.zeros(1, d), torch.eye(d)]).to(x).reshape(d + 1, *shape)
+            for op in net.ops[start:end]:
+                probe = op.forward(probe)
+            probe = probe.reshape(d + 1, -1).double().cpu()
+        b = probe[0].numpy()
+        a = (probe[1:] - probe[0]).t().numpy()  # (d_out, d_in)
+        out.append((a, b))
+        start = end + 1
+    return out
+
+
+class _Model:
+    """The MILP of one sample: variables [x, h_1, ..., h_L, a_1, ...] with the ReLU encoding."""
+
+    def __init__(self, segs: list, masks: list, lo_in: np.ndarray, hi_in: np.ndarray, pre: list,
+                 relax: bool) -> None:
+        from scipy import sparse
+
+        self.sizes = [lo_in.size] + [a.shape[0] for a, _ in segs[:-1]]
+        offsets = np.cumsum([0] + self.sizes)
+        n_cont = int(offsets[-1])
+        lb, ub = [lo_in], [hi_in]
+        rows: list = []
+        rlo: list = []
+        rhi: list = []
+        binaries: list = []  # (layer, neuron index, variable index)
+        n_var = n_cont
+        for k, (a, b) in enumerate(segs[:-1]):
+            lo, hi = pre[k]
+            mask = masks[k]
+            relu = mask & (hi > 0)
+            active = relu & (lo >= 0)
+            unstable = relu & (lo < 0)
+            passthrough = ~mask
+            off_prev, off = offsets[k], offsets[k + 1]
+            h_lb = np.where(mask, np.maximum(lo, 0), lo)
+            h_ub = np.where(mask, np.maximum(hi, 0), hi)
+            lb.append(h_lb)
+            ub.append(h_ub)
+            n_prev = a.shape[1]
+            eye = sparse.identity(a.shape[0], format="csr")
+            a_s = sparse.csr_matrix(a)
+            # Rows of h - A h_prev (the pre-activation z = A h_prev + b).
+            diff = sparse.hstack([sparse.csr_matrix((a.shape[0], off_prev)), -a_s, eye,
+                                  sparse.csr_matrix((a.shape[0], 0))], format="csr")
+            exact = np.flatnonzero(active | passthrough)
+            if exact.size:  # h = z
+                rows.append(diff[exact])
+                rlo.append(b[exact])
+                rhi.append(b[exact])
+            unst = np.flatnonzero(unstable)
+            if unst.size:
+                rows.append(diff[unst])  # h >= z
+                rlo.append(b[unst])
+                rhi.append(np.full(unst.size, np.inf))
+                idx = np.arange(n_var, n_var + unst.size)
+                binaries.append(idx)
+                n_var += unst.size
+                l_u, u_u = lo[unst], hi[unst]
+                # h - z - l a <= -l   (h <= z - l (1 - a))
+                rows.append(("bigm_low", diff[unst], idx, -l_u))
+                rlo.append(np.full(unst.size, -np.inf))
+                rhi.append(b[unst] - l_u)
+                # h - u a <= 0
+                sel = sparse.csr_matrix((np.ones(unst.size), (np.arange(unst.size), off + unst)),
+                                        shape=(unst.size, n_cont))
+                rows.append(("bigm_up", sel, idx, -u_u))
+                rlo.append(np.full(unst.size, -np.inf))
+                rhi.append(np.zeros(unst.size))
+            del n_prev
+        self.n_cont, self.n_var = n_cont, n_var
+        blocks = []
+        for r in rows:
+            if isinstance(r, tuple):
+                _, base, idx, coef = r
+                extra = sparse.csr_matrix((coef, (np.arange(idx.size), idx - n_cont)), shape=(idx.size, n_var - n_cont))
+                blocks.append(sparse.hstack([_pad(base, n_cont), extra], format="csr"))
+            else:
+                blocks.append(sparse.hstack([_pad(r, n_cont), sparse.csr_matrix((r.shape[0], n_var - n_cont))],
+                                            format="csr"))
+        self.a = sparse.vstack(blocks, format="csr") if blocks else sparse.csr_matrix((0, n_var))
+        self.lo = np.concatenate(rlo) if rlo else np.zeros(0)
+        self.hi = np.concatenate(rhi) if rhi else np.zeros(0)
+        n_bin = n_var - n_cont
+        self.lb = np.concatenate(lb + [np.zeros(n_bin)])
+        self.ub = np.concatenate(ub + [np.ones(n_bin)])
+        self.integrality = np.concatenate([np.zeros(n_cont), np.zeros(n_bin) if relax else np.ones(n_bin)])
+        self.last_a, self.last_b = segs[-1]
+        self.last_off = int(offsets[-2])
+        self.d_in = lo_in.size
+
+    def solve(self, c_out: np.ndarray, time_limit: float,
+              below: Optional[float] = None) -> tuple[int, Optional[np.ndarray], float, float]:
+        """min ``c_out . logits``: (scipy status, x or None, objective or nan, dual bound).
+
+        With ``below`` the problem is the feasibility question ``c_out . logits <= below`` (objective
+        zero, HiGHS stops at the first feasible point; status 2, infeasible, proves the margin)."""
+        from scipy import sparse
+        from scipy.optimize import Bounds, LinearConstraint, milp
+
+        w_row = np.zeros(self.n_var)
+        w = c_out @ self.last_a  # (d_last,)
+        w_row[self.last_off : self.last_off + w.size] = w
+        const = float(c_out @ self.last_b)
+        a, lo, hi = self.a, self.lo, self.hi
+        obj = w_row
+        if below is not None:
+            a = sparse.vstack([a, sparse.csr_matrix(w_row)], format="csr")
+            lo, hi = np.append(lo, -np.inf), np.append(hi, below - const)
+            obj = np.zeros(self.n_var)
+        cons = [LinearConstraint(a, lo, hi)] if a.shape[0] else []
+        res = milp(obj, integrality=self.integrality, bounds=Bounds(self.lb, np.maximum(self.ub, self.lb)),
+                   constraints=cons, options={"time_limit": max(1e-3, time_limit), "disp": False,
+                                              "mip_rel_gap": 0.0})
+        x = None if res.x is None else res.x[: self.d_in]
+        value = float(w_row @ res.x) + const if res.x is not None else float("nan")
+        if below is not None:
+            return int(res.status), x, value, (np.inf if res.status == 2 else -np.inf)
+        dual = getattr(res, "mip_dual_bound", None)
+        dual = (float(dual) + const) if dual is not None and np.isfinite(dual) else (value if res.status == 0 else -np.inf)
+        return int(res.status), x, value, dual
+
+
+def _pad(m: object, width: int) -> object:
+    from scipy import sparse
+
+    m = sparse.csr_matrix(m)
+    if m.shape[1] == width:
+        return m
+    return sparse.hstack([m, sparse.csr_matrix((m.shape[0], width - m.shape[1]))], format="csr")
+
+
+def _setup(model: nn.Module, x: Tensor, tm: ThreatModel, bound_method: str):
+    if tm.norm != "linf":
+        raise ValueError(f"MILP verification needs a linf threat model (a linear feasible set), got norm {tm.norm!r}")
+    if bound_method not in ("crown", "alpha-crown", "ibp", "lp"):
+        raise ValueError(f"bound_method must be crown, alpha-crown, lp or ibp, got {bound_method!r}")
+    net, _ = _prepare(model, x, tm, "crown", "logits", None)
+    net = _detached(net)
+    inputs = InputSet.build(x, tm)
+    with torch.no_grad():
+        pre, _ = preactivation_bounds(net, inputs, {"ibp": "ibp", "lp": "lp"}.get(bound_method, "crown"))
+    segs = _segments(net, x)
+    masks = [(op.mask.reshape(-1).cpu().numpy() if op.mask is not None else np.ones(int(np.prod(op.out_shape)), bool))
+             for op in net.ops if isinstance(op, ReLUOp)]
+    return net, inputs, pre, segs, masks
+
+
+def _sample_model(i: int, inputs: InputSet, pre: dict, segs: list, masks: list, relax: bool) -> _Model:
+    per = [(pre[k][0][i].reshape(-1).double().cpu().numpy(), pre[k][1][i].reshape(-1).double().cpu().numpy())
+           for k in sorted(pre)]
+    return _Model(segs, masks, inputs.lo[i].reshape(-1).double().cpu().numpy(),
+                  inputs.hi[i].reshape(-1).double().cpu().numpy(), per, relax)
+
+
+def margin_optimum(model: nn.Module, x: Tensor, y: Tensor, tm: ThreatModel, *, relax: bool = False,
+                   bound_method: str = "crown", time_limit: float = 60.0) -> Tensor:
+    """``min_{x' in B(x)} z_y(x') - z_j(x')`` for every j (N, K) by MILP (exact) or, with ``relax``,
+    the triangle LP (a lower bound); column y is 0. ``-inf`` where HiGHS did not finish."""
+    x = check_images(x, "x", lower=tm.lower, upper=tm.upper)
+    net, inputs, pre, segs, masks = _setup(model, x, tm, bound_method)
+    k = net.num_classes
+    y = check_labels(y, x.shape[0], "y", num_classes=k)
+    out = torch.zeros(x.shape[0], k, dtype=torch.float64)
+    for i in range(x.shape[0]):
+        m = _sample_model(i, inputs, pre, segs, masks, relax)
+        for j in range(k):
+            if j == int(y[i]):
+                continue
+            c = np.zeros(k)
+            c[int(y[i])], c[j] = 1.0, -1.0
+            status, _, value, dual = m.solve(c, time_limit)
+            out[i, j] = value if status == 0 else dual
+    return out
+
+
+def lp_margin_bounds(model: nn.Module, x: Tensor, y: Tensor, tm: ThreatModel, *,
+                     bound_method: str = "crown") -> Tensor:
+    """The exact optimum of the triangle LP relaxation (binaries relaxed) for each margin, (N, K)."""
+    return margin_optimum(model, x, y, tm, relax=True, bound_method=bound_method)
+
+
+def verify_milp(model: nn.Module, x: Tensor, y: Tensor, tm: ThreatModel, *, time_limit: float = 60.0,
+                bound_method: str = "crown") -> MILPResult:
+    """Complete verification per sample: verified, counterexample (found and checked in the model's
+    float32 forward) or unknown (time limit). ``time_limit`` seconds per sample, shared by the
+    classes j. ``bound_method`` gives the pre-activation bounds (the big-M constants)."""
+    if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)) or not time_limit > 0:
+        raise ValueError(f"time_limit must be > 0 seconds, got {time_limit!r}")
+    x = check_images(x, "x", lower=tm.lower, upper=tm.upper)
+    net, inputs, pre, segs, masks = _setup(model, x, tm, bound_method)
+    k = net.num_classes
+    y = check_labels(y, x.shape[0], "y", num_classes=k).to(x.device)
+    eye = torch.eye(k, dtype=x.dtype, device=x.device)
+    c = eye[y].unsqueeze(0) - eye.unsqueeze(1)  # (K, N, K)
+    with torch.no_grad():
+        crown_lo, _ = bound_network(net, x, tm, bound_method if bound_method != "alpha-crown" else "alpha-crown", c)
+        crown_lo[torch.arange(x.shape[0]), y] = float("inf")
+        clean = model_eval_logits(model, x)
+    status, margins, secs, x_adv = [], [], [], x.clone()
+    crown_ok = crown_lo.amin(1) > 0
+    for i in range(x.shape[0]):
+        t0 = time.perf_counter()
+        yi = int(y[i])
+        if bool(crown_ok[i]):
+            status.append("verified"), margins.append(float(crown_lo[i].amin())), secs.append(0.0)
+            continue
+        if int(clean[i].argmax()) != yi:
+            status.append("counterexample"), margins.append(-float("inf")), secs.append(0.0)
+            continue
+        m = _sample_model(i, inputs, pre, segs, masks, relax=False)
+        outcome, found = "verified", float("inf")
+        for j in crown_lo[i].argsort().tolist():  # most promising classes first
+            if j == yi or float(crown_lo[i, j]) > 0:
+                continue
+            left = time_limit - (time.perf_counter() - t0)
+            if left <= 0:
+                outcome = "unknown"
+                break
+            cvec = np.zeros(k)
+            cvec[yi], cvec[j] = 1.0, -1.0
+            # Is there x' in the ball with z_y - z_j <= 0? Infeasible (status 2) proves margin j > 0.
+            st, sol, value, _ = m.solve(cvec, left, below=0.0)
+            if st == 2:
+                continue
+            if sol is not None and not value < -_STRICT:
+                # A point on the decision boundary: ask for a strictly violating one.
+                left = time_limit - (time.perf_counter() - t0)
+                st2, sol2, value2, _ = m.solve(cvec, max(1e-3, left), below=-_STRICT)
+                sol, value = (sol2, value2) if sol2 is not None else (sol, value)
+            if sol is not None:
+                cand = torch.as_tensor(sol, dtype=x.dtype, device=x.device).reshape(x.shape[1:])
+                cand = torch.minimum(torch.maximum(cand, inputs.lo[i]), inputs.hi[i])
+                if int(model_eval_logits(model, cand[None]).argmax()) != yi:
+                    outcome, found = "counterexample", value
+                    x_adv[i] = cand
+                    break
+            outcome = "unknown"  # time limit, or a tie at the boundary the model's forward does not flip
+            break
+        if outcome == "verified":
+            found = max(0.0, float(crown_lo[i].amin()))  # every margin proven > 0
+        status.append(outcome)
+        margins.append(found if outcome != "unknown" else -float("inf"))
+        secs.append(time.perf_counter() - t0)
+    return MILPResult(status, x_adv, torch.tensor(margins, dtype=torch.float64), torch.tensor(secs),
+                      crown_ok.cpu(), info={"time_limit": float(time_limit), "bound_method": bound_method})
+
+
+def model_eval_logits(model: nn.Module, x: Tensor) -> Tensor:
+    """``model(x)`` in eval mode without gradients, the model's mode restored."""
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            return model(x)
+    finally:
+        model.train(was)
