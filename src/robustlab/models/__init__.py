@@ -26,10 +26,12 @@ from robustlab.models.checkpoint import (
 from robustlab.models.external import from_factory, load_external, load_onnx, load_torchscript, read_weights
 from robustlab.models.metrics import accuracy, predictions
 from robustlab.models.normalize import Normalize
+from robustlab.models.rbf import RBFHead, rbf_confidence, with_rbf_head
 from robustlab.models.registry import architectures, create, register_architecture
 
 __all__ = [
     "Normalize",
+    "RBFHead",
     "accuracy",
     "architectures",
     "create",
@@ -42,8 +44,10 @@ __all__ = [
     "load_torchscript",
     "load_state_dict_into",
     "predictions",
+    "rbf_confidence",
     "read_state",
     "read_weights",
     "register_architecture",
     "save",
+    "with_rbf_head",
 ]
