@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 
@@ -124,48 +123,6 @@ def test_combine_renames_repeated_models(two_model_report):
         rl.report.report([report.models[0], report.models[0]])
 
 
-def _cli(argv):
-    from robustlab.cli import evaluate, report
-
-    parser = argparse.ArgumentParser(prog="robustlab")
-    sub = parser.add_subparsers(dest="command")
-    evaluate.register(sub)
-    report.register(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-@pytest.fixture(scope="module")
-def saved_model(tmp_path_factory, digits_train):
-    path = tmp_path_factory.mktemp("models") / "digits-mlp"
-    model = rl.models.create("mlp", digits_train, seed=0)
-    rl.defenses.train(model, digits_train, epochs=3, out=path, progress=False)
-    return path
-
-
-def test_cli_evaluate_report_compare(saved_model, tmp_path, capsys):
-    out = tmp_path / "ev"
-    assert _cli(["evaluate", "--model", str(saved_model), "--attack", "fgsm,pgd", "--eps", "0.05,0.2", "--n", "24",
-                 "--out", str(out), "--no-progress", "--smoothing", "0.25", "--smoothing-n", "100"]) == 0
-    printed = capsys.readouterr().out
-    rep = rl.report.load(out / "report.json")
-    m = rep.models[0]
-    assert m.name == "digits-mlp" and m.data.n == 24 and [r.eps for r in m.threats[0].rows] == [0.05, 0.2]
-    assert m.threats[0].attacks == ["fgsm", "pgd"] and m.certificates and m.checks
-    pgd = m.threats[0].rows[1].attacks[1].robust.value
-    assert f"{pgd:.4f}" in printed and "wrote report.json and index.html" in printed
-    assert (out / "index.html").is_file()
-    (out / "index.html").unlink()
-    assert _cli(["report", str(out / "report.json")]) == 0
-    assert (out / "index.html").is_file()
-    assert _cli(["compare", str(out), str(out / "report.json"), "--out", str(tmp_path / "cmp")]) == 0
-    printed = capsys.readouterr().out
-    assert "digits-mlp (2)" in printed and (tmp_path / "cmp" / "index.html").is_file()
-    with pytest.raises(ValueError, match="larger than the input range"):
-        _cli(["evaluate", "--model", str(saved_model), "--eps", "1.5", "--out", str(tmp_path / "e2")])
-    assert not (tmp_path / "e2" / "report.json").exists()
-
-
 def test_encoded_image_round_trip():
     x = torch.rand(3, 5, 4)
     enc = schema.EncodedImage.encode(x)
@@ -178,10 +135,99 @@ def test_encoded_image_round_trip():
 def test_docs_describe_every_check_and_field():
     from pathlib import Path
 
-    from robustlab.evaluate.checks import CHECKS
+    from robustlab.report.explain import CHECKS
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "report-format.md").read_text()
     for name, (title, text, _) in CHECKS.items():
         assert f'<a id="check-{name}"></a>{title}' in doc and text in doc
     for field in ("per_sample_upper", "worst_case", "certified_accuracy", "schema_version", "EncodedImage"):
         assert field in doc
+
+
+def test_report_package_never_imports_evaluate():
+    import ast
+    from pathlib import Path
+
+    import robustlab.report
+
+    for path in Path(robustlab.report.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.startswith("robustlab.evaluate") for n in names), path.name
+    with pytest.raises(AttributeError, match="moved to robustlab.evaluate.model_report"):
+        rl.report.model_report  # noqa: B018
+
+
+def _hostile(report):
+    """The fixed report with strings an attacker controls: model metadata, names, suite, findings."""
+    d = json.loads(json.dumps(report.to_dict()))
+    m = d["models"][0]
+    m["name"] = '<img src=x onerror="alert(1)">'
+    m["model"].update(url="javascript:alert(document.cookie)", homepage="JaVaScRiPt:alert(2)",
+                      paper=" java\tscript:alert(3)", source="https://example.org/model?a=1&b=<2>",
+                      description="<script>alert('meta')</script>",
+                      architecture={"name": "<script>alert('arch')</script>"})
+    m["suite"]["name"] = "</title><script>alert('suite')</script>"
+    m["checks"][0]["doc"] = "javascript:alert('doc')"
+    m["checks"][0]["evidence"] = "<b onmouseover=alert(4)>x</b>"
+    m["threats"][0]["attacks"][0] = "<svg onload=alert(5)>"
+    m["notes"].append('"><script>alert("note")</script>')
+    d["title"] = "<script>alert('title')</script>"
+    return rl.report.schema.from_dict(rl.report.Report, d)
+
+
+def test_html_escapes_every_string_and_keeps_only_safe_links(fixed_report, tmp_path):
+    from robustlab.report import html
+
+    page = html.render(_hostile(fixed_report), {})
+    assert "<script" not in page.lower() and "<img src=x" not in page and "<svg" not in page and "<b onmouseover" not in page
+    assert "&lt;script&gt;alert(&#39;meta&#39;)&lt;/script&gt;" in page  # shown as text
+    assert "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;" in page
+    for href in re.findall(r'href="([^"]*)"', page):
+        assert href.startswith(("#", "https://", "http://")), href
+    assert "javascript" not in "".join(re.findall(r'(?:href|src)="([^"]*)"', page)).lower()
+    assert 'href="https://example.org/model?a=1&amp;b=&lt;2&gt;"' in page  # a safe link stays a link, escaped
+    assert "(not a web link; shown as text)" in page
+    # the saved page and figure names are safe too (names with path separators stay inside figures/)
+    rep = _hostile(fixed_report)
+    rep.models[0].threats[0].norm = "../../escape"
+    rep.save(tmp_path / "out")
+    assert not (tmp_path / "escape-eps.png").exists() and not list(tmp_path.glob("*.png"))
+    assert all(p.parent == tmp_path / "out" / "figures" for p in (tmp_path / "out").rglob("*.png"))
+
+
+@pytest.mark.parametrize("url, ok", [
+    ("https://a.org/x", True), ("http://a.org", True), ("#check-unbounded", True), ("docs/report.html", True),
+    ("javascript:alert(1)", False), ("JAVASCRIPT:alert(1)", False), (" javascript:alert(1)", False),
+    ("java\tscript:alert(1)", False), ("data:text/html,<script>", False), ("vbscript:x", False),
+    ("//evil.org/x", False), ("https:evil", False), ("", False), (None, False), ("\\\\evil\\x", False),
+])
+def test_safe_url(url, ok):
+    from robustlab.report.html import is_safe_url, safe_url
+
+    assert is_safe_url(url) is ok
+    assert safe_url(url) == (url.strip() if ok else "#")
+
+
+def test_schema_2_reads_version_1_files(fixed_report, tmp_path):
+    d = json.loads(json.dumps(fixed_report.to_dict()))
+    assert d["schema_version"] == 2 == schema.SCHEMA_VERSION
+    d["schema_version"] = 1
+    for m in d["models"]:
+        for f in m["checks"]:
+            del f["norm"]
+        for t in m["threats"]:
+            del t["verdict"], t["black_box"]
+    (tmp_path / "v1.json").write_text(json.dumps(d))
+    old = rl.report.load(tmp_path / "v1.json")
+    assert old.models[0].threats[0].verdict is None and old.models[0].checks[0].norm is None
+    assert "<html" in __import__("robustlab.report.html", fromlist=["render"]).render(old, {})
+
+
+def test_fixed_report_has_per_threat_verdicts(fixed_report):
+    honest, masked = fixed_report.models
+    for m in (honest, masked):
+        for t in m.threats:
+            assert t.verdict is not None and t.verdict.trusted is m.verdict.trusted
+        assert {f.norm for f in m.checks} == {"linf", None}

@@ -1,12 +1,13 @@
 """Evaluation: run a suite of attacks, certifiers and gradient-masking checks over a dataset and
-turn the per-sample records into a :class:`~robustlab.report.Report`.
+turn the per-sample records into a :class:`~robustlab.report.Report` (``summarize``: records -> report).
 
 ``robustlab.evaluate.run(model, data, suite="quick")`` is the entry point; ``metrics`` holds the
 functional metrics and ``checks`` the gradient-masking checks.
 """
 
-from robustlab.evaluate import checks, metrics
+from robustlab.evaluate import checks, metrics, summarize
 from robustlab.evaluate.run import Records, run
+from robustlab.evaluate.summarize import model_report
 from robustlab.evaluate.suite import (
     CERTIFIERS,
     CertifierEntry,
@@ -23,5 +24,5 @@ from robustlab.evaluate.suite import (
 
 __all__ = [
     "CERTIFIERS", "CertifierEntry", "CertifierSpec", "Checks", "Records", "Suite", "Threat", "checks", "default_eps",
-    "load_suite", "metrics", "preset", "register_certifier", "run", "standard_attacks",
+    "load_suite", "metrics", "model_report", "preset", "register_certifier", "run", "standard_attacks", "summarize",
 ]

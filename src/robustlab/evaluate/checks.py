@@ -6,13 +6,16 @@ zero gradients, randomness, too few iterations. Carlini et al. 2019 ("On Evaluat
 Robustness", arXiv:1902.06705) and Athalye, Carlini & Wagner 2018 ("Obfuscated
 Gradients Give a False Sense of Security", arXiv:1802.00420) list the symptoms; each
 check below tests one and returns a :class:`~robustlab.report.schema.Finding` (pass / warn /
-skip, the evidence in words and numbers, and the anchor of its explanation). The verdict says
-whether the numbers can be trusted.
+note / skip, the evidence in words and numbers, the anchor of its explanation and the threat
+model it speaks for). Every threat model gets its own findings and its own verdict.
 
-Two halves: :func:`probe` runs the model-based experiments on a few images (a stronger attack,
-an unbounded one, the loss along an attack path, input gradients, two forward passes) and returns
-plain JSON; :func:`findings` turns those and the per-sample records' summaries into findings.
-Random noise and transfer examples are part of the per-sample records (see ``evaluate.run``).
+Two halves: :func:`probe` runs the model-based experiments on a few images, per threat model (a
+stronger attack on what the worst case rests on, an unbounded attack without random start, FGSM
+against the iterative attack, the loss along an attack path) and once per model (input gradients,
+two forward passes), and returns plain JSON; :func:`threat_findings` and :func:`model_findings`
+turn those and the per-sample records' summaries into findings. The black-box baseline (Square
+where the attack registry has it, else random noise) and transfer examples are part of the
+per-sample records (see ``evaluate.run``).
 """
 
 from __future__ import annotations
@@ -23,182 +26,233 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from robustlab.attacks.base import eval_mode, input_gradient
+from robustlab.attacks import registry
+from robustlab.attacks.base import Attack, eval_mode, input_gradient
 from robustlab.losses import cross_entropy
+from robustlab.report.explain import CHECKS
 from robustlab.report.schema import Finding, Rate, Verdict
 from robustlab.threat import ThreatModel
 
 if TYPE_CHECKING:
     from robustlab.evaluate.run import Records
-    from robustlab.evaluate.suite import Suite
+    from robustlab.evaluate.suite import Suite, Threat
+
+__all__ = [
+    "BLACK_BOX_MAX", "CHECKS", "MONOTONE_SLACK", "PATH_MIN_INCREASED", "PROBES_VERSION", "SINGLE_STEP_MAX",
+    "SQUARE_QUERIES_PER_DRAW", "STRONGER_MAX_DROP", "UNBOUNDED_MAX", "ZERO_GRAD_MAX", "black_box_method",
+    "check_black_box", "check_deterministic", "check_gradients", "check_monotone", "check_path", "check_single_step",
+    "check_stronger", "check_unbounded", "model_findings", "path_stats", "probe", "threat_findings", "verdict",
+]
 
 #: Robust accuracy may rise with eps by at most this much (and one image) before it is a warning.
 MONOTONE_SLACK = 0.01
 #: Robust accuracy at an unbounded radius above this is a warning (it should be ~0).
 UNBOUNDED_MAX = 0.02
-#: A stronger attack (more steps and restarts) may lower robust accuracy by at most this much.
+#: Images robust to every attack of the suite but broken by the stronger attack: at most this
+#: fraction of the probed images (and one image).
 STRONGER_MAX_DROP = 0.03
-#: Images that noise or transfer break while every white-box attack fails: at most this fraction
-#: of the correctly classified images (and one image).
+#: Images that the black-box baseline or transfer break while every white-box attack fails: at most
+#: this fraction of the correctly classified images (and one image).
 BLACK_BOX_MAX = 0.005
-#: At least this fraction of attacked images must end with a higher loss than they started with.
+#: Images FGSM breaks while the iterative attack fails: at most this fraction of the correctly
+#: classified probed images (and one image) at any eps.
+SINGLE_STEP_MAX = 0.01
+#: At least this fraction of the traced attacks must show a sustained rise of the loss.
 PATH_MIN_INCREASED = 0.9
 #: At most this fraction of correctly classified images may have an all-zero input gradient.
 ZERO_GRAD_MAX = 0.01
-
-#: name -> (title, explanation, reference): rendered in the page and in docs/report-format.md.
-CHECKS: dict[str, tuple[str, str, str]] = {
-    "monotone-eps": (
-        "Robust accuracy falls as eps grows",
-        "Every adversarial example within eps is also one within any larger radius, so each attack's robust "
-        "accuracy must not increase with eps. If it does, the attack fails to find points it could reach: a sign "
-        "of a poorly converging or masked attack.",
-        "Carlini et al. 2019, arXiv:1902.06705 (checklist: increasing the perturbation budget must increase attack "
-        "success); Athalye et al. 2018, arXiv:1802.00420 (masked gradients: larger distortion does not help)"),
-    "unbounded": (
-        "An unbounded attack reaches ~0% robust accuracy",
-        "With a radius that admits every image (linf 1, l2 sqrt(D), ...) any label can be reached, so the attack "
-        "must succeed on (almost) every image. If it does not, the attack is broken or the gradients are masked.",
-        "Carlini et al. 2019 (with an unbounded budget, accuracy must reach chance); Athalye et al. 2018 "
-        "(unbounded attacks not reaching 100% success signal masked gradients)"),
-    "more-steps": (
-        "More steps and restarts do not lower it much",
-        "The same attack with several times the iterations and random restarts, on the same images at the eps "
-        "where the outcome is most uncertain. A large drop means the suite's attack had not converged and the "
-        "reported robust accuracy is too optimistic.",
-        "Carlini et al. 2019 (run attacks to convergence: more iterations, random restarts)"),
-    "noise-vs-attack": (
-        "Random noise is not stronger than the attack",
-        "Random points of the same ball should never fool the model where a gradient attack fails. If they do, "
-        "the gradient is not pointing anywhere useful: shattered, zero or randomised gradients.",
-        "Carlini et al. 2019 (compare against random noise); Athalye et al. 2018 (random sampling finding "
-        "adversarial examples signals masked gradients)"),
-    "transfer-vs-white-box": (
-        "Transfer attacks are not stronger than white-box ones",
-        "Adversarial examples crafted on another (source) model only use the target through the images; a "
-        "white-box attack that sees the target's gradient should do at least as well. Transfer succeeding where "
-        "white-box fails points at gradient masking.",
-        "Carlini et al. 2019 (black-box and transfer attacks must not beat white-box ones); Athalye et al. 2018"),
-    "loss-path": (
-        "The loss increases along the attack path",
-        "A projected gradient ascent on the cross-entropy, traced step by step from the clean image: the loss "
-        "must rise above its starting value for (almost) every image. Flat or falling losses mean the gradient "
-        "carries no usable signal.",
-        "Carlini et al. 2019 (verify that the attack makes progress on its loss)"),
-    "zero-gradients": (
-        "Input gradients are not zero",
-        "The input gradient of the cross-entropy at correctly classified images. All-zero gradients come from "
-        "saturated softmax outputs, thresholding or quantisation of the input, or non-differentiable layers: "
-        "gradient attacks then cannot move.",
-        "Athalye et al. 2018 (shattered and vanishing gradients); Croce & Hein 2020, arXiv:2003.01690 "
-        "(AutoAttack's zero-gradient check)"),
-    "deterministic": (
-        "The model is deterministic",
-        "Two forward passes on the same images must agree. A randomised model (random transformations, dropout at "
-        "test time) needs Expectation over Transformation; plain attacks then overestimate robustness.",
-        "Athalye et al. 2018 (stochastic gradients; Expectation over Transformation)"),
-}
+#: The black-box baseline's Square attack spends this many queries per noise draw of the suite.
+SQUARE_QUERIES_PER_DRAW = 25
+#: The layout of :func:`probe`'s output (a cached probe of another layout is recomputed).
+PROBES_VERSION = 2
 
 
-def _finding(name: str, status: str, evidence: str, values: Mapping[str, Any]) -> Finding:
-    return Finding(name, CHECKS[name][0], status, evidence, dict(values), f"#check-{name}")
+def _finding(name: str, status: str, evidence: str, values: Mapping[str, Any], norm: Optional[str] = None) -> Finding:
+    return Finding(name, CHECKS[name][0], status, evidence, dict(values), f"#check-{name}", norm)
 
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def black_box_method(norm: str) -> str:
+    """``"square"`` when the attack registry has a Square attack for ``norm`` (linf, l2), else
+    ``"noise"`` (random points of the ball): the black-box baseline of the records."""
+    return "square" if "square" in registry.available() and norm in ("linf", "l2") else "noise"
+
+
 # -- the model probes --------------------------------------------------------------------------------
 
 
-def _check_eps(records: "Records", suite: "Suite") -> float:
-    """The eps of the first threat model where the check attack's robust accuracy is closest to 1/2
-    (where a stronger attack can change the most)."""
-    t = suite.threats[0]
+def _union_success(records: "Records", suite: "Suite", t: "Threat", e: float) -> Tensor:
+    """Per image: some white-box attack of the suite found an adversarial example within ``e``."""
+    from robustlab.evaluate.run import UNBOUNDED
+
+    hit = torch.zeros_like(records.correct)
+    for a in suite.attacks_for(t):
+        hit |= records.get("attack", t.norm, e, a, "success")
+    for a in suite.minimal:
+        d = records.get("minimal", t.norm, UNBOUNDED, a, "distance")
+        hit |= records.get("minimal", t.norm, UNBOUNDED, a, "success") & (d <= e * (1 + 1e-6))
+    return hit
+
+
+def _check_eps(records: "Records", suite: "Suite", t: "Threat") -> float:
+    """The eps of ``t`` where the white-box worst case is closest to 1/2 (where a stronger attack
+    can change the most)."""
     correct = records.correct
-    name = suite.checks.attack if suite.checks.attack in suite.attacks_for(t) else suite.attacks_for(t)[-1]
     best, best_gap = t.eps[0], math.inf
     for e in t.eps:
-        acc = float((correct & ~records.get("attack", t.norm, e, name, "success")).float().mean())
+        acc = float((correct & ~_union_success(records, suite, t, e)).float().mean())
         if abs(acc - 0.5) < best_gap:
             best, best_gap = e, abs(acc - 0.5)
     return float(best)
 
 
+def _iterative(attack: Attack) -> bool:
+    return isinstance(getattr(attack, "steps", None), int) and isinstance(getattr(attack, "restarts", None), int)
+
+
+def _success(model: nn.Module, x: Tensor, y: Tensor, suite: "Suite", records: "Records", t: "Threat", e: float,
+             name: str, seed: int) -> Tensor:
+    """Success of attack ``name`` at ``e`` on ``x``: from the records where the suite ran it."""
+    if name in suite.attacks_for(t):
+        return records.get("attack", t.norm, e, name, "success")[: x.shape[0]].to(x.device)
+    return suite.build_attack(name, ThreatModel(t.norm, e), seed).attack(model, x, y).success
+
+
+def _probe_stronger(model: nn.Module, x: Tensor, y: Tensor, correct: Tensor, suite: "Suite", records: "Records",
+                    t: "Threat", e: float, seed: int) -> dict[str, Any]:
+    """The strongest iterative attack of the suite at ``e`` (the one with the most successes; the
+    suite's check attack if none is iterative), with more steps and restarts, judged on the union."""
+    n = int(x.shape[0])
+    tm = ThreatModel(t.norm, e)
+    union = _union_success(records, suite, t, e)[:n].to(x.device)
+    ranked = sorted(suite.attacks_for(t), key=lambda a: -int(records.get("attack", t.norm, e, a, "success").sum()))
+    worst = ranked[0] if ranked else suite.checks.attack
+    name = next((a for a in ranked if _iterative(suite.build_attack(a, tm, seed))), suite.checks.attack)
+    base = suite.build_attack(name, tm, seed)
+    out: dict[str, Any] = {"attack": name, "worst_attack": worst, "eps": e, "n": n,
+                           "base_robust": int((correct & ~union).sum())}
+    if not _iterative(base):
+        out["skipped"] = f"attack {name!r} has no steps/restarts to increase"
+        return out
+    attack_success = _success(model, x, y, suite, records, t, e, name, seed)
+    steps, restarts, k = base.steps, base.restarts, suite.checks.strength
+    more_steps, more_restarts = (steps * 2 if k > 1 else steps), restarts * max(1, k // 2)
+    strong = suite.build_attack(name, tm, seed + 1, steps=more_steps, restarts=more_restarts).attack(model, x, y).success
+    out.update(steps=more_steps, restarts=more_restarts, base_steps=steps, base_restarts=restarts,
+               attack_robust=int((correct & ~attack_success).sum()), robust=int((correct & ~strong).sum()),
+               both_robust=int((correct & ~strong & ~union).sum()))
+    return out
+
+
+def _probe_unbounded(model: nn.Module, x: Tensor, y: Tensor, correct: Tensor, suite: "Suite", t: "Threat",
+                     shape: Sequence[int], seed: int) -> dict[str, Any]:
+    """The check attack at a radius admitting every image, from the clean image (no random start)."""
+    from robustlab.evaluate.suite import unbounded_eps
+
+    big = unbounded_eps(t.norm, shape)
+    name = suite.checks.attack
+    tm = ThreatModel(t.norm, big)
+    try:
+        attack, random_start = suite.build_attack(name, tm, seed, random_start=False), False
+    except TypeError:  # an attack without a random start option runs as it is
+        attack, random_start = suite.build_attack(name, tm, seed), None
+    res = attack.attack(model, x, y)
+    return {"attack": name, "eps": big, "robust": int((correct & ~res.success).sum()), "n": int(x.shape[0]),
+            "random_start": random_start}
+
+
+def _probe_single_step(model: nn.Module, x: Tensor, y: Tensor, correct: Tensor, suite: "Suite", records: "Records",
+                       t: "Threat", seed: int) -> dict[str, Any]:
+    """Per eps of ``t``: images FGSM breaks while the suite's iterative check attack does not."""
+    name = suite.checks.attack
+    if not _iterative(suite.build_attack(name, ThreatModel(t.norm, t.eps[0]), seed)):
+        return {"skipped": f"the check attack {name!r} is not iterative"}
+    per_eps = []
+    for e in t.eps:
+        try:
+            fgsm = _success(model, x, y, suite, records, t, e, "fgsm", seed)
+        except ValueError as exc:  # FGSM has no step for this norm
+            return {"skipped": f"FGSM does not run for {t.norm}: {exc}"}
+        it = _success(model, x, y, suite, records, t, e, name, seed)
+        per_eps.append([e, int((correct & fgsm & ~it).sum()), int((correct & fgsm).sum()), int(correct.sum())])
+    return {"attack": name, "per_eps": per_eps}
+
+
+def path_stats(trace: Tensor) -> dict[str, Any]:
+    """Summaries of losses ``trace`` (steps + 1, m) along m traced attacks. Per attack: ``final
+    above`` the start; ``trend``: Kendall's rank correlation between step and loss (a monotone rise
+    is 1, a random walk about 0); ``sustained``: both (final above start and trend > 0).
+    ``increased`` (the loss rose above the start at some step) is kept for comparison: a random walk
+    meets it."""
+    s1 = trace.shape[0]
+    diff = trace.unsqueeze(0) - trace.unsqueeze(1)  # (S+1, S+1, m): [s, t] = loss_t - loss_s
+    upper = torch.triu(torch.ones(s1, s1, dtype=torch.bool, device=trace.device), diagonal=1)  # s < t
+    tau = diff.sign()[upper].sum(dim=0) / max(1, int(upper.sum()))  # (m,)
+    final_above = trace[-1] > trace[0]
+    sustained = final_above & (tau > 0)
+    return {"increased": float((trace[1:].amax(dim=0) > trace[0]).float().mean()),
+            "final_above": float(final_above.float().mean()), "trend": float(tau.mean()),
+            "sustained": float(sustained.float().mean()), "start": float(trace[0].mean()), "end": float(trace[-1].mean()),
+            "mean_loss": [float(v) for v in trace.mean(dim=1)]}
+
+
+def _probe_path(model: nn.Module, xc: Tensor, yc: Tensor, t: "Threat", e: float, steps: int) -> dict[str, Any]:
+    """The cross-entropy along a traced projected ascent from the clean images (no random start,
+    no early stop), step ``2.5 eps / steps`` (1 pixel for l0)."""
+    m = int(xc.shape[0])
+    path: dict[str, Any] = {"eps": e, "steps": steps, "n": m}
+    if not m:
+        return path
+    tm = ThreatModel(t.norm, e)
+    step = 2.5 * e / steps if t.norm != "l0" else 1.0
+    xa, losses = xc.clone(), []
+    with eval_mode(model):
+        for s in range(steps + 1):
+            loss, _, g = input_gradient(model, xa, lambda z: cross_entropy(z, yc))
+            losses.append(loss.detach())
+            if s < steps:
+                xa = tm.project(xa + step * tm.ascent(g, xa), xc)
+    path.update(path_stats(torch.stack(losses)))  # (steps + 1, m)
+    return path
+
+
 def probe(model: nn.Module, x: Tensor, y: Tensor, suite: "Suite", records: "Records", *, shape: Sequence[int],
           seed: int = 0) -> dict[str, Any]:
     """Run the experiments the checks need on the images ``x`` (the first ``suite.checks.n`` of
-    the evaluation) and return their outcome as plain JSON (see :func:`findings`)."""
-    from robustlab.evaluate.suite import unbounded_eps
-
-    cfg = suite.checks
-    t = suite.threats[0]
+    the evaluation) and return their outcome as plain JSON: ``threats[norm]`` per threat model
+    (``stronger``, ``unbounded``, ``single_step``, ``path``) and model-wide ``gradients`` and
+    ``deterministic`` (see :func:`threat_findings`, :func:`model_findings`)."""
     n = int(x.shape[0])
-    out: dict[str, Any] = {"n": n, "norm": t.norm}
+    out: dict[str, Any] = {"version": PROBES_VERSION, "n": n}
     with eval_mode(model), torch.no_grad():
         first = model(x)
         second = model(x)
     correct = first.argmax(dim=1) == y
     out["deterministic"] = {"max_abs_diff": float((first - second).abs().max()),
                             "same_predictions": bool(torch.equal(first.argmax(1), second.argmax(1)))}
-
-    # A stronger attack at the most uncertain eps, on the same images.
-    e = _check_eps(records, suite)
-    tm = ThreatModel(t.norm, e)
-    name = cfg.attack
-    base_attack = suite.build_attack(name, tm, seed)
-    steps, restarts = getattr(base_attack, "steps", None), getattr(base_attack, "restarts", None)
-    if name in suite.attacks_for(t):
-        base_success = records.get("attack", t.norm, e, name, "success")[:n].to(x.device)
-    else:
-        base_success = base_attack.attack(model, x, y).success
-    base_robust = int((correct & ~base_success).sum())
-    stronger: dict[str, Any] = {"attack": name, "eps": e, "base_robust": base_robust, "n": n}
-    if isinstance(steps, int) and isinstance(restarts, int):
-        more_steps = steps * 2 if cfg.strength > 1 else steps
-        more_restarts = restarts * max(1, cfg.strength // 2)
-        strong = suite.build_attack(name, tm, seed + 1, steps=more_steps, restarts=more_restarts)
-        s2 = strong.attack(model, x, y).success
-        stronger.update(steps=more_steps, restarts=more_restarts, base_steps=steps,
-                        base_restarts=restarts, robust=int((correct & ~s2).sum()),
-                        both_robust=int((correct & ~s2 & ~base_success).sum()))
-    else:
-        stronger["skipped"] = f"attack {name!r} has no steps/restarts to increase"
-    out["stronger"] = stronger
-
-    # Unbounded radius, per threat model.
-    out["unbounded"] = {}
-    for th in suite.threats:
-        big = unbounded_eps(th.norm, shape)
-        res = suite.build_attack(name, ThreatModel(th.norm, big), seed).attack(model, x, y)
-        out["unbounded"][th.norm] = {"eps": big, "robust": int((correct & ~res.success).sum()), "n": n}
-
-    # The loss along a traced PGD path from the clean image (no random start, no early stop).
     xc, yc = x[correct], y[correct]
-    m = int(xc.shape[0])
-    path: dict[str, Any] = {"eps": e, "steps": cfg.path_steps, "n": m}
-    grads: dict[str, Any] = {"n": m}
-    if m:
-        step = 2.5 * e / cfg.path_steps if t.norm != "l0" else 1.0
-        xa = xc.clone()
-        losses = []
+    grads: dict[str, Any] = {"n": int(xc.shape[0])}
+    if xc.shape[0]:
         with eval_mode(model):
-            for s in range(cfg.path_steps + 1):
-                loss, _, g = input_gradient(model, xa, lambda z: cross_entropy(z, yc))
-                losses.append(loss)
-                if s == 0:
-                    flat = g.reshape(m, -1)
-                    zero = flat.abs().amax(dim=1) == 0
-                    grads.update(zero_fraction=float(zero.float().mean()), zero=int(zero.sum()),
-                                 zero_entries=float((flat == 0).float().mean()))
-                if s < cfg.path_steps:
-                    xa = tm.project(xa + step * tm.ascent(g, xa), xc)
-        trace = torch.stack(losses)  # (steps + 1, m)
-        increased = trace[1:].amax(dim=0) > trace[0]
-        path.update(mean_loss=[float(v) for v in trace.mean(dim=1)], increased=float(increased.float().mean()),
-                    start=float(trace[0].mean()), end=float(trace[-1].mean()))
-    out["path"] = path
+            _, _, g = input_gradient(model, xc, lambda z: cross_entropy(z, yc))
+        flat = g.reshape(xc.shape[0], -1)
+        zero = flat.abs().amax(dim=1) == 0
+        grads.update(zero_fraction=float(zero.float().mean()), zero=int(zero.sum()),
+                     zero_entries=float((flat == 0).float().mean()))
     out["gradients"] = grads
+    out["threats"] = {}
+    for t in suite.threats:
+        e = _check_eps(records, suite, t)
+        out["threats"][t.key] = {
+            "norm": t.norm,
+            "stronger": _probe_stronger(model, x, y, correct, suite, records, t, e, seed),
+            "unbounded": _probe_unbounded(model, x, y, correct, suite, t, shape, seed),
+            "single_step": _probe_single_step(model, x, y, correct, suite, records, t, seed),
+            "path": _probe_path(model, xc, yc, t, e, suite.checks.path_steps),
+        }
     return out
 
 
@@ -214,7 +268,7 @@ def check_monotone(eps: Sequence[float], curves: Mapping[str, Sequence[Rate]], n
     ``note``: those attacks are fooled at large eps (e.g. FGSM after catastrophic overfitting), but
     the other attacks find what they miss, so the worst case is not affected."""
     if len(eps) < 2:
-        return _finding("monotone-eps", "skip", "only one eps in the grid", {"norm": norm})
+        return _finding("monotone-eps", "skip", "only one eps in the grid", {"norm": norm}, norm)
 
     def rises(rates: Sequence[Rate]) -> list[int]:
         return [i for i in range(1, len(rates))
@@ -229,73 +283,106 @@ def check_monotone(eps: Sequence[float], curves: Mapping[str, Sequence[Rate]], n
     values = {"norm": norm, "rises": len(described), "union_rises": len(union_rises)}
     if union_rises or (described and union is None):
         extra = "" if union is None else "; the union of all attacks rises too" if union_rises else ""
-        return _finding("monotone-eps", "warn", "robust accuracy rises with eps: " + "; ".join(described) + extra, values)
+        return _finding("monotone-eps", "warn", "robust accuracy rises with eps: " + "; ".join(described) + extra,
+                        values, norm)
     if described:
         return _finding("monotone-eps", "note", "robust accuracy rises with eps for single attacks: " + "; ".join(described)
                         + ". These attacks are fooled at large radii (a sign of gradient masking against them, e.g. "
                         "FGSM after catastrophic overfitting); the other attacks find what they miss, so the worst case "
-                        "is not affected", values)
+                        "is not affected", values, norm)
     return _finding("monotone-eps", "pass",
                     f"every attack's robust accuracy is non-increasing over eps {', '.join(f'{e:g}' for e in eps)} ({norm})",
-                    values)
+                    values, norm)
 
 
-def check_unbounded(unbounded: Mapping[str, Mapping[str, Any]], attack: str) -> Finding:
-    """Warn when robust accuracy at an unbounded radius exceeds :data:`UNBOUNDED_MAX`."""
-    bad, parts, values = [], [], {}
-    for norm, u in unbounded.items():
-        frac = u["robust"] / u["n"] if u["n"] else 0.0
-        values[norm] = frac
-        parts.append(f"{_pct(frac)} robust at {norm} eps {u['eps']:.4g} ({u['robust']}/{u['n']} images)")
-        if frac > UNBOUNDED_MAX:
-            bad.append(norm)
-    status = "warn" if bad else "pass"
-    return _finding("unbounded", status, f"{attack}: " + "; ".join(parts) + ("" if not bad else
-                    f" -- expected ~0; the attack does not reach every label"), values)
+def check_unbounded(u: Mapping[str, Any], norm: Optional[str] = None) -> Finding:
+    """Warn when robust accuracy at an unbounded radius exceeds :data:`UNBOUNDED_MAX`; ``u`` is one
+    threat model's ``unbounded`` probe (attack, eps, robust, n, random_start)."""
+    frac = u["robust"] / u["n"] if u["n"] else 0.0
+    start = {False: "no random start", None: "the attack's own start"}.get(u.get("random_start"), "random start")
+    text = (f"{u['attack']} ({start}) at {norm or ''} eps {u['eps']:.4g}: {_pct(frac)} robust "
+            f"({u['robust']}/{u['n']} images)")
+    values = {"robust": frac, "eps": u["eps"], "n": u["n"], "attack": u["attack"]}
+    if frac > UNBOUNDED_MAX:
+        return _finding("unbounded", "warn", text + " -- expected ~0: the gradient does not lead to every label",
+                        values, norm)
+    return _finding("unbounded", "pass", text, values, norm)
 
 
-def check_stronger(stronger: Mapping[str, Any]) -> Finding:
-    """Warn when a stronger attack lowers robust accuracy by more than :data:`STRONGER_MAX_DROP`."""
+def check_stronger(stronger: Mapping[str, Any], norm: Optional[str] = None) -> Finding:
+    """Warn when the stronger attack breaks more than :data:`STRONGER_MAX_DROP` of the images (and
+    more than one) that every attack of the suite left robust: ``base_robust - both_robust``, the
+    images it newly breaks (not the net change of its own robust count, which hides a stronger attack
+    that breaks 6 new images while missing 6 others)."""
     if "skipped" in stronger:
-        return _finding("more-steps", "skip", stronger["skipped"], {})
+        return _finding("more-steps", "skip", stronger["skipped"], {}, norm)
     n = stronger["n"]
-    base, strong = stronger["base_robust"], stronger["robust"]
-    drop = (base - strong) / n if n else 0.0
-    values = {"eps": stronger["eps"], "base": base / n if n else 0.0, "stronger": strong / n if n else 0.0, "n": n,
-              "steps": stronger["steps"], "restarts": stronger["restarts"]}
-    text = (f"{stronger['attack']} at eps {stronger['eps']:g} on {n} images: {stronger['base_steps']} steps x "
-            f"{stronger['base_restarts']} restart(s) leave {base} robust, {stronger['steps']} steps x "
-            f"{stronger['restarts']} restarts leave {strong}")
-    if drop > STRONGER_MAX_DROP and base - strong > 1:
-        return _finding("more-steps", "warn", text + f" (-{100 * drop:.1f} points): the suite's attack has not converged",
-                        values)
-    return _finding("more-steps", "pass", text, values)
+    base, both = stronger["base_robust"], stronger["both_robust"]
+    new = base - both
+    frac = new / n if n else 0.0
+    values = {"eps": stronger["eps"], "attack": stronger["attack"], "base": base / n if n else 0.0,
+              "both": both / n if n else 0.0, "newly_broken": new, "n": n, "steps": stronger["steps"],
+              "restarts": stronger["restarts"]}
+    probed = stronger["attack"]
+    rests = stronger.get("worst_attack", probed)
+    which = (f"probed {probed} (the worst case rests on {rests}, which has no steps/restarts)"
+             if rests != probed else f"probed {probed}, the strongest attack at this eps")
+    text = (f"{which}, at eps {stronger['eps']:g} on {n} images: {stronger['base_steps']} steps x "
+            f"{stronger['base_restarts']} restart(s) leave {stronger['attack_robust']} robust, "
+            f"{stronger['steps']} steps x {stronger['restarts']} restarts leave {stronger['robust']}; "
+            f"of the {base} robust to every attack of the suite, the stronger attack breaks {new}")
+    if frac > STRONGER_MAX_DROP and new > 1:
+        return _finding("more-steps", "warn", text + f" (-{100 * frac:.1f} points): the suite's attacks have not "
+                        "converged", values, norm)
+    return _finding("more-steps", "pass", text, values, norm)
 
 
-def check_black_box(name: str, what: str, per_eps: Sequence[tuple[float, int, int]]) -> Finding:
+def check_single_step(single: Mapping[str, Any], norm: Optional[str] = None) -> Finding:
+    """Warn when FGSM breaks more than :data:`SINGLE_STEP_MAX` of the correct probed images (and more
+    than one) that the iterative attack leaves robust, at some eps."""
+    if "skipped" in single:
+        return _finding("single-step", "skip", single["skipped"], {}, norm)
+    per = single["per_eps"]
+    bad = [(e, k, n) for e, k, _, n in per if k > max(1, SINGLE_STEP_MAX * n)]
+    values = {"attack": single["attack"], "max_images": max((k for _, k, _, _ in per), default=0),
+              "per_eps": [list(p) for p in per]}
+    desc = ", ".join(f"{k} of {f} at eps {e:g}" for e, k, f, _ in per)
+    text = f"images FGSM breaks but {single['attack']} does not (of those FGSM breaks): {desc}"
+    if bad:
+        return _finding("single-step", "warn", text + ": the iterative attack is led astray (a masking signature)",
+                        values, norm)
+    return _finding("single-step", "pass", text, values, norm)
+
+
+def check_black_box(name: str, what: str, per_eps: Sequence[tuple[float, int, int]], norm: Optional[str] = None
+                    ) -> Finding:
     """``per_eps``: (eps, images broken by ``what`` but by no white-box attack, correct images).
     Warn when that exceeds :data:`BLACK_BOX_MAX` of the correct images at some eps."""
     if not per_eps:
-        return _finding(name, "skip", f"no {what} in this suite", {})
+        return _finding(name, "skip", f"no {what} in this suite", {}, norm)
     bad = [(e, k, n) for e, k, n in per_eps if k > max(1, BLACK_BOX_MAX * n)]
     total = sum(k for _, k, _ in per_eps)
-    values = {"max_fraction": max((k / n if n else 0.0) for _, k, n in per_eps), "images": total}
+    values = {"max_fraction": max((k / n if n else 0.0) for _, k, n in per_eps), "images": total, "method": what}
     if bad:
         desc = "; ".join(f"{k} of {n} images at eps {e:g}" for e, k, n in bad)
-        return _finding(name, "warn", f"{what} fools the model where every white-box attack fails: {desc}", values)
+        return _finding(name, "warn", f"{what} fools the model where every white-box attack fails: {desc}", values, norm)
     desc = ", ".join(f"{k} at eps {e:g}" for e, k, _ in per_eps)
-    return _finding(name, "pass", f"images broken by {what} but by no white-box attack: {desc}", values)
+    return _finding(name, "pass", f"images broken by {what} but by no white-box attack: {desc}", values, norm)
 
 
-def check_path(path: Mapping[str, Any]) -> Finding:
-    """Warn when fewer than :data:`PATH_MIN_INCREASED` of the traced attacks raise the loss."""
+def check_path(path: Mapping[str, Any], norm: Optional[str] = None) -> Finding:
+    """Warn when fewer than :data:`PATH_MIN_INCREASED` of the traced attacks show a sustained rise
+    (final loss above the start and a positive trend, see :func:`path_stats`)."""
     if not path.get("n"):
-        return _finding("loss-path", "skip", "no correctly classified image to trace", {})
-    inc = path["increased"]
-    values = {"increased": inc, "start": path["start"], "end": path["end"], "n": path["n"], "eps": path["eps"]}
-    text = (f"{path['steps']}-step PGD on the cross-entropy at eps {path['eps']:g}: the loss rose on {_pct(inc)} of "
-            f"{path['n']} images (mean {path['start']:.3g} -> {path['end']:.3g})")
-    return _finding("loss-path", "warn" if inc < PATH_MIN_INCREASED else "pass", text, values)
+        return _finding("loss-path", "skip", "no correctly classified image to trace", {}, norm)
+    sus = path["sustained"]
+    values = {"sustained": sus, "final_above": path["final_above"], "trend": path["trend"],
+              "increased": path["increased"], "start": path["start"], "end": path["end"], "n": path["n"],
+              "eps": path["eps"]}
+    text = (f"{path['steps']}-step projected ascent on the cross-entropy at eps {path['eps']:g} on {path['n']} images: "
+            f"final loss above the start for {_pct(path['final_above'])}, mean rank trend {path['trend']:.2f}, "
+            f"sustained rise for {_pct(sus)} (mean {path['start']:.3g} -> {path['end']:.3g})")
+    return _finding("loss-path", "warn" if sus < PATH_MIN_INCREASED else "pass", text, values, norm)
 
 
 def check_gradients(grads: Mapping[str, Any]) -> Finding:
@@ -318,25 +405,33 @@ def check_deterministic(det: Mapping[str, Any]) -> Finding:
                     {"max_abs_diff": diff})
 
 
-def findings(probes: Optional[Mapping[str, Any]], curves: Mapping[str, Sequence[Rate]], eps: Sequence[float], norm: str,
-             noise: Sequence[tuple[float, int, int]], transfer: Sequence[tuple[float, int, int]],
-             attack: str, union: Optional[Sequence[Rate]] = None) -> list[Finding]:
-    """All findings of one evaluation: ``curves`` the per-attack robust accuracy over ``eps`` of the
-    first threat model and ``union`` the per-eps white-box union; ``noise`` / ``transfer``: per eps,
-    images they alone break (see :func:`check_black_box`); ``probes``: the output of :func:`probe`."""
+def threat_findings(probe_t: Optional[Mapping[str, Any]], curves: Mapping[str, Sequence[Rate]], eps: Sequence[float],
+                    norm: str, black_box: Sequence[tuple[float, int, int]], transfer: Sequence[tuple[float, int, int]],
+                    union: Optional[Sequence[Rate]] = None, black_box_name: str = "random noise") -> list[Finding]:
+    """The findings of one threat model: ``curves`` the per-attack robust accuracy over ``eps`` and
+    ``union`` the per-eps white-box union; ``black_box`` / ``transfer``: per eps, images they alone
+    break (see :func:`check_black_box`); ``probe_t``: that threat model's part of :func:`probe`."""
     out = [check_monotone(eps, curves, norm, union)]
-    if probes is not None:
-        out += [check_unbounded(probes["unbounded"], attack), check_stronger(probes["stronger"])]
-    out.append(check_black_box("noise-vs-attack", "random noise", noise))
-    out.append(check_black_box("transfer-vs-white-box", "transfer", transfer))
-    if probes is not None:
-        out += [check_path(probes["path"]), check_gradients(probes["gradients"]),
-                check_deterministic(probes["deterministic"])]
+    if probe_t is not None:
+        out += [check_unbounded(probe_t["unbounded"], norm), check_stronger(probe_t["stronger"], norm),
+                check_single_step(probe_t["single_step"], norm)]
+    out.append(check_black_box("noise-vs-attack", black_box_name, black_box, norm))
+    out.append(check_black_box("transfer-vs-white-box", "transfer", transfer, norm))
+    if probe_t is not None:
+        out.append(check_path(probe_t["path"], norm))
     return out
 
 
+def model_findings(probes: Optional[Mapping[str, Any]]) -> list[Finding]:
+    """The model-wide findings (input gradients, determinism), which speak for every threat model."""
+    if probes is None:
+        return []
+    return [check_gradients(probes["gradients"]), check_deterministic(probes["deterministic"])]
+
+
 def verdict(found: Sequence[Finding]) -> Verdict:
-    """Trusted when no check warns; the summary says what the numbers mean either way."""
+    """Trusted when no check warns; the summary says what the numbers mean either way (and, where the
+    findings span several threat models, which ones warn)."""
     warns = [f for f in found if f.status == "warn"]
     ran = [f for f in found if f.status != "skip"]
     notes = [f for f in found if f.status == "note"]
@@ -348,7 +443,10 @@ def verdict(found: Sequence[Finding]) -> Verdict:
         return Verdict(True, f"All {len(ran)} gradient-masking checks pass{extra}: no sign that the attacks as a whole "
                              "were fooled, so the worst-case robust accuracy is a credible (empirical) upper bound on "
                              "the true robustness.", [])
-    names = ", ".join(f.title.lower() for f in warns)
-    return Verdict(False, f"{len(warns)} of {len(ran)} checks warn ({names}): the attacks may be fooled by the model "
+    names = list(dict.fromkeys(f.name for f in warns))
+    norms = sorted({f.norm for f in found if f.norm is not None})
+    titles = ", ".join(dict.fromkeys(f.title.lower() + (f" ({f.norm})" if f.norm and len(norms) > 1 else "")
+                                     for f in warns))
+    return Verdict(False, f"{len(warns)} of {len(ran)} checks warn ({titles}): the attacks may be fooled by the model "
                           "and the robust accuracy may overstate its robustness. Use adaptive attacks (BPDA, EOT, "
-                          "margin losses) before trusting these numbers.", [f.name for f in warns])
+                          "margin losses) before trusting these numbers.", names)

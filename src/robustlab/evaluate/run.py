@@ -2,13 +2,21 @@
 resume after a crash, and build the :class:`~robustlab.report.Report`.
 
 Per batch and per threat model, every attack runs at every eps on every image (so per-attack
-robust accuracy is exact); random noise (with the checks), transfer examples from the suite's
-source models and minimal-norm attacks add to the per-sample worst case; certifiers add a
-certified radius. What is kept per image and result is small: success, distance in the threat
-norm, the linf / l2 / l0 norms of the perturbation and the classification margin at the
-adversarial point. Finished batches are written atomically to ``out/records/`` as safetensors
-(with a manifest naming the suite, data, model and seed), so ``resume=True`` skips them; the
-gradient-masking probes are kept in ``out/records/checks.json`` the same way.
+robust accuracy is exact); a black-box baseline (with the checks: Square where the attack
+registry has it, else random noise), transfer examples from the suite's source models and
+minimal-norm attacks add to the per-sample worst case; certifiers add a certified radius. What is
+kept per image and result is small: success, distance in the threat norm, the linf / l2 / l0 norms
+of the perturbation and the classification margin at the adversarial point. Finished batches are
+written atomically to ``out/records/`` as safetensors (with a manifest naming the suite, data,
+model and seed), so ``resume=True`` skips them; the gradient-masking probes are kept in
+``out/records/checks.json`` the same way. :func:`robustlab.evaluate.summarize.model_report` turns
+the records into the report.
+
+Faults: while a run writes, ``out/.robustlab.lock`` holds its pid, so a second run into the same
+folder fails at once (a lock left by a dead process is taken over). Every batch file carries the
+hash of its run's configuration (suite, model and data fingerprints, seed, batch size), and
+``resume`` only reuses files of its own configuration; a file that cannot be read or is not its own
+is named in a warning and recomputed.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import json
 import logging
 import math
 import os
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -26,7 +35,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -36,13 +45,16 @@ from robustlab._io import atomic_write_bytes, atomic_write_text
 from robustlab.attacks.base import eval_mode, model_device
 from robustlab.evaluate import checks as checks_mod
 from robustlab.evaluate.metrics import perturbation_norms
+from robustlab.evaluate.summarize import model_report
+from robustlab.evaluate.summarize import report as make_report
 from robustlab.evaluate.suite import Suite, Threat, certifier, load_suite, unbounded_eps  # noqa: F401
 from robustlab.losses import margin
 from robustlab.report.schema import Report
 from robustlab.threat import ThreatModel
 
 log = logging.getLogger("robustlab.evaluate")
-RECORDS_VERSION = 1
+RECORDS_VERSION = 2
+LOCK_NAME = ".robustlab.lock"
 UNBOUNDED = None  # the eps key of minimal-norm attacks
 
 
@@ -55,12 +67,17 @@ def key(kind: str, norm: str, eps: Optional[float], name: str, what: str) -> str
     return f"{kind}|{norm}|{eps_key(eps)}|{name}|{what}"
 
 
+def black_box_label(method: str) -> str:
+    """The name of the black-box baseline ``method`` ("square" or "noise") in the report."""
+    return "square (black-box)" if method == "square" else "random noise"
+
+
 def display_sources(suite: Suite) -> list[str]:
     """Names of what can produce the images of the report's grids (first threat model)."""
     t = suite.threats[0]
     names = [*suite.attacks_for(t), *(f"{a} (minimal)" for a in suite.minimal)]
     if suite.checks.enabled:
-        names.append("random noise")
+        names.append(black_box_label(checks_mod.black_box_method(t.norm)))
     names += [f"transfer from {s}" for s in suite.transfer]
     return names
 
@@ -171,11 +188,16 @@ class _Runner:
         self.attacks = {}
         self.minimal = {}
         self.transfer = {}
+        self.black_box: dict[tuple[str, float], Any] = {}  # Square per (norm, eps) where available
+        self.black_box_method = {t.norm: checks_mod.black_box_method(t.norm) for t in suite.threats}
+        queries = checks_mod.SQUARE_QUERIES_PER_DRAW * suite.checks.noise_draws
         for t in suite.threats:
             for e in t.eps:
                 tm = ThreatModel(t.norm, e)
                 for a in suite.attacks_for(t):
                     self.attacks[(t.norm, e, a)] = suite.build_attack(a, tm, seed)
+                if suite.checks.enabled and self.black_box_method[t.norm] == "square":
+                    self.black_box[(t.norm, e)] = suite.build_attack("square", tm, seed, queries=queries)
                 if e in suite.transfer_at(t):
                     for s in self.sources:
                         self.transfer[(t.norm, e, s)] = _transfer_attack(suite, tm, seed)
@@ -228,9 +250,13 @@ class _Runner:
                                 self.sources_names.index(a) if ti == 0 else -1)
                 if suite.checks.enabled:
                     t0 = time.perf_counter()
-                    x_noise = _noise(model, x, y, ThreatModel(t.norm, e), suite.checks.noise_draws, gen)
+                    if (t.norm, e) in self.black_box:  # score-based Square, a modest query budget
+                        x_noise = self.black_box[(t.norm, e)].attack(model, x, y).x_adv
+                    else:
+                        x_noise = _noise(model, x, y, ThreatModel(t.norm, e), suite.checks.noise_draws, gen)
+                    label = black_box_label(self.black_box_method[t.norm])
                     self._store(rec, s_show, "noise", t, e, "noise", x, y, x_noise, time.perf_counter() - t0, False,
-                                self.sources_names.index("random noise") if ti == 0 else -1)
+                                self.sources_names.index(label) if ti == 0 else -1)
                 for s, source in (self.sources.items() if e in suite.transfer_at(t) else ()):
                     t0 = time.perf_counter()
                     x_adv = self.transfer[(t.norm, e, s)].attack(source, x, y).x_adv
@@ -440,24 +466,31 @@ def run(
     runner = _Runner(model, suite, shape, seed, sources)  # builds every attack: bad options fail here
     name = name or str((getattr(model, "metadata", None) or {}).get("name") or type(model).__name__)
 
-    rec_dir = None
     manifest = {
         "records_version": RECORDS_VERSION, "suite": suite.to_dict(), "n": int(images.shape[0]), "batch_size": batch_size,
         "seed": seed, "fingerprint": _fingerprint(model, images, labels),
         "sources": {s: _fingerprint(m, images[:1], labels[:1])["model"] for s, m in sources.items()},
+        "black_box": runner.black_box_method if suite.checks.enabled else {},
     }
-    if out is not None:
-        out_dir = Path(out)
-        _check_writable(out_dir)
+    config = config_hash(manifest)
+    manifest["config"] = config
+    if out is None:
+        return _evaluate(runner, model, images, labels, suite, name, data_info, shape, dev, seed, batch_size, progress,
+                         None, False, config)
+    out_dir = Path(out)
+    _check_writable(out_dir)
+    with OutputLock(out_dir):
         rec_dir = out_dir / "records"
         rec_dir.mkdir(exist_ok=True)
         mpath = rec_dir / "manifest.json"
-        if mpath.is_file():
+        if mpath.is_file() and resume:
             try:
                 old = json.loads(mpath.read_text())
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, UnicodeDecodeError, OSError):
                 old = None
-            if resume and old != json.loads(json.dumps(manifest)):
+                log.warning("%s cannot be read; resuming from the batch files that carry this run's configuration",
+                            mpath)
+            if old is not None and old != json.loads(json.dumps(manifest)):
                 raise ValueError(f"cannot resume {out_dir}: it was started with another suite, data, model, batch size "
                                  f"or seed (delete {rec_dir} or drop --resume)")
         if not resume:
@@ -465,7 +498,17 @@ def run(
                 f.unlink()
             (rec_dir / "checks.json").unlink(missing_ok=True)
         atomic_write_text(mpath, json.dumps(manifest, indent=1) + "\n")
+        report = _evaluate(runner, model, images, labels, suite, name, data_info, shape, dev, seed, batch_size, progress,
+                           rec_dir, resume, config)
+        report.save(out_dir, html=html)
+    return report
 
+
+def _evaluate(runner: _Runner, model: nn.Module, images: Tensor, labels: Tensor, suite: Suite, name: str,
+              data_info: dict, shape: tuple[int, int, int], dev: torch.device, seed: int, batch_size: int,
+              progress: bool, rec_dir: Optional[Path], resume: bool, config: str) -> Report:
+    """The batches (reused from ``rec_dir`` where ``resume`` finds them intact and of this
+    ``config``), the check probes, and the report."""
     t_start = time.perf_counter()
     batches: list[dict[str, Tensor]] = []
     starts = list(range(0, images.shape[0], batch_size))
@@ -473,14 +516,17 @@ def run(
     bar = tqdm(starts, desc=f"evaluate {name}", unit="batch", disable=not progress)
     for b, i in enumerate(bar):
         path = rec_dir / f"batch_{b:06d}.safetensors" if rec_dir is not None else None
+        size = min(batch_size, images.shape[0] - i)
         if resume and path is not None and path.is_file():
-            batches.append(load_file(str(path)))
-            reused += 1
-            continue
+            rec = load_batch(path, config, b, size)
+            if rec is not None:
+                batches.append(rec)
+                reused += 1
+                continue
         x, y = images[i : i + batch_size].to(dev), labels[i : i + batch_size].to(dev)
         rec = runner.batch(x, y, i, b)
         if path is not None:
-            atomic_write_bytes(path, st_save(rec))
+            atomic_write_bytes(path, st_save(rec, metadata={"config": config, "batch": str(b), "size": str(size)}))
         batches.append(rec)
     bar.close()
     if reused:
@@ -491,20 +537,144 @@ def run(
     if suite.checks.enabled:
         cpath = rec_dir / "checks.json" if rec_dir is not None else None
         if resume and cpath is not None and cpath.is_file():
-            probes = json.loads(cpath.read_text())
-        else:
+            probes = _load_probes(cpath, config)
+        if probes is None:
             m = min(suite.checks.n, images.shape[0])
             probes = checks_mod.probe(model, images[:m].to(dev), labels[:m].to(dev), suite, records, shape=shape, seed=seed)
             if cpath is not None:
-                atomic_write_text(cpath, json.dumps(probes, indent=1) + "\n")
+                atomic_write_text(cpath, json.dumps({"config": config, "probes": probes}, indent=1) + "\n")
     seconds = time.perf_counter() - t_start
-
-    from robustlab.report import build
 
     info = {"name": name, "model": model_info(model), "data": {**data_info, "n": int(images.shape[0]), "shape": list(shape)},
             "seed": seed, "batch_size": batch_size, "device": str(dev), "seconds": seconds,
-            "sources": runner.sources_names}
-    report = build.report([build.model_report(suite, records, probes, info)], title=f"robustlab report: {name}")
-    if out is not None:
-        report.save(out, html=html)
-    return report
+            "sources": runner.sources_names, "black_box": runner.black_box_method}
+    return make_report([model_report(suite, records, probes, info)], title=f"robustlab report: {name}")
+
+
+# -- faults: the lock, the records' configuration, corrupt files ------------------------------------
+
+
+def config_hash(manifest: Mapping[str, Any]) -> str:
+    """SHA-256 of a run's configuration (suite, model and data fingerprints, seed, batch size, ...):
+    the tag every per-batch record carries."""
+    text = json.dumps({**manifest, "config": None}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def load_batch(path: Path, config: str, b: int, size: int) -> Optional[dict[str, Tensor]]:
+    """The records of batch ``b`` from ``path`` if the file is intact and was written by a run of
+    ``config``; else ``None`` after a warning that names the file (the batch is then recomputed)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            rec = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types for truncated or garbled files
+        log.warning("%s cannot be read (%s: %s); recomputing that batch", path, type(exc).__name__,
+                    str(exc).splitlines()[0] if str(exc) else "")
+        return None
+    if meta.get("config") != config or meta.get("batch") != str(b):
+        log.warning("%s was written by another run (configuration %s, this run %s); ignoring it and recomputing "
+                    "that batch", path, str(meta.get("config"))[:12], config[:12])
+        return None
+    label = rec.get("clean|label")
+    if label is None or label.shape != (size,) or any(
+            t.ndim == 0 or (t.shape[0] != size and not (k.startswith("time|") or k.startswith("ex|")))
+            for k, t in rec.items()):
+        log.warning("%s holds records of the wrong shape for batch %d (%d images); recomputing that batch", path, b,
+                    size)
+        return None
+    return rec
+
+
+def _load_probes(path: Path, config: str) -> Optional[dict]:
+    """The cached check probes of this ``config``, or ``None`` (with a warning) to recompute them."""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        log.warning("%s cannot be read (%s); recomputing the check probes", path, exc)
+        return None
+    if not isinstance(data, dict) or data.get("config") != config:
+        log.warning("%s was written by another run; recomputing the check probes", path)
+        return None
+    probes = data.get("probes")
+    if not isinstance(probes, dict) or probes.get("version") != checks_mod.PROBES_VERSION:
+        log.warning("%s holds probes of another layout; recomputing them", path)
+        return None
+    return probes
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class OutputLock:
+    """Hold ``out/.robustlab.lock`` (pid, host, start time) while a run writes into ``out``.
+
+    Created atomically (``os.link`` of a finished temporary file, so no reader ever sees it half
+    written). A lock held by a live process, or by this one (another run in the same process), makes
+    :meth:`acquire` raise ``FileExistsError`` naming the holder; a lock whose process is gone (same
+    host) is stale and taken over. Released on exit, also after an error or an interruption."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = Path(out) / LOCK_NAME
+        self.held = False
+
+    def _holder(self) -> Optional[dict]:
+        try:
+            data = json.loads(self.path.read_text())
+            return data if isinstance(data, dict) else {}
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+            return {}
+
+    def acquire(self) -> None:
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        fd, tmp = tempfile.mkstemp(prefix=".lock.", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            for _ in range(3):
+                try:
+                    os.link(tmp, self.path)
+                    self.held = True
+                    return
+                except FileExistsError:
+                    holder = self._holder()
+                    if holder is None:
+                        continue  # released meanwhile: try again
+                    pid, host = holder.get("pid"), holder.get("host")
+                    alive = not isinstance(pid, int) or host != me["host"] or pid == me["pid"] or _pid_alive(pid)
+                    if alive:
+                        raise FileExistsError(
+                            f"output folder {self.path.parent} is in use by another robustlab run (pid {pid} on "
+                            f"{host}, started {holder.get('started', '?')}); wait for it to finish or choose another "
+                            f"output folder (if no such run exists, delete {self.path})") from None
+                    log.warning("taking over the stale lock %s of pid %s, which no longer runs", self.path, pid)
+                    os.replace(tmp, self.path)
+                    self.held = True
+                    return
+            raise FileExistsError(f"could not lock output folder {self.path.parent}: {self.path} keeps changing")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def release(self) -> None:
+        if self.held:
+            holder = self._holder()
+            if holder and holder.get("pid") == os.getpid():
+                self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> "OutputLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -64,7 +64,7 @@ def eps_curve(threat: ThreatReport, clean: Rate, title: str = "") -> bytes:
             rates = [clean, *(row.attacks[i].robust for row in threat.rows)]
             _band(ax, x, rates, PALETTE[(i + 1) % len(PALETTE)], name, lw=1.1, band=False)
         if threat.rows and threat.rows[0].noise is not None:
-            _band(ax, x, [clean, *(row.noise for row in threat.rows)], "#7f7f7f", "random noise", lw=1.1, ls=":",
+            _band(ax, x, [clean, *(row.noise for row in threat.rows)], "#7f7f7f", threat.black_box, lw=1.1, ls=":",
                   marker="s", band=False)
         for j, src in enumerate(dict.fromkeys(s for row in threat.rows for s in row.transfer)):
             pts = [(0.0, clean)] + [(row.eps, row.transfer[src]) for row in threat.rows if src in row.transfer]

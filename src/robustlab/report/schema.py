@@ -5,7 +5,8 @@
 "none found"), so the files are strict JSON. ``from_dict`` refuses unknown keys, missing keys and
 wrong types, naming the path inside the document, and refuses files written by a newer schema.
 
-Schema history: version 1 (this one).
+Schema history: version 1; version 2 (this one) adds ``Finding.norm``, ``ThreatReport.verdict``
+and ``ThreatReport.black_box`` (all with defaults, so version-1 files still load).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 SCHEMA = "robustlab-report"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass
@@ -90,7 +91,10 @@ class EpsRow:
 class ThreatReport:
     """One threat model: its rows per eps, the smallest adversarial distance found per sample
     (``None``: none found; 0 for misclassified images) and the certified lower bound per sample
-    (``lower``; from certifiers of the model itself, converted to this norm; 0 where none)."""
+    (``lower``; from certifiers of the model itself, converted to this norm; 0 where none);
+    ``verdict``: this threat model's own gradient-masking verdict (its findings and the model-wide
+    ones; ``None`` when the checks were off or for schema-1 files); ``black_box``: what the
+    black-box baseline of ``EpsRow.noise`` was (``"square"`` or ``"random noise"``)."""
 
     norm: str
     eps: list[float]
@@ -102,6 +106,8 @@ class ThreatReport:
     per_sample_upper: list[Optional[float]]
     per_sample_lower: list[float]
     lower_from: list[str]
+    verdict: Optional[Verdict] = None
+    black_box: str = "random noise"
 
 
 @dataclass
@@ -130,8 +136,9 @@ class CertReport:
 class Finding:
     """A gradient-masking check: ``status`` pass / warn / note / skip (a note is a symptom that
     does not affect the worst case, e.g. one weak attack fooled while stronger ones are not), the
-    evidence in words and numbers, and ``doc``: the anchor of its explanation (in the page and in
-    docs/report-format.md). Only ``warn`` makes the verdict untrusted."""
+    evidence in words and numbers, ``doc``: the anchor of its explanation (in the page and in
+    docs/report-format.md), and ``norm``: the threat model it speaks for (``None``: the whole model,
+    e.g. determinism). Only ``warn`` makes a verdict untrusted."""
 
     name: str
     title: str
@@ -139,6 +146,7 @@ class Finding:
     evidence: str
     values: dict[str, Any]
     doc: str
+    norm: Optional[str] = None
 
     @property
     def passed(self) -> bool:
