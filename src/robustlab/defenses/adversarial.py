@@ -1,6 +1,6 @@
 """Adversaries for the one training loop: each turns a clean batch into a training loss.
 
-All share the :class:`~robustlab.defenses.adversaries.Adversary` contract
+All share the :class:`~robustlab.defenses.base.Adversary` contract
 ``loss(model, x, y, *, generator, eps_scale) -> scalar``: the loop calls it with the model in
 train mode; adversarial points are crafted with the model in eval mode (BatchNorm statistics are
 not updated by adversarial crafting, dropout is off; TRADES' reference code does the same) and
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from robustlab._checks import check_positive
 from robustlab.attacks.base import eval_mode, input_gradient
-from robustlab.defenses.adversaries import Adversary
+from robustlab.defenses.base import Adversary
 from robustlab.threat import ThreatModel
 
 
