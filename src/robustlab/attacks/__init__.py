@@ -22,15 +22,17 @@ from robustlab.attacks.base import (
 )
 from robustlab.attacks.cw import CarliniWagner, CarliniWagnerL0, CarliniWagnerLinf
 from robustlab.attacks.deepfool import DeepFool
-from robustlab.attacks.ensemble import STANDARD, WorstCase, standard
+from robustlab.attacks.ensemble import WorstCase
 from robustlab.attacks.eot import EOT, BPDAWrapper
 from robustlab.attacks.fgsm import FGSM
 from robustlab.attacks.minnorm import DDN, FMN
 from robustlab.attacks.pgd import BIM, PGD
-from robustlab.attacks.registry import available, describe, get, register
+from robustlab.attacks.registry import STANDARD, available, describe, get, register, standard
+from robustlab.attacks.square import Square
 
 __all__ = [
     "APGD", "APGDT", "Attack", "AttackResult", "BIM", "BPDAWrapper", "CarliniWagner", "CarliniWagnerL0",
     "CarliniWagnerLinf", "DDN", "DeepFool", "EOT", "FGSM", "FMN", "PGD", "RawResult", "STANDARD", "WorstCase",
     "available", "describe", "eval_mode", "get", "input_gradient", "input_jacobian", "predict", "register", "standard",
 ]
+__all__ += ["Square"]  # black-box attacks (issue 13)

@@ -294,6 +294,8 @@ class Attack(abc.ABC):
     seed: int = 0
     #: Forward passes averaged per gradient (1; :class:`robustlab.attacks.EOT` sets more).
     _eot_draws: int = 1
+    #: True for black-box attacks that count model queries (``AttackResult.queries`` is then never None).
+    query_based: bool = False
 
     @property
     def box(self) -> tuple[float, float]:
@@ -314,6 +316,7 @@ class Attack(abc.ABC):
             raise TypeError(f"model must be a torch.nn.Module mapping images to logits, got {type(model).__name__}")
         lower, upper = self.box
         check_images(x, "x", lower=lower, upper=upper)
+        self._check_input(x)  # attack-specific limits (e.g. pixels <= H*W), before any model call
         n = x.shape[0]
         check_labels(y, n, "y")
         if target is not None:
@@ -339,7 +342,7 @@ class Attack(abc.ABC):
             todo = (~done).nonzero().squeeze(1)
             x_adv = x.clone()
             iterations = torch.zeros(n, dtype=torch.long, device=x.device)
-            queries: Optional[Tensor] = None
+            queries: Optional[Tensor] = torch.zeros(n, dtype=torch.long, device=x.device) if self.query_based else None
             if todo.numel():
                 raw = self._run(
                     model, x[todo], y[todo], None if target is None else target[todo], generator
@@ -373,6 +376,9 @@ class Attack(abc.ABC):
             clean_correct=clean_correct,
             info=info,
         )
+
+    def _check_input(self, x: Tensor) -> None:
+        """Attack-specific checks of the batch (shape-dependent hyperparameters); raise ValueError."""
 
     def _constrain(self, x_adv: Tensor, x: Tensor) -> Tensor:
         """Final safety net: inside the threat model (if any) and the box."""

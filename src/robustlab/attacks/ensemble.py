@@ -12,21 +12,18 @@ arXiv:2003.01690):
 ``AttackResult.info["broken_by"]`` gives, per sample, the index of the attack whose candidate was
 kept (-1: none, or already misclassified); ``info["attacks"]`` their names.
 
-``standard(threat)`` is the default evaluation: APGD-CE (5 restarts), APGD-T (targeted DLR, 9
-target classes) and FMN capped at eps, built by name from :data:`STANDARD` through the attack registry, so a new
-attack (e.g. the black-box Square attack) joins the preset with ``register(...)`` plus one line
-appended to ``STANDARD["standard"]``.
+The default evaluation preset built from these, ``standard(threat)``, lives with the attack
+registry (:mod:`robustlab.attacks.registry`): imports point one way, registry -> ensemble.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from robustlab.attacks.base import Attack, RawResult
-from robustlab.threat import ThreatModel
 
 
 class WorstCase(Attack):
@@ -55,6 +52,7 @@ class WorstCase(Attack):
         self.distance_norm = norms.pop()
         self.bounds = boxes.pop()
         self.minimal = self.threat is None
+        self.query_based = any(a.query_based for a in attacks)
         self.seed = attacks[0].seed
         self.label = label
 
@@ -76,7 +74,7 @@ class WorstCase(Attack):
         best = torch.full((n,), float("inf"), device=dev, dtype=x.dtype)
         broken_by = torch.full((n,), -1, dtype=torch.long, device=dev)
         iterations = torch.zeros(n, dtype=torch.long, device=dev)
-        queries: Optional[Tensor] = None
+        queries: Optional[Tensor] = torch.zeros(n, dtype=torch.long, device=dev) if self.query_based else None
         everyone = torch.arange(n, device=dev)
         for i, att in enumerate(self.attacks):
             todo = everyone if tm is None else everyone[~done]
@@ -102,35 +100,3 @@ class WorstCase(Attack):
                 broken_by[todo[better]] = i
                 done[todo] |= res.success
         return RawResult(out, iterations, queries, info={"broken_by": broken_by, "attacks": [a.name for a in self.attacks]})
-
-
-#: The presets of :func:`standard`: (registry name, hyperparameter overrides), run in order.
-#: Extension point: ``registry.register("square", ...)`` then ``STANDARD["standard"].append(("square", {...}))``.
-STANDARD: dict[str, list[tuple[str, dict[str, Any]]]] = {
-    "standard": [
-        # 5 restarts (each only on the samples still robust): on an FGSM-RS-trained MNIST cnn the
-        # restarts broke 5 of the 73 samples a single APGD-CE run left robust, more than APGD-T,
-        # FAB-T and Square found together in AutoAttack (benchmarks/bench_attacks.py).
-        ("apgd-ce", {"steps": 100, "restarts": 5}),
-        ("apgd-t", {"steps": 100, "n_target_classes": 9}),
-        ("fmn", {"steps": 100}),
-    ],
-    "quick": [
-        ("apgd-ce", {"steps": 50}),
-        ("apgd-t", {"steps": 50, "n_target_classes": 3}),
-    ],
-}
-
-
-def standard(threat: ThreatModel, *, seed: int = 0, version: str = "standard") -> WorstCase:
-    """The default evaluation for ``threat`` (linf, l2 or l1): APGD-CE (5 restarts), APGD-T and FMN
-    (``version="standard"``) or APGD-CE and APGD-T with fewer steps and targets (``"quick"``),
-    each only on the samples still robust."""
-    from robustlab.attacks import registry
-
-    if not isinstance(threat, ThreatModel):
-        raise TypeError(f"threat must be a robustlab.ThreatModel, got {type(threat).__name__}")
-    if version not in STANDARD:
-        raise ValueError(f"version must be one of {', '.join(STANDARD)}, got {version!r}")
-    attacks = [registry.get(name, threat, **{"seed": seed, **opts}) for name, opts in STANDARD[version]]
-    return WorstCase(attacks, label=f"standard[{version}]" if version != "standard" else "standard")

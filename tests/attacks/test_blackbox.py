@@ -1,0 +1,221 @@
+"""Black-box attacks (issue 13): query accounting, Square, NATTACK, one-pixel, HopSkipJump.
+
+Budgets are small (digits, 8x8): the property suite checks the contract, the strength tests check
+real behaviour on the digits model, and a counting module checks that ``AttackResult.queries`` is
+exactly the number of model evaluations each sample cost.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import robustlab as rl
+from robustlab.attacks import PGD, Square
+from robustlab.attacks.queries import LabelOracle, ScoreOracle
+from robustlab.attacks.square import pseudo_gaussian, square_p
+from robustlab.testing import check_attack
+
+
+class Counting(nn.Module):
+    """Counts the rows (images) the wrapped model evaluates, whatever the caller."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.rows = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows += x.shape[0]
+        return self.model(x)
+
+
+class Binarized(nn.Module):
+    """Input binarisation (rounding) in front of a model: the gradient is zero almost everywhere."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(torch.round(x))
+
+
+def _tm(norm: str, eps: float) -> rl.ThreatModel:
+    return rl.ThreatModel(norm, eps)
+
+
+# -- the oracles ----------------------------------------------------------------------------------
+def test_score_oracle_counts_rows_per_sample_and_blocks_gradients(model, batch):
+    x, _ = batch
+    oracle = ScoreOracle(model, 4, x.device, budget=5)
+    xs = x[:6].clone().requires_grad_(True)
+    idx = torch.tensor([0, 0, 2, 3, 3, 3])
+    scores = oracle(xs, idx)
+    assert not scores.requires_grad and scores.grad_fn is None
+    assert oracle.counts.tolist() == [2, 0, 1, 3]
+    assert oracle.remaining().tolist() == [3, 5, 4, 2]
+    probs = ScoreOracle(model, 1, x.device, output="probs")(x[:1], torch.tensor([0]))
+    assert torch.allclose(probs.sum(1), torch.ones(1))
+
+
+def test_score_oracle_refuses_to_exceed_the_budget_before_querying(model, batch):
+    x, _ = batch
+    counting = Counting(model)
+    oracle = ScoreOracle(counting, 2, x.device, budget=2)
+    oracle(x[:2], torch.tensor([0, 0]))
+    with pytest.raises(RuntimeError, match="budget"):
+        oracle(x[:1], torch.tensor([0]))
+    assert counting.rows == 2 and oracle.counts.tolist() == [2, 0]
+
+
+def test_label_oracle_returns_labels_only(model, batch):
+    x, y = batch
+    oracle = LabelOracle(model, x.shape[0], x.device)
+    labels = oracle(x, torch.arange(x.shape[0]))
+    assert labels.dtype == torch.long and labels.shape == y.shape
+    assert torch.equal(oracle.is_adversarial(x, torch.arange(x.shape[0]), y), labels != y)
+    assert int(oracle.counts.sum()) == 2 * x.shape[0]
+
+
+# -- Square ---------------------------------------------------------------------------------------
+def test_square_p_schedule_halves_at_the_paper_iterations():
+    assert square_p(0, 10000, 0.8) == 0.8 and square_p(10, 10000, 0.8) == 0.8
+    assert square_p(11, 10000, 0.8) == 0.4 and square_p(50, 10000, 0.8) == 0.4
+    assert square_p(201, 10000, 0.8) == 0.8 / 8
+    assert square_p(9000, 10000, 0.8) == 0.8 / 512
+    # rescaled to the budget: iteration 100 of 1000 is iteration 1000 of 10000
+    assert square_p(100, 1000, 0.8) == square_p(1000, 10000, 0.8) == 0.8 / 16
+
+
+@pytest.mark.parametrize("s", [1, 2, 3, 5, 7])
+def test_pseudo_gaussian_pattern_has_unit_norm_and_opposite_halves(s):
+    eta = pseudo_gaussian(s, dtype=torch.float64, device=torch.device("cpu"))
+    assert eta.shape == (s, s)
+    assert torch.isclose(eta.norm(), torch.tensor(1.0, dtype=torch.float64))
+    assert bool((eta[: s // 2] > 0).all()) and bool((eta[s // 2 :] < 0).all())
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.3), ("l2", 2.0)])
+def test_square_property_suite(model, batch, norm, eps):
+    model.train()
+    check_attack(lambda s: Square(_tm(norm, eps), queries=40, seed=s), model, *batch)
+    model.eval()
+
+
+def test_square_targeted_property_suite(model, batch):
+    x, y = batch
+    target = (y + 1) % 10
+    res = check_attack(lambda s: Square(_tm("linf", 0.3), queries=30, seed=s), model, x, y, target=target)
+    assert bool((res.success <= (rl.attacks.predict(model, res.x_adv).argmax(1) == target)).all())
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.3), ("l2", 2.0)])
+def test_square_query_counts_are_exact(model, batch, norm, eps):
+    x, y = batch
+    counting = Counting(model)
+    budget = 25
+    res = Square(_tm(norm, eps), queries=budget, seed=1).attack(counting, x, y)
+    n = x.shape[0]
+    # the harness evaluates the clean batch and the final x_adv once each; the rest are the attack's
+    assert counting.rows == 2 * n + int(res.queries.sum())
+    assert bool((res.queries <= budget).all()) and bool((res.queries >= 1).all())
+    assert bool((res.queries[~res.success] == budget).all())  # failures spent the whole budget
+    assert bool((res.iterations == res.queries - 1).all())
+    # per sample: attack each image alone and count its model calls
+    for i in range(4):
+        counting.rows = 0
+        one = Square(_tm(norm, eps), queries=budget, seed=1).attack(counting, x[i : i + 1], y[i : i + 1])
+        assert counting.rows == 2 + int(one.queries[0])
+
+
+def test_square_misclassified_inputs_cost_no_queries(model, batch):
+    x, y = batch
+    wrong = (y + 1) % 10
+    counting = Counting(model)
+    res = Square(_tm("linf", 0.3), queries=50).attack(counting, x, wrong)
+    assert int(res.queries.sum()) == 0 and counting.rows == 2 * x.shape[0]
+
+
+def test_square_beats_the_digits_model_at_linf_03(model, digits_test):
+    x, y = digits_test.images[:100], digits_test.labels[:100]
+    res = Square(_tm("linf", 0.3), queries=300, seed=0).attack(model, x, y)
+    correct = res.clean_correct
+    assert float(res.success[correct].float().mean()) >= 0.95
+    assert float(res.queries[correct & res.success].float().median()) <= 50
+
+
+def test_square_l2_breaks_most_digits_at_eps_2(model, digits_test):
+    x, y = digits_test.images[:100], digits_test.labels[:100]
+    res = Square(_tm("l2", 2.0), queries=300, seed=0).attack(model, x, y)
+    assert float(res.success[res.clean_correct].float().mean()) >= 0.9
+    assert bool((res.distance <= 2.0 + 1e-5).all())
+
+
+def test_square_succeeds_where_masked_gradients_stop_pgd(model, digits_test):
+    masked = Binarized(model)
+    x, y = digits_test.images[:48], digits_test.labels[:48]
+    tm = _tm("linf", 0.3)
+    pgd = PGD(tm, steps=20, seed=0).attack(masked, x, y)
+    sq = Square(tm, queries=200, seed=0).attack(masked, x, y)
+    correct = sq.clean_correct
+    rate_pgd = float(pgd.success[correct].float().mean())
+    rate_sq = float(sq.success[correct].float().mean())
+    print(rate_sq, rate_pgd)
+    assert rate_sq >= 0.8 and rate_sq >= rate_pgd + 0.3, (rate_sq, rate_pgd)
+
+
+def test_square_does_not_mutate_inputs_or_use_the_global_rng(model, batch):
+    x, y = batch
+    x0 = x.clone()
+    state = torch.get_rng_state()
+    Square(_tm("l2", 1.0), queries=20).attack(model, x, y)
+    assert torch.equal(x, x0) and torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        ({"queries": 0}, ValueError, "queries"),
+        ({"queries": -5}, ValueError, "queries"),
+        ({"queries": 10.5}, TypeError, "queries"),
+        ({"queries": True}, TypeError, "queries"),
+        ({"p_init": 1.5}, ValueError, "p_init"),
+        ({"p_init": 0.0}, ValueError, "p_init"),
+        ({"output": "labels"}, ValueError, "output"),
+    ],
+)
+def test_square_rejects_bad_budgets(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        Square(_tm("linf", 0.3), **kwargs)
+
+
+def test_square_rejects_unsupported_norms():
+    with pytest.raises(ValueError, match="linf and l2"):
+        Square(_tm("l1", 5.0))
+    with pytest.raises(TypeError, match="ThreatModel"):
+        Square("linf")  # type: ignore[arg-type]
+
+
+def test_standard_preset_includes_square_for_linf_and_l2_only():
+    for norm, eps in (("linf", 0.3), ("l2", 2.0)):
+        names = [a.name for a in rl.attacks.standard(_tm(norm, eps)).attacks]
+        assert names == ["APGD", "APGDT", "FMN", "Square"]
+    assert "Square" not in [a.name for a in rl.attacks.standard(_tm("l1", 8.0)).attacks]
+    assert rl.attacks.get("square", _tm("linf", 0.3), queries=10).queries == 10
+    assert rl.attacks.STANDARD["standard"][-1][0] == "square"
+
+
+def test_standard_reports_the_square_queries(model, digits_test):
+    """Square runs only on what the white-box attacks left; its queries reach the ensemble result."""
+    masked = Binarized(model)
+    x, y = digits_test.images[:16], digits_test.labels[:16]
+    preset = rl.attacks.WorstCase(
+        [PGD(_tm("linf", 0.3), steps=5), Square(_tm("linf", 0.3), queries=100)], label="mini"
+    )
+    res = preset.attack(masked, x, y)
+    assert res.queries is not None
+    broken_by = res.info["broken_by"]
+    assert bool((res.queries[broken_by == 0] == 0).all())  # PGD broke them: Square never queried
+    assert int(res.queries[broken_by == 1].min()) >= 1
