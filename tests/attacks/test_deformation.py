@@ -107,3 +107,48 @@ def test_adef_bad_arguments():
         ADef(gradient="sobel")
     with pytest.raises(TypeError, match="threat"):
         ADef("l2")  # type: ignore[arg-type]
+
+
+# -- Spatial (Engstrom et al. 2019) ------------------------------------------------------------
+
+from robustlab.attacks.spatial import Spatial, rigid_field  # noqa: E402
+
+
+def test_rigid_field_matches_affine_grid():
+    """A rotation + translation field deforms exactly as affine_grid's rigid motion."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(1, 1, 9, 9, generator=g, dtype=torch.float64)
+    angle, shift = torch.tensor([20.0], dtype=torch.float64), torch.tensor([[1.0, -2.0]], dtype=torch.float64)
+    ours = deform(x, rigid_field(angle, shift, 9, 9), padding="zeros")
+    th = math.radians(20.0)
+    theta = torch.tensor([[[math.cos(th), -math.sin(th), 1.0 * 2 / 8], [math.sin(th), math.cos(th), -2.0 * 2 / 8]]], dtype=torch.float64)
+    ref = F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=True), padding_mode="zeros", align_corners=True)
+    assert torch.allclose(ours, ref, atol=1e-10)
+    # ||tau||_T of a pure translation is its length
+    assert torch.allclose(field_norm(rigid_field(torch.zeros(1, dtype=torch.float64), shift, 9, 9)), torch.tensor([math.sqrt(5.0)], dtype=torch.float64))
+
+
+def test_spatial_finds_a_fooling_rotation(model, batch):
+    x, y = batch
+    att = Spatial(max_angle=30.0, angles=31, max_shift=0.0, shifts=1)
+    res = att.attack(model, x, y)
+    assert res.success_rate > 0.2
+    hit = res.success
+    assert bool((res.info["angle"][hit].abs() > 0).all())
+    # the image is the rotated digit, and the model misclassifies it
+    tau = rigid_field(res.info["angle"], res.info["shift"], 8, 8)
+    assert torch.allclose(deform(x, tau, padding="zeros"), res.x_adv, atol=1e-6)
+    assert bool((model(res.x_adv).argmax(1)[hit] != y[hit]).all())
+    # the grid is searched in increasing ||tau||_T: a smaller angle range never finds a smaller motion
+    small = Spatial(max_angle=10.0, angles=11, max_shift=0.0, shifts=1).attack(model, x, y)
+    both = small.success & res.success
+    assert bool((res.distance[both] <= small.distance[both] + 1e-6).all())
+
+
+def test_spatial_property_suite(model, batch):
+    x, y = batch
+    check_attack(lambda seed: Spatial(angles=7, shifts=3, seed=seed), model, x[:8], y[:8])
+    with pytest.raises(ValueError, match="padding"):
+        Spatial(padding="wrap")
+    with pytest.raises(ValueError, match="angles"):
+        Spatial(angles=0)
