@@ -5,6 +5,7 @@ turn the per-sample records into a :class:`~robustlab.report.Report` (``summariz
 functional metrics and ``checks`` the gradient-masking checks.
 """
 
+from robustlab.evaluate import certifiers as _certifiers  # noqa: F401  (registers ibp, crown, ..., milp)
 from robustlab.evaluate import checks, metrics, summarize
 from robustlab.evaluate.run import Records, run
 from robustlab.evaluate.summarize import model_report
