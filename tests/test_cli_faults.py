@@ -168,3 +168,14 @@ def test_traceback_is_available_for_bug_reports(saved_mlp, tmp_path, monkeypatch
     monkeypatch.setenv("ROBUSTLAB_TRACEBACK", "1")
     with pytest.raises(ValueError, match="is not a device name"):
         main(["evaluate", "--model", str(saved_mlp), "--device", "gpu0", "--out", str(tmp_path / "ev")])
+
+
+@pytest.mark.parametrize("argv", [["demo", "--quick", "--out", "{file}"], ["report", "{file}", "--out", "{file}"],
+                                  ["compare", "{file}", "{file}", "--out", "{file}"]])
+def test_folder_outputs_of_demo_report_and_compare(tmp_path, capsys, monkeypatch, argv):
+    (tmp_path / "taken").write_text("a file")
+    import robustlab.data
+
+    monkeypatch.setattr(robustlab.data, "load", _never)
+    assert main([a.format(file=tmp_path / "taken") for a in argv]) == 2
+    one_line_error(capsys, f"--out {tmp_path / 'taken'} is an existing file; expected a folder")

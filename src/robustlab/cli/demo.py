@@ -125,13 +125,12 @@ def run(args: argparse.Namespace) -> int:
 
     from robustlab import data, evaluate
     from robustlab.data.sources import cache_dir
-    from robustlab.evaluate.run import _check_writable
+    from robustlab.cli._common import check_out_dir
     from robustlab.report import build
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     t_start = time.perf_counter()
-    out = Path(args.out)
-    _check_writable(out)
+    out = check_out_dir(args.out)  # a file, or an unwritable place, fails before any training
     if args.n is not None and args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     quick = args.quick
