@@ -77,3 +77,15 @@ def test_rubbish_inputs_on_digits(digits_train, digits_test):
         p_noise = rbf_confidence(model(noise)).max(1).values
     assert float(acc) > 0.9
     assert float((p_noise > 0.5).double().mean()) == 0.0
+
+
+def test_rbf_nll_is_the_per_class_bernoulli_likelihood():
+    from robustlab.models.rbf import rbf_nll
+
+    z = torch.tensor([[-0.1, -2.0, -5.0], [-3.0, -0.5, -0.2]], dtype=torch.float64)
+    y = torch.tensor([0, 2])
+    p = z.exp()
+    manual = -(torch.log(p[0, 0]) + torch.log(1 - p[0, 1]) + torch.log(1 - p[0, 2])
+               + torch.log(p[1, 2]) + torch.log(1 - p[1, 0]) + torch.log(1 - p[1, 1])) / 2
+    assert torch.allclose(rbf_nll(z, y), manual)
+    assert torch.isfinite(rbf_nll(torch.zeros(2, 3), y))  # p = 1 for a wrong class: clamped, finite

@@ -11,7 +11,9 @@ of cases, against 98.35% for a maxout network, paper Sec. 7 and App. A).
 :class:`RBFHead` returns ``z_i = -gamma ||x - w_i||^2 = log p_i(x)`` as logits (N, K), so the
 usual softmax cross-entropy trains it and every attack and metric works on it unchanged;
 :func:`rbf_confidence` gives the paper's per-class probabilities ``exp(z_i)`` (not normalised
-over classes: all can be near 0 at once). :func:`with_rbf_head` swaps a model's last
+over classes: all can be near 0 at once). :func:`rbf_nll` is the likelihood of that per-class
+model (train with it to get the paper's calibrated confidences; softmax cross-entropy only
+orders the classes and leaves ``exp(z)`` tiny). :func:`with_rbf_head` swaps a model's last
 ``nn.Linear`` for an RBF head.
 """
 
@@ -24,7 +26,7 @@ from torch import Tensor, nn
 
 from robustlab._checks import check_positive
 
-__all__ = ["RBFHead", "rbf_confidence", "with_rbf_head"]
+__all__ = ["RBFHead", "rbf_confidence", "rbf_nll", "with_rbf_head"]
 
 
 class RBFHead(nn.Module):
@@ -73,6 +75,16 @@ class RBFHead(nn.Module):
 def rbf_confidence(logits: Tensor) -> Tensor:
     """The paper's per-class probabilities ``p_i = exp(z_i)`` in (0, 1] from :class:`RBFHead` logits."""
     return logits.exp()
+
+
+def rbf_nll(logits: Tensor, y: Tensor) -> Tensor:
+    """Mean negative log-likelihood of independent per-class Bernoullis ``p_i = exp(z_i)``:
+    ``-log p_y - sum_{i != y} log(1 - p_i)`` (the paper's RBF model read as K one-vs-rest
+    probabilities); ``log(1 - e^z)`` is computed as ``log(-expm1(z))`` with ``z <= -1e-6``."""
+    z = logits.clamp_max(-1e-6)
+    log_not = torch.log(-torch.expm1(z))  # (N, K): log(1 - p_i)
+    own = torch.nn.functional.one_hot(y, z.shape[1]).to(torch.bool)
+    return -(torch.where(own, z, log_not).sum(dim=1)).mean()
 
 
 def with_rbf_head(model: nn.Module, gamma: float = 1.0, *, learn_gamma: bool = False,
