@@ -168,3 +168,11 @@ def test_unknown_paths_are_clear(tmp_path):
     (tmp_path / "data.csv").write_text("1,2")
     with pytest.raises(ValueError, match="unknown format '.csv'"):
         rl.data.load(str(tmp_path / "data.csv"))
+
+
+def test_a_dataset_name_wins_over_a_folder_of_the_same_name(tmp_path, monkeypatch):
+    (tmp_path / "digits" / "a").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert rl.data.load("digits", "test").name == "digits"
+    with pytest.raises(ValueError, match="holds no PNG"):
+        rl.data.load("./digits", "test")  # an explicit path is read as one

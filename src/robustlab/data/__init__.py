@@ -49,6 +49,14 @@ def _check_split(split: str) -> str:
     return split
 
 
+def _known(name: object) -> bool:
+    try:
+        canonical_name(name)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def _digits_file() -> Path:
     return Path(str(resources.files("robustlab.data").joinpath("digits.npz")))
 
@@ -98,7 +106,7 @@ def load(
     ``root`` reads ``root/cifar-100-binary``).
     """
     _check_split(split)
-    if files.is_path(name):
+    if files.is_path(name) and not _known(name):  # a dataset name wins over a same-named folder
         return files.load_path(name, split)
     if isinstance(name, str) and name.strip().lower().replace("-", "").replace("_", "") in ("cifar100",
                                                                                            "cifar100coarse"):
