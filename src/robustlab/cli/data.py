@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-_NAMES = "digits, mnist, fashion-mnist or cifar10"
+_NAMES = "digits, mnist, fashion-mnist or cifar10 (info: also a .npz file, an image folder or CIFAR binary files)"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,8 +46,10 @@ def _info(args: argparse.Namespace) -> int:
     for split in data.SPLITS:
         d = data.load(args.name, split, args.root, download=not args.no_download)
         counts = d.labels.bincount(minlength=d.num_classes).tolist()
-        print(f"{d.name} {split}: {len(d)} images of shape {d.shape} (C, H, W), {d.num_classes} classes, "
+        print(f"{d.name} {d.split}: {len(d)} images of shape {d.shape} (C, H, W), {d.num_classes} classes, "
               f"per class {counts}")
+        if d.split != split:  # a path without train/test structure is one set
+            break
     assert d is not None
     print(f"  classes: {', '.join(d.classes)}")
     print(f"  mean {d.mean}, std {d.std}")
