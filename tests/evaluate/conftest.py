@@ -49,3 +49,38 @@ def saturated(digits_model) -> nn.Module:
 @pytest.fixture(scope="session")
 def quantized(digits_model) -> nn.Module:
     return Quantized(digits_model).eval()
+
+
+class _FlipOffGrid(torch.autograd.Function):
+    """Identity forward; backward passes the gradient at images on the digits' 1/16 grey-level grid
+    (the clean images) and reverses it everywhere else."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        on_grid = ((x * 16 - torch.round(x * 16)).abs() < 1e-4).flatten(1).all(dim=1)  # (N,)
+        ctx.save_for_backward(on_grid)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (on_grid,) = ctx.saved_tensors
+        sign = torch.where(on_grid, 1.0, -1.0).to(g.dtype).reshape(-1, *([1] * (g.ndim - 1)))
+        return g * sign
+
+
+class Misleading(nn.Module):
+    """The honest model's predictions with an obfuscated gradient (Athalye et al. 2018): true at the
+    clean images, reversed a step away from them. FGSM (one step from the clean image) is not
+    fooled; PGD (random start, many steps) is led away from the adversarial examples."""
+
+    def __init__(self, base: nn.Module) -> None:
+        super().__init__()
+        self.base = base
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(_FlipOffGrid.apply(x))
+
+
+@pytest.fixture(scope="session")
+def misleading(digits_model) -> nn.Module:
+    return Misleading(digits_model).eval()

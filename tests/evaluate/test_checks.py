@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
 
 import robustlab as rl
 from robustlab.evaluate import checks
@@ -85,3 +86,108 @@ def test_black_box_threshold_and_verdict():
     v = checks.verdict(found)
     assert not v.trusted and v.warnings == ["zero-gradients"]
     assert not checks.verdict([]).trusted
+
+
+# -- each check: a model (or an outcome) that must fail it and one that must pass it ------------------
+
+
+def _stronger(base_robust, robust, both_robust, n=100):
+    return {"attack": "pgd", "worst_attack": "pgd", "eps": 0.1, "n": n, "base_robust": base_robust,
+            "attack_robust": base_robust, "robust": robust, "both_robust": both_robust, "steps": 20, "restarts": 2,
+            "base_steps": 10, "base_restarts": 1}
+
+
+def test_more_steps_judges_the_union_not_the_net_change():
+    # The stronger attack breaks 6 images the suite could not, and misses 6 the suite broke: its own
+    # robust count equals the suite's (a net change of 0, which the old check passed), but 6 of 100
+    # images robust to the suite fall to it.
+    f = checks.check_stronger(_stronger(base_robust=50, robust=50, both_robust=44))
+    assert f.status == "warn" and "breaks 6" in f.evidence and f.values["newly_broken"] == 6
+    assert checks.check_stronger(_stronger(base_robust=50, robust=44, both_robust=44)).status == "warn"
+    assert checks.check_stronger(_stronger(base_robust=50, robust=45, both_robust=49)).status == "pass"  # 1 image
+    assert checks.check_stronger({"skipped": "no steps"}).status == "skip"
+
+
+def test_more_steps_warns_on_an_unconverged_suite_and_names_the_attack(digits_model, digits_test):
+    weak = rl.evaluate.Suite("weak", (rl.evaluate.Threat("linf", (0.05, 0.1, 0.2)),), ("pgd",),
+                             {"pgd": {"steps": 1, "step_size": 0.05}}, checks=rl.evaluate.Checks(n=32, path_steps=8),
+                             exemplars=0)
+    report = rl.evaluate.run(digits_model, digits_test, weak, n=32, progress=False, name="weak")
+    f = next(f for f in report.models[0].checks if f.name == "more-steps")
+    assert f.status == "warn" and f.evidence.startswith("probed pgd") and f.norm == "linf", f.evidence
+
+
+def test_unbounded_runs_without_random_start(honest, saturated, digits_test, small_suite):
+    f = next(f for f in honest.models[0].checks if f.name == "unbounded")
+    assert f.status == "pass" and "no random start" in f.evidence and f.values["robust"] <= checks.UNBOUNDED_MAX
+    # zero gradients: from the clean image the attack cannot move, so ~100% stay "robust"
+    report = rl.evaluate.run(saturated, digits_test, small_suite, n=32, progress=False, name="saturated")
+    f = next(f for f in report.models[0].checks if f.name == "unbounded")
+    assert f.status == "warn" and f.values["robust"] > 0.5, f.evidence
+
+
+def test_loss_path_needs_a_sustained_rise_a_random_walk_fails():
+    g = torch.Generator().manual_seed(0)
+    walk = 2.0 + (0.15 + torch.randn(21, 400, generator=g)).cumsum(dim=0)  # 20 steps, a slight upward drift
+    walk = torch.cat([torch.full((1, 400), 2.0), walk[1:]])
+    stats = checks.path_stats(walk)
+    assert stats["increased"] >= 0.9  # the old criterion (a rise at any step) passed a random walk
+    f = checks.check_path({"steps": 20, "eps": 0.1, "n": 400, **stats})
+    assert f.status == "warn" and stats["sustained"] < checks.PATH_MIN_INCREASED
+    rising = torch.linspace(0, 1, 21).unsqueeze(1) * torch.rand(1, 50, generator=g) + 1.0 + 0.01 * torch.rand(21, 50, generator=g)
+    good = checks.path_stats(rising)
+    assert good["sustained"] == 1.0 and good["trend"] > 0.8
+    assert checks.check_path({"steps": 20, "eps": 0.1, "n": 50, **good}).status == "pass"
+    flat = checks.path_stats(torch.ones(21, 10))
+    assert flat["sustained"] == 0.0 and flat["trend"] == 0.0
+
+
+def test_single_step_beating_iterative_is_flagged(honest, misleading, digits_test, small_suite):
+    assert _statuses(honest)["single-step"] == "pass"
+    report = rl.evaluate.run(misleading, digits_test, small_suite, n=32, progress=False, name="misleading")
+    m = report.models[0]
+    f = next(f for f in m.checks if f.name == "single-step")
+    assert f.status == "warn" and f.values["max_images"] > 1, f.evidence
+    assert not m.verdict.trusted and "single-step" in m.verdict.warnings
+    # the model is the honest one underneath: FGSM's numbers equal the honest model's
+    assert [r.attacks[0].robust.k for r in m.threats[0].rows] == [r.attacks[0].robust.k for r in honest.models[0].threats[0].rows]
+    synthetic = {"attack": "pgd", "per_eps": [[0.1, 1, 5, 100], [0.2, 3, 20, 100]]}
+    assert checks.check_single_step(synthetic).status == "warn"
+    assert checks.check_single_step({"attack": "pgd", "per_eps": [[0.1, 1, 5, 100]]}).status == "pass"
+
+
+def test_checks_run_per_threat_model(digits_model, saturated, digits_test, small_suite):
+    two = dataclasses.replace(small_suite, threats=(rl.evaluate.Threat("linf", (0.05, 0.1, 0.2)),
+                                                    rl.evaluate.Threat("l2", (0.5, 1.0))),
+                              attack_options={"pgd": {"steps": 20}}, checks=dataclasses.replace(small_suite.checks, n=16))
+    for model, trusted in ((digits_model, True), (saturated, False)):
+        m = rl.evaluate.run(model, digits_test, two, n=24, progress=False, name="m").models[0]
+        norms = [f.norm for f in m.checks]
+        for norm in ("linf", "l2"):
+            own = {f.name for f in m.checks if f.norm == norm}
+            assert {"monotone-eps", "unbounded", "more-steps", "single-step", "noise-vs-attack", "loss-path"} <= own
+        assert {f.name for f in m.checks if f.norm is None} == {"zero-gradients", "deterministic"}
+        assert norms.count(None) == 2
+        for t in m.threats:
+            assert t.verdict is not None and t.verdict.trusted is trusted, (t.norm, t.verdict.summary)
+        assert m.verdict.trusted is trusted
+        if not trusted:  # each threat model's own probes warn, not only the first one's
+            assert {f.norm for f in m.checks if f.status == "warn" and f.name == "loss-path"} == {"linf", "l2"}
+
+
+def test_black_box_uses_square_when_registered_and_noise_otherwise(saturated, digits_model, digits_test, small_suite,
+                                                                   monkeypatch):
+    from robustlab.attacks import registry
+
+    suite = dataclasses.replace(small_suite, checks=dataclasses.replace(small_suite.checks, n=8))
+    if "square" in registry.available():
+        m = rl.evaluate.run(saturated, digits_test, suite, n=32, progress=False, name="s").models[0]
+        f = next(f for f in m.checks if f.name == "noise-vs-attack")
+        # Square only reads the scores, so the saturated softmax cannot hide the adversarial examples
+        assert m.threats[0].black_box == "square" and "square" in f.evidence and f.status == "warn", f.evidence
+        h = rl.evaluate.run(digits_model, digits_test, suite, n=32, progress=False, name="h").models[0]
+        assert next(f for f in h.checks if f.name == "noise-vs-attack").status == "pass"
+        monkeypatch.delitem(registry.ATTACKS, "square")
+    m = rl.evaluate.run(saturated, digits_test, suite, n=32, progress=False, name="s").models[0]
+    f = next(f for f in m.checks if f.name == "noise-vs-attack")
+    assert m.threats[0].black_box == "random noise" and "random noise" in f.evidence

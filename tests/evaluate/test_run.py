@@ -122,8 +122,8 @@ def no_attacks(monkeypatch):
     (lambda: rl.evaluate.Suite("s", attack_options={"pgd": {"steps": 0}}), ValueError, "steps must be > 0"),
     (lambda: rl.evaluate.Suite("s", attack_options={"pgd": {"stepz": 3}}), ValueError, "cannot be built"),
     (lambda: rl.evaluate.Suite("s", attack_options={"bim": {}}), ValueError, "does not run"),
-    (lambda: rl.evaluate.Suite("s", certifiers=(rl.evaluate.CertifierSpec("crown"),)), ValueError,
-     "not available in this version"),
+    (lambda: rl.evaluate.Suite("s", certifiers=(rl.evaluate.CertifierSpec("crown", {"eps": 2.0}),)), ValueError,
+     "larger than the input range"),
     (lambda: rl.evaluate.Suite("s", certifiers=(rl.evaluate.CertifierSpec("smoothing", {"n": 5}),)), ValueError,
      "cannot certify anything"),
     (lambda: rl.evaluate.Suite("s", certifiers=(rl.evaluate.CertifierSpec("smoothing", {"sigmaa": 1}),)), ValueError,
@@ -220,3 +220,85 @@ def test_presets_and_default_eps():
     std = rl.evaluate.preset("standard", "l2")
     attacks, _ = rl.evaluate.standard_attacks()
     assert std.attacks == attacks and std.threats[0].norm == "l2" and len(attacks) >= 3
+
+
+# -- faults: a locked output folder, records of another run, corrupt records -------------------------
+
+
+def test_output_folder_is_locked_while_a_run_writes(digits_model, digits_test, tmp_path, caplog):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    out = tmp_path / "ev"
+    out.mkdir()
+    lock = out / run_mod.LOCK_NAME
+    here = socket.gethostname()
+    # a live run (here: this very process, as a concurrent run in another thread would be) holds it
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": here, "started": "now"}))
+    with pytest.raises(FileExistsError, match=f"in use by another robustlab run \\(pid {os.getpid()}"):
+        rl.evaluate.run(digits_model, digits_test, SUITE, n=8, out=out, progress=False)
+    assert lock.is_file() and not (out / "records").exists()  # nothing written, the holder's lock kept
+    # a lock left by a process that is gone is stale: taken over, and released after the run
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(json.dumps({"pid": int(dead.stdout), "host": here, "started": "long ago"}))
+    with caplog.at_level("WARNING", logger="robustlab.evaluate"):
+        rep = rl.evaluate.run(digits_model, digits_test, SUITE, n=8, out=out, progress=False, html=False)
+    assert rep.models[0].data.n == 8 and "stale lock" in caplog.text
+    assert not lock.exists() and (out / "report.json").is_file()
+
+
+def test_resume_ignores_records_of_another_run_and_recomputes_corrupt_ones(digits_model, digits_test, tmp_path,
+                                                                           monkeypatch, caplog):
+    out = tmp_path / "ev"
+    kw = dict(n=36, batch_size=12, out=out, progress=False, name="n", html=False)
+    first = rl.evaluate.run(digits_model, digits_test, SUITE, **kw)
+    rec = out / "records"
+    manifest = json.loads((rec / "manifest.json").read_text())
+    assert len(manifest["config"]) == 64
+    from safetensors import safe_open
+
+    with safe_open(str(rec / "batch_000000.safetensors"), framework="pt") as f:
+        assert f.metadata()["config"] == manifest["config"] and f.metadata()["batch"] == "0"
+    # batch 1 from a run of another configuration (another seed), batch 2 truncated
+    other = tmp_path / "other"
+    rl.evaluate.run(digits_model, digits_test, SUITE, **{**kw, "out": other, "seed": 1})
+    (rec / "batch_000001.safetensors").write_bytes((other / "records" / "batch_000001.safetensors").read_bytes())
+    data = (rec / "batch_000002.safetensors").read_bytes()
+    (rec / "batch_000002.safetensors").write_bytes(data[: len(data) // 2])
+    calls = []
+    real = run_mod._Runner.batch
+
+    def counting(self, x, y, start, b):
+        calls.append(b)
+        return real(self, x, y, start, b)
+
+    monkeypatch.setattr(run_mod._Runner, "batch", counting)
+    with caplog.at_level("WARNING", logger="robustlab.evaluate"):
+        again = rl.evaluate.run(digits_model, digits_test, SUITE, **kw, resume=True)
+    assert calls == [1, 2]  # batch 0 reused; the foreign and the corrupt batch recomputed
+    assert "batch_000001.safetensors was written by another run" in caplog.text
+    assert "batch_000002.safetensors cannot be read" in caplog.text
+    assert _json(again) == _json(first)
+    # garbage in place of a batch file: named and recomputed too
+    (rec / "batch_000000.safetensors").write_bytes(b"\x00" * 40)
+    calls.clear()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="robustlab.evaluate"):
+        third = rl.evaluate.run(digits_model, digits_test, SUITE, **kw, resume=True)
+    assert calls == [0] and "batch_000000.safetensors cannot be read" in caplog.text
+    assert _json(third) == _json(first)
+
+
+def test_resume_recomputes_corrupt_check_probes(digits_model, digits_test, tmp_path, caplog):
+    suite = rl.evaluate.Suite("c", (rl.evaluate.Threat("linf", (0.1, 0.2)),), ("fgsm", "pgd"), {"pgd": {"steps": 5}},
+                              checks=rl.evaluate.Checks(n=8, path_steps=4), exemplars=0)
+    out = tmp_path / "ev"
+    kw = dict(n=16, batch_size=16, out=out, progress=False, name="n", html=False)
+    first = rl.evaluate.run(digits_model, digits_test, suite, **kw)
+    (out / "records" / "checks.json").write_text('{"config": "abc", "probes": {tru')
+    with caplog.at_level("WARNING", logger="robustlab.evaluate"):
+        again = rl.evaluate.run(digits_model, digits_test, suite, **kw, resume=True)
+    assert "checks.json cannot be read" in caplog.text
+    assert [f.status for f in again.models[0].checks] == [f.status for f in first.models[0].checks]
