@@ -40,6 +40,7 @@ def test_worst_case_loss_bounds_the_clean_loss_and_trains_the_parameters(cls, di
     assert float(sum(g.abs().sum() for g in grads)) > 0
 
 
+@pytest.mark.slow
 def test_ibp_training_lowers_the_verified_worst_case_loss(digits_train, digits_test) -> None:
     tm = rl.ThreatModel("linf", 0.05)
     x, y = digits_test.images[:200], digits_test.labels[:200]
