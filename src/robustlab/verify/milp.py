@@ -99,7 +99,6 @@ class _Model:
             h_ub = np.where(mask, np.maximum(hi, 0), hi)
             lb.append(h_lb)
             ub.append(h_ub)
-            n_prev = a.shape[1]
             eye = sparse.identity(a.shape[0], format="csr")
             a_s = sparse.csr_matrix(a)
             # Rows of h - A h_prev (the pre-activation z = A h_prev + b).
@@ -129,7 +128,6 @@ class _Model:
                 rows.append(("bigm_up", sel, idx, -u_u))
                 rlo.append(np.full(unst.size, -np.inf))
                 rhi.append(np.zeros(unst.size))
-            del n_prev
         self.n_cont, self.n_var = n_cont, n_var
         blocks = []
         for r in rows:

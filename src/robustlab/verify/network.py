@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -183,9 +183,6 @@ class ReLUOp:
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.relu(x) if self.mask is None else torch.where(self.mask, torch.relu(x), x)
-
-
-Op = "Affine | ReLUOp"
 
 
 @dataclass
@@ -376,7 +373,3 @@ def _to_like(op: object, probe: Tensor) -> None:
         op.weight = op.weight.to(probe)
     if isinstance(op, MixOp):
         op.matrix = op.matrix.to(probe)
-
-
-def relu_masks(net: Network) -> Sequence[Optional[Tensor]]:
-    return [op.mask for op in net.ops if isinstance(op, ReLUOp)]
