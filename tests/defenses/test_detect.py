@@ -115,7 +115,7 @@ def test_mmd_p_values_are_uniform_on_clean_batches_and_small_on_adversarial(digi
     clean = digits_test.images
     ps = [test.test(clean[i : i + 20]).p_value for i in range(0, 360, 20)]
     assert stats.kstest(ps, "uniform").pvalue > 0.01  # 18 clean batches: p-values look uniform
-    x, y = digits_test.images[300:320], digits_test.labels[300:320]
+    x, y = digits_test.images[300:350], digits_test.labels[300:350]  # Grosse et al. need ~50-image batches
     adv = PGD(rl.ThreatModel("linf", 0.3), steps=10, seed=0).attack(digits_model, x, y)
     assert test.test(adv.x_adv).p_value < 0.01
     again = MMDTest(digits_train.images[:200], permutations=200, seed=0).test(adv.x_adv)
@@ -132,3 +132,26 @@ def test_roc_auc_is_the_mann_whitney_statistic():
     assert roc_auc(c, a) == pytest.approx(float(brute))
     assert roc_auc(torch.zeros(3), torch.ones(3)) == 1.0
     assert roc_auc(torch.ones(3), torch.ones(4)) == 0.5
+
+
+def test_detect_cli_writes_json_with_plain_and_adaptive_records(digits_model, tmp_path, capsys):
+    import argparse
+    import json
+
+    from robustlab.cli import detect as cli
+
+    out = tmp_path / "detect.json"
+    args = argparse.Namespace(model="digits-model", detector="squeeze", attacks="fgsm", adaptive=True, eps=0.3,
+                              l2_eps=2.0, steps=5, fpr=0.1, n=40, n_fit=200, n_train=300, dataset="digits", root=None,
+                              batch_size=100, seed=0, out=str(out))
+    assert cli.run(args, model=digits_model) == 0
+    doc = json.loads(out.read_text())
+    assert doc["format"] == "robustlab-detect"
+    recs = doc["records"]
+    assert [r["adaptive"] for r in recs] == [False, True]
+    for r in recs:
+        assert 0.0 <= r["evasion_rate"] <= 1.0
+        assert r["detection_rate"] is None or 0.0 <= r["detection_rate"] <= 1.0
+    assert "squeeze" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--detector"):
+        cli.run(argparse.Namespace(**{**vars(args), "detector": "nope"}), model=digits_model)

@@ -7,6 +7,7 @@ from robustlab.defenses.smoothing import Smoothed
 from robustlab.defenses.knn import BoundaryWalk, NearestNeighbor, SoftNearestNeighbor, SurrogatePGD
 from robustlab.defenses.pixeldp import PixelDP
 from robustlab.defenses.detect import LID, Detector, FeatureSqueezing, KNNDetector, MagNetDetector, MMDTest
+from robustlab.defenses.distillation import Distillation, Temperature, defensive_distillation  # registers "temperature", "distill"
 from robustlab.defenses.ensemble import Ensemble
 from robustlab.defenses.transforms import (
     JPEG, BitDepth, GaussianBlur, MagNetAutoencoder, MedianFilter, RandomRotateScale, Randomized, Reconstruct, Threshold,
@@ -24,3 +25,4 @@ __all__ += [  # detectors, transforms, ensembles (issue 14)
     "MagNetAutoencoder", "MagNetDetector", "MedianFilter", "RandomRotateScale", "Randomized", "Reconstruct", "Threshold",
     "Transform", "train_autoencoder",
 ]
+__all__ += ["Distillation", "Temperature", "defensive_distillation"]  # defensive distillation (issue 14)
