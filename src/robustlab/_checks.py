@@ -139,8 +139,8 @@ def forward_checked(fn: "Callable[[torch.nn.Module, Tensor], Tensor]", model: to
     try:
         return fn(model, x)
     except RuntimeError as exc:
-        if isinstance(exc, torch.OutOfMemoryError):
-            raise
+        if isinstance(exc, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)):
+            raise  # out of memory is not an input mismatch
         why = explain_input_mismatch(model, x, name)
         if why is None:
             raise
