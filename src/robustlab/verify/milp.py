@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from robustlab._checks import check_images, check_labels
 from robustlab.threat import ThreatModel
-from robustlab.verify.bounds import InputSet, _prepare, _detached, bound_network, preactivation_bounds
+from robustlab.verify.bounds import InputSet, _detached, _final, _prepare, preactivation_bounds
 from robustlab.verify.network import Network, ReLUOp
 
 STATUSES = ("verified", "counterexample", "unknown")
@@ -199,11 +199,11 @@ def _setup(model: nn.Module, x: Tensor, tm: ThreatModel, bound_method: str):
     net = _detached(net)
     inputs = InputSet.build(x, tm)
     with torch.no_grad():
-        pre, _ = preactivation_bounds(net, inputs, {"ibp": "ibp", "lp": "lp"}.get(bound_method, "crown"))
+        pre, last_box = preactivation_bounds(net, inputs, {"ibp": "ibp", "lp": "lp"}.get(bound_method, "crown"))
     segs = _segments(net, x)
     masks = [(op.mask.reshape(-1).cpu().numpy() if op.mask is not None else np.ones(int(np.prod(op.out_shape)), bool))
              for op in net.ops if isinstance(op, ReLUOp)]
-    return net, inputs, pre, segs, masks
+    return net, inputs, pre, segs, masks, last_box
 
 
 def _sample_model(i: int, inputs: InputSet, pre: dict, segs: list, masks: list, relax: bool) -> _Model:
@@ -218,7 +218,7 @@ def margin_optimum(model: nn.Module, x: Tensor, y: Tensor, tm: ThreatModel, *, r
     """``min_{x' in B(x)} z_y(x') - z_j(x')`` for every j (N, K) by MILP (exact) or, with ``relax``,
     the triangle LP (a lower bound); column y is 0. ``-inf`` where HiGHS did not finish."""
     x = check_images(x, "x", lower=tm.lower, upper=tm.upper)
-    net, inputs, pre, segs, masks = _setup(model, x, tm, bound_method)
+    net, inputs, pre, segs, masks, _ = _setup(model, x, tm, bound_method)
     k = net.num_classes
     y = check_labels(y, x.shape[0], "y", num_classes=k)
     out = torch.zeros(x.shape[0], k, dtype=torch.float64)
@@ -248,13 +248,14 @@ def verify_milp(model: nn.Module, x: Tensor, y: Tensor, tm: ThreatModel, *, time
     if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)) or not time_limit > 0:
         raise ValueError(f"time_limit must be > 0 seconds, got {time_limit!r}")
     x = check_images(x, "x", lower=tm.lower, upper=tm.upper)
-    net, inputs, pre, segs, masks = _setup(model, x, tm, bound_method)
+    net, inputs, pre, segs, masks, last_box = _setup(model, x, tm, bound_method)
     k = net.num_classes
     y = check_labels(y, x.shape[0], "y", num_classes=k).to(x.device)
     eye = torch.eye(k, dtype=x.dtype, device=x.device)
     c = eye[y].unsqueeze(0) - eye.unsqueeze(1)  # (K, N, K)
     with torch.no_grad():
-        crown_lo, _ = bound_network(net, x, tm, bound_method if bound_method != "alpha-crown" else "alpha-crown", c)
+        # The final margins from the same pre-activation bounds the MILP uses (no second pass).
+        crown_lo = _final(net, c, pre, last_box, inputs, bound_method, 20, 0.1)[: k].t()  # (N, K)
         crown_lo[torch.arange(x.shape[0]), y] = float("inf")
         clean = model_eval_logits(model, x)
     status, margins, secs, x_adv = [], [], [], x.clone()
