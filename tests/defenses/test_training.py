@@ -482,3 +482,59 @@ def test_cli_records_the_adversary_and_clean_and_robust_accuracy_per_epoch(tmp_p
     assert [h["epoch"] for h in meta["history"]] == [1, 2]
     assert all(0.0 <= h["val_accuracy"] <= 1.0 and 0.0 <= h["robust_accuracy"] <= 1.0 for h in meta["history"])
     assert meta["metrics"]["robust_accuracy"] == meta["history"][meta["best_epoch"] - 1]["robust_accuracy"]
+
+
+def test_a_train_config_is_the_same_call_as_keywords(digits_train):
+    from robustlab.defenses import TrainConfig
+
+    data = (digits_train.images[:96], digits_train.labels[:96])
+    a = rl.models.create("mlp", "digits", seed=0)
+    b = rl.models.create("mlp", "digits", seed=0)
+    ra = train(a, data, epochs=2, batch_size=32, optimizer="sgd", seed=3, progress=False)
+    rb = train(b, data, config=TrainConfig(epochs=2, batch_size=32, optimizer="sgd", seed=3, progress=False))
+    assert _equal(_state(a), _state(b))
+    assert ra.config == rb.config and ra.config["lr"] == OPTIMIZERS["sgd"][0]
+    with pytest.raises(ValueError, match="either in config= or as keywords, not both; got config and epochs"):
+        train(a, data, config=TrainConfig(progress=False), epochs=2)
+    with pytest.raises(TypeError, match="unexpected keyword argument.*epoch; settings are adversary, epochs"):
+        train(a, data, epoch=2, progress=False)
+    with pytest.raises(TypeError, match="config must be a robustlab.defenses.TrainConfig, got dict"):
+        train(a, data, config={"epochs": 2})
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"epochs": 0}, "epochs must be > 0"),
+        ({"optimizer": "lbfgs"}, "optimizer must be one of adam, sgd"),
+        ({"lr": -1.0}, "lr must be > 0"),
+        ({"seed": 1.5}, "seed must be an integer"),
+        ({"amp": "fp16"}, "amp must be None or 'bf16'"),
+        ({"adversary": "pgd"}, "adversary must be a robustlab.defenses.Adversary"),
+        ({"select_best": "yes"}, "select_best must be a bool"),
+    ],
+)
+def test_train_config_validates_on_construction(kwargs, match):
+    from robustlab.defenses import TrainConfig
+
+    with pytest.raises((ValueError, TypeError), match=match):
+        TrainConfig(**kwargs)
+
+
+def test_adversaries_get_the_training_progress_before_every_batch(digits_train):
+    """``set_progress(t / epochs, t)`` with ``t`` the fractional epochs done: what certified
+    training's eps / kappa schedules are written against."""
+
+    class Spy(Standard):
+        def __init__(self) -> None:
+            self.calls: list[tuple[float, float]] = []
+
+        def set_progress(self, progress: float, epoch: float) -> None:
+            super().set_progress(progress, epoch)
+            self.calls.append((progress, epoch))
+
+    spy = Spy()
+    data = (digits_train.images[:64], digits_train.labels[:64])
+    train(rl.models.create("mlp", "digits", seed=0), data, adversary=spy, epochs=2, batch_size=32, progress=False)
+    assert spy.calls == [(0.0, 0.0), (0.25, 0.5), (0.5, 1.0), (0.75, 1.5)]
+    assert (spy.progress, spy.epoch) == (0.75, 1.5)

@@ -1,9 +1,10 @@
 """One training loop for every defence: the adversary decides what each batch's loss is.
 
-``train(model, data, adversary=...)`` runs seeded mini-batch SGD or Adam with a per-step
-learning-rate schedule, evaluates after every epoch, keeps the best epoch (by a robust score when
-an ``evaluate_fn`` reports one, else clean validation accuracy), checkpoints every epoch
-atomically and resumes where it stopped: same seed, same weights, bit for bit on the CPU.
+``train(model, data, adversary=...)`` (or ``config=TrainConfig(...)``) runs seeded mini-batch SGD
+or Adam with a per-step learning-rate schedule, evaluates after every epoch, keeps the best epoch
+(by a robust score when an ``evaluate_fn`` reports one, else clean validation accuracy),
+checkpoints every epoch atomically and resumes where it stopped: same seed, same weights, bit for
+bit on the CPU.
 
 Randomness. Nothing is drawn from an unseeded source and the caller's global RNG is left as it
 was. Epoch ``e`` uses three streams derived from ``(seed, e)``: a CPU ``torch.Generator`` for the
@@ -13,19 +14,14 @@ other global draws inside the model are reproducible too, and the caller's RNG s
 afterwards). A checkpoint after epoch ``e`` therefore needs no RNG state to replay epoch ``e + 1``
 exactly; the scheme is recorded in ``train_state.json``.
 
-Checkpoint layout under ``out/`` (written by the main process only, ``is_main``):
+Output under ``out/`` (written by the main process only, ``is_main``): ``model.safetensors`` +
+``metadata.json``, the final model (the best epoch when selected) with training configuration,
+history and metrics in the metadata; ``checkpoint/`` and ``best/`` (:mod:`.checkpointing`).
 
-- ``model.safetensors`` + ``metadata.json``: the final model (the best epoch when selected),
-  with training configuration, history and metrics in the metadata;
-- ``checkpoint/``: the last finished epoch: its model, ``train_state.safetensors`` (optimizer
-  tensors) and ``train_state.json`` (epoch, optimisation step, history, best epoch, the rest of
-  the optimizer state, configuration). Written into a temporary folder and swapped in with
-  renames, so a crash leaves the previous complete checkpoint;
-- ``best/``: the best epoch's model (same swap).
-
-The pieces are separate functions: :func:`epoch_order`, :func:`iterate_batches`,
-:func:`train_step`, :func:`run_epoch`, :func:`evaluate_epoch`, :func:`save_checkpoint` /
-:func:`load_checkpoint`.
+The pieces live apart: settings in :class:`~robustlab.defenses.config.TrainConfig`, checks before
+the first epoch in :mod:`.preflight`, checkpoints in :mod:`.checkpointing`, the DDP wrapper in
+:mod:`.parallel`; here :func:`epoch_order`, :func:`train_step`, :func:`run_epoch`,
+:func:`evaluate_epoch` and the loop :func:`train`.
 
 Many processes (``torchrun``; :mod:`robustlab.distributed`): the same ``train()`` call trains
 data-parallel with DDP. Every rank walks the same seeded global batches and trains on its shard
@@ -39,8 +35,6 @@ alone writes; every rank loads the checkpoint on resume. Per-rank noise streams 
 from __future__ import annotations
 
 import contextlib
-import inspect
-import json
 import logging
 import math
 import os
@@ -51,28 +45,31 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from robustlab._checks import check_images, check_labels, check_logits, check_positive
-from robustlab._io import atomic_write_bytes, atomic_write_text
 from robustlab.attacks.base import eval_mode
-from robustlab.defenses.adversaries import Adversary, Standard
-from robustlab.models.checkpoint import load_state_dict_into, read_state, save
+from robustlab.defenses import preflight
+from robustlab.defenses.base import Adversary
+from robustlab.defenses.checkpointing import (  # noqa: F401  (re-exported: the checkpoint API's old home)
+    BEST,
+    CHECKPOINT,
+    RESUME_KEYS,
+    TRAIN_STATE,
+    check_resumable,
+    load_checkpoint,
+    load_optimizer_state,
+    optimizer_state,
+    save_best,
+    save_checkpoint,
+)
+from robustlab.defenses.config import OPTIMIZERS, SCHEDULES, TrainConfig
+from robustlab.defenses.parallel import RouteDDP as _RouteDDP  # noqa: F401  (old name)
+from robustlab.defenses.parallel import wrap_ddp
+from robustlab.models.checkpoint import read_state, save
 from robustlab.models.metrics import accuracy, as_tensors
 
 _logger = logging.getLogger("robustlab.train")
-
-#: Optimizers and their default (learning rate, weight decay).
-OPTIMIZERS: dict[str, tuple[float, float]] = {"adam": (1e-3, 0.0), "sgd": (0.1, 5e-4)}
-SCHEDULES = ("cosine", "step", "onecycle", "constant")
-CHECKPOINT, BEST = "checkpoint", "best"
-TRAIN_STATE = "train_state"
-#: Configuration entries that must match to resume a run (``epochs`` may change).
-RESUME_KEYS = ("adversary", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "seed",
-               "eps_warmup_epochs", "train_size")
 
 EvaluateFn = Callable[[nn.Module, Any], Mapping[str, Any]]
 """``evaluate_fn(model, val_data) -> dict`` run after every epoch (model in eval mode inside a
@@ -175,20 +172,6 @@ def _global_rng(device: torch.device, seed: int) -> Iterator[None]:
 # One step, one epoch, evaluation
 
 
-class _RouteDDP(nn.Module):
-    """What the adversary sees in a distributed run: train-mode forwards go through the
-    DistributedDataParallel wrapper (so the backward pass all-reduces the gradients), eval-mode
-    forwards (adversarial crafting, which ``eval_mode`` puts the model in) go to the bare module,
-    so the attack's input-gradient passes never touch DDP's reducer or broadcast buffers."""
-
-    def __init__(self, ddp: nn.Module) -> None:
-        super().__init__()
-        self.ddp = ddp
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.ddp(x) if self.training else self.ddp.module(x)
-
-
 def _autocast(device: torch.device, amp: Optional[str]) -> Any:
     return torch.autocast(device.type, dtype=torch.bfloat16) if amp == "bf16" else contextlib.nullcontext()
 
@@ -231,12 +214,12 @@ def _crash_point(rank: int, epoch: int) -> Optional[int]:
     return b if (r, e) == (rank, epoch + 1) else None
 
 
-def run_epoch(model: nn.Module, opt: torch.optim.Optimizer, adversary: Adversary, images: Tensor, labels: Tensor, *,
-              epoch: int, epochs: int, seed: int, batch_size: int, lr: float, schedule: str, eps_warmup_epochs: float,
-              device: torch.device, progress: bool, rank: int = 0, world: int = 1, amp: Optional[str] = None,
-              channels_last: bool = False) -> dict:
-    """Train one epoch (0-based ``epoch``); returns ``train_loss``, ``train_accuracy`` (when
-    available) and the last ``lr``. Raises FloatingPointError if the loss became NaN/Inf.
+def run_epoch(model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, images: Tensor, labels: Tensor, *,
+              epoch: int, device: torch.device, progress: bool, rank: int = 0, world: int = 1) -> dict:
+    """Train one epoch (0-based ``epoch``) with the settings ``cfg``; returns ``train_loss``,
+    ``train_accuracy`` (when available) and the last ``lr``. Raises FloatingPointError if the
+    loss became NaN/Inf. Before every batch the adversary gets ``set_progress(t / epochs, t)``
+    with ``t = epoch + i / batches`` the epochs done, and ``eps_scale = min(1, t / eps_warmup_epochs)``.
 
     Distributed (``world`` > 1, ``model`` the DDP route): every rank walks the same seeded
     global order in global batches of ``batch_size`` and trains on its contiguous shard
@@ -248,12 +231,14 @@ def run_epoch(model: nn.Module, opt: torch.optim.Optimizer, adversary: Adversary
     evaluates with the same model. Metrics are summed over ranks at the end of the epoch."""
     from robustlab import distributed
 
+    assert cfg.adversary is not None and cfg.lr is not None
+    adversary, batch_size, lr, epochs = cfg.adversary, cfg.batch_size, cfg.lr, cfg.epochs
     model.train()
     n = images.shape[0]
     steps_per_epoch = math.ceil(n / batch_size)
     total_steps = epochs * steps_per_epoch
-    order = epoch_order(n, seed, epoch)
-    gen = torch.Generator(device=device).manual_seed(rank_seed(epoch_seed(seed, epoch, 1), rank))
+    order = epoch_order(n, cfg.seed, epoch)
+    gen = torch.Generator(device=device).manual_seed(rank_seed(epoch_seed(cfg.seed, epoch, 1), rank))
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct_sum: Optional[Tensor] = torch.zeros((), dtype=torch.int64, device=device)
     seen, step_lr = 0, lr
@@ -274,15 +259,17 @@ def run_epoch(model: nn.Module, opt: torch.optim.Optimizer, adversary: Adversary
             idx = idx.to(images.device)
             x = images[idx].to(device, non_blocking=True)
             y = labels[idx].to(device, non_blocking=True)
-            if channels_last and x.dim() == 4:
+            if cfg.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            step_lr = lr * lr_factor(schedule, epoch * steps_per_epoch + i, total_steps)
+            step_lr = lr * lr_factor(cfg.schedule, epoch * steps_per_epoch + i, total_steps)
             for group in opt.param_groups:
                 group["lr"] = step_lr
             t = epoch + i / steps_per_epoch
-            eps_scale = min(1.0, t / eps_warmup_epochs) if eps_warmup_epochs > 0 else 1.0
+            warmup = cfg.eps_warmup_epochs
+            eps_scale = min(1.0, t / warmup) if warmup > 0 else 1.0
+            adversary.set_progress(t / epochs, t)
             loss, correct = train_step(model, opt, adversary, x, y, generator=gen, eps_scale=eps_scale, weight=weight,
-                                       amp=amp)
+                                       amp=cfg.amp)
             if buffers:  # BatchNorm running statistics: rank 0's, on every rank, before the next crafting
                 distributed.broadcast_tensors(buffers)
             if weight == 0.0:
@@ -353,224 +340,64 @@ def _score(record: dict, control: dict) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints (no pickle: optimizer tensors in safetensors, everything else in JSON)
-
-
-def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict]:
-    """``opt.state_dict()`` split into tensors (``"<param id>.<name>"`` -> CPU tensor) and a JSON
-    part (the non-tensor per-parameter values and the param groups)."""
-    sd = opt.state_dict()
-    tensors: dict[str, Tensor] = {}
-    values: dict[str, Any] = {}
-    for pid, st in sd["state"].items():
-        for key, val in st.items():
-            if isinstance(val, Tensor):
-                tensors[f"{pid}.{key}"] = val.detach().to("cpu").contiguous().clone()
-            else:
-                values[f"{pid}.{key}"] = val
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
-    return tensors, {"values": values, "param_groups": groups}
-
-
-def load_optimizer_state(opt: torch.optim.Optimizer, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> None:
-    """Inverse of :func:`optimizer_state` (tuples such as Adam's ``betas`` are restored)."""
-    state: dict[int, dict] = {}
-    for key, val in list(tensors.items()) + list(meta["values"].items()):
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = val
-    groups = []
-    for saved, current in zip(meta["param_groups"], opt.state_dict()["param_groups"]):
-        groups.append({k: (tuple(v) if isinstance(current.get(k), tuple) else v) for k, v in saved.items()})
-    if len(groups) != len(opt.param_groups):
-        raise ValueError(f"the checkpoint has {len(meta['param_groups'])} parameter groups, the optimizer "
-                         f"{len(opt.param_groups)}")
-    opt.load_state_dict({"state": state, "param_groups": groups})
-
-
-def _swap_in(tmp: Path, target: Path) -> None:
-    """Replace folder ``target`` with the complete folder ``tmp`` by renames: at every moment
-    either ``target`` or ``.<name>.old`` is a complete copy."""
-    old = target.parent / f".{target.name}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def save_checkpoint(out: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict) -> Path:
-    """Write ``out/checkpoint/``: the model, ``train_state.safetensors`` (optimizer tensors) and
-    ``train_state.json`` (``state`` plus the optimizer's JSON part), swapped in atomically."""
-    tmp = out / f".{CHECKPOINT}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save(model, tmp, {"training": state["config"], "epoch": state["epoch"]})
-    tensors, opt_meta = optimizer_state(opt)
-    atomic_write_bytes(tmp / f"{TRAIN_STATE}.safetensors", st_save(tensors))
-    atomic_write_text(tmp / f"{TRAIN_STATE}.json", json.dumps({**state, "optimizer": opt_meta}, indent=1) + "\n")
-    _swap_in(tmp, out / CHECKPOINT)
-    return out / CHECKPOINT
-
-
-def _find_checkpoint(out: Path) -> Optional[Path]:
-    for folder in (out / CHECKPOINT, out / f".{CHECKPOINT}.old"):
-        if (folder / f"{TRAIN_STATE}.json").is_file():
-            return folder
-    return None
-
-
-def load_checkpoint(out: Path, model: nn.Module, opt: torch.optim.Optimizer) -> Optional[dict]:
-    """Restore model and optimizer from ``out``'s last checkpoint; returns its train state
-    (``epoch`` = finished epochs, ``history``, ...) or None when there is none."""
-    folder = _find_checkpoint(out)
-    if folder is None:
-        return None
-    state_file = folder / f"{TRAIN_STATE}.json"
-    try:
-        state = json.loads(state_file.read_text())
-        tensors = st_load((folder / f"{TRAIN_STATE}.safetensors").read_bytes())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot resume from {folder}: {exc}") from exc
-    weights, _ = read_state(folder)
-    load_state_dict_into(model, weights, source=str(folder))
-    load_optimizer_state(opt, tensors, state.pop("optimizer"))
-    return state
-
-
-# ----------------------------------------------------------------------------------------------
-# Validation before the first epoch
-
-
-def _expected_channels(model: nn.Module) -> Optional[int]:
-    arch = getattr(model, "arch_config", None)
-    if isinstance(arch, Mapping) and arch.get("in_channels"):
-        return int(arch["in_channels"])
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            return int(m.in_channels)
-    return None
-
-
-def _check_data(data: Any, what: str, channels: Optional[int], image_shape: Optional[tuple]) -> tuple[Tensor, Tensor]:
-    images, labels = as_tensors(data)
-    check_images(images, f"{what} images")
-    check_labels(labels, images.shape[0], f"{what} labels")
-    if channels is not None and images.shape[1] != channels:
-        raise ValueError(f"{what} has {images.shape[1]} channels (images {tuple(images.shape[1:])}) but the model "
-                         f"expects {channels}: the dataset and the architecture do not match")
-    if image_shape is not None and tuple(images.shape[1:]) != image_shape:
-        raise ValueError(f"{what} images have shape {tuple(images.shape[1:])}, the training images {image_shape}")
-    return images, labels
-
-
-def _probe(model: nn.Module, images: Tensor, labels: Tensor, device: torch.device, classes: Any = None) -> int:
-    """One eval-mode forward pass on two images: the output must be (N, K) logits covering the
-    labels, with K the dataset's number of classes when it names them."""
-    probe = images[:2].to(device)
-    try:
-        with eval_mode(model), torch.no_grad():
-            out = model(probe)
-    except RuntimeError as exc:
-        raise ValueError(f"the model cannot process training images of shape {tuple(probe.shape[1:])}: {exc}") from exc
-    check_logits(out, probe.shape[0], "the model's output")
-    k = int(out.shape[1])
-    if int(labels.max()) >= k:
-        raise ValueError(f"the labels go up to {int(labels.max())} but the model has {k} outputs (classes 0..{k - 1})")
-    if classes is not None and len(classes) != k:
-        raise ValueError(f"the dataset has {len(classes)} classes but the model has {k} outputs: the model was "
-                         "built for another dataset")
-    return k
-
-
-def _check_amp(device: torch.device, amp: Optional[str]) -> None:
-    if amp is None:
-        return
-    available = getattr(torch.amp.autocast_mode, "is_autocast_available", lambda t: t in ("cpu", "cuda"))
-    if not available(device.type):
-        raise ValueError(f"amp={amp!r}: this PyTorch has no autocast for device type {device.type!r}")
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"amp={amp!r}: the GPU {torch.cuda.get_device_name(device)} does not support bfloat16")
-
-
-def _check_adversary(adversary: Adversary, images: Tensor) -> None:
-    """A threat model must fit the data: its box holds the images, its radius is not larger
-    than the box itself (for l2 / l1 the box's diameter depends on the image size)."""
-    tm = getattr(adversary, "threat", None)
-    if tm is None or not hasattr(tm, "norm"):
-        return
-    lo, hi = float(images.min()), float(images.max())
-    if lo < tm.lower or hi > tm.upper:
-        raise ValueError(f"the training images lie in [{lo:.4g}, {hi:.4g}], outside the threat model's box "
-                         f"[{tm.lower}, {tm.upper}]")
-    d = images[0].numel()
-    width = tm.upper - tm.lower
-    diameter = {"linf": width, "l2": width * math.sqrt(d), "l1": width * d}.get(tm.norm)
-    if diameter is not None and tm.eps > diameter:
-        raise ValueError(f"eps={tm.eps} for norm {tm.norm} exceeds the diameter {diameter:.4g} of the image box "
-                         f"({d} values in [{tm.lower}, {tm.upper}]): every image could become any other")
-
-
-# ----------------------------------------------------------------------------------------------
 # The loop
+
+@dataclass
+class _Run:
+    """Where and on what this process trains (fixed by the preflight checks)."""
+
+    images: Tensor
+    labels: Tensor
+    device: torch.device
+    rank: int
+    world: int
+    is_main: bool
+
+
+@dataclass
+class _Progress:
+    """The loop's state across epochs (restored on resume)."""
+
+    start: int = 0
+    history: list = field(default_factory=list)
+    best_epoch: int = -1
+    best_score: float = -math.inf
+    best_state: Optional[dict] = None
 
 
 def train(
     model: nn.Module,
     train_data: Any,
     *,
-    adversary: Optional[Adversary] = None,
-    epochs: int = 1,
-    batch_size: int = 128,
-    optimizer: str = "adam",
-    lr: Optional[float] = None,
-    momentum: float = 0.9,
-    weight_decay: Optional[float] = None,
-    schedule: str = "cosine",
+    config: Optional[TrainConfig] = None,
     val_data: Any = None,
     test_data: Any = None,
     evaluate_fn: Optional[EvaluateFn] = None,
-    select_best: bool = True,
     out: "str | os.PathLike[str] | None" = None,
     resume: bool = False,
-    seed: int = 0,
-    eps_warmup_epochs: float = 0.0,
-    progress: bool = True,
-    device: "str | torch.device | None" = None,
     log: Optional[Callable[[dict], None]] = None,
     metadata: Optional[Mapping[str, Any]] = None,
     is_main: Optional[bool] = None,
-    amp: Optional[str] = None,
-    channels_last: bool = False,
-    sync_batchnorm: bool = False,
+    **settings: Any,
 ) -> TrainResult:
     """Train ``model`` in place on ``train_data`` (a Dataset or ``(images, labels)``, images in [0, 1]).
 
     Args:
-        adversary: how each batch's loss is made (:class:`~robustlab.defenses.Standard` when None).
-        epochs, batch_size: at least 1; the last batch of an epoch may be smaller.
-        optimizer: ``"adam"`` (default lr 1e-3, weight decay 0) or ``"sgd"`` (lr 0.1, Nesterov
-            momentum ``momentum``, weight decay 5e-4); ``lr`` / ``weight_decay`` override.
-        schedule: ``"cosine"``, ``"step"``, ``"onecycle"`` or ``"constant"``, set every step.
+        config: the settings (:class:`~robustlab.defenses.config.TrainConfig`: adversary,
+            epochs, batch_size, optimizer, lr, momentum, weight_decay, schedule, select_best,
+            seed, eps_warmup_epochs, progress, device, amp, channels_last, sync_batchnorm).
+        **settings: the same settings as keywords (``train(model, data, epochs=5, adversary=...)``),
+            used when ``config`` is None; giving both is an error.
         val_data: evaluated after every epoch (clean accuracy) and passed to ``evaluate_fn``.
         test_data: evaluated once at the end on the returned model (``metrics["test_accuracy"]``).
         evaluate_fn: ``f(model, val_data) -> dict`` after every epoch (see :data:`EvaluateFn`),
             e.g. :func:`robustlab.defenses.robust_validation` for adversarial training.
-        select_best: return (and save) the best epoch's weights rather than the last.
         out: folder for checkpoints and the final model; ``resume=True`` continues the run in it
             from its last finished epoch (the configuration must match, ``epochs`` may grow).
-        seed: seeds every random choice (see the module docstring); the global RNG is untouched.
-        eps_warmup_epochs: ramp the adversary's eps linearly from 0 over this many epochs.
-        progress: tqdm bar per epoch. ``log``: called with each epoch's history record (default:
-            the ``robustlab.train`` logger). ``metadata``: extra entries for the saved model.
-        device: where to train (default: the model's device; ``"cuda"`` under torchrun means
-            ``cuda:LOCAL_RANK``). ``is_main``: whether this process writes and logs (default:
-            rank 0 of a distributed run, or the single process).
-        amp: ``"bf16"`` for bfloat16 autocast of the training forward/backward passes (the
-            adversary's crafting included; validation stays float32). Default None (float32).
-        channels_last: train with the model and the batches in ``torch.channels_last`` memory
-            format (faster convolutions on recent GPUs; same results up to rounding).
-        sync_batchnorm: CUDA only (refused on other devices): in a distributed run convert
-            BatchNorm layers to ``torch.nn.SyncBatchNorm`` so batch statistics are those of the
-            global batch; a no-op in a single process.
+        log: called with each epoch's history record (default: the ``robustlab.train`` logger).
+        metadata: extra entries for the saved model.
+        is_main: whether this process writes and logs (default: rank 0 of a distributed run, or
+            the single process).
 
     Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) or in an initialised
     process group, the same call trains data-parallel with DDP: each rank trains on its shard of
@@ -583,214 +410,196 @@ def train(
         :class:`TrainResult`; the model is left in eval mode with no ``.grad`` on its parameters
         and ``model.metadata`` updated with the run.
     """
-    # --- arguments, before any work ---
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    check_positive(epochs, "epochs", integer=True)
-    check_positive(batch_size, "batch_size", integer=True)
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
-    default_lr, default_wd = OPTIMIZERS[optimizer]
-    lr = float(check_positive(lr, "lr")) if lr is not None else default_lr
-    wd = float(check_positive(weight_decay, "weight_decay", allow_zero=True)) if weight_decay is not None else default_wd
-    momentum = float(check_positive(momentum, "momentum", allow_zero=True))
-    check_positive(eps_warmup_epochs, "eps_warmup_epochs", allow_zero=True)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an integer, got {seed!r}")
+    cfg = _resolve_config(config, settings)
     if resume and out is None:
         raise ValueError("resume=True needs the out directory of the run to continue")
     if log is not None and not callable(log):
         raise TypeError(f"log must be a callable taking each epoch's record, got {log!r}")
-    adversary = adversary if adversary is not None else Standard()
-    if not isinstance(adversary, Adversary):
-        raise TypeError(f"adversary must be a robustlab.defenses.Adversary, got {type(adversary).__name__}")
-    if amp not in (None, "bf16"):
-        hint = " (float16 needs loss scaling; bfloat16 does not)" if amp in ("fp16", "float16") else ""
-        raise ValueError(f"amp must be None or 'bf16', got {amp!r}{hint}")
     if is_main is not None and not isinstance(is_main, bool):
         raise TypeError(f"is_main must be a bool or None, got {is_main!r}")
+    run = _prepare(model, train_data, val_data, test_data, cfg, is_main)
+    assert cfg.lr is not None and cfg.weight_decay is not None and cfg.adversary is not None
+    opt = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+    record_cfg = cfg.record(
+        train_size=int(run.images.shape[0]), dataset=getattr(train_data, "name", None) or "tensors",
+        val_size=None if val_data is None else int(as_tensors(val_data)[1].shape[0]),
+        evaluate_fn=getattr(evaluate_fn, "config", None) if evaluate_fn is not None else None,
+        world_size=run.world, sync_batchnorm=bool(cfg.sync_batchnorm and run.world > 1),
+    )
+    out_dir = Path(out) if out is not None else None
+    state = _resume(out_dir, model, opt, cfg, record_cfg, run) if resume and out_dir is not None else _Progress()
+    if state.start == 0 and out_dir is not None and run.is_main:
+        shutil.rmtree(out_dir / BEST, ignore_errors=True)  # a fresh run: no best epoch from an older run
+    net: nn.Module = model
+    if run.world > 1:
+        from robustlab import distributed
 
-    # --- data and model must fit (one forward pass), before the first epoch ---
-    channels = _expected_channels(model)
-    images, labels = _check_data(train_data, "train_data", channels, None)
+        distributed.barrier()  # every rank has read the checkpoint before rank 0 writes again
+        model, net = wrap_ddp(model, run.device, sync_batchnorm=cfg.sync_batchnorm)
+    emit = log if log is not None else _log_record
+
+    stopped_early = False
+    t_wall = time.perf_counter()
+    for epoch in range(state.start, cfg.epochs):
+        record, control = _train_epoch(net, model, opt, cfg, run, epoch, val_data, evaluate_fn)
+        state.history.append(record)
+        score = _score(record, control)
+        if score >= state.best_score:  # ties go to the later epoch
+            state.best_epoch, state.best_score = epoch + 1, score
+            if cfg.select_best:
+                state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                if out_dir is not None and run.is_main:
+                    save_best(out_dir, model, record_cfg, epoch + 1)
+        if out_dir is not None and run.is_main:
+            save_checkpoint(out_dir, model, opt, {
+                "epoch": epoch + 1, "step": (epoch + 1) * math.ceil(run.images.shape[0] / cfg.batch_size),
+                "history": state.history, "best_epoch": state.best_epoch, "best_score": state.best_score,
+                "config": record_cfg,
+                "rng": {"scheme": "per-epoch streams from epoch_seed(seed, epoch, stream)", "seed": cfg.seed},
+            })
+        if run.is_main:
+            emit(dict(record))  # after the checkpoint: what is logged is on disk
+        if control.get("stop"):
+            stopped_early = True
+            if run.is_main:
+                _logger.warning("stopping after epoch %d: %s; keeping epoch %d", epoch + 1,
+                                control.get("reason", "evaluate_fn asked to stop"), state.best_epoch)
+            break
+    return _finish(model, cfg, run, state, record_cfg, out_dir, val_data, test_data, metadata, stopped_early,
+                   time.perf_counter() - t_wall)
+
+
+def _resolve_config(config: Optional[TrainConfig], settings: dict[str, Any]) -> TrainConfig:
+    """``config`` itself, or a config built from ``train()``'s keyword settings (not both)."""
+    if config is None:
+        return TrainConfig.from_kwargs(settings)
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a robustlab.defenses.TrainConfig, got {type(config).__name__}")
+    if settings:
+        raise ValueError(f"pass the settings either in config= or as keywords, not both; got config and "
+                         f"{', '.join(sorted(settings))}")
+    return config
+
+
+def _prepare(model: nn.Module, train_data: Any, val_data: Any, test_data: Any, cfg: TrainConfig,
+             is_main: Optional[bool]) -> _Run:
+    """Preflight (data, model, device, adversary fit together: one forward pass) and the process
+    group named by the environment (torchrun); moves the model to its device."""
+    from robustlab import distributed
+
+    channels = preflight.expected_channels(model)
+    images, labels = preflight.check_data(train_data, "train_data", channels, None)
     shape = tuple(images.shape[1:])
     if val_data is not None:
-        _check_data(val_data, "val_data", channels, shape)
+        preflight.check_data(val_data, "val_data", channels, shape)
     if test_data is not None:
-        _check_data(test_data, "test_data", channels, shape)
+        preflight.check_data(test_data, "test_data", channels, shape)
     params = next(iter(model.parameters()), None)
-    dev = torch.device(device) if device is not None else (params.device if params is not None else images.device)
-    _check_amp(dev, amp)
-    _check_adversary(adversary, images)
-
-    # --- one process or many: the process group named by the environment (torchrun) ---
-    from robustlab import distributed
+    dev = torch.device(cfg.device) if cfg.device is not None else (params.device if params is not None else images.device)
+    preflight.check_amp(dev, cfg.amp)
+    assert cfg.adversary is not None
+    preflight.check_adversary(cfg.adversary, images)
 
     info = distributed.init_from_env(dev)
     world, rank = info.world_size, info.rank
     if world > 1:
         dev = info.device  # on CUDA: cuda:LOCAL_RANK, one GPU per process
-    if is_main is None:
-        is_main = rank == 0
-    if world > 1 and batch_size < world:
-        raise ValueError(f"batch_size={batch_size} is the global batch and must be >= the number of processes "
+    if world > 1 and cfg.batch_size < world:
+        raise ValueError(f"batch_size={cfg.batch_size} is the global batch and must be >= the number of processes "
                          f"({world}); each rank trains on batch_size / {world} samples per step")
-    if sync_batchnorm and dev.type != "cuda":
+    if cfg.sync_batchnorm and dev.type != "cuda":
         raise ValueError(f"sync_batchnorm needs CUDA devices (torch's SyncBatchNorm is GPU-only), got device {dev}")
     model.to(dev)
-    if channels_last:
+    if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    _probe(model, images, labels, dev, getattr(train_data, "classes", None))
+    preflight.probe(model, images, labels, dev, getattr(train_data, "classes", None))
+    return _Run(images, labels, dev, rank, world, rank == 0 if is_main is None else is_main)
 
-    opt = make_optimizer(model, optimizer, lr, momentum, wd)
-    config = {
-        "adversary": adversary.config(), "epochs": epochs, "batch_size": batch_size, "optimizer": optimizer, "lr": lr,
-        "momentum": momentum, "weight_decay": wd, "schedule": schedule, "seed": seed,
-        "eps_warmup_epochs": float(eps_warmup_epochs), "train_size": int(images.shape[0]),
-        "dataset": getattr(train_data, "name", None) or "tensors", "select_best": bool(select_best),
-        "val_size": None if val_data is None else int(as_tensors(val_data)[1].shape[0]),
-        "evaluate_fn": getattr(evaluate_fn, "config", None) if evaluate_fn is not None else None,
-        "amp": amp, "channels_last": bool(channels_last), "world_size": world,
-        "sync_batchnorm": bool(sync_batchnorm and world > 1),
-    }
-    emit = log if log is not None else _log_record
 
-    # --- resume ---
-    out_dir = Path(out) if out is not None else None
-    history: list[dict] = []
-    start, best_epoch, best_score = 0, -1, -math.inf
-    best_state: Optional[dict[str, Tensor]] = None
-    if resume and out_dir is not None:
-        saved = load_checkpoint(out_dir, model, opt)
-        if saved is None:
-            _logger.warning("nothing to resume in %s (no checkpoint); starting from epoch 1", out_dir)
+def _resume(out_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, record_cfg: dict,
+            run: _Run) -> _Progress:
+    """The state after the last finished epoch in ``out_dir`` (model and optimizer restored)."""
+    state = _Progress()
+    saved = load_checkpoint(out_dir, model, opt)
+    if saved is None:
+        _logger.warning("nothing to resume in %s (no checkpoint); starting from epoch 1", out_dir)
+        return state
+    check_resumable(out_dir, saved["config"], record_cfg)
+    state.start, state.history = int(saved["epoch"]), list(saved["history"])
+    state.best_epoch, state.best_score = int(saved["best_epoch"]), float(saved["best_score"])
+    if cfg.select_best and state.best_epoch == state.start:
+        state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    elif cfg.select_best and state.best_epoch >= 1:
+        if not (out_dir / BEST).is_dir():
+            raise ValueError(f"cannot resume {out_dir}: its best epoch {state.best_epoch} has no {BEST}/ folder")
+        state.best_state = read_state(out_dir / BEST)[0]
+    if state.start > cfg.epochs:
+        raise ValueError(f"cannot resume {out_dir} to {cfg.epochs} epochs: it has already finished {state.start}")
+    if saved["config"].get("world_size", 1) != run.world and run.is_main:
+        _logger.warning("resuming %s on %d processes instead of %s: the same global batches, but other "
+                        "per-rank noise streams (not bit-identical to an uninterrupted run)", out_dir, run.world,
+                        saved["config"].get("world_size", 1))
+    if run.is_main:
+        _logger.info("resuming %s after epoch %d of %d", out_dir, state.start, cfg.epochs)
+    return state
+
+
+def _train_epoch(net: nn.Module, model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, run: _Run,
+                 epoch: int, val_data: Any, evaluate_fn: Optional[EvaluateFn]) -> tuple[dict, dict]:
+    """One epoch and its evaluation, under the epoch's seeded global RNG: ``(record, control)``."""
+    from robustlab import distributed
+
+    t0 = time.perf_counter()
+    with _global_rng(run.device, epoch_seed(cfg.seed, epoch, 2)):
+        record: dict[str, Any] = {"epoch": epoch + 1}
+        record.update(run_epoch(net, opt, cfg, run.images, run.labels, epoch=epoch, device=run.device,
+                                progress=cfg.progress and run.is_main, rank=run.rank, world=run.world))
+        if run.world == 1:
+            evaluated, control = evaluate_epoch(model, val_data, evaluate_fn)
         else:
-            _check_resumable(out_dir, saved["config"], config)
-            start, history = int(saved["epoch"]), list(saved["history"])
-            best_epoch, best_score = int(saved["best_epoch"]), float(saved["best_score"])
-            if select_best and best_epoch == start:
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            elif select_best and best_epoch >= 1:
-                if not (out_dir / BEST).is_dir():
-                    raise ValueError(f"cannot resume {out_dir}: its best epoch {best_epoch} has no {BEST}/ folder")
-                best_state = read_state(out_dir / BEST)[0]
-            if start > epochs:
-                raise ValueError(f"cannot resume {out_dir} to {epochs} epochs: it has already finished {start}")
-            if saved["config"].get("world_size", 1) != world and is_main:
-                _logger.warning("resuming %s on %d processes instead of %s: the same global batches, but other "
-                                "per-rank noise streams (not bit-identical to an uninterrupted run)", out_dir, world,
-                                saved["config"].get("world_size", 1))
-            if is_main:
-                _logger.info("resuming %s after epoch %d of %d", out_dir, start, epochs)
+            # Rank 0 evaluates (evaluate_fn may keep state); every rank gets its answer.
+            done = evaluate_epoch(model, val_data, evaluate_fn) if run.rank == 0 else None
+            evaluated, control = distributed.broadcast_object(done)
+    record.update(evaluated)
+    record["seconds"] = time.perf_counter() - t0
+    return record, control
 
-    if start == 0 and out_dir is not None and is_main:
-        shutil.rmtree(out_dir / BEST, ignore_errors=True)  # a fresh run: no best epoch from an older run
 
-    # --- data parallel: DDP for the train-mode passes, the bare module for crafting ---
-    net: nn.Module = model
-    if world > 1:
-        distributed.barrier()  # every rank has read the checkpoint before rank 0 writes again
-        if sync_batchnorm:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        # broadcast_buffers=False: DDP would overwrite the buffers in place at every train-mode
-        # forward, which breaks adversaries with two forwards per step (FGSM-reg, TRADES: the
-        # first graph saved them). run_epoch broadcasts rank 0's buffers after every step instead.
-        ddp_cls = nn.parallel.DistributedDataParallel
-        no_sync_buffers = ({"forward_sync_buffers": False}
-                           if "forward_sync_buffers" in inspect.signature(ddp_cls.__init__).parameters
-                           else {"broadcast_buffers": False})  # the name before torch 2.13
-        ddp = ddp_cls(model, device_ids=[dev.index] if dev.type == "cuda" else None, **no_sync_buffers)
-        net = _RouteDDP(ddp)
+def _finish(model: nn.Module, cfg: TrainConfig, run: _Run, state: _Progress, record_cfg: dict,
+            out_dir: Optional[Path], val_data: Any, test_data: Any, metadata: Optional[Mapping[str, Any]],
+            stopped_early: bool, wall_seconds: float) -> TrainResult:
+    """Select the best epoch, compute the final metrics, write the model and its metadata."""
+    from robustlab import distributed
 
-    # --- epochs ---
-    stopped_early = False
-    t_wall = time.perf_counter()
-    for epoch in range(start, epochs):
-        t0 = time.perf_counter()
-        with _global_rng(dev, epoch_seed(seed, epoch, 2)):
-            record: dict[str, Any] = {"epoch": epoch + 1}
-            record.update(run_epoch(net, opt, adversary, images, labels, epoch=epoch, epochs=epochs, seed=seed,
-                                    batch_size=batch_size, lr=lr, schedule=schedule,
-                                    eps_warmup_epochs=float(eps_warmup_epochs), device=dev,
-                                    progress=progress and is_main, rank=rank, world=world, amp=amp,
-                                    channels_last=channels_last))
-            if world == 1:
-                evaluated, control = evaluate_epoch(model, val_data, evaluate_fn)
-            else:
-                # Rank 0 evaluates (evaluate_fn may keep state); every rank gets its answer.
-                done = evaluate_epoch(model, val_data, evaluate_fn) if rank == 0 else None
-                evaluated, control = distributed.broadcast_object(done)
-        record.update(evaluated)
-        record["seconds"] = time.perf_counter() - t0
-        history.append(record)
-        score = _score(record, control)
-        if score >= best_score:  # ties go to the later epoch
-            best_epoch, best_score = epoch + 1, score
-            if select_best:
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                if out_dir is not None and is_main:
-                    _save_best(out_dir, model, config, epoch + 1)
-        if out_dir is not None and is_main:
-            save_checkpoint(out_dir, model, opt, {
-                "epoch": epoch + 1, "step": (epoch + 1) * math.ceil(images.shape[0] / batch_size),
-                "history": history, "best_epoch": best_epoch, "best_score": best_score, "config": config,
-                "rng": {"scheme": "per-epoch streams from epoch_seed(seed, epoch, stream)", "seed": seed},
-            })
-        if is_main:
-            emit(dict(record))  # after the checkpoint: what is logged is on disk
-        if control.get("stop"):
-            stopped_early = True
-            if is_main:
-                _logger.warning("stopping after epoch %d: %s; keeping epoch %d", epoch + 1,
-                                control.get("reason", "evaluate_fn asked to stop"), best_epoch)
-            break
-
-    # --- final model, metrics, metadata ---
+    history = state.history
     selected = len(history)
-    if select_best and best_epoch >= 1:
-        selected = best_epoch
-        if best_epoch != len(history) and best_state is not None:
-            model.load_state_dict(best_state)
+    if cfg.select_best and state.best_epoch >= 1:
+        selected = state.best_epoch
+        if state.best_epoch != len(history) and state.best_state is not None:
+            model.load_state_dict(state.best_state)
     metrics = {k: v for k, v in history[selected - 1].items() if k not in ("seconds", "lr")} if history else {}
     metrics["train_seconds"] = sum(float(h.get("seconds", 0.0)) for h in history)
-    metrics["wall_seconds"] = time.perf_counter() - t_wall
+    metrics["wall_seconds"] = wall_seconds
     if test_data is not None:
         if test_data is val_data and "val_accuracy" in metrics:
             metrics["test_accuracy"] = metrics["val_accuracy"]
         else:
-            test_acc = accuracy(model, test_data) if rank == 0 else None
+            test_acc = accuracy(model, test_data) if run.rank == 0 else None
             metrics["test_accuracy"] = distributed.broadcast_object(test_acc)
     model.eval()
     run_meta = dict(metadata or {})
-    run_meta.update(training=config, history=history, metrics=metrics, best_epoch=selected, stopped_early=stopped_early)
+    run_meta.update(training=record_cfg, history=history, metrics=metrics, best_epoch=selected,
+                    stopped_early=stopped_early)
     known = getattr(model, "metadata", None) or {}
-    run_meta.setdefault("dataset", known.get("dataset") or config["dataset"])
+    run_meta.setdefault("dataset", known.get("dataset") or record_cfg["dataset"])
     model.metadata = {**known, **run_meta}
-    if out_dir is not None and is_main:
+    if out_dir is not None and run.is_main:
         save(model, out_dir)
         _logger.info("saved %s (epoch %d, %.1f s of training)", out_dir, selected, metrics["train_seconds"])
     distributed.barrier()  # the files are written before any rank returns
-    return TrainResult(model, history, selected, metrics, config, out_dir, stopped_early)
-
-
-def _save_best(out_dir: Path, model: nn.Module, config: dict, epoch: int) -> None:
-    tmp = out_dir / f".{BEST}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save(model, tmp, {"training": config, "epoch": epoch})
-    _swap_in(tmp, out_dir / BEST)
-
-
-def _check_resumable(out_dir: Path, saved: Mapping[str, Any], now: Mapping[str, Any]) -> None:
-    diff = [f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}" for k in RESUME_KEYS if saved.get(k) != now.get(k)]
-    if diff:
-        raise ValueError(f"cannot resume {out_dir}: the run was started with a different configuration "
-                         f"({'; '.join(diff)}); use the same settings or another out directory")
-    if saved.get("epochs") != now.get("epochs"):
-        _logger.warning("resuming %s with epochs=%s instead of %s: the learning-rate schedule is stretched",
-                        out_dir, now.get("epochs"), saved.get("epochs"))
-
+    return TrainResult(model, history, selected, metrics, record_cfg, out_dir, stopped_early)
 
 def _log_record(record: dict) -> None:
     text = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items() if k != "epoch")

@@ -1,0 +1,44 @@
+"""Data-parallel training helpers on top of :mod:`robustlab.distributed` (process groups,
+sharding, collectives): the DDP wrapper the training loop trains through.
+
+Adversarial examples are crafted on the bare module in eval mode while the train-mode loss
+passes go through DDP, so the attack's input-gradient passes never touch DDP's reducer.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import Tensor, nn
+
+
+class RouteDDP(nn.Module):
+    """What the adversary sees in a distributed run: train-mode forwards go through the
+    DistributedDataParallel wrapper (so the backward pass all-reduces the gradients), eval-mode
+    forwards (adversarial crafting, which ``eval_mode`` puts the model in) go to the bare module,
+    so the attack's input-gradient passes never touch DDP's reducer or broadcast buffers."""
+
+    def __init__(self, ddp: nn.Module) -> None:
+        super().__init__()
+        self.ddp = ddp
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.ddp(x) if self.training else self.ddp.module(x)
+
+
+def wrap_ddp(model: nn.Module, device: torch.device, *, sync_batchnorm: bool = False) -> tuple[nn.Module, nn.Module]:
+    """``(model, net)``: the model (its BatchNorm layers converted to SyncBatchNorm when asked) and
+    the :class:`RouteDDP` the loop trains through, in an initialised process group.
+
+    DDP's own buffer broadcast is off: it would overwrite the buffers in place at every train-mode
+    forward, which breaks adversaries with two forwards per step (FGSM-reg, TRADES: the first
+    graph saved them). The loop broadcasts rank 0's buffers after every step instead."""
+    if sync_batchnorm:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ddp_cls = nn.parallel.DistributedDataParallel
+    no_sync_buffers = ({"forward_sync_buffers": False}
+                       if "forward_sync_buffers" in inspect.signature(ddp_cls.__init__).parameters
+                       else {"broadcast_buffers": False})  # the name before torch 2.13
+    ddp = ddp_cls(model, device_ids=[device.index] if device.type == "cuda" else None, **no_sync_buffers)
+    return model, RouteDDP(ddp)
