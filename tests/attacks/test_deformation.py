@@ -152,3 +152,30 @@ def test_spatial_property_suite(model, batch):
         Spatial(padding="wrap")
     with pytest.raises(ValueError, match="angles"):
         Spatial(angles=0)
+
+
+# -- ADef adversarial training --------------------------------------------------------------------
+
+from robustlab.defenses import from_args  # noqa: E402
+from robustlab.defenses.deformation import ADefAdversary  # noqa: E402
+
+
+def test_adef_adversary_loss_on_deformed_batch(digits_model, batch):
+    import copy
+
+    model = copy.deepcopy(digits_model).train()
+    x, y = batch[0][:8], batch[1][:8]
+    adv = from_args("adef", {"max_norm": 1.0, "steps": 5})
+    assert isinstance(adv, ADefAdversary) and adv.config()["max_norm"] == 1.0
+    g = torch.Generator().manual_seed(0)
+    loss, logits = adv.loss_and_logits(model, x, y, generator=g)
+    assert model.training and all(m.training for m in model.modules())
+    assert all(p.grad is None for p in model.parameters())  # crafting left no parameter gradients
+    assert loss.requires_grad and torch.isfinite(loss) and logits.shape == (8, 10)
+    model.eval()
+    x_def = adv.craft(model, x, y)
+    res = ADef(DeformationThreat(1.0), steps=5).attack(model, x, y)
+    assert torch.allclose(x_def, res.x_adv) and bool((res.distance <= 1.0 + 1e-5).all())
+    assert torch.equal(adv.craft(model, x, y, eps_scale=0.0), x)  # warm-up at 0: the clean batch
+    with pytest.raises(ValueError, match="max_norm"):
+        ADefAdversary(0.0)

@@ -38,3 +38,12 @@ __all__ = [
 ]
 __all__ += ["Square"]  # black-box attacks (issue 13)
 __all__ += ["BPDA", "DetectorAwarePGD", "bpda_view"]  # adaptive attacks (issue 14)
+
+# Deformation, spatial, patch and universal attacks (issue 13).
+from robustlab.attacks.adef import ADef, DeformationThreat, deform, field_norm  # noqa: E402
+from robustlab.attacks.patch import AdversarialPatch  # noqa: E402
+from robustlab.attacks.spatial import Spatial  # noqa: E402
+from robustlab.attacks.universal import UniversalPerturbation, fooling_rate  # noqa: E402
+
+__all__ += ["ADef", "AdversarialPatch", "DeformationThreat", "Spatial", "UniversalPerturbation", "deform",
+            "field_norm", "fooling_rate"]

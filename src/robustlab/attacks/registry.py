@@ -146,3 +146,27 @@ def standard(threat: ThreatModel, *, seed: int = 0, version: str = "standard") -
     members = [(name, opts) for name, opts in STANDARD[version] if threat.norm in PRESET_NORMS.get(name, (threat.norm,))]
     attacks = [get(name, threat, **{"seed": seed, **opts}) for name, opts in members]
     return WorstCase(attacks, label=f"standard[{version}]" if version != "standard" else "standard")
+
+
+# -- Deformation attacks (issue 13) -------------------------------------------------------------
+# They have no Lp ball: a norm name passed as ``threat`` (the CLI's default) is ignored, and the
+# deformation budget in pixels is the option ``max_norm`` (``-o max_norm=3``).
+
+
+def _deformation(cls_name: str) -> Factory:
+    def make(threat: "ThreatModel | str", **kw: Any) -> Attack:
+        from robustlab.attacks import adef, spatial
+
+        if isinstance(threat, ThreatModel):
+            raise ValueError(f"{cls_name} moves pixels and has no Lp radius: pass no --eps; bound the "
+                             f"deformation with the option max_norm (pixels), e.g. -o max_norm=3")
+        if cls_name == "ADef":
+            max_norm = kw.pop("max_norm", None)
+            return adef.ADef(None if max_norm is None else adef.DeformationThreat(float(max_norm)), **kw)
+        return spatial.Spatial(**kw)
+
+    return make
+
+
+register("adef", _deformation("ADef"), "ADef adversarial deformation, ||tau||_T in pixels (Alaifari et al. 2019)", minimal=True)
+register("spatial", _deformation("Spatial"), "worst-case rotation (+-30 deg) and translation (+-3 px) by grid search (Engstrom et al. 2019)", minimal=True)
