@@ -14,12 +14,14 @@ from robustlab.defenses.transforms import (
     Transform, train_autoencoder,
 )
 from robustlab.defenses.training import TrainResult, train
+from robustlab.defenses.config import TrainConfig
 
 __all__ = [
     "ADVERSARIES", "Adversary", "FGSMRS", "FGSMRegularized", "GaussianNoise", "MART", "PGDAdversary", "Smoothed", "Standard", "TRADES",
     "TrainResult", "from_args", "register_adversary", "robust_validation", "train",
 ]
 __all__ += ["BoundaryWalk", "NearestNeighbor", "PixelDP", "SoftNearestNeighbor", "SurrogatePGD"]  # issue 15
+__all__ += ["TrainConfig"]  # train(model, data, config=TrainConfig(...)) (issue 11)
 __all__ += [  # detectors, transforms, ensembles (issue 14)
     "BitDepth", "Detector", "Ensemble", "FeatureSqueezing", "GaussianBlur", "JPEG", "KNNDetector", "LID", "MMDTest",
     "MagNetAutoencoder", "MagNetDetector", "MedianFilter", "RandomRotateScale", "Randomized", "Reconstruct", "Threshold",
