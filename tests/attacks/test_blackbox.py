@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 import robustlab as rl
-from robustlab.attacks import PGD, Square
+from robustlab.attacks import NATTACK, PGD, HopSkipJump, OnePixel, Square
+from robustlab.attacks.onepixel import apply_pixels
 from robustlab.attacks.queries import LabelOracle, ScoreOracle
 from robustlab.attacks.square import pseudo_gaussian, square_p
 from robustlab.testing import check_attack
@@ -219,3 +220,158 @@ def test_standard_reports_the_square_queries(model, digits_test):
     broken_by = res.info["broken_by"]
     assert bool((res.queries[broken_by == 0] == 0).all())  # PGD broke them: Square never queried
     assert int(res.queries[broken_by == 1].min()) >= 1
+
+
+# -- NATTACK, one-pixel, HopSkipJump --------------------------------------------------------------
+BLACKBOX = [
+    ("nattack-linf", lambda s: NATTACK(_tm("linf", 0.3), queries=30, population=8, seed=s)),
+    ("nattack-l2", lambda s: NATTACK(_tm("l2", 2.0), queries=30, population=8, seed=s)),
+    ("onepixel-3", lambda s: OnePixel(3, population=8, generations=3, seed=s)),
+    ("hsj-l2", lambda s: HopSkipJump("l2", queries=60, init_evals=10, init_trials=10, seed=s)),
+    ("hsj-linf", lambda s: HopSkipJump("linf", queries=60, init_evals=10, init_trials=10, seed=s)),
+    ("hsj-l2-bounded", lambda s: HopSkipJump(_tm("l2", 1.5), queries=60, init_evals=10, init_trials=10, seed=s)),
+]
+
+
+@pytest.mark.parametrize("case", BLACKBOX, ids=[c[0] for c in BLACKBOX])
+def test_blackbox_property_suite(model, batch, case):
+    _, make = case
+    model.train()
+    check_attack(make, model, *batch, batch_sizes=(1, 3))
+    model.eval()
+
+
+@pytest.mark.parametrize("case", BLACKBOX, ids=[c[0] for c in BLACKBOX])
+def test_blackbox_query_counts_are_exact(model, batch, case):
+    _, make = case
+    x, y = batch
+    counting = Counting(model)
+    res = make(3).attack(counting, x, y)
+    assert counting.rows == 2 * x.shape[0] + int(res.queries.sum())
+    for i in range(3):
+        counting.rows = 0
+        one = make(3).attack(counting, x[i : i + 1], y[i : i + 1])
+        assert counting.rows == 2 + int(one.queries[0])
+
+
+def test_nattack_respects_the_budget_and_stops_successes(model, batch):
+    x, y = batch
+    res = NATTACK(_tm("l2", 2.0), queries=200, population=20, seed=0).attack(model, x, y)
+    assert bool((res.queries <= 200).all())
+    # a failure spends every full iteration it can pay for: (1 + 20) per iteration, plus a last mean query
+    assert bool((res.queries[~res.success] >= 200 - 21).all())
+
+
+def test_nattack_breaks_digits_in_l2(model, digits_test):
+    x, y = digits_test.images[:24], digits_test.labels[:24]
+    res = NATTACK(_tm("l2", 1.5), queries=600, population=30, seed=0).attack(model, x, y)
+    assert float(res.success[res.clean_correct].float().mean()) >= 0.8
+    assert bool((res.distance <= 1.5 + 1e-5).all())
+
+
+def test_onepixel_changes_at_most_k_pixels_and_succeeds_sometimes(model, digits_test):
+    x, y = digits_test.images[:24], digits_test.labels[:24]
+    for k in (1, 3):
+        res = OnePixel(k, population=40, generations=15, seed=0).attack(model, x, y)
+        changed = ((res.x_adv - x).abs().sum(dim=1) > 0).flatten(1).sum(dim=1)
+        assert bool((changed <= k).all()) and bool((res.distance <= k).all())
+        assert float(res.success[res.clean_correct].float().mean()) > 0
+        assert bool((res.queries <= 40 * 16).all())
+
+
+def test_onepixel_apply_pixels_sets_exactly_the_given_pixels():
+    x = torch.zeros(1, 3, 4, 5)
+    cand = torch.tensor([[[[1.0, 2.0, 0.1, 0.2, 0.3], [3.0, 4.0, 1.0, 1.0, 1.0]]]])  # (1, 1, k=2, 2 + C)
+    img = apply_pixels(x, cand)[0, 0]
+    assert torch.allclose(img[:, 1, 2], torch.tensor([0.1, 0.2, 0.3]))
+    assert torch.allclose(img[:, 3, 4], torch.ones(3))
+    assert int((img != 0).any(dim=0).sum()) == 2
+
+
+def test_hopskipjump_distance_decreases_with_the_budget(model, batch):
+    x, y = batch
+    x, y = x[:10], y[:10]
+    medians = []
+    for budget in (150, 600, 2000):
+        res = HopSkipJump("l2", queries=budget, seed=0).attack(model, x, y)
+        assert bool(res.success.all())  # every boundary point is adversarial
+        assert bool((res.queries <= budget).all())
+        medians.append(float(res.distance.median()))
+    assert medians[0] > medians[1] > medians[2], medians
+
+
+def test_hopskipjump_bounded_stops_once_within_eps(model, batch):
+    x, y = batch
+    loose = HopSkipJump(_tm("l2", 3.0), queries=2000, seed=0).attack(model, x, y)
+    free = HopSkipJump("l2", queries=2000, seed=0).attack(model, x, y)
+    assert int(loose.queries.sum()) < int(free.queries.sum())
+    assert bool((loose.distance <= 3.0 + 1e-5).all())
+
+
+def test_blackbox_bad_budgets_fail_before_any_query(model, batch):
+    x, y = batch
+    counting = Counting(model)
+    with pytest.raises(ValueError, match="pixels=65 is more than the 8x8=64 pixels"):
+        OnePixel(65).attack(counting, x, y)
+    assert counting.rows == 0
+    bad = [
+        (lambda: OnePixel(0), ValueError, "pixels"),
+        (lambda: OnePixel(1, population=3), ValueError, "population"),
+        (lambda: OnePixel(1, generations=-1), ValueError, "generations"),
+        (lambda: OnePixel(rl.ThreatModel("l2", 1.0)), ValueError, "l0"),
+        (lambda: NATTACK(_tm("linf", 0.3), queries=50, population=300), ValueError, "queries=50"),
+        (lambda: NATTACK(_tm("linf", 0.3), population=1), ValueError, "population"),
+        (lambda: NATTACK(_tm("l1", 3.0)), ValueError, "linf and l2"),
+        (lambda: NATTACK(_tm("linf", 0.3), sigma=0.0), ValueError, "sigma"),
+        (lambda: HopSkipJump("l2", queries=1), ValueError, "queries"),
+        (lambda: HopSkipJump("l1"), ValueError, "l2, linf"),
+        (lambda: HopSkipJump("l2", init_evals=0), ValueError, "init_evals"),
+        (lambda: HopSkipJump("l2", queries=2.5), TypeError, "queries"),
+    ]
+    for make, exc, match in bad:
+        with pytest.raises(exc, match=match):
+            make()
+
+
+def test_blackbox_attacks_by_name():
+    assert isinstance(rl.attacks.get("nattack", _tm("linf", 0.3), queries=500, population=10), NATTACK)
+    one = rl.attacks.get("onepixel", rl.ThreatModel("l0", 5))
+    assert isinstance(one, OnePixel) and one.pixels == 5
+    assert isinstance(rl.attacks.get("hopskipjump", "linf"), HopSkipJump)
+    assert rl.attacks.registry.minimal("hopskipjump")
+
+
+# -- command line ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def digits_mlp(tmp_path_factory):
+    from robustlab.cli import main
+
+    path = tmp_path_factory.mktemp("cli-blackbox") / "digits-mlp"
+    assert main(["train", "--dataset", "digits", "--arch", "mlp", "--epochs", "2", "--out", str(path), "--no-progress"]) == 0
+    return path
+
+
+def test_cli_square_with_queries_saves_the_counts(digits_mlp, tmp_path, capsys):
+    import json
+
+    from safetensors.torch import load_file
+
+    from robustlab.cli import main
+
+    out = tmp_path / "sq.safetensors"
+    assert main(["attack", "--model", str(digits_mlp), "--attack", "square", "--eps", "0.3", "--queries", "50",
+                 "--n", "20", "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads(out.with_suffix(".json").read_text())
+    tensors = load_file(str(out))
+    assert summary["config"]["queries"] == 50
+    assert int(tensors["queries"].max()) <= 50
+    assert summary["queries"]["max"] <= 50 and summary["queries"]["median"] >= 1
+    capsys.readouterr()
+    assert main(["attack", "--model", str(digits_mlp), "--attack", "pgd", "--eps", "0.3", "--queries", "50",
+                 "--out", str(tmp_path / "x.safetensors"), "--no-progress"]) == 2
+    assert "--queries applies to the query-based attacks" in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()
+    out2 = tmp_path / "hsj.safetensors"
+    assert main(["attack", "--model", str(digits_mlp), "--attack", "hopskipjump", "--queries", "120", "--n", "8",
+                 "--out", str(out2), "--no-progress"]) == 0
+    assert json.loads(out2.with_suffix(".json").read_text())["norm"] == "l2"

@@ -30,13 +30,16 @@ from robustlab.attacks.minnorm import DDN, FMN
 from robustlab.attacks.pgd import BIM, PGD
 from robustlab.attacks.registry import STANDARD, available, describe, get, register, standard
 from robustlab.attacks.square import Square
+from robustlab.attacks.hopskipjump import HopSkipJump
+from robustlab.attacks.nattack import NATTACK
+from robustlab.attacks.onepixel import OnePixel
 
 __all__ = [
     "APGD", "APGDT", "Attack", "AttackResult", "BIM", "BPDAWrapper", "CarliniWagner", "CarliniWagnerL0",
     "CarliniWagnerLinf", "DDN", "DeepFool", "EOT", "FGSM", "FMN", "PGD", "RawResult", "STANDARD", "WorstCase",
     "available", "describe", "eval_mode", "get", "input_gradient", "input_jacobian", "predict", "register", "standard",
 ]
-__all__ += ["Square"]  # black-box attacks (issue 13)
+__all__ += ["HopSkipJump", "NATTACK", "OnePixel", "Square"]  # black-box attacks (issue 13)
 __all__ += ["BPDA", "DetectorAwarePGD", "bpda_view"]  # adaptive attacks (issue 14)
 
 # Deformation, spatial, patch and universal attacks (issue 13).

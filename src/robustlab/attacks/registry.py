@@ -21,6 +21,9 @@ from robustlab.attacks.ensemble import WorstCase
 from robustlab.attacks.minnorm import DDN, FMN
 from robustlab.attacks.pgd import BIM, PGD
 from robustlab.attacks.square import Square
+from robustlab.attacks.hopskipjump import HopSkipJump
+from robustlab.attacks.nattack import NATTACK
+from robustlab.attacks.onepixel import OnePixel
 from robustlab.threat import ThreatModel
 
 Factory = Callable[..., Attack]
@@ -60,6 +63,9 @@ ATTACKS: dict[str, Entry] = {
     "fmn": Entry(lambda tm, **kw: FMN(tm, **kw), "Fast Minimum-Norm attack, 100 steps (Pintor et al. 2021)", True),
     "ddn": Entry(lambda tm, **kw: DDN(tm, **kw), "Decoupled Direction and Norm, L2, 100 steps (Rony et al. 2019)", True),
     "square": Entry(lambda tm, **kw: Square(tm, **kw), "Square attack, score-based, 5000 queries, linf/l2 (Andriushchenko et al. 2020)"),
+    "nattack": Entry(lambda tm, **kw: NATTACK(tm, **kw), "NATTACK, NES on a Gaussian in tanh space, scores only, linf/l2 (Li et al. 2019)"),
+    "onepixel": Entry(lambda tm, **kw: OnePixel(tm, **kw), "few-pixel attack (l0, eps = pixels) by differential evolution (Su et al. 2019)"),
+    "hopskipjump": Entry(lambda tm, **kw: HopSkipJump(tm, **kw), "HopSkipJump, labels only, l2/linf, 5000 queries (Chen et al. 2020)", True),
     "standard": Entry(_standard("standard"), "APGD-CE (5 restarts), APGD-T, FMN, Square: worst case per sample (AutoAttack protocol)"),
     "standard-quick": Entry(_standard("quick"), "APGD-CE and APGD-T (3 targets), 50 steps each: worst case per sample"),
 }

@@ -152,7 +152,7 @@ class Square(Attack):
     def _propose_linf(self, x: Tensor, xb: Tensor, p: float, g: torch.Generator) -> Tensor:
         tm = self.threat
         m, c, h, w = x.shape
-        s = min(max(int(round(math.sqrt(p * h * w))), 1), h - 1 if h > 1 else 1)
+        s = max(min(int(round(math.sqrt(p * h * w))), h - 1, w - 1), 1)
         r = torch.randint(0, h - s + 1, (m,), generator=g, device=x.device)
         q = torch.randint(0, w - s + 1, (m,), generator=g, device=x.device)
         mask = _window_masks(r, q, s, h, w)  # (m, 1, h, w)

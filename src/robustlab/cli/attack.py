@@ -2,6 +2,7 @@
 
     robustlab attack --model runs/mnist-cnn --attack cw-l2 --n 500 --out adv.safetensors
     robustlab attack --model runs/mnist-cnn --attack pgd --eps 0.3 --option steps=100 --out pgd.safetensors
+    robustlab attack --model runs/mnist-pgd --attack square --eps 0.3 --queries 5000 --out square.safetensors
 
 Writes ``--out`` (safetensors: ``x_adv``, ``labels``, ``indices``, ``success``, ``clean_correct``,
 ``distance``, ``iterations``) and a JSON summary next to it (``<out>`` with suffix ``.json``: success rate,
@@ -19,7 +20,10 @@ from pathlib import Path
 from typing import Any
 
 #: The norm a minimal-norm attack measures when --norm is not given.
-DEFAULT_NORM = {"cw-l2": "l2", "cw-linf": "linf", "cw-l0": "l0", "deepfool": "l2", "fmn": "l2", "ddn": "l2"}
+DEFAULT_NORM = {"cw-l2": "l2", "cw-linf": "linf", "cw-l0": "l0", "deepfool": "l2", "fmn": "l2", "ddn": "l2",
+                "hopskipjump": "l2", "onepixel": "l0"}
+#: Black-box attacks whose per-image model-query budget ``--queries`` sets (one-pixel: population x generations).
+QUERY_ATTACKS = ("square", "nattack", "hopskipjump")
 
 
 def parse_option(text: str) -> tuple[str, Any]:
@@ -52,6 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eps", type=float, default=None,
                    help="radius of the threat model (required for fixed-budget attacks)")
     p.add_argument("--norm", default=None, help="linf, l2, l1 or l0 (default: linf, or the attack's own norm)")
+    p.add_argument("--queries", type=int, default=None,
+                   help="model queries per image for the black-box attacks (" + ", ".join(QUERY_ATTACKS) + ")")
     p.add_argument("--option", "-o", type=parse_option, action="append", default=[], metavar="KEY=VALUE",
                    help="attack hyperparameter, e.g. -o steps=100 -o restarts=5 (repeatable)")
     p.add_argument("--dataset", default=None,
@@ -108,6 +114,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"attack {name!r} has a fixed budget: pass --eps (and --norm, default linf)")
     options = dict(args.option)
     options.setdefault("seed", args.seed)
+    if args.queries is not None:
+        if name not in QUERY_ATTACKS:
+            raise ValueError(f"--queries applies to the query-based attacks {', '.join(QUERY_ATTACKS)}, not {name!r}")
+        if args.queries < 1:
+            raise ValueError(f"--queries must be >= 1, got {args.queries}")
+        options.setdefault("queries", args.queries)
     try:
         attack = registry.get(name, threat, **options)
     except (TypeError, ValueError) as exc:
@@ -143,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
     }
     if isinstance(res.info.get("broken_by"), torch.Tensor):
         tensors["broken_by"] = res.info["broken_by"].contiguous()  # index of the ensemble member that succeeded
+    if res.queries is not None:
+        tensors["queries"] = res.queries.contiguous()  # model queries spent per image (black-box attacks)
     tensors = {k: v.cpu().contiguous() for k, v in tensors.items()}
     header = {"format": "robustlab-attack", "attack": name, "model": str(args.model), "dataset": dataset,
               "split": args.split, "norm": res.norm}
@@ -161,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
         "success_rate_on_correct": (int(found.sum()) / correct) if correct else None,
         "distance": _percentiles(res.distance[found]),
         "iterations": {"mean": float(res.iterations.double().mean()), "max": int(res.iterations.max())},
+        "queries": None if res.queries is None else _percentiles(res.queries[res.clean_correct]),  # type: ignore[index]
         "seconds": seconds, "images_per_s": n / seconds if seconds > 0 else None,
         "adversarial_examples": out.name,
     }
