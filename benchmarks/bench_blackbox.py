@@ -1,0 +1,331 @@
+"""Black-box benchmark (issue 13): Square in the ``standard`` preset, Square alone, the L2
+gradient-masking lesson, and Square's speed against ART and torchattacks.
+
+Parts (``--parts``, comma-separated):
+
+* ``standard``: ``robustlab.attacks.standard`` (APGD-CE x5, APGD-T, FMN, Square) vs pyautoattack
+  ``version="standard"`` (APGD-CE, APGD-T, FAB-T, Square 5000) on the PGD-trained MNIST
+  (linf 0.3) and Fashion-MNIST (linf 0.1) models: robust accuracy and wall time, same images.
+* ``square``: Square alone (linf 0.3, 5000 queries) on the PGD-trained MNIST model against the
+  white-box worst case (APGD-CE x5, APGD-T, FMN), with the median queries of its successes.
+* ``l2``: the linf-PGD-trained MNIST model in L2 at eps 2.0: PGD-100, APGD-CE, Square (5000)
+  and the L2 ``standard`` preset.
+* ``speed``: Square linf 0.3 with the same budget on the same images: robustlab vs torchattacks'
+  ``Square`` and ART's ``SquareAttack`` (one process, interleaved, best of ``--repeats``).
+* ``digits-*`` (no trained MNIST model needed; seconds of CPU): the tests' digits CNN (scikit-learn
+  digits, 8x8) trained here with a fixed seed: ``digits-square`` (Square vs APGD-CE, linf 0.1 and
+  l2 1.0), ``digits-hsj`` (HopSkipJump median L2 vs query budget), ``digits-onepixel`` (success vs k),
+  ``digits-speed`` (Square vs torchattacks and ART, same images and budget).
+
+Writes the raw numbers to ``--json`` (default benchmarks/results/blackbox.json). Run it under the
+heavy-job lock with 2 threads, e.g.
+
+    flock /tmp/robustlab-heavy.lock env OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_blackbox.py --n 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import robustlab as rl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import hardware  # noqa: E402
+
+MODELS = {"mnist": ("runs/mnist-pgd", "mnist", 0.3), "fmnist": ("runs/fmnist-pgd", "fashion-mnist", 0.1)}
+
+
+def images(dataset: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    test = rl.data.load(dataset, "test")
+    return test.images[:n].clone(), test.labels[:n].clone()
+
+
+def run_batched(attack: rl.attacks.Attack, model, x, y, bs: int) -> rl.attacks.AttackResult:
+    return rl.attacks.AttackResult.concat([attack.attack(model, x[i : i + bs], y[i : i + bs]) for i in range(0, len(y), bs)])
+
+
+def robust_accuracy(model, x, y, x_adv, eps: float, norm: str = "linf") -> float:
+    """Recomputed here for every library: correct on x, x_adv inside the ball, still correct on x_adv."""
+    tm = rl.ThreatModel(norm, eps)
+    with torch.no_grad():
+        clean = model(x).argmax(1) == y
+        adv = model(x_adv).argmax(1) == y
+    inside = tm.contains(x_adv, x, atol=1e-5)
+    return float((clean & (adv | ~inside)).float().mean())
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def part_standard(args, out: dict) -> None:
+    from pyautoattack import AutoAttack
+
+    logging.getLogger("auto-attack").setLevel(logging.WARNING)
+    rows = {}
+    for key in args.models.split(","):
+        path, dataset, eps = MODELS[key]
+        if not (Path(path) / "metadata.json").is_file():
+            print(f"standard/{key}: {path} not found; skipped", flush=True)
+            continue
+        model = rl.models.load(path).eval()
+        x, y = images(dataset, args.n)
+        atk = rl.attacks.standard(rl.ThreatModel("linf", eps), seed=0)
+        res, t_rl = timed(lambda: run_batched(atk, model, x, y, args.batch_size))
+        broken_by = res.info["broken_by"]
+        white = res.clean_correct & ~((broken_by >= 0) & (broken_by <= 2))
+        aa = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=0, device="cpu")
+        aa.verbose = False
+        (x_aa, _), t_aa = timed(lambda: aa.run_standard_evaluation(x, y, batch_size=args.batch_size))
+        rows[key] = {
+            "model": path, "eps": eps, "n": len(y),
+            "clean_accuracy": float(res.clean_correct.float().mean()),
+            "robustlab_robust_accuracy": res.robust_accuracy,
+            "robustlab_white_box_only": float(white.float().mean()),
+            "robustlab_broken_by_square": int((broken_by == 3).sum()),
+            "robustlab_square_median_queries": float(res.queries[res.queries > 0].float().median()) if bool((res.queries > 0).any()) else None,
+            "robustlab_seconds": t_rl,
+            "autoattack_robust_accuracy": robust_accuracy(model, x, y, x_aa, eps),
+            "autoattack_seconds": t_aa,
+        }
+        r = rows[key]
+        print(f"standard/{key}: robustlab {100 * r['robustlab_robust_accuracy']:.2f}% in {t_rl:.1f} s "
+              f"(white-box members {100 * r['robustlab_white_box_only']:.2f}%), AutoAttack "
+              f"{100 * r['autoattack_robust_accuracy']:.2f}% in {t_aa:.1f} s", flush=True)
+    out["standard"] = rows
+
+
+def part_square(args, out: dict) -> None:
+    path, dataset, eps = MODELS["mnist"]
+    model = rl.models.load(path).eval()
+    x, y = images(dataset, args.square_n)
+    tm = rl.ThreatModel("linf", eps)
+    sq, t_sq = timed(lambda: run_batched(rl.attacks.Square(tm, queries=5000, seed=0), model, x, y, args.batch_size))
+    white = rl.attacks.WorstCase([rl.attacks.get(n, tm, seed=0, **o) for n, o in rl.attacks.STANDARD["standard"][:3]])
+    wb, t_wb = timed(lambda: run_batched(white, model, x, y, args.batch_size))
+    ok = sq.success & sq.clean_correct
+    out["square"] = {
+        "model": path, "eps": eps, "n": len(y), "queries": 5000,
+        "square_robust_accuracy": sq.robust_accuracy, "square_seconds": t_sq,
+        "square_median_queries_successes": float(sq.queries[ok].float().median()) if bool(ok.any()) else None,
+        "square_mean_queries_all": float(sq.queries[sq.clean_correct].float().mean()),
+        "white_box_robust_accuracy": wb.robust_accuracy, "white_box_seconds": t_wb,
+        "union_robust_accuracy": float((sq.robust & wb.robust).float().mean()),
+    }
+    r = out["square"]
+    print(f"square: Square-5000 {100 * r['square_robust_accuracy']:.2f}% ({t_sq:.1f} s, median queries "
+          f"{r['square_median_queries_successes']}), white-box {100 * r['white_box_robust_accuracy']:.2f}%", flush=True)
+
+
+def part_l2(args, out: dict) -> None:
+    path, dataset, _ = MODELS["mnist"]
+    model = rl.models.load(path).eval()
+    x, y = images(dataset, args.l2_n)
+    tm = rl.ThreatModel("l2", 2.0)
+    attacks = {
+        "pgd-100": rl.attacks.PGD(tm, steps=100, step_size=0.1, seed=0),
+        "apgd-ce": rl.attacks.APGD(tm, steps=100, seed=0),
+        "square-5000": rl.attacks.Square(tm, queries=5000, seed=0),
+        "standard": rl.attacks.standard(tm, seed=0),
+    }
+    rows = {}
+    for name, atk in attacks.items():
+        res, t = timed(lambda: run_batched(atk, model, x, y, args.batch_size))
+        rows[name] = {"robust_accuracy": res.robust_accuracy, "seconds": t}
+        print(f"l2/{name}: {100 * res.robust_accuracy:.2f}% in {t:.1f} s", flush=True)
+    out["l2"] = {"model": path, "eps": 2.0, "n": len(y), "clean_accuracy": float(res.clean_correct.float().mean()), "attacks": rows}
+
+
+def part_speed(args, out: dict) -> None:
+    import numpy as np
+
+    path, dataset, eps = MODELS["mnist"]
+    model = rl.models.load(path).eval()
+    x, y = images(dataset, args.speed_n)
+    q = args.speed_queries
+
+    def ours():
+        res = rl.attacks.Square(rl.ThreatModel("linf", eps), queries=q, seed=0).attack(model, x, y)
+        return res.x_adv
+
+    def torchattacks_square():
+        import torchattacks
+
+        return torchattacks.Square(model, norm="Linf", eps=eps, n_queries=q, n_restarts=1, p_init=0.8, seed=0)(x, y)
+
+    def art_square():
+        from art.attacks.evasion import SquareAttack
+        from art.estimators.classification import PyTorchClassifier
+
+        clf = PyTorchClassifier(model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
+                                nb_classes=10, clip_values=(0.0, 1.0), device_type="cpu")
+        atk = SquareAttack(clf, norm=np.inf, eps=eps, max_iter=q, p_init=0.8, nb_restarts=1, batch_size=len(y), verbose=False)
+        return torch.from_numpy(atk.generate(x.numpy(), y=y.numpy()))
+
+    libs = {"robustlab": ours, "torchattacks": torchattacks_square, "art": art_square}
+    out["speed"] = _race(libs, model, x, y, eps, args.repeats)
+    out["speed"].update({"model": path, "eps": eps, "n": len(y), "queries": q})
+
+
+# -- digits (8x8): the tests' model, no MNIST training needed ------------------------------------
+_DIGITS: dict = {}
+
+
+def digits_model():
+    """The tests' DigitsNet (tests/conftest.py) trained with the same seed, and the test split."""
+    if not _DIGITS:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from conftest import DigitsNet, _train
+
+        train, test = rl.data.load("digits", "train"), rl.data.load("digits", "test")
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            _DIGITS["model"] = _train(DigitsNet(), train.images, train.labels, epochs=15, seed=0)
+        _DIGITS["test"] = test
+    return _DIGITS["model"], _DIGITS["test"]
+
+
+def part_digits_square(args, out: dict) -> None:
+    model, test = digits_model()
+    x, y = test.images[: args.digits_n], test.labels[: args.digits_n]
+    rows = {}
+    for norm, eps in (("linf", 0.1), ("l2", 1.0)):
+        tm = rl.ThreatModel(norm, eps)
+        sq, t_sq = timed(lambda: rl.attacks.Square(tm, queries=1000, seed=0).attack(model, x, y))
+        ap, t_ap = timed(lambda: rl.attacks.APGD(tm, steps=100, seed=0).attack(model, x, y))
+        ok = sq.success & sq.clean_correct
+        rows[f"{norm}-{eps}"] = {
+            "square_1000_robust_accuracy": sq.robust_accuracy, "square_seconds": t_sq,
+            "square_median_queries_successes": float(sq.queries[ok].float().median()) if bool(ok.any()) else None,
+            "apgd_ce_100_robust_accuracy": ap.robust_accuracy, "apgd_seconds": t_ap,
+            "union_robust_accuracy": float((sq.robust & ap.robust).float().mean()),
+        }
+        print(f"digits-square/{norm} {eps}: Square {100 * sq.robust_accuracy:.1f}% APGD-CE {100 * ap.robust_accuracy:.1f}%", flush=True)
+    out["digits_square"] = {"n": len(y), "clean_accuracy": float(sq.clean_correct.float().mean()), "threats": rows}
+
+
+def part_digits_hsj(args, out: dict) -> None:
+    model, test = digits_model()
+    x, y = test.images[: args.digits_hsj_n], test.labels[: args.digits_hsj_n]
+    rows = {}
+    for budget in (200, 1000, 5000):
+        res, t = timed(lambda: rl.attacks.HopSkipJump("l2", queries=budget, seed=0).attack(model, x, y))
+        ok = res.success & res.clean_correct
+        rows[str(budget)] = {"median_l2": float(res.distance[ok].median()), "success": float(ok.float().mean()),
+                             "mean_queries": float(res.queries[res.clean_correct].float().mean()), "seconds": t}
+        print(f"digits-hsj/{budget}: median L2 {rows[str(budget)]['median_l2']:.3f} ({t:.1f} s)", flush=True)
+    dd, t_dd = timed(lambda: rl.attacks.get("ddn", "l2").attack(model, x, y))
+    rows["white-box DDN-100"] = {"median_l2": float(dd.distance[dd.success & dd.clean_correct].median()), "seconds": t_dd}
+    out["digits_hsj"] = {"n": len(y), "budgets": rows}
+
+
+def part_digits_onepixel(args, out: dict) -> None:
+    model, test = digits_model()
+    x, y = test.images[: args.digits_n], test.labels[: args.digits_n]
+    rows = {}
+    for k in (1, 3, 5):
+        res, t = timed(lambda: rl.attacks.OnePixel(k, population=100, generations=30, seed=0).attack(model, x, y))
+        ok = res.success & res.clean_correct
+        rows[str(k)] = {"success_on_correct": float(ok.sum() / res.clean_correct.sum()),
+                        "median_queries_successes": float(res.queries[ok].float().median()) if bool(ok.any()) else None,
+                        "seconds": t}
+        print(f"digits-onepixel/k={k}: success {100 * rows[str(k)]['success_on_correct']:.1f}% ({t:.1f} s)", flush=True)
+    out["digits_onepixel"] = {"n": len(y), "population": 100, "generations": 30, "pixels": rows}
+
+
+def part_digits_speed(args, out: dict) -> None:
+    import numpy as np
+
+    model, test = digits_model()
+    x, y = test.images[: args.digits_n], test.labels[: args.digits_n]
+    eps, q = 0.1, args.speed_queries
+
+    def ours():
+        return rl.attacks.Square(rl.ThreatModel("linf", eps), queries=q, seed=0).attack(model, x, y).x_adv
+
+    def torchattacks_square():
+        import torchattacks
+
+        return torchattacks.Square(model, norm="Linf", eps=eps, n_queries=q, n_restarts=1, p_init=0.8, seed=0)(x, y)
+
+    def art_square():
+        from art.attacks.evasion import SquareAttack
+        from art.estimators.classification import PyTorchClassifier
+
+        clf = PyTorchClassifier(model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
+                                nb_classes=10, clip_values=(0.0, 1.0), device_type="cpu")
+        atk = SquareAttack(clf, norm=np.inf, eps=eps, max_iter=q, p_init=0.8, nb_restarts=1, batch_size=len(y), verbose=False)
+        return torch.from_numpy(atk.generate(x.numpy(), y=y.numpy()))
+
+    out["digits_speed"] = _race({"robustlab": ours, "torchattacks": torchattacks_square, "art": art_square},
+                                model, x, y, eps, args.repeats)
+    out["digits_speed"].update({"n": len(y), "eps": eps, "queries": q})
+
+
+def _race(libs: dict, model, x, y, eps: float, repeats: int) -> dict:
+    best = {k: float("inf") for k in libs}
+    acc: dict = {}
+    for _ in range(repeats):
+        for name, fn in libs.items():
+            try:
+                x_adv, t = timed(fn)
+            except ImportError as exc:
+                print(f"speed/{name}: not installed ({exc})", flush=True)
+                continue
+            best[name] = min(best[name], t)
+            acc[name] = robust_accuracy(model, x, y, x_adv, eps)
+    rows = {k: {"seconds": best[k], "robust_accuracy": acc.get(k)} for k in libs if best[k] < float("inf")}
+    for k, r in rows.items():
+        r["time_vs_robustlab"] = r["seconds"] / rows["robustlab"]["seconds"]
+        print(f"speed/{k}: {r['seconds']:.2f} s, robust {100 * (r['robust_accuracy'] or 0):.2f}%, "
+              f"{r['time_vs_robustlab']:.2f}x robustlab's time", flush=True)
+    return {"repeats": repeats, "libraries": rows}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--parts", default="standard,square,l2,speed")
+    ap.add_argument("--models", default="mnist,fmnist", help="for the standard part")
+    ap.add_argument("--mnist-model", default=MODELS["mnist"][0], help="the linf-PGD-trained MNIST model")
+    ap.add_argument("--fmnist-model", default=MODELS["fmnist"][0], help="the PGD-trained Fashion-MNIST model")
+    ap.add_argument("--n", type=int, default=500, help="images for standard vs AutoAttack")
+    ap.add_argument("--square-n", type=int, default=500)
+    ap.add_argument("--l2-n", type=int, default=500)
+    ap.add_argument("--speed-n", type=int, default=100)
+    ap.add_argument("--speed-queries", type=int, default=1000)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--digits-n", type=int, default=200, help="digits test images (digits-* parts)")
+    ap.add_argument("--digits-hsj-n", type=int, default=50)
+    ap.add_argument("--batch-size", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", default="benchmarks/results/blackbox.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    MODELS["mnist"] = (args.mnist_model, *MODELS["mnist"][1:])
+    MODELS["fmnist"] = (args.fmnist_model, *MODELS["fmnist"][1:])
+    out: dict = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "hardware": hardware(),
+                 "command": " ".join(sys.argv)}
+    path = Path(args.json)
+    if path.is_file():  # parts run separately accumulate in one file
+        out = {**json.loads(path.read_text()), **{k: out[k] for k in ("date", "hardware", "command")}}
+    for part in [p.strip() for p in args.parts.split(",") if p.strip()]:
+        {"standard": part_standard, "square": part_square, "l2": part_l2, "speed": part_speed,
+         "digits-square": part_digits_square, "digits-hsj": part_digits_hsj, "digits-onepixel": part_digits_onepixel,
+         "digits-speed": part_digits_speed}[part](args, out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
