@@ -13,7 +13,8 @@ knn_fmnist.json, rbf_mnist.json); docs/benchmarks/pixeldp-knn-rbf.md holds the t
   in pixel space; both certified on the same test images with the same number of draws and alpha.
 * knn: pixel 1-NN on the 60,000 training images and deep kNN on the penultimate features of
   runs/fmnist-small-cnn; clean accuracy, robust accuracy at linf 0.1 under SurrogatePGD (PGD on
-  the soft-kNN surrogate), BoundaryWalk (decision-based) and their per-image worst case; time per
+  the soft-kNN surrogate), BoundaryWalk (decision-based), robustlab's HopSkipJump and their
+  per-image worst case; time per
   1000 queries (one batched forward of 1000 images).
 * rbf: linear vs RBF output layer, shallow (on pixels, as the paper's anchor) and on small-cnn
   (linear heads trained with cross-entropy, RBF heads with cross-entropy plus their own per-class
@@ -143,7 +144,15 @@ def part_knn(args: argparse.Namespace) -> None:
         rec["attacked_clean_accuracy"] = float(pgd.clean_correct.double().mean())
         rec["robust_surrogate_pgd"] = float(pgd.robust.double().mean())
         rec["robust_boundary_walk"] = float(walk.robust.double().mean())
-        rec["robust_worst_case"] = float((pgd.robust & walk.robust).double().mean())
+        robust = pgd.robust & walk.robust
+        if args.hsj_queries:  # robustlab's HopSkipJump (Chen et al. 2020), labels only
+            t0 = time.perf_counter()
+            hsj = rl.attacks.registry.get("hopskipjump", tm, queries=args.hsj_queries, seed=args.seed).attack(knn, x, y)
+            rec["hopskipjump_seconds"] = time.perf_counter() - t0
+            rec["hopskipjump_queries"] = args.hsj_queries
+            rec["robust_hopskipjump"] = float(hsj.robust.double().mean())
+            robust &= hsj.robust
+        rec["robust_worst_case"] = float(robust.double().mean())
         out[name] = rec
         print(name, rec, flush=True)
     _write("knn_fmnist.json", out)
@@ -249,6 +258,7 @@ def main() -> None:
     ap.add_argument("--pgd-steps", type=int, default=20)
     ap.add_argument("--walk-iterations", type=int, default=8)
     ap.add_argument("--walk-directions", type=int, default=25)
+    ap.add_argument("--hsj-queries", type=int, default=200, help="HopSkipJump label queries per image (0: skip)")
     ap.add_argument("--rbf-images", type=int, default=1000)
     ap.add_argument("--shallow-epochs", type=int, default=3)
     ap.add_argument("--gamma-shallow", type=float, default=0.01)
