@@ -11,8 +11,8 @@ perturbation ``dv_i`` that sends ``x_i + v`` across the decision boundary (DeepF
 (``P`` the projection onto the ``l_p`` ball of radius ``xi``), passing over the data until the
 fooling rate on the training images reaches ``1 - delta`` or ``epochs`` passes are spent. Here the
 images of a mini-batch of ``batch_size`` are attacked together (one batched DeepFool call at the
-current ``v``) and their perturbations are summed before the projection; ``batch_size=1`` is the
-paper's sequential algorithm. The fooling rate of a held-out set is :func:`fooling_rate`.
+current ``v``) and the mean of their perturbations (over the images not yet fooled) is added before
+the projection; ``batch_size=1`` is the paper's sequential algorithm. The fooling rate of a held-out set is :func:`fooling_rate`.
 """
 
 from __future__ import annotations
@@ -119,7 +119,8 @@ class UniversalPerturbation:
                     idx = order[start : start + self.batch_size]
                     xv = (x[idx] + v).clamp(lo, hi)
                     res = inner.attack(model, xv, labels[idx])  # unchanged (dv = 0) where already fooled
-                    dv = (res.x_adv - xv).sum(dim=0, keepdim=True)
+                    count = res.clean_correct.sum().clamp_min(1)  # images v does not fool yet
+                    dv = (res.x_adv - xv).sum(dim=0, keepdim=True) / count  # mean over the images attacked
                     v = self._project(v + dv)
                 rates.append(fooling_rate(model, x, v, lower=lo, upper=hi))
                 if rates[-1] >= 1.0 - self.delta:
