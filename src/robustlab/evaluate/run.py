@@ -390,7 +390,8 @@ def model_info(model: nn.Module) -> dict[str, Any]:
     (architecture, dataset, training configuration, metrics) without the per-epoch history."""
     meta = getattr(model, "metadata", None) or {}
     info = {"class": type(model).__name__, "parameters": int(sum(p.numel() for p in model.parameters()))}
-    keep = ("architecture", "dataset", "training", "metrics", "created", "robustlab_version", "weights_sha256")
+    keep = ("architecture", "dataset", "training", "metrics", "created", "robustlab_version", "weights_sha256",
+            "description", "url", "homepage", "paper", "source")  # the page escapes them and links only http(s)
     info.update(_jsonable({k: meta[k] for k in keep if k in meta}))
     return info
 
