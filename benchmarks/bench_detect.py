@@ -36,7 +36,7 @@ from common import hardware  # noqa: E402
 import robustlab as rl  # noqa: E402
 from robustlab._io import atomic_write_text  # noqa: E402
 from robustlab.attacks import BPDA, EOT, PGD, CarliniWagner  # noqa: E402
-from robustlab.cli.detect import build_detector, evaluate_detector, make_attack  # noqa: E402
+from robustlab.cli.detect import build_detector, detection_record, make_attack, run_attack  # noqa: E402
 from robustlab.defenses import transforms as T  # noqa: E402
 from robustlab.defenses.distillation import Distillation, Temperature  # noqa: E402
 from robustlab.defenses.ensemble import Ensemble  # noqa: E402
@@ -87,18 +87,27 @@ def section_transforms(model, x, y, args, train) -> dict:
 
 def section_detectors(model, x, y, args, train, test) -> list:
     fit_x = test.images[args.n : args.n + args.n_fit]
+    plain = {}  # the non-adaptive attacks do not depend on the detector: run each once
+    for aname in ("fgsm", "pgd", "cw-l2"):
+        plain[aname] = run_attack(model, make_attack(aname, args.eps, steps=args.steps, seed=0), x, y)
     recs = []
     for dname in args.detectors.split(","):
         det = build_detector(dname, model, train.images[: args.n_train], train.labels[: args.n_train]).fit(fit_x, fpr=0.05)
         for aname in ("fgsm", "pgd", "cw-l2"):
             for adaptive in (False, True):
-                attack = make_attack(aname, args.eps, detector=det if adaptive else None, steps=args.steps,
-                                     l2_eps=args.l2_eps, seed=0)
-                rec = evaluate_detector(det, model, attack, x, y)
+                if adaptive:
+                    attack = make_attack(aname, args.eps, detector=det, steps=args.steps, l2_eps=args.l2_eps, seed=0)
+                    res, seconds = run_attack(model, attack, x, y)
+                else:
+                    res, seconds = plain[aname]
+                rec = detection_record(det, res, x)
                 rec.pop("roc", None)
-                rec.update(detector=dname, attack_name=aname, adaptive=adaptive, fit_fpr=det.fit_fpr)
-                print({k: rec[k] for k in ("detector", "attack_name", "adaptive", "detection_rate", "fpr", "auc",
-                                           "evasion_rate", "seconds")}, flush=True)
+                rec.update(detector=dname, attack_name=aname, adaptive=adaptive, fit_fpr=det.fit_fpr, seconds=seconds)
+                if aname == "cw-l2" and not adaptive:
+                    ok = res.success & res.clean_correct
+                    rec["median_l2"] = float(res.distance[ok].median()) if bool(ok.any()) else None
+                print({k: rec.get(k) for k in ("detector", "attack_name", "adaptive", "detection_rate", "fpr", "auc",
+                                               "evasion_rate", "seconds")}, flush=True)
                 recs.append(rec)
     return recs
 

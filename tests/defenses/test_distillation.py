@@ -40,7 +40,7 @@ def test_distilled_student_stalls_pgd_on_cross_entropy_but_not_on_the_margin(dig
         torch.manual_seed(0)
         return rl.models.create("small-cnn", dataset="digits")
 
-    student, teacher = defensive_distillation(make, digits_train, temperature=100.0, epochs=8, lr=3e-3,
+    student, teacher = defensive_distillation(make, digits_train, temperature=100.0, epochs=10, lr=1e-2,
                                               progress=False, seed=0)
     x, y = digits_test.images[:64], digits_test.labels[:64]
     with torch.no_grad():
@@ -49,4 +49,5 @@ def test_distilled_student_stalls_pgd_on_cross_entropy_but_not_on_the_margin(dig
     tm = rl.ThreatModel("linf", 0.2)
     ce = PGD(tm, steps=20, loss="ce", seed=0).attack(student, x, y)
     margin = PGD(tm, steps=20, loss="cw", seed=0).attack(student, x, y)
-    assert ce.robust_accuracy >= margin.robust_accuracy + 0.2
+    assert logits.abs().amax(1).median() > 100  # logits about T times larger than usual: softmax saturates
+    assert ce.robust_accuracy >= margin.robust_accuracy + 0.4  # measured: 82.8% vs 3.1%

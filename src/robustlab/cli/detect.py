@@ -76,21 +76,27 @@ def make_attack(name: str, eps: float, *, detector: Any = None, steps: int = 40,
     return DetectorAwarePGD(ThreatModel("l2", l2_eps), detector, steps=steps, seed=seed)
 
 
-def evaluate_detector(detector: Any, model: Any, attack: Any, x: Any, y: Any, *, batch_size: int = 100) -> dict:
-    """Attack ``model`` on (x, y) and measure ``detector`` (fitted) on the successful examples."""
-    import torch
-
+def run_attack(model: Any, attack: Any, x: Any, y: Any, *, batch_size: int = 100) -> tuple[Any, float]:
+    """``(AttackResult on all of x, seconds)``, batch by batch."""
     from robustlab.attacks import AttackResult
-    from robustlab.defenses.detect import detection_metrics
 
     t0 = time.perf_counter()
     res = AttackResult.concat([attack.attack(model, xb, yb) for xb, yb in zip(x.split(batch_size), y.split(batch_size))])
-    seconds = time.perf_counter() - t0
+    return res, time.perf_counter() - t0
+
+
+def detection_record(detector: Any, res: Any, x: Any, *, batch_size: int = 100) -> dict:
+    """Detection numbers of a fitted ``detector`` on an attack's result ``res`` for clean inputs ``x``:
+    detection rate / ROC AUC over the successful adversarial examples of correctly classified
+    inputs (vs their clean versions), and the evasion rate (misclassified and not flagged, as a
+    share of the correctly classified inputs)."""
+    import torch
+
+    from robustlab.defenses.detect import detection_metrics
+
     found = res.success & res.clean_correct
-    record: dict = {
-        "attack": attack.name, "config": attack.config(), "seconds": seconds, "n": int(y.numel()),
-        "clean_accuracy": float(res.clean_correct.float().mean()), "attack_success": int(found.sum()),
-    }
+    record: dict = {"n": int(res.success.numel()), "clean_accuracy": float(res.clean_correct.float().mean()),
+                    "attack_success": int(found.sum())}
     with torch.no_grad():
         flagged = torch.cat([detector.flag(c) for c in res.x_adv.split(batch_size)])
     record["evasion_rate"] = float((found & ~flagged).float().sum() / res.clean_correct.float().sum().clamp_min(1))
@@ -98,6 +104,14 @@ def evaluate_detector(detector: Any, model: Any, attack: Any, x: Any, y: Any, *,
         record.update(detection_rate=None, auc=None, fpr=None, roc=None)
         return record
     record.update(detection_metrics(detector, x[res.clean_correct], res.x_adv[found], batch_size=batch_size))
+    return record
+
+
+def evaluate_detector(detector: Any, model: Any, attack: Any, x: Any, y: Any, *, batch_size: int = 100) -> dict:
+    """Attack ``model`` on (x, y) and measure ``detector`` (fitted) on the result."""
+    res, seconds = run_attack(model, attack, x, y, batch_size=batch_size)
+    record = detection_record(detector, res, x, batch_size=batch_size)
+    record.update(attack=attack.name, config=attack.config(), seconds=seconds)
     return record
 
 

@@ -155,14 +155,14 @@ class Detector(abc.ABC):
         """A differentiable stand-in for :meth:`score` on the same scale (default: the score)."""
         return self.score(x)
 
-    def scores(self, data: Any, batch_size: int = 500) -> Tensor:
+    def scores(self, data: Any, batch_size: int = 100) -> Tensor:
         """Scores of a whole dataset (no gradient), in chunks of ``batch_size``."""
         images = _images_of(data, "data")
         check_positive(batch_size, "batch_size", integer=True)
         with torch.no_grad():
             return torch.cat([self.score(chunk) for chunk in images.split(batch_size)])
 
-    def fit(self, clean_data: Any, fpr: float = 0.05, *, batch_size: int = 500) -> "Detector":
+    def fit(self, clean_data: Any, fpr: float = 0.05, *, batch_size: int = 100) -> "Detector":
         """Set ``threshold`` so that about ``fpr`` of the held-out ``clean_data`` is flagged.
 
         ``threshold`` is the ``ceil((1 - fpr) n)``-th smallest clean score (the "higher" quantile),
@@ -516,7 +516,7 @@ class MMDTest:
         return MMDResult(statistic=float(stat), p_value=float(p), bandwidth=s, permutations=self.permutations)
 
 
-def detection_metrics(detector: Detector, clean: Tensor, adversarial: Tensor, *, batch_size: int = 500) -> dict:
+def detection_metrics(detector: Detector, clean: Tensor, adversarial: Tensor, *, batch_size: int = 100) -> dict:
     """Detection rate at the fitted threshold and ROC AUC of ``adversarial`` vs ``clean`` images:
     ``{"detection_rate", "fpr", "auc", "threshold", "roc": {"fpr": [...], "tpr": [...]}}``."""
     threshold = detector._require_fit()
