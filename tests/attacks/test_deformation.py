@@ -179,3 +179,8 @@ def test_adef_adversary_loss_on_deformed_batch(digits_model, batch):
     assert torch.equal(adv.craft(model, x, y, eps_scale=0.0), x)  # warm-up at 0: the clean batch
     with pytest.raises(ValueError, match="max_norm"):
         ADefAdversary(0.0)
+
+
+def test_deformation_attacks_refuse_non_images(model):
+    with pytest.raises(ValueError, match="H, W >= 2"):
+        ADef().attack(model, torch.zeros(2, 64), torch.zeros(2, dtype=torch.long))

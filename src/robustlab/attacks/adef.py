@@ -155,9 +155,10 @@ class DeformationAttack(Attack):
     def attack(self, model: nn.Module, x: Tensor, y: Tensor, *, target: Optional[Tensor] = None) -> AttackResult:
         """Attack as :meth:`Attack.attack`; ``distance`` is ``||tau||_T`` in pixels, ``info["tau"]``
         the field (zero for inputs already misclassified) and ``info["l2"]`` ``||x_adv - x||_2``."""
+        if not isinstance(x, Tensor) or x.dim() != 4 or min(x.shape[2:]) < 2:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x must be images (N, C, H, W) with H, W >= 2 for a deformation attack, got {shape}")
         res = super().attack(model, x, y, target=target)
-        if x.dim() != 4:
-            raise ValueError(f"x must be images (N, C, H, W) for a deformation attack, got shape {tuple(x.shape)}")
         tau = res.info.get("tau")
         if not isinstance(tau, Tensor):
             tau = torch.zeros(x.shape[0], 2, *x.shape[2:], device=x.device, dtype=x.dtype)
