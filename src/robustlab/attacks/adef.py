@@ -188,8 +188,9 @@ class ADef(DeformationAttack):
     where ``nabla y_n(s)`` is the gradient of the bilinear interpolant of ``x`` at ``s + tau_n(s)``
     (``gradient="interpolant"``, the default: autograd through ``grid_sample``, the exact derivative
     of the discrete map) or central differences of ``y_n`` (``gradient="central"``, the authors'
-    discretisation, which undershoots more on MNIST), and ``sum_s alpha_k . v = -g_k`` is solved in the least-squares sense within the range of the
-    Gaussian smoothing operator ``S`` (self-adjoint): ``v_k = -g_k S^2 alpha_k / ||S alpha_k||^2``.
+    discretisation, which undershoots more on MNIST), and ``sum_s alpha_k . v = -g_k`` is solved in
+    the least-squares sense within the range of the Gaussian smoothing operator ``S``
+    (self-adjoint): ``v_k = -g_k S^2 alpha_k / ||S alpha_k||^2``.
     Each step is lengthened by the overshoot, ``tau_{n+1} = tau_n + (1 + overshoot) v_k`` for the
     candidate with the smallest ``||tau_{n+1}||_T`` (the original image is deformed by the
     accumulated field, never resampled twice), until the label changes or ``steps`` iterations are
