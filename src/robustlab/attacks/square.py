@@ -159,12 +159,18 @@ class Square(Attack):
         lo, hi = torch.clamp(x - tm.eps, min=tm.lower), torch.clamp(x + tm.eps, max=tm.upper)
         signs = _random_signs((m, c, 1, 1), g, x)
         cand = torch.where(mask, (x + tm.eps * signs).clamp(lo, hi), xb)
-        # Redraw the signs of images whose window would not change (the paper's resampling).
-        for _ in range(8):
-            same = ((cand - xb).abs() < 1e-7).flatten(1).all(dim=1)  # (m,)
-            if not bool(same.any()):
-                break
-            signs = torch.where(same[:, None, None, None], _random_signs((m, c, 1, 1), g, x), signs)
+        # The paper resamples the signs while the window would not change. For eps > 0 every other
+        # sign vector changes it (x + eps and x - eps never clip to the same value), so one draw
+        # uniform over the other 2^c - 1 sign vectors (a non-zero flip pattern) is the same law.
+        same = ((cand - xb).abs() < 1e-7).flatten(1).all(dim=1)  # (m,)
+        if tm.eps > 0 and bool(same.any()):
+            if c <= 16:
+                code = torch.randint(1, 2**c, (m, 1), generator=g, device=x.device)
+                bits = (code >> torch.arange(c, device=x.device)) & 1  # (m, c), not all zero
+            else:
+                bits = torch.nn.functional.one_hot(torch.randint(0, c, (m,), generator=g, device=x.device), c)
+            flip = (1 - 2 * bits).to(x.dtype)[:, :, None, None]
+            signs = torch.where(same[:, None, None, None], signs * flip, signs)
             cand = torch.where(mask, (x + tm.eps * signs).clamp(lo, hi), xb)
         return cand
 
