@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustlab._checks import check_images, check_labels, check_positive, check_probability
