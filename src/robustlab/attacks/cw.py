@@ -15,7 +15,8 @@ box constraint; ``mid, half`` map the box [lower, upper] to (-1, 1)) with Adam, 
   success ``tau <- 0.9 min(tau, ||x' - x||_inf)`` and the search warm-starts from that solution;
   ``c`` doubles (from 1e-5) while the sub-problem fails, up to 20 (sec. VI.B).
 * :class:`CarliniWagnerL0`: repeatedly solve the L2 problem restricted to an allowed set of
-  pixels, then freeze the pixels with the smallest ``|delta_i| |grad f_i|`` (summed over channels),
+  pixels, then freeze the pixels with the smallest ``|delta_i| |g_i|`` (summed over channels; ``g``
+  the tanh-space gradient of the whole objective, as the reference code),
   until the restricted problem becomes infeasible; the last solution is returned (sec. VI.A).
 
 Everything runs batched with per-sample state (constants, tau, pixel masks, Adam moments), so
@@ -300,10 +301,14 @@ class CarliniWagnerL0(_CWBase):
 
     Each round solves ``min ||x' - x||_2^2 + c f(x')`` over the allowed pixels (warm start from the
     last solution, ``c`` doubled from its last value while infeasible, up to ``largest_const``),
-    then freezes allowed pixels in increasing order of ``sum_channels |delta_i g_i|`` with ``g`` the
-    gradient of the whole objective ``||delta||^2 + c f`` at the solution (as Carlini's code): at
-    least one, at most ``0.3 sqrt(#changed pixels)``, stopping after the first whose score
-    exceeds 0.01 (Carlini's schedule). Stops when a round fails; returns the last solution.
+    then freezes allowed pixels in increasing order of ``sum_channels |delta_i| |g_i|`` with ``g``
+    the gradient of the whole objective ``||delta||^2 + c f`` with respect to the tanh variable
+    ``w`` at the solution (``g = dx'/dw * grad_x'``), as in Carlini's reference ``l0_attack.py``:
+    at least one pixel, at most ``ceil(0.3 sqrt(m))`` with ``m`` the pixels changed by at least
+    ``1e-4`` of the box in some channel (the reference's tolerance), stopping after the first
+    whose score exceeds 0.01. Stops when a round fails; returns the last solution, with changes
+    below ``1e-3`` of the box reset to ``x`` where it stays adversarial (so ``distance``, which
+    counts every nonzero change, reports real changes).
 
     Args:
         threat: ``"l0"`` (unbounded: ``distance`` counts changed pixels) or an l0 ThreatModel.
@@ -312,6 +317,8 @@ class CarliniWagnerL0(_CWBase):
         lr: Adam learning rate (1e-2).
         kappa: confidence margin (0).
     """
+
+    CHANGE_TOL = 1e-4  # a pixel whose channels all moved by less (x box width) counts as unchanged
 
     def __init__(
         self,
@@ -339,6 +346,13 @@ class CarliniWagnerL0(_CWBase):
         """Per-pixel sum over channels: (N, C, H, W) -> (N, H*W); other ranks per component."""
         if t.dim() == 4:
             return t.sum(dim=1).flatten(1)
+        return t.flatten(1)
+
+    @staticmethod
+    def _pixel_max(t: Tensor) -> Tensor:
+        """Per-pixel max over channels: (N, C, H, W) -> (N, H*W); other ranks per component."""
+        if t.dim() == 4:
+            return t.amax(dim=1).flatten(1)
         return t.flatten(1)
 
     @staticmethod
@@ -376,8 +390,9 @@ class CarliniWagnerL0(_CWBase):
                 if bool(done.any()):
                     solved[idx[done]] = True
                     solution[idx[done]] = xa[done]
-                    # the reference scores pixels with the gradient of the whole objective
-                    grad_at[idx[done]] = 2 * (xa[done] - xo[done]) + _view(c[done], xa[done]) * g_f[done]
+                    # As the reference: the gradient of the whole objective in tanh space (w.r.t. w).
+                    grad_obj = 2 * (xa[done] - xo[done]) + _view(c[done], xa[done]) * g_f[done]
+                    grad_at[idx[done]] = m[done] * grad_obj * box.dx_dw(w[done])
                     keep = ~done
                     idx, w, xo, yo, c, m = idx[keep], w[keep], xo[keep], yo[keep], c[keep], m[keep]
                     to = None if to is None else to[keep]
@@ -397,7 +412,8 @@ class CarliniWagnerL0(_CWBase):
                 start[won] = box.to_w(sol)
                 delta = sol - x[won]
                 score = self._pixels((delta * grad_at[won]).abs())  # (W, P)
-                changed = self._pixels(delta.abs()) > 0
+                # A pixel counts as changed when some channel moved by >= 1e-4 of the box (reference).
+                changed = self._pixel_max(delta.abs()) >= self.CHANGE_TOL * (self.box[1] - self.box[0])
                 score = score.masked_fill(~allowed[won], math.inf)
                 rank = score.argsort(dim=1).argsort(dim=1)  # 0 = smallest score
                 limit = (0.3 * changed.sum(1).to(dt).sqrt()).ceil().clamp_min(1).to(torch.long)
