@@ -4,6 +4,7 @@ FGSM-RS, PGD, TRADES, MART), and randomized smoothing."""
 from robustlab.defenses.adversarial import FGSMRS, MART, TRADES, FGSMRegularized, PGDAdversary, robust_validation
 from robustlab.defenses.adversaries import ADVERSARIES, Adversary, GaussianNoise, Standard, from_args, register_adversary
 from robustlab.defenses.smoothing import Smoothed
+from robustlab.defenses.certified import CROWNIBP, IBPAdversary  # registers "ibp" and "crown-ibp"
 from robustlab.defenses.knn import BoundaryWalk, NearestNeighbor, SoftNearestNeighbor, SurrogatePGD
 from robustlab.defenses.pixeldp import PixelDP
 from robustlab.defenses.detect import LID, Detector, FeatureSqueezing, KNNDetector, MagNetDetector, MMDTest
