@@ -159,7 +159,7 @@ def test_single_step_beating_iterative_is_flagged(honest, misleading, digits_tes
 def test_checks_run_per_threat_model(digits_model, saturated, digits_test, small_suite):
     two = dataclasses.replace(small_suite, threats=(rl.evaluate.Threat("linf", (0.05, 0.1, 0.2)),
                                                     rl.evaluate.Threat("l2", (0.5, 1.0))),
-                              attack_options={"pgd": {"steps": 20}}, checks=dataclasses.replace(small_suite.checks, n=16))
+                              attack_options={"pgd": {"steps": 50}}, checks=dataclasses.replace(small_suite.checks, n=16))
     for model, trusted in ((digits_model, True), (saturated, False)):
         m = rl.evaluate.run(model, digits_test, two, n=24, progress=False, name="m").models[0]
         norms = [f.norm for f in m.checks]

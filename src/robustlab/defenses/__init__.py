@@ -21,7 +21,6 @@ __all__ = [
     "ADVERSARIES", "Adversary", "FGSMRS", "FGSMRegularized", "GaussianNoise", "MART", "PGDAdversary", "Smoothed", "Standard", "TRADES",
     "TrainResult", "from_args", "register_adversary", "robust_validation", "train",
 ]
-__all__ += ["BoundaryWalk", "NearestNeighbor", "PixelDP", "SoftNearestNeighbor", "SurrogatePGD"]  # issue 15
 __all__ += ["TrainConfig"]  # train(model, data, config=TrainConfig(...)) (issue 11)
 __all__ += [  # detectors, transforms, ensembles (issue 14)
     "BitDepth", "Detector", "Ensemble", "FeatureSqueezing", "GaussianBlur", "JPEG", "KNNDetector", "LID", "MMDTest",
@@ -29,6 +28,7 @@ __all__ += [  # detectors, transforms, ensembles (issue 14)
     "Transform", "train_autoencoder",
 ]
 __all__ += ["Distillation", "Temperature", "defensive_distillation"]  # defensive distillation (issue 14)
+__all__ += ["BoundaryWalk", "NearestNeighbor", "PixelDP", "SoftNearestNeighbor", "SurrogatePGD"]  # issue 15
 
 from robustlab.defenses.deformation import ADefAdversary  # noqa: E402  registers "adef" (issue 13)
 
