@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab._checks import check_positive
-from robustlab.attacks.base import Attack, RawResult
+from robustlab.attacks.base import Attack, RawResult, Wrapper
 from robustlab.losses import cw_margin, is_adversarial
 from robustlab.threat import ThreatModel
 
@@ -46,18 +46,8 @@ def bpda_view(model: nn.Module) -> nn.Module:
     return out
 
 
-class BPDA(Attack):
+class BPDA(Wrapper):
     """``attack`` run on ``model.bpda()``; success judged on ``model`` itself."""
-
-    def __init__(self, attack: Attack) -> None:
-        if not isinstance(attack, Attack):
-            raise TypeError(f"attack must be a robustlab Attack, got {type(attack).__name__}")
-        self.inner = attack
-        self.threat = attack.threat
-        self.distance_norm = attack.distance_norm
-        self.bounds = attack.bounds
-        self.minimal = attack.minimal
-        self.seed = attack.seed
 
     @property
     def name(self) -> str:

@@ -431,3 +431,18 @@ class Attack(abc.ABC):
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "attack")
         return f"{self.name}({params})"
+
+
+class Wrapper(Attack):
+    """An attack that runs ``inner`` in a changed setting (EOT, BPDA): it takes over the inner
+    attack's threat model, box, distance norm, minimal-norm flag and seed."""
+
+    def __init__(self, attack: Attack) -> None:
+        if not isinstance(attack, Attack):
+            raise TypeError(f"attack must be a robustlab Attack, got {type(attack).__name__}")
+        self.inner = attack
+        self.threat = attack.threat
+        self.distance_norm = attack.distance_norm
+        self.bounds = attack.bounds
+        self.minimal = attack.minimal
+        self.seed = attack.seed

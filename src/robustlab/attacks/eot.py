@@ -32,10 +32,10 @@ import torch
 from torch import Tensor, nn
 
 from robustlab._checks import check_positive
-from robustlab.attacks.base import Attack, RawResult
+from robustlab.attacks.base import Attack, RawResult, Wrapper
 
 
-class EOT(Attack):
+class EOT(Wrapper):
     """``attack`` with every gradient averaged over ``n`` draws of a randomised model.
 
     Args:
@@ -44,15 +44,8 @@ class EOT(Attack):
     """
 
     def __init__(self, attack: Attack, n: int = 10) -> None:
-        if not isinstance(attack, Attack):
-            raise TypeError(f"attack must be a robustlab Attack, got {type(attack).__name__}")
-        self.inner = attack
+        super().__init__(attack)
         self.n = int(check_positive(n, "n", integer=True))
-        self.threat = attack.threat
-        self.distance_norm = attack.distance_norm
-        self.bounds = attack.bounds
-        self.minimal = attack.minimal
-        self.seed = attack.seed
 
     @property
     def name(self) -> str:
