@@ -14,8 +14,8 @@ changes or with ``--retrain``):
 - ``mnist-noise``: the same network trained with Gaussian noise (sigma 0.25), certified with
   randomized smoothing (Cohen et al. 2019).
 
-Full: 55,000 training images (5,000 held out for validation), the ``standard`` suite on the first
-1,000 test images. ``--quick``: 10,000 training images, fewer epochs, the ``quick`` suite on 200
+Full: 55,000 training images (5,000 held out for validation), the ``standard`` suite (with the
+black-box Square) on the first 500 test images. ``--quick``: 10,000 training images, fewer epochs, the ``quick`` suite on 200
 test images, fewer noise samples (the page says so).
 """
 
@@ -72,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="10k training images, short training, 200 test images (< 2 min)")
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
-    p.add_argument("--n", type=int, default=None, help="test images to evaluate (default 1000; quick 200)")
+    p.add_argument("--n", type=int, default=None, help="test images to evaluate (default 500; quick 200)")
     p.add_argument("--models", default=None, help="where trained models are cached (default <cache>/models)")
     p.add_argument("--retrain", action="store_true", help="ignore cached models")
     p.add_argument("--resume", action="store_true", help="reuse finished evaluation batches in --out")
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     if args.n is not None and args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     quick = args.quick
-    n_eval = args.n or (200 if quick else 1000)
+    n_eval = args.n or (200 if quick else 500)
     folder = Path(args.models) if args.models else cache_dir() / "models"
     progress = not args.no_progress
     print(f"robustlab demo{' --quick' if quick else ''}: MNIST, offline")
@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     t_train = time.perf_counter() - t_start
 
     base = evaluate.preset("quick" if quick else "standard", "linf", EPS_GRID)
-    base = dataclasses.replace(base, checks=dataclasses.replace(base.checks, n=50 if quick else 200))
+    base = dataclasses.replace(base, checks=dataclasses.replace(base.checks, n=50 if quick else 100))
     standard, robust, noise = (trained[s.name][0] for s in MODELS)
     suites = {
         "mnist-standard": dataclasses.replace(base, transfer={"mnist-robust": robust}, transfer_eps=(0.1, 0.2, 0.3)),
