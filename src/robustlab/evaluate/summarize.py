@@ -8,6 +8,7 @@ of here, and never imports ``robustlab.evaluate``.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
@@ -35,6 +36,8 @@ __all__ = ["model_report", "report"]
 #: The black-box baseline's method (as recorded by ``evaluate.run``) -> its name in the report.
 BLACK_BOX_LABEL = {"square": "square", "noise": "random noise"}
 
+
+_log = logging.getLogger(__name__)
 
 def _round(v: float, digits: int = 6) -> float:
     return float(f"{v:.{digits}g}")
@@ -113,7 +116,14 @@ def _threat_report(suite: "Suite", t, records: "Records", dim: int, certs: Seque
         ok = torch.tensor(rep.per_sample_prediction) == records.labels
         lower = torch.maximum(lower, torch.where(ok, r, torch.zeros_like(r)))
         lower_from.append(rep.label)
-    lower = torch.minimum(lower, md_all)  # a certificate can never exceed a found adversarial distance
+    # A sound certificate never exceeds a distance at which the attacks found an adversarial example;
+    # if one does, say so loudly (an unsound certifier), then keep the interval consistent.
+    unsound = lower > md_all * (1 + 1e-6)
+    if bool(unsound.any()):
+        _log.warning("%s: %d certified radii (%s) exceed an adversarial distance the attacks found; the "
+                     "certifier is unsound for these images and their radius is cut to that distance",
+                     t.norm, int(unsound.sum()), ", ".join(lower_from))
+    lower = torch.minimum(lower, md_all)
     unbroken = correct & torch.isinf(md_all)
     report = ThreatReport(
         norm=t.norm, eps=list(t.eps), attacks=attacks, minimal=list(suite.minimal), rows=rows,
