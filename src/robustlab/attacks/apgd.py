@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from robustlab._checks import check_positive, check_probability
 from robustlab.attacks.base import Attack, RawResult, predict
+from robustlab.attacks.fastpath import FastPath, FastSpec, SettledStop, exact_model
 from robustlab.losses import LossFn, get_loss, is_adversarial, margin
 from robustlab.threat import ThreatModel
 
@@ -94,6 +95,10 @@ class APGD(Attack):
         momentum: ``alpha`` of the momentum update (0.75; APGD-L1 uses none, as the reference).
         random_start: start from a random point of the ball (as the reference implementation).
         seed: seed of the random starts.
+        fast: the fast path (:class:`~robustlab.attacks.fastpath.FastPath` or a preset name such
+            as ``"bf16"``; off by default): bf16 autocast, channels_last, ``torch.compile`` and
+            success checked on the host every ``check_every`` steps, each early stop confirmed
+            by the model in its own precision.
     """
 
     def __init__(
@@ -107,6 +112,7 @@ class APGD(Attack):
         momentum: float = 0.75,
         random_start: bool = True,
         seed: int = 0,
+        fast: FastSpec = None,
     ) -> None:
         if not isinstance(threat, ThreatModel):
             raise TypeError(f"threat must be a robustlab.ThreatModel, got {type(threat).__name__}")
@@ -121,6 +127,7 @@ class APGD(Attack):
         self.momentum = check_probability(momentum, "momentum") if momentum != 1 else 1.0
         self.random_start = bool(random_start)
         self.seed = int(seed)
+        self._fast = FastPath.resolve(fast)
 
     # -- one run of Algorithm 1 -----------------------------------------------------------
     def _apgd(
@@ -172,14 +179,19 @@ class APGD(Attack):
         ckpts = set(l1_checkpoints(self.steps) if is_l1 else checkpoints(self.steps))
         last_ckpt = 0
 
+        stop = SettledStop(s["xa"], self._fast.check_every if self._fast is not None else 1, exact_model(model))
         hit = is_adversarial(logits, s["y"], s.get("st"))
         for k in range(self.steps + 1):
-            # Per-sample early stop: adversarial samples are recorded and leave the working batch.
-            if bool(hit.any()):
-                out[s["idx"][hit]] = s["xa"][hit]
-                found[s["idx"][hit]] = True
-                keep = ~hit
+            # Per-sample early stop: adversarial samples are recorded and leave the working batch
+            # (checked on the host every ``check_every`` steps of the fast path, else every step).
+            stop.observe(hit, s["xa"])
+            done = stop.settle(s["y"], s.get("st")) if stop.due(k) or k == self.steps else None
+            if done is not None:
+                out[s["idx"][done]] = stop.first[done]
+                found[s["idx"][done]] = True
+                keep = ~done
                 s = {key: v[keep] for key, v in s.items()}
+                stop.compact(keep)
                 if s["idx"].numel() == 0:
                     break
             if k == self.steps:
@@ -195,7 +207,7 @@ class APGD(Attack):
                 z = tm.project(xa + a * (z - xa) + (1 - a) * (xa - xp), x0)
             s["xp"], s["xa"] = xa, z
             loss, logits, grad = self._gradient(model, z, objective)
-            iterations[s["idx"]] += 1
+            iterations[s["idx"]] += stop.running
             hit = is_adversarial(logits, s["y"], s.get("st"))
             s["incr"] = s["incr"] + (loss > s["loss"]).long()
             s["loss"], s["grad"] = loss, grad
@@ -305,9 +317,10 @@ class APGDT(APGD):
         momentum: float = 0.75,
         random_start: bool = True,
         seed: int = 0,
+        fast: FastSpec = None,
     ) -> None:
         super().__init__(threat, steps, loss=loss, restarts=restarts, rho=rho, momentum=momentum,
-                         random_start=random_start, seed=seed)
+                         random_start=random_start, seed=seed, fast=fast)
         self.n_target_classes = int(check_positive(n_target_classes, "n_target_classes", integer=True))
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, target: Optional[Tensor], generator: torch.Generator) -> RawResult:
@@ -319,7 +332,8 @@ class APGDT(APGD):
             if self.loss == "dlr":
                 runner._loss_fn = _targeted_margin_dlr
             return runner._restarts(model, x, y, [(target, target)], generator)
-        logits = predict(model, x)
+        exact = exact_model(model)
+        logits = predict(exact if exact is not None else model, x)
         k = logits.shape[1]
         runner: APGD = self
         if k < 4 and self.loss == "dlr":

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab._checks import check_images, check_labels, check_logits, forward_checked
+from robustlab.attacks.fastpath import FastPath
 from robustlab.losses import is_adversarial
 from robustlab.threat import ThreatModel
 
@@ -296,6 +297,9 @@ class Attack(abc.ABC):
     _eot_draws: int = 1
     #: True for black-box attacks that count model queries (``AttackResult.queries`` is then never None).
     query_based: bool = False
+    #: The fast path (:class:`robustlab.attacks.fastpath.FastPath`) ``_run`` searches with; None: off.
+    #: Clean logits and the final ``success`` always come from the caller's model itself.
+    _fast: Optional[FastPath] = None
 
     @property
     def box(self) -> tuple[float, float]:
@@ -344,8 +348,9 @@ class Attack(abc.ABC):
             iterations = torch.zeros(n, dtype=torch.long, device=x.device)
             queries: Optional[Tensor] = torch.zeros(n, dtype=torch.long, device=x.device) if self.query_based else None
             if todo.numel():
+                search = self._fast.wrap(model) if self._fast is not None else model
                 raw = self._run(
-                    model, x[todo], y[todo], None if target is None else target[todo], generator
+                    search, x[todo], y[todo], None if target is None else target[todo], generator
                 )
                 cand = raw.x_adv.detach().to(x.dtype)
                 if cand.shape != x[todo].shape:
@@ -426,6 +431,8 @@ class Attack(abc.ABC):
             elif isinstance(value, (list, tuple)) and value and all(isinstance(v, Attack) for v in value):
                 value = [v.config() for v in value]
             out[key] = value
+        if self._fast is not None:
+            out["fast"] = self._fast.to_dict()
         return out
 
     def __repr__(self) -> str:

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from robustlab._checks import check_positive
 from robustlab.attacks.base import Attack, RawResult
+from robustlab.attacks.fastpath import FastPath, FastSpec
 from robustlab.losses import LossFn, get_loss
 from robustlab.threat import ThreatModel
 
@@ -29,6 +30,9 @@ class FGSM(Attack):
         random_start: start from a random point of the ball and step ``step`` from there
             (R+FGSM, Tramer et al. 2018); the result is projected back into the ball.
         step: step length when ``random_start`` (default ``eps``).
+        fast: the fast path (:class:`~robustlab.attacks.fastpath.FastPath` or a preset name;
+            off by default): the gradient is taken under bf16 autocast / channels_last /
+            ``torch.compile``; success is still judged by the model itself.
     """
 
     def __init__(
@@ -39,6 +43,7 @@ class FGSM(Attack):
         random_start: bool = False,
         step: Optional[float] = None,
         seed: int = 0,
+        fast: FastSpec = None,
     ) -> None:
         if not isinstance(threat, ThreatModel):
             raise TypeError(f"threat must be a robustlab.ThreatModel, got {type(threat).__name__}")
@@ -48,6 +53,7 @@ class FGSM(Attack):
         self.random_start = bool(random_start)
         self.step = float(check_positive(step, "step")) if step is not None else threat.eps
         self.seed = int(seed)
+        self._fast = FastPath.resolve(fast)
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, target: Optional[Tensor], generator: torch.Generator) -> RawResult:
         start = self.threat.random_start(x, generator) if self.random_start else x

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from robustlab._checks import check_positive
 from robustlab.attacks.base import Attack, RawResult, predict
+from robustlab.attacks.fastpath import FastPath, FastSpec, SettledStop, exact_model
 from robustlab.losses import LossFn, get_loss, is_adversarial
 from robustlab.threat import ThreatModel
 
@@ -37,6 +38,10 @@ class PGD(Attack):
             return the last iterate, e.g. for high-confidence transfer examples).
         sparsity: for l1, the fraction of gradient coordinates left out of each step.
         seed: seed of the random starts.
+        fast: the fast path (:class:`~robustlab.attacks.fastpath.FastPath` or a preset name such
+            as ``"bf16"``; off by default): bf16 autocast, channels_last, ``torch.compile`` and
+            success checked on the host every ``check_every`` steps, each early stop confirmed
+            by the model in its own precision.
     """
 
     def __init__(
@@ -51,6 +56,7 @@ class PGD(Attack):
         early_stop: bool = True,
         sparsity: float = 0.99,
         seed: int = 0,
+        fast: FastSpec = None,
     ) -> None:
         if not isinstance(threat, ThreatModel):
             raise TypeError(f"threat must be a robustlab.ThreatModel, got {type(threat).__name__}")
@@ -68,6 +74,7 @@ class PGD(Attack):
             raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
         self.sparsity = float(sparsity)
         self.seed = int(seed)
+        self._fast = FastPath.resolve(fast)
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, target: Optional[Tensor], generator: torch.Generator) -> RawResult:
         tm = self.threat
@@ -75,28 +82,39 @@ class PGD(Attack):
         out = x.clone()
         iterations = torch.zeros(n, dtype=torch.long, device=x.device)
         remaining = torch.arange(n, device=x.device)
+        every = self._fast.check_every if self._fast is not None else 1
+        exact = exact_model(model)
         for _ in range(self.restarts):
             idx = remaining
             x0, y0 = x[idx], y[idx]
             t0 = None if target is None else target[idx]
             xa = tm.random_start(x0, generator) if self.random_start else x0.clone()
-            for _step in range(self.steps):
+            stop = SettledStop(xa, every, exact) if self.early_stop else None
+            for step in range(self.steps):
                 _, logits, grad = self._gradient(model, xa, lambda z: self._loss_fn(z, y0, t0))
-                if self.early_stop:
-                    hit = is_adversarial(logits, y0, t0)
-                    if bool(hit.any()):
-                        out[idx[hit]] = xa[hit]
-                        keep = ~hit
+                if stop is not None:
+                    stop.observe(is_adversarial(logits, y0, t0), xa)
+                    done = stop.settle(y0, t0) if stop.due(step) else None
+                    if done is not None:  # retire the adversarial samples (one host sync per window)
+                        out[idx[done]] = stop.first[done]
+                        keep = ~done
                         idx, xa, x0, y0, grad = idx[keep], xa[keep], x0[keep], y0[keep], grad[keep]
                         t0 = None if t0 is None else t0[keep]
+                        stop.compact(keep)
                         if idx.numel() == 0:
                             break
                 xa = tm.project(xa + self.step_size * tm.ascent(grad, xa, sparsity=self.sparsity), x0)
-                iterations[idx] += 1
+                iterations[idx] += 1 if stop is None else stop.running
+            if stop is not None and not stop.plain and idx.numel():
+                done = stop.settle(y0, t0)  # hits of an unfinished window
+                if done is not None:
+                    out[idx[done]] = stop.first[done]
+                    idx, xa, x0, y0 = idx[~done], xa[~done], x0[~done], y0[~done]
+                    t0 = None if t0 is None else t0[~done]
             if idx.numel() == 0:
                 remaining = idx
                 break
-            hit = is_adversarial(predict(model, xa), y0, t0)
+            hit = is_adversarial(predict(exact if exact is not None else model, xa), y0, t0)
             out[idx] = xa  # last iterate for the rest: adversarial or the final point of this restart
             remaining = idx[~hit]
             if remaining.numel() == 0:

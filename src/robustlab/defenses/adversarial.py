@@ -6,6 +6,12 @@ train mode; adversarial points are crafted with the model in eval mode (BatchNor
 not updated by adversarial crafting, dropout is off; TRADES' reference code does the same) and
 treated as constants, then the loss is computed in train mode. ``eps_scale`` in [0, 1] is the
 linear eps warm-up factor the loop passes.
+
+The crafting adversaries (FGSM-RS, PGD, TRADES, MART) take ``fast=`` (a
+:class:`~robustlab.attacks.fastpath.FastPath` or a preset name such as ``"bf16"``; off by
+default): the inner maximisation then runs under bf16 autocast / channels_last / ``torch.compile``.
+It has no early stop, hence no host synchronisation in its step loop either way; the training
+loss itself is computed by the model as the loop runs it.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from torch import Tensor, nn
 
 from robustlab._checks import check_positive
 from robustlab.attacks.base import eval_mode, input_gradient
+from robustlab.attacks.fastpath import FastPath, FastSpec
 from robustlab.defenses.base import Adversary
 from robustlab.threat import ThreatModel
 
@@ -39,6 +46,13 @@ def _check_step(tm: ThreatModel, step: float, name: str) -> float:
     return step
 
 
+def _with_fast(config: dict, fast: Optional[FastPath]) -> dict:
+    """``config`` plus the fast-path settings when they are on (absent otherwise)."""
+    if fast is not None:
+        config["fast"] = fast.to_dict()
+    return config
+
+
 def _scaled(tm: ThreatModel, eps_scale: float) -> ThreatModel:
     return tm if eps_scale >= 1.0 else tm.with_eps(tm.eps * max(0.0, float(eps_scale)))
 
@@ -51,13 +65,16 @@ def pgd_ascent(
     steps: int,
     step_size: float,
     start: Tensor,
+    fast: Optional[FastPath] = None,
 ) -> Tensor:
     """``steps`` projected steepest-ascent steps of ``objective(logits) -> (N,)`` from ``start``,
-    with no early stop (training wants the high-loss point, Madry et al. 2018). Eval mode."""
+    with no early stop (training wants the high-loss point, Madry et al. 2018). Eval mode;
+    gradients through the fast path when ``fast`` is given."""
     xa = start.detach()
     with eval_mode(model):
+        search = fast.wrap(model) if fast is not None else model
         for _ in range(steps):
-            _, _, grad = input_gradient(model, xa, objective)
+            _, _, grad = input_gradient(search, xa, objective)
             xa = tm.project(xa + step_size * tm.ascent(grad, xa), x)
     return xa.detach()
 
@@ -101,20 +118,21 @@ class FGSMRS(Adversary):
 
     name = "fgsm-rs"
 
-    def __init__(self, threat: ThreatModel, step: Optional[float] = None) -> None:
+    def __init__(self, threat: ThreatModel, step: Optional[float] = None, *, fast: FastSpec = None) -> None:
         self.threat = _threat(threat)
         self.step = float(check_positive(step, "step")) if step is not None else 1.25 * self.threat.eps
         _check_step(self.threat, self.step, "step")
+        self.fast = FastPath.resolve(fast)
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator, eps_scale: float = 1.0) -> Tensor:
         tm = _scaled(self.threat, eps_scale)
         step = self.step * min(1.0, max(0.0, float(eps_scale)))
         start = tm.random_start(x, generator)
-        x_adv = pgd_ascent(model, lambda z: F.cross_entropy(z, y, reduction="none"), x, tm, 1, step, start)
+        x_adv = pgd_ascent(model, lambda z: F.cross_entropy(z, y, reduction="none"), x, tm, 1, step, start, self.fast)
         return F.cross_entropy(model(x_adv), y)
 
     def config(self) -> dict:
-        return {"name": self.name, "threat": self.threat.to_dict(), "step": self.step}
+        return _with_fast({"name": self.name, "threat": self.threat.to_dict(), "step": self.step}, self.fast)
 
 
 class PGDAdversary(Adversary):
@@ -124,25 +142,28 @@ class PGDAdversary(Adversary):
 
     name = "pgd"
 
-    def __init__(self, threat: ThreatModel, steps: int = 10, step_size: Optional[float] = None, random_start: bool = True) -> None:
+    def __init__(self, threat: ThreatModel, steps: int = 10, step_size: Optional[float] = None, random_start: bool = True,
+                 *, fast: FastSpec = None) -> None:
         self.threat = _threat(threat)
         self.steps = int(check_positive(steps, "steps", integer=True))
         self.step_size = float(check_positive(step_size, "step_size")) if step_size is not None else 2.5 * self.threat.eps / self.steps
         _check_step(self.threat, self.step_size, "step_size")
         self.random_start = bool(random_start)
+        self.fast = FastPath.resolve(fast)
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator, eps_scale: float = 1.0) -> Tensor:
         tm = _scaled(self.threat, eps_scale)
         start = tm.random_start(x, generator) if self.random_start else x
         step = self.step_size * min(1.0, max(0.0, float(eps_scale)))
-        return pgd_ascent(model, lambda z: F.cross_entropy(z, y, reduction="none"), x, tm, self.steps, step, start)
+        return pgd_ascent(model, lambda z: F.cross_entropy(z, y, reduction="none"), x, tm, self.steps, step, start,
+                          self.fast)
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator, eps_scale: float = 1.0) -> Tensor:
         return F.cross_entropy(model(self.perturb(model, x, y, generator, eps_scale)), y)
 
     def config(self) -> dict:
-        return {"name": self.name, "threat": self.threat.to_dict(), "steps": self.steps, "step_size": self.step_size,
-                "random_start": self.random_start}
+        return _with_fast({"name": self.name, "threat": self.threat.to_dict(), "steps": self.steps,
+                           "step_size": self.step_size, "random_start": self.random_start}, self.fast)
 
 
 def _kl_rows(log_p_adv: Tensor, p_clean: Tensor) -> Tensor:
@@ -157,12 +178,14 @@ class TRADES(Adversary):
 
     name = "trades"
 
-    def __init__(self, threat: ThreatModel, beta: float = 6.0, steps: int = 10, step_size: Optional[float] = None) -> None:
+    def __init__(self, threat: ThreatModel, beta: float = 6.0, steps: int = 10, step_size: Optional[float] = None,
+                 *, fast: FastSpec = None) -> None:
         self.threat = _threat(threat)
         self.beta = float(check_positive(beta, "beta", allow_zero=True))
         self.steps = int(check_positive(steps, "steps", integer=True))
         self.step_size = float(check_positive(step_size, "step_size")) if step_size is not None else 2.5 * self.threat.eps / self.steps
         _check_step(self.threat, self.step_size, "step_size")
+        self.fast = FastPath.resolve(fast)
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator, eps_scale: float = 1.0) -> Tensor:
         tm = _scaled(self.threat, eps_scale)
@@ -171,14 +194,15 @@ class TRADES(Adversary):
         noise = 0.001 * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         start = tm.project(x + noise, x)
         step = self.step_size * min(1.0, max(0.0, float(eps_scale)))
-        x_adv = pgd_ascent(model, lambda z: _kl_rows(F.log_softmax(z, dim=1), p_clean), x, tm, self.steps, step, start)
+        x_adv = pgd_ascent(model, lambda z: _kl_rows(F.log_softmax(z, dim=1), p_clean), x, tm, self.steps, step, start,
+                           self.fast)
         logits = model(x)
         robust = _kl_rows(F.log_softmax(model(x_adv), dim=1), F.softmax(logits, dim=1)).mean()
         return F.cross_entropy(logits, y) + self.beta * robust
 
     def config(self) -> dict:
-        return {"name": self.name, "threat": self.threat.to_dict(), "beta": self.beta, "steps": self.steps,
-                "step_size": self.step_size}
+        return _with_fast({"name": self.name, "threat": self.threat.to_dict(), "beta": self.beta, "steps": self.steps,
+                           "step_size": self.step_size}, self.fast)
 
 
 class MART(Adversary):
@@ -189,10 +213,12 @@ class MART(Adversary):
 
     name = "mart"
 
-    def __init__(self, threat: ThreatModel, beta: float = 6.0, steps: int = 10, step_size: Optional[float] = None) -> None:
+    def __init__(self, threat: ThreatModel, beta: float = 6.0, steps: int = 10, step_size: Optional[float] = None,
+                 *, fast: FastSpec = None) -> None:
         self.threat = _threat(threat)
         self.beta = float(check_positive(beta, "beta", allow_zero=True))
-        self._pgd = PGDAdversary(threat, steps, step_size)
+        self._pgd = PGDAdversary(threat, steps, step_size, fast=fast)
+        self.fast = self._pgd.fast
         self.steps, self.step_size = self._pgd.steps, self._pgd.step_size
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator, eps_scale: float = 1.0) -> Tensor:
@@ -207,8 +233,8 @@ class MART(Adversary):
         return (bce + self.beta * kl * (1.0 - p_true)).mean()
 
     def config(self) -> dict:
-        return {"name": self.name, "threat": self.threat.to_dict(), "beta": self.beta, "steps": self.steps,
-                "step_size": self.step_size}
+        return _with_fast({"name": self.name, "threat": self.threat.to_dict(), "beta": self.beta, "steps": self.steps,
+                           "step_size": self.step_size}, self.fast)
 
 
 def robust_validation(threat: ThreatModel, *, n: int = 500, steps: int = 10, restarts: int = 1,

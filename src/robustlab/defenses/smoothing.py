@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from robustlab._checks import check_images, check_logits, check_positive, check_probability
 from robustlab.attacks.base import eval_mode, model_device
+from robustlab.attacks.fastpath import FastPath, FastSpec, compiled_call
 from robustlab.certificates import Certificate
 from robustlab.defenses.smoothing_adaptive import REASONS, AdaptivePlan, radius_from_p
 from robustlab.stats import clopper_pearson
@@ -168,6 +169,11 @@ class Smoothed(nn.Module):
             CPU). Logits differ from the eager model in the last bits only; the copy is checked
             against the eager model on the first slice and refused if any vote differs. Off by
             default; for models without data-dependent control flow (tracing records one path).
+        fast: the library-wide fast path (:class:`~robustlab.attacks.fastpath.FastPath` or a
+            preset name such as ``"bf16"``; off by default): its ``precision="bf16"`` turns on
+            ``autocast``, its ``channels_last`` turns on ``channels_last``, and its ``compile``
+            counts votes with ``torch.compile(base)`` (eager if it does not compile). Recorded in
+            every certificate's ``info``. Vote counting never synchronises with the host.
 
     ``forward(x)`` returns ``log mean_k softmax(f(x + sigma delta_k))`` over ``n_forward`` draws:
     the log of the soft-smoothed probabilities (Salman et al. 2019, arXiv:1906.04584, Sec. 3), a
@@ -178,7 +184,7 @@ class Smoothed(nn.Module):
 
     def __init__(self, model: nn.Module, sigma: float, *, num_classes: Optional[int] = None, batch_size: int = 1000,
                  seed: int = 0, n_forward: int = 32, fresh_noise: bool = True, autocast: bool = False,
-                 channels_last: bool = False, optimize: bool = False) -> None:
+                 channels_last: bool = False, optimize: bool = False, fast: FastSpec = None) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module mapping images to logits, got {type(model).__name__}")
@@ -198,6 +204,12 @@ class Smoothed(nn.Module):
         self.autocast = bool(autocast)
         self.channels_last = bool(channels_last)
         self.optimize = bool(optimize)
+        self.fast = FastPath.resolve(fast)
+        if self.fast is not None:
+            self.autocast = self.autocast or self.fast.precision == "bf16"
+            self.channels_last = self.channels_last or self.fast.channels_last
+            if self.optimize and self.fast.compile:
+                raise ValueError("optimize=True (torch.jit) and a fast path with compile=True exclude each other; pick one")
         if self.optimize and self.autocast:
             raise ValueError("optimize=True traces the fp32 model; it cannot be combined with autocast=True")
         self._streams: dict[tuple[str, int], torch.Generator] = {}
@@ -298,6 +310,8 @@ class Smoothed(nn.Module):
                     noisy.sub_(norm.mean).div_(norm.std)
                 if self.optimize:
                     logits = self._optimized_net(net, noisy)
+                elif self.fast is not None and self.fast.compile:
+                    logits = compiled_call(net, noisy)
                 else:
                     logits = net(noisy)
                 if start == 0:
@@ -347,6 +361,8 @@ class Smoothed(nn.Module):
             info["channels_last"] = True
         if self.optimize:
             info["optimize"] = "torch.jit.optimize_for_inference"
+        if self.fast is not None:
+            info["fast"] = self.fast.to_dict()
         info.update(extra)
         return info
 
