@@ -7,15 +7,24 @@ Sections (``--sections``, comma-separated; each is saved as soon as it finishes)
 
 - ``threshold``: ``Threshold(0.5)``: robust accuracy under plain PGD vs BPDA-PGD, and the share of
   inputs where the defended model's input gradient is exactly zero (the masking evidence).
+- ``threshold_report``: ``robustlab.evaluate.run`` (the ``quick`` suite: FGSM, PGD-40, the
+  gradient-masking checks) on ``Threshold(0.5)`` and on the undefended model: robust accuracy,
+  verdict and the checks that warn.
 - ``transforms``: each transform (bit depth, median, JPEG, blur, Xie randomisation, rotation /
   scaling, MagNet reformer): clean accuracy, plain PGD vs BPDA / EOT-PGD robust accuracy.
 - ``detectors``: squeeze, magnet, knn, lid: detection rate at 5% FPR, achieved FPR, ROC AUC and
   evasion rate vs FGSM, PGD, CW-L2, non-adaptive and adaptive (``robustlab.cli.detect``).
+- ``mmd``: the MMD two-sample test (Grosse et al. 2017) on batches of ``--mmd-batch`` images against
+  clean training images: the share of adversarial batches rejected at p < 0.05, of clean held-out
+  batches rejected (the false-positive rate), and the ROC AUC of the batch statistic, vs FGSM, PGD,
+  CW-L2, non-adaptive and adaptive (detector-aware PGD against a per-image surrogate, the negative
+  log kernel density of the clean reference with the test's bandwidth).
 - ``distillation``: teacher and student at T (default 100) trained with the training loop (kept
   in ``--runs``); robust accuracy of the student under PGD-CE vs PGD on the CW logit margin and
-  CW-L2 (median distance).
-- ``ensembles``: three small-cnn members (different seeds, kept in ``--runs``), hard vs soft
-  voting: clean and PGD / BPDA-PGD robust accuracy vs the members, transfer success between members.
+  CW-L2 (median distance), and ``robustlab.evaluate.run`` (``quick``) on the student: its verdict.
+- ``ensembles``: the evaluated model and two small-cnn members trained with seeds 1 and 2 (kept in
+  ``--runs``), hard vs soft voting: clean and PGD / BPDA-PGD robust accuracy vs the members, and
+  the transfer matrix between members.
 
 Random transforms are scored by their expected accuracy over 10 draws. Writes ``--out`` (JSON).
 """
@@ -60,7 +69,34 @@ def section_threshold(model, x, y, args) -> dict:
     zero = float((g.flatten(1).abs().amax(1) == 0).float().mean())
     return {"clean": accuracy(d, x, y), "pgd": robust(d, PGD(tm, steps=args.steps, seed=0), x, y),
             "bpda_pgd": robust(d, BPDA(PGD(tm, steps=args.steps, seed=0)), x, y), "zero_gradient_share": zero,
+            "bpda_pgd_5x_steps": robust(d, BPDA(PGD(tm, steps=5 * args.steps, seed=0)), x, y),
+            "bpda_pgd_cw_5x_steps": robust(d, BPDA(PGD(tm, steps=5 * args.steps, loss="cw", seed=0)), x, y),
             "undefended_pgd": robust(model, PGD(tm, steps=args.steps, seed=0), x, y)}
+
+
+def report_summary(model, x, y, eps: float, name: str, suite: str = "quick") -> dict:
+    """``robustlab.evaluate.run`` on ``model`` (any nn.Module) at one linf radius: the report's
+    robust accuracies, its verdict and the findings (the gradient-masking checks)."""
+    t0 = time.perf_counter()
+    rep = rl.evaluate.run(model, (x, y), suite, norm="linf", eps=[eps], progress=False, name=name, seed=0)
+    m = rep.models[0]
+    row = m.threats[0].rows[-1]
+    verdict = m.threats[0].verdict or m.verdict
+    return {
+        "suite": suite, "n": int(x.shape[0]), "eps": eps, "clean": m.clean.value,
+        "robust": {a.attack: a.robust.value for a in row.attacks}, "worst_case": row.worst_case.value,
+        "black_box": None if row.noise is None else row.noise.value,
+        "verdict": {"trusted": verdict.trusted, "summary": verdict.summary, "warnings": verdict.warnings},
+        "findings": [{"name": f.name, "status": f.status, "norm": f.norm, "evidence": f.evidence} for f in m.checks],
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def section_threshold_report(model, x, y, args) -> dict:
+    out = {"threshold": report_summary(T.Threshold(model, 0.5).eval(), x, y, args.eps, "Threshold(0.5)")}
+    print("threshold_report threshold", json.dumps(out["threshold"])[:3000], flush=True)
+    out["undefended"] = report_summary(model, x, y, args.eps, "undefended")
+    return out
 
 
 def section_transforms(model, x, y, args, train) -> dict:
@@ -85,11 +121,18 @@ def section_transforms(model, x, y, args, train) -> dict:
     return out
 
 
+_PLAIN: dict = {}  # the non-adaptive attacks do not depend on the detector: run each once per process
+
+
+def plain_attack(model, aname: str, x, y, args):
+    if aname not in _PLAIN:
+        _PLAIN[aname] = run_attack(model, make_attack(aname, args.eps, steps=args.steps, seed=0), x, y)
+    return _PLAIN[aname]
+
+
 def section_detectors(model, x, y, args, train, test) -> list:
     fit_x = test.images[args.n : args.n + args.n_fit]
-    plain = {}  # the non-adaptive attacks do not depend on the detector: run each once
-    for aname in ("fgsm", "pgd", "cw-l2"):
-        plain[aname] = run_attack(model, make_attack(aname, args.eps, steps=args.steps, seed=0), x, y)
+    plain = {aname: plain_attack(model, aname, x, y, args) for aname in ("fgsm", "pgd", "cw-l2")}
     recs = []
     for dname in args.detectors.split(","):
         det = build_detector(dname, model, train.images[: args.n_train], train.labels[: args.n_train]).fit(fit_x, fpr=0.05)
@@ -112,11 +155,75 @@ def section_detectors(model, x, y, args, train, test) -> list:
     return recs
 
 
-def _trained(folder: Path, make, train, adversary, epochs: int, seed: int):
+class KernelDensityScore:
+    """A per-image stand-in for the MMD test, for the detector-aware attack: ``s(x) = -log mean_j
+    exp(-||x - r_j||^2 / (2 s^2))`` over the clean reference ``r`` (the test's Gaussian kernel and
+    bandwidth), i.e. the negative log kernel density of the clean data; pulling each image towards
+    the reference density shrinks ``MMD^2``'s cross term. ``fit`` / ``flag`` as the detectors'."""
+
+    name = "mmd-density"
+
+    def __init__(self, reference, bandwidth: float) -> None:
+        self.reference = reference.flatten(1)
+        self.bandwidth = float(bandwidth)
+        self.threshold = None
+
+    def score_surrogate(self, x):
+        d2 = torch.cdist(x.flatten(1), self.reference.to(x)).pow(2)
+        return -torch.logsumexp(-d2 / (2 * self.bandwidth**2), dim=1)
+
+    score = score_surrogate
+
+    def fit(self, clean, fpr: float = 0.05) -> "KernelDensityScore":
+        with torch.no_grad():
+            s = self.score(clean).double()
+        self.threshold = float(torch.quantile(s, 1.0 - fpr, interpolation="higher"))
+        return self
+
+    def flag(self, x):
+        with torch.no_grad():
+            return self.score(x) > self.threshold
+
+
+def section_mmd(model, x, y, args, train, test) -> list:
+    from robustlab.defenses.detect import MMDTest, roc_auc
+
+    b = args.mmd_batch
+    ref = train.images[: args.mmd_reference]
+    mmd = MMDTest(ref, permutations=200, seed=0)
+    fit_x = test.images[args.n : args.n + args.n_fit]
+    clean = [mmd.test(c) for c in fit_x.split(b) if c.shape[0] == b]  # null batches: clean held-out images
+    bw = mmd.test(fit_x[:b]).bandwidth
+    surrogate = KernelDensityScore(ref, bw).fit(fit_x, fpr=0.05)
+    recs = []
+    for aname in ("fgsm", "pgd", "cw-l2"):
+        for adaptive in (False, True):
+            if adaptive:
+                attack = make_attack(aname, args.eps, detector=surrogate, steps=args.steps, l2_eps=args.l2_eps, seed=0)
+                res, seconds = run_attack(model, attack, x, y)
+            else:
+                res, seconds = plain_attack(model, aname, x, y, args)
+            found = res.success & res.clean_correct
+            xa = res.x_adv[found]
+            adv = [mmd.test(c) for c in xa.split(b) if c.shape[0] == b]
+            rec = {"attack_name": aname, "adaptive": adaptive, "batch": b, "attack_success": int(found.sum()),
+                   "n": int(x.shape[0]), "seconds": seconds, "clean_batches": len(clean), "adv_batches": len(adv),
+                   "fpr": sum(r.p_value < 0.05 for r in clean) / max(len(clean), 1),
+                   "detection_rate": (sum(r.p_value < 0.05 for r in adv) / len(adv)) if adv else None,
+                   "auc": roc_auc(torch.tensor([r.statistic for r in clean]), torch.tensor([r.statistic for r in adv]))
+                   if adv else None,
+                   "median_p": float(torch.tensor([r.p_value for r in adv]).median()) if adv else None,
+                   "surrogate_flag_rate": float(surrogate.flag(xa).float().mean()) if bool(found.any()) else None}
+            print(rec, flush=True)
+            recs.append(rec)
+    return recs
+
+
+def _trained(folder: Path, make, train, adversary, epochs: int, seed: int, **settings):
     if (folder / "metadata.json").is_file():
         return rl.models.load(folder).eval()
     model = make(seed)
-    rl.defenses.train(model, train, adversary=adversary, epochs=epochs, seed=seed, progress=False)
+    rl.defenses.train(model, train, adversary=adversary, epochs=epochs, seed=seed, progress=False, **settings)
     rl.models.save(model, folder)
     return model.eval()
 
@@ -129,16 +236,22 @@ def section_distillation(x, y, args, train) -> dict:
         return rl.models.create(arch, train, seed=seed)
 
     runs = Path(args.runs)
-    tag = f"{args.dataset_tag}-{arch}-T{args.temperature:g}-e{args.distill_epochs}"
-    teacher = _trained(runs / f"distill-teacher-{tag}", make, train, Temperature(args.temperature), args.distill_epochs, 0)
+    tag = f"{args.dataset_tag}-{arch}-T{args.temperature:g}-e{args.distill_epochs}-lr{args.distill_lr:g}"
+    teacher = _trained(runs / f"distill-teacher-{tag}", make, train, Temperature(args.temperature), args.distill_epochs, 0,
+                       lr=args.distill_lr)
     student = _trained(runs / f"distill-student-{tag}", make, train, Distillation(teacher, args.temperature),
-                       args.distill_epochs, 0)
+                       args.distill_epochs, 0, lr=args.distill_lr)
     with torch.no_grad():
         scale = float(student(x[:100]).abs().amax(1).median())
     cw = CarliniWagner("l2", steps=100, binary_search_steps=5, initial_const=0.1, seed=0)
     res = rl.attacks.AttackResult.concat([cw.attack(student, xb, yb) for xb, yb in zip(x.split(100), y.split(100))])
     found = res.success & res.clean_correct
-    return {"temperature": args.temperature, "arch": arch, "epochs": args.distill_epochs,
+    xr = x[:100].clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(torch.nn.functional.cross_entropy(student(xr), y[:100]), xr)
+    zero = float((g.flatten(1).abs().amax(1) == 0).float().mean())
+    return {"temperature": args.temperature, "arch": arch, "epochs": args.distill_epochs, "lr": args.distill_lr,
+            "teacher_clean": accuracy(teacher, x, y), "zero_gradient_share": zero,
+            "report": report_summary(student, x, y, args.eps, f"distilled student T={args.temperature:g}"),
             "clean": accuracy(student, x, y), "median_max_logit": scale,
             "pgd_ce": robust(student, PGD(tm, steps=args.steps, loss="ce", seed=0), x, y),
             "pgd_cw": robust(student, PGD(tm, steps=args.steps, loss="cw", seed=0), x, y),
@@ -146,15 +259,16 @@ def section_distillation(x, y, args, train) -> dict:
             "cw_l2_median": float(res.distance[found].median()) if bool(found.any()) else None}
 
 
-def section_ensembles(x, y, args, train) -> dict:
+def section_ensembles(model, x, y, args, train) -> dict:
     tm = rl.ThreatModel("linf", args.eps)
 
     def make(seed):
         return rl.models.create("small-cnn", train, seed=seed)
 
-    members = [_trained(Path(args.runs) / f"ens-{args.dataset_tag}-small-cnn-s{s}-e{args.ens_epochs}", make, train,
-                        None, args.ens_epochs, s) for s in range(3)]
-    out: dict = {"members": [], "transfer": []}
+    members = [model] + [_trained(Path(args.runs) / f"ens-{args.dataset_tag}-small-cnn-s{s}-e{args.ens_epochs}", make,
+                                  train, None, args.ens_epochs, s) for s in (1, 2)]
+    out: dict = {"members": [], "transfer": [],
+                 "member_names": [args.model] + [f"small-cnn seed {s}, {args.ens_epochs} epoch(s)" for s in (1, 2)]}
     adv = []
     for m in members:
         res = [PGD(tm, steps=args.steps, seed=0).attack(m, xb, yb) for xb, yb in zip(x.split(100), y.split(100))]
@@ -181,13 +295,18 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--eot", type=int, default=10)
     p.add_argument("--detectors", default="squeeze,magnet,knn,lid")
-    p.add_argument("--sections", default="threshold,transforms,detectors,distillation,ensembles")
+    p.add_argument("--sections", default="threshold,threshold_report,transforms,detectors,mmd,distillation,ensembles")
     p.add_argument("--temperature", type=float, default=100.0)
-    p.add_argument("--distill-arch", default="cnn")
+    p.add_argument("--distill-arch", default="small-cnn")
     p.add_argument("--distill-epochs", type=int, default=2)
+    p.add_argument("--distill-lr", type=float, default=0.01)
+    p.add_argument("--mmd-batch", type=int, default=25)
+    p.add_argument("--mmd-reference", type=int, default=500)
     p.add_argument("--ens-epochs", type=int, default=2)
     p.add_argument("--runs", default="runs/bench-detect")
-    p.add_argument("--threads", type=int, default=2)
+    # one thread: on the shared 2-core machine, two threads per process were up to 20x slower
+    # (oversubscription) than one
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", required=True)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -199,11 +318,17 @@ def main() -> int:
     out_path = Path(args.out)
     doc = json.loads(out_path.read_text()) if out_path.is_file() else {}
     doc.update({"format": "robustlab-bench-detect", "model": args.model, "dataset": dataset, "eps": args.eps,
-                "n": args.n, "steps": args.steps, "hardware": hardware(), "machine_shared": True})
+                "n": args.n, "steps": args.steps, "hardware": hardware(), "machine_shared": True,
+                "args": {k: v for k, v in vars(args).items() if k != "dataset_tag"},
+                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     for section in args.sections.split(","):
         t0 = time.perf_counter()
         if section == "threshold":
             res = section_threshold(model, x, y, args)
+        elif section == "threshold_report":
+            res = section_threshold_report(model, x, y, args)
+        elif section == "mmd":
+            res = section_mmd(model, x, y, args, train, test)
         elif section == "transforms":
             res = section_transforms(model, x, y, args, train)
         elif section == "detectors":
@@ -211,7 +336,7 @@ def main() -> int:
         elif section == "distillation":
             res = section_distillation(x, y, args, train)
         elif section == "ensembles":
-            res = section_ensembles(x, y, args, train)
+            res = section_ensembles(model, x, y, args, train)
         else:
             raise SystemExit(f"unknown section {section!r}")
         doc[section] = res
