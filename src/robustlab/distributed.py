@@ -10,6 +10,8 @@ identity: rank 0 of 1, no communication.
 - :func:`rank`, :func:`world_size`, :func:`is_main`, :func:`is_distributed`;
 - :func:`shard`: this rank's part of a global batch (contiguous, sizes differ by at most one);
 - :func:`all_reduce_sum` (metrics), :func:`broadcast_object` (rank 0's result to every rank),
+  :func:`gather_bytes` (every rank's serialised results, e.g. safetensors records, on rank 0),
+  :func:`round_robin` (which of ``n`` work units, e.g. evaluation batches, are this rank's),
   :func:`broadcast_tensors` (rank 0's buffers to every rank),
   :func:`barrier`, :func:`cleanup`.
 """
@@ -206,3 +208,29 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj if rank() == src else None]
     torch.distributed.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def round_robin(n: int, rank_: Optional[int] = None, world: Optional[int] = None) -> list[int]:
+    """The indices ``i`` of ``n`` work units with ``i % world == rank``: each unit is done by exactly
+    one rank, and the units keep their global index (so a unit's seeds and contents do not depend
+    on the number of ranks)."""
+    r = rank() if rank_ is None else int(rank_)
+    w = world_size() if world is None else int(world)
+    if not 0 <= r < w:
+        raise ValueError(f"rank must be in [0, {w}), got {r}")
+    return list(range(r, int(n), w))
+
+
+def gather_bytes(items: "list[tuple[int, bytes]]", dst: int = 0) -> "list[tuple[int, bytes]]":
+    """Every rank's ``(index, payload)`` pairs on rank ``dst``, sorted by index (other ranks get
+    ``[]``); identity (sorted) when not distributed. Payloads are plain bytes (e.g. safetensors),
+    so nothing but bytes and integers crosses the process boundary."""
+    if not all(isinstance(i, int) and isinstance(b, (bytes, bytearray)) for i, b in items):
+        raise TypeError("gather_bytes expects a list of (int, bytes) pairs")
+    if not is_distributed():
+        return sorted(items, key=lambda p: p[0])
+    box: list[Any] = [None] * world_size() if rank() == dst else []
+    torch.distributed.gather_object(list(items), box if rank() == dst else None, dst=dst)
+    if rank() != dst:
+        return []
+    return sorted((p for part in box for p in part), key=lambda p: p[0])

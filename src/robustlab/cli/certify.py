@@ -40,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dp.add_argument("--scores", choices=("softmax", "argmax"), default="softmax",
                     help="expected softmax with Hoeffding bounds, or argmax counts with Clopper-Pearson")
     p.add_argument("--n0", type=int, default=100, help="samples to select the class (default 100)")
-    p.add_argument("--n", type=int, default=100_000, help="samples to estimate pA (n_max with --adaptive)")
+    p.add_argument("--n", "--samples", dest="n", type=int, default=100_000,
+                   help="samples to estimate pA (n_max with --adaptive; --samples under torchrun)")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability per image (default 0.001)")
     p.add_argument("--radii", type=parse_floats, default=(0.0, 0.25, 0.5, 0.75, 1.0),
                    help="L2 radii of the table (and radii of interest with --adaptive)")

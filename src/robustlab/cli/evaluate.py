@@ -48,7 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "CIFAR-10/100 binary files (default: the dataset in the model's metadata)")
     p.add_argument("--split", default="test", choices=("train", "test"))
     p.add_argument("--root", default=None, help="dataset folder")
-    p.add_argument("--n", type=int, default=None, help="evaluate the first N images (default all)")
+    p.add_argument("--n", "--n-images", dest="n", type=int, default=None,
+                   help="evaluate the first N images (default all; under torchrun write --n-images: torchrun reads --n "
+                        "as an ambiguous option of its own)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: where the model loads, cpu)")
@@ -91,14 +93,30 @@ def model_label(spec: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustlab import data, evaluate
-    from robustlab.cli._common import check_model_data, check_out_dir, dataset_name, load_model, resolve_device
+    from robustlab import distributed
 
     if args.n is not None and args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    device = resolve_device(args.device)
+    joined = not distributed.is_distributed()
+    info = distributed.init_from_env(args.device)  # under torchrun: one shard of the batches per process
+    try:
+        return _run(args, info)
+    finally:
+        if joined:  # leave a process group only when this command created it
+            distributed.cleanup()
+
+
+def _run(args: argparse.Namespace, info) -> int:
+    import logging
+
+    from robustlab import data, evaluate
+    from robustlab.cli._common import check_model_data, check_out_dir, dataset_name, load_model, resolve_device
+
+    logging.basicConfig(level=logging.INFO if info.is_main else logging.WARNING,
+                        format="%(message)s" if not info.distributed else f"[rank {info.rank}] %(message)s")
+    device = info.device if info.distributed else resolve_device(args.device)
     model_name = args.name or model_label(args.model)
     model = load_model(args, device)
     out = check_out_dir(args.out if args.out else Path("out") / "evaluate" / model_name)  # before data and attacks
@@ -107,8 +125,12 @@ def run(args: argparse.Namespace) -> int:
     test = data.load(name, args.split, args.root)
     check_model_data(model, test, device)
     report = evaluate.run(model, test, suite, n=args.n, batch_size=args.batch_size, out=out, resume=args.resume,
-                          seed=args.seed, progress=not args.no_progress, name=model_name, html=not args.no_html)
+                          seed=args.seed, progress=not args.no_progress, name=model_name, html=not args.no_html,
+                          device=device)
+    if not info.is_main:
+        return 0
     print(report.table())
     wrote = "report.json" + ("" if args.no_html else " and index.html")
-    print(f"wrote {wrote} in {out}/ ({report.models[0].seconds:.1f} s)")
+    ranks = f" on {info.world_size} processes" if info.distributed else ""
+    print(f"wrote {wrote} in {out}/ ({report.models[0].seconds:.1f} s{ranks})")
     return 0

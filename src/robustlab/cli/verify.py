@@ -27,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eps", type=float, required=True, help="radius to verify, in [0, 1] pixel units")
     p.add_argument("--method", choices=METHODS, default="crown", help="bound method (default crown)")
     p.add_argument("--norm", default="linf", choices=("linf", "l2", "l1"), help="threat model norm (default linf)")
-    p.add_argument("--n", type=int, default=1000, help="verify the first N test images (default 1000)")
+    p.add_argument("--n", "--n-images", dest="n", type=int, default=1000,
+                   help="verify the first N test images (default 1000; --n-images under torchrun)")
     p.add_argument("--dataset", default=None, help="default: the dataset in the model's metadata")
     p.add_argument("--split", default="test", help="dataset split (default test)")
     p.add_argument("--batch-size", type=int, default=50, help="images per bound computation (default 50)")

@@ -21,6 +21,7 @@ is named in a warning and recomputed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -36,11 +37,13 @@ from typing import Any, Mapping, Optional
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from robustlab._checks import check_images, check_labels, check_logits, check_positive, explain_input_mismatch
+from robustlab import distributed
 from robustlab._io import atomic_write_bytes, atomic_write_text
 from robustlab.attacks.base import eval_mode, model_device
 from robustlab.evaluate import checks as checks_mod
@@ -56,6 +59,9 @@ log = logging.getLogger("robustlab.evaluate")
 RECORDS_VERSION = 2
 LOCK_NAME = ".robustlab.lock"
 UNBOUNDED = None  # the eps key of minimal-norm attacks
+#: Test hook: ``RANK:BATCHES`` makes process ``RANK`` exit hard (``os._exit(17)``) after writing
+#: ``BATCHES`` batch files (only in a first attempt, not in a torchrun restart).
+CRASH_ENV = "ROBUSTLAB_TEST_EVAL_CRASH"
 
 
 def eps_key(eps: Optional[float]) -> str:
@@ -179,6 +185,46 @@ class _Show:
         return out
 
 
+class _BatchProgress:
+    """Progress inside a batch, on the bar's postfix: the task (threat model, eps, attack) of how
+    many, and the model's forward passes so far in this batch (every attack step, query or
+    certifier draw costs at least one; counted by a forward hook removed when the batch ends)."""
+
+    def __init__(self, bar: Any, tasks: int) -> None:
+        self.bar, self.tasks = bar, tasks
+        self.i, self.forwards, self.label, self.shown = 0, 0, "", 0.0
+
+    def task(self, label: str) -> None:
+        self.i += 1
+        self.label = label
+        self._show(force=True)
+
+    def _count(self, *_: Any) -> None:
+        self.forwards += 1
+        self._show()
+
+    def _show(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.shown > 0.5:
+            self.shown = now
+            self.bar.set_postfix_str(f"{self.label} [{self.i}/{self.tasks}], {self.forwards} forward passes",
+                                     refresh=True)
+
+    @contextlib.contextmanager
+    def watching(self, model: nn.Module):
+        """Count ``model``'s forward passes while the block runs (no-op for modules without hooks)."""
+        self.i, self.forwards = 0, 0
+        try:
+            handle = model.register_forward_hook(self._count)
+        except (AttributeError, RuntimeError):  # e.g. a scripted module
+            handle = None
+        try:
+            yield self
+        finally:
+            if handle is not None:
+                handle.remove()
+
+
 class _Runner:
     """Everything prepared (and validated) before the first batch."""
 
@@ -205,6 +251,8 @@ class _Runner:
                 self.minimal[(t.norm, a)] = suite.build_minimal(a, t.norm, shape, seed)
         self.certs = [(i, spec, certifier(spec.method), spec.resolved()) for i, spec in enumerate(suite.certifiers)]
         self.sources_names = display_sources(suite)
+        checked = sum(len(t.eps) for t in suite.threats) if suite.checks.enabled else 0
+        self.tasks = len(self.attacks) + checked + len(self.transfer) + len(self.minimal) + len(self.certs)
 
     def _store(self, rec: dict, show: Optional[_Show], kind: str, t: Threat, eps: Optional[float], name: str,
                x: Tensor, y: Tensor, x_adv: Tensor, seconds: float, attempt: bool, src: int) -> None:
@@ -225,7 +273,15 @@ class _Runner:
             show.update(x_adv, success, dist, marg, pred, probs.amax(dim=1), float(eps) if eps is not None else -1.0,
                         src, attempt)
 
-    def batch(self, x: Tensor, y: Tensor, start: int, b: int) -> dict[str, Tensor]:
+    def batch(self, x: Tensor, y: Tensor, start: int, b: int,
+              progress: Optional[_BatchProgress] = None) -> dict[str, Tensor]:
+        """Every result of one batch (images ``start..``, batch index ``b``: its seeds)."""
+        if progress is None:
+            return self._batch(x, y, start, b, lambda label: None)
+        with progress.watching(self.model):
+            return self._batch(x, y, start, b, progress.task)
+
+    def _batch(self, x: Tensor, y: Tensor, start: int, b: int, task: Any) -> dict[str, Tensor]:
         model, suite = self.model, self.suite
         with eval_mode(model), torch.no_grad():
             logits = model(x)
@@ -244,11 +300,13 @@ class _Runner:
             for e in t.eps:
                 last = e == t.eps[-1]
                 for a in names:
+                    task(f"{t.norm} eps {e:g}: {a}")
                     t0 = time.perf_counter()
                     x_adv = self.attacks[(t.norm, e, a)].attack(model, x, y).x_adv
                     self._store(rec, s_show, "attack", t, e, a, x, y, x_adv, time.perf_counter() - t0, last,
                                 self.sources_names.index(a) if ti == 0 else -1)
                 if suite.checks.enabled:
+                    task(f"{t.norm} eps {e:g}: {black_box_label(self.black_box_method[t.norm])}")
                     t0 = time.perf_counter()
                     if (t.norm, e) in self.black_box:  # score-based Square, a modest query budget
                         x_noise = self.black_box[(t.norm, e)].attack(model, x, y).x_adv
@@ -258,16 +316,19 @@ class _Runner:
                     self._store(rec, s_show, "noise", t, e, "noise", x, y, x_noise, time.perf_counter() - t0, False,
                                 self.sources_names.index(label) if ti == 0 else -1)
                 for s, source in (self.sources.items() if e in suite.transfer_at(t) else ()):
+                    task(f"{t.norm} eps {e:g}: transfer from {s}")
                     t0 = time.perf_counter()
                     x_adv = self.transfer[(t.norm, e, s)].attack(source, x, y).x_adv
                     self._store(rec, s_show, "transfer", t, e, s, x, y, x_adv, time.perf_counter() - t0, False,
                                 self.sources_names.index(f"transfer from {s}") if ti == 0 else -1)
             for a in suite.minimal:
+                task(f"{t.norm}: {a} (minimal)")
                 t0 = time.perf_counter()
                 x_adv = self.minimal[(t.norm, a)].attack(model, x, y).x_adv
                 self._store(rec, s_show, "minimal", t, UNBOUNDED, a, x, y, x_adv, time.perf_counter() - t0, False,
                             self.sources_names.index(f"{a} (minimal)") if ti == 0 else -1)
         for i, spec, entry, opts in self.certs:
+            task(f"certify: {spec.method}")
             t0 = time.perf_counter()
             cert = entry.certify(model, x, opts, _mix(self.seed, b, i + 1))
             rec[f"cert|{i}|prediction"] = cert.prediction.long().cpu()
@@ -479,30 +540,56 @@ def run(
         return _evaluate(runner, model, images, labels, suite, name, data_info, shape, dev, seed, batch_size, progress,
                          None, False, config)
     out_dir = Path(out)
-    _check_writable(out_dir)
-    with OutputLock(out_dir):
-        rec_dir = out_dir / "records"
-        rec_dir.mkdir(exist_ok=True)
-        mpath = rec_dir / "manifest.json"
-        if mpath.is_file() and resume:
-            try:
-                old = json.loads(mpath.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError, OSError):
-                old = None
-                log.warning("%s cannot be read; resuming from the batch files that carry this run's configuration",
-                            mpath)
-            if old is not None and old != json.loads(json.dumps(manifest)):
-                raise ValueError(f"cannot resume {out_dir}: it was started with another suite, data, model, batch size "
-                                 f"or seed (delete {rec_dir} or drop --resume)")
-        if not resume:
-            for f in rec_dir.glob("batch_*.safetensors"):
-                f.unlink()
-            (rec_dir / "checks.json").unlink(missing_ok=True)
-        atomic_write_text(mpath, json.dumps(manifest, indent=1) + "\n")
-        report = _evaluate(runner, model, images, labels, suite, name, data_info, shape, dev, seed, batch_size, progress,
-                           rec_dir, resume, config)
-        report.save(out_dir, html=html)
+    main = distributed.is_main()
+    # Rank 0 owns the folder (lock, manifest, clearing old batches); every rank writes its own batch
+    # files. A refusal on rank 0 is broadcast, so all ranks fail with the same message.
+    lock = OutputLock(out_dir) if main else None
+    problem: Optional[str] = None
+    if main:
+        try:
+            _check_writable(out_dir)
+            lock.acquire()
+            _prepare_records(out_dir / "records", manifest, resume)
+        except (OSError, ValueError) as exc:
+            lock.release()
+            problem = f"{type(exc).__name__}: {exc}"
+            if not distributed.is_distributed():
+                raise
+    problem = distributed.broadcast_object(problem)
+    if problem is not None:
+        raise (PermissionError if problem.startswith(("PermissionError", "OSError")) else
+               FileExistsError if problem.startswith("FileExistsError") else ValueError)(problem.split(": ", 1)[1])
+    try:
+        distributed.barrier()  # old batch files are gone before any rank writes a new one
+        report = _evaluate(runner, model, images, labels, suite, name, data_info, shape, dev, seed, batch_size,
+                           progress, out_dir / "records", resume, config)
+        if main:
+            report.save(out_dir, html=html)
+    finally:
+        if lock is not None:
+            lock.release()
     return report
+
+
+def _prepare_records(rec_dir: Path, manifest: dict, resume: bool) -> None:
+    """Create ``rec_dir``; on ``resume`` refuse a folder started with another configuration, else
+    delete its old batch files and probes; write the manifest."""
+    rec_dir.mkdir(parents=True, exist_ok=True)
+    mpath = rec_dir / "manifest.json"
+    if mpath.is_file() and resume:
+        try:
+            old = json.loads(mpath.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+            old = None
+            log.warning("%s cannot be read; resuming from the batch files that carry this run's configuration", mpath)
+        if old is not None and old != json.loads(json.dumps(manifest)):
+            raise ValueError(f"cannot resume {rec_dir.parent}: it was started with another suite, data, model, batch "
+                             f"size or seed (delete {rec_dir} or drop --resume)")
+    if not resume:
+        for f in rec_dir.glob("batch_*.safetensors"):
+            f.unlink()
+        (rec_dir / "checks.json").unlink(missing_ok=True)
+    atomic_write_text(mpath, json.dumps(manifest, indent=1) + "\n")
 
 
 def _evaluate(runner: _Runner, model: nn.Module, images: Tensor, labels: Tensor, suite: Suite, name: str,
@@ -511,27 +598,56 @@ def _evaluate(runner: _Runner, model: nn.Module, images: Tensor, labels: Tensor,
     """The batches (reused from ``rec_dir`` where ``resume`` finds them intact and of this
     ``config``), the check probes, and the report."""
     t_start = time.perf_counter()
-    batches: list[dict[str, Tensor]] = []
     starts = list(range(0, images.shape[0], batch_size))
+    mine = distributed.round_robin(len(starts))  # batch b of every rank count holds the same images and seeds
+    done: list[tuple[int, dict[str, Tensor]]] = []
     reused = 0
-    bar = tqdm(starts, desc=f"evaluate {name}", unit="batch", disable=not progress)
-    for b, i in enumerate(bar):
+    world = distributed.world_size()
+    desc = f"evaluate {name}" + (f" (rank 0 of {world})" if world > 1 else "")
+    bar = tqdm(total=len(mine), desc=desc, unit="batch", disable=not progress or not distributed.is_main())
+    for b in mine:
+        i = starts[b]
         path = rec_dir / f"batch_{b:06d}.safetensors" if rec_dir is not None else None
         size = min(batch_size, images.shape[0] - i)
-        if resume and path is not None and path.is_file():
-            rec = load_batch(path, config, b, size)
-            if rec is not None:
-                batches.append(rec)
-                reused += 1
-                continue
-        x, y = images[i : i + batch_size].to(dev), labels[i : i + batch_size].to(dev)
-        rec = runner.batch(x, y, i, b)
-        if path is not None:
-            atomic_write_bytes(path, st_save(rec, metadata={"config": config, "batch": str(b), "size": str(size)}))
-        batches.append(rec)
+        rec = load_batch(path, config, b, size) if resume and path is not None and path.is_file() else None
+        if rec is not None:
+            reused += 1
+        else:
+            x, y = images[i : i + batch_size].to(dev), labels[i : i + batch_size].to(dev)
+            rec = runner.batch(x, y, i, b, None if bar.disable else _BatchProgress(bar, runner.tasks))
+            if path is not None:
+                atomic_write_bytes(path, st_save(rec, metadata={"config": config, "batch": str(b), "size": str(size)}))
+                _maybe_crash(len(done) + 1 - reused)
+        done.append((b, rec))
+        bar.update(1)
     bar.close()
     if reused:
-        log.info("resumed: reused %d of %d finished batches", reused, len(starts))
+        log.info("resumed: reused %d of %d finished batches", reused, len(mine))
+    if world > 1:  # every rank's records on rank 0, as safetensors bytes; rank 0 alone finishes the report
+        gathered = distributed.gather_bytes([(b, st_save(rec)) for b, rec in done])
+        report = _finish(runner, model, images, labels, suite, name, data_info, shape, dev, seed, batch_size,
+                         rec_dir, resume, config, [st_load(p) for _, p in gathered], t_start) \
+            if distributed.is_main() else None
+        return distributed.broadcast_object(report)
+    return _finish(runner, model, images, labels, suite, name, data_info, shape, dev, seed, batch_size, rec_dir,
+                   resume, config, [rec for _, rec in done], t_start)
+
+
+def _maybe_crash(written: int) -> None:
+    spec = os.environ.get(CRASH_ENV)
+    if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") not in ("", "0"):
+        return
+    r, k = (int(v) for v in spec.split(":"))
+    if r == distributed.rank() and written >= k:
+        os._exit(17)
+
+
+def _finish(runner: _Runner, model: nn.Module, images: Tensor, labels: Tensor, suite: Suite, name: str,
+            data_info: dict, shape: tuple[int, int, int], dev: torch.device, seed: int, batch_size: int,
+            rec_dir: Optional[Path], resume: bool, config: str, batches: list[dict[str, Tensor]],
+            t_start: float) -> Report:
+    """The check probes (on the first ``checks.n`` images, reused from ``rec_dir`` on ``resume``)
+    and the report, from every batch's records in order."""
     records = Records.concat(batches)
 
     probes: Optional[dict] = None
