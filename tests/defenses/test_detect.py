@@ -134,6 +134,15 @@ def test_roc_auc_is_the_mann_whitney_statistic():
     assert roc_auc(torch.ones(3), torch.ones(4)) == 0.5
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_roc_auc_of_cuda_scores_equals_the_cpu_value():
+    # the detectors score on the model's device; the ranks were built on the CPU and failed there
+    g = torch.Generator().manual_seed(1)
+    c, a = torch.rand(50, generator=g), torch.rand(40, generator=g) + 0.2
+    assert roc_auc(c.cuda(), a.cuda()) == roc_auc(c, a)
+
+
 def test_detect_cli_writes_json_with_plain_and_adaptive_records(digits_model, tmp_path, capsys):
     import argparse
     import json

@@ -83,9 +83,10 @@ def _device(module: nn.Module) -> torch.device:
 
 def roc_auc(clean_scores: Tensor, adv_scores: Tensor) -> float:
     """Area under the ROC curve of separating ``adv_scores`` (positives) from ``clean_scores``:
-    ``P(s_adv > s_clean) + P(s_adv = s_clean) / 2`` (the Mann-Whitney statistic, ties halved)."""
-    c = clean_scores.detach().double().flatten()
-    a = adv_scores.detach().double().flatten()
+    ``P(s_adv > s_clean) + P(s_adv = s_clean) / 2`` (the Mann-Whitney statistic, ties halved).
+    Scores on any device (ranked on the CPU)."""
+    c = clean_scores.detach().double().flatten().cpu()
+    a = adv_scores.detach().double().flatten().cpu()
     if c.numel() == 0 or a.numel() == 0:
         raise ValueError(f"roc_auc needs scores of both kinds, got {c.numel()} clean and {a.numel()} adversarial")
     both = torch.cat([c, a])
