@@ -176,3 +176,18 @@ def test_smoothing_fast_path_certifies_like_the_default(model, digits_batch):
     assert cert.info["fast"]["precision"] == "bf16" and "fast" not in ref.info
     assert (cert.prediction != ref.prediction).float().mean().item() <= 0.1
     assert (cert.radius - ref.radius).abs().max().item() <= 0.25
+
+
+def test_cli_attack_fast_flag(tmp_path):
+    """``robustlab attack --fast bf16`` records the fast path in the summary's config."""
+    import json
+
+    from robustlab.cli import main
+
+    path = tmp_path / "digits-mlp"
+    assert main(["train", "--dataset", "digits", "--arch", "mlp", "--epochs", "1", "--out", str(path), "--no-progress"]) == 0
+    out = tmp_path / "adv.safetensors"
+    assert main(["attack", "--model", str(path), "--attack", "pgd", "--eps", "0.1", "--n", "40", "-o", "steps=10",
+                 "--fast", "bf16", "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["config"]["fast"]["precision"] == "bf16" and summary["config"]["steps"] == 10

@@ -50,3 +50,8 @@ from robustlab.attacks.universal import UniversalPerturbation, fooling_rate  # n
 
 __all__ += ["ADef", "AdversarialPatch", "DeformationThreat", "Spatial", "UniversalPerturbation", "deform",
             "field_norm", "fooling_rate"]
+
+# The fast path (issue 16): bf16 autocast, channels_last, torch.compile, deferred success checks.
+from robustlab.attacks.fastpath import FastPath  # noqa: E402
+
+__all__ += ["FastPath"]

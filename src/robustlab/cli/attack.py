@@ -58,6 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--norm", default=None, help="linf, l2, l1 or l0 (default: linf, or the attack's own norm)")
     p.add_argument("--queries", type=int, default=None,
                    help="model queries per image for the black-box attacks (" + ", ".join(QUERY_ATTACKS) + ")")
+    p.add_argument("--fast", default=None, choices=("bf16", "fp32", "compile"),
+                   help="the fast path of fgsm, bim, pgd and apgd-* (robustlab.attacks.FastPath): bf16 autocast (or "
+                        "fp32), channels_last, success checked every 8 steps, 'compile' adds torch.compile; success "
+                        "is still judged by the model in fp32 (default: off)")
     p.add_argument("--option", "-o", type=parse_option, action="append", default=[], metavar="KEY=VALUE",
                    help="attack hyperparameter, e.g. -o steps=100 -o restarts=5 (repeatable)")
     p.add_argument("--dataset", default=None,
@@ -114,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"attack {name!r} has a fixed budget: pass --eps (and --norm, default linf)")
     options = dict(args.option)
     options.setdefault("seed", args.seed)
+    if args.fast is not None:
+        options.setdefault("fast", args.fast)
     if args.queries is not None:
         if name not in QUERY_ATTACKS:
             raise ValueError(f"--queries applies to the query-based attacks {', '.join(QUERY_ATTACKS)}, not {name!r}")
