@@ -134,6 +134,30 @@ class Certificate:
                            torch.cat([c.abstain for c in certs]), first.norm, first.alpha,
                            info=dict(first.info), **{name: cat(name) for name in OPTIONAL_FIELDS})
 
+    def to_tensors(self) -> dict[str, Tensor]:
+        """Flat CPU tensors (safetensors-ready): the per-sample fields, and norm, alpha and ``info``
+        as UTF-8 JSON bytes; :meth:`from_tensors` inverts it."""
+        import json
+
+        meta = json.dumps({"norm": self.norm, "alpha": self.alpha, "info": self.info}, allow_nan=True)
+        out = {"prediction": self.prediction, "radius": self.radius, "abstain": self.abstain,
+               **{name: getattr(self, name) for name in OPTIONAL_FIELDS if getattr(self, name) is not None}}
+        out = {k: v.detach().cpu().contiguous() for k, v in out.items()}
+        out["meta_json"] = torch.frombuffer(bytearray(meta.encode()), dtype=torch.uint8).clone()
+        return out
+
+    @staticmethod
+    def from_tensors(tensors: "dict[str, Tensor]") -> "Certificate":
+        """The certificate :meth:`to_tensors` wrote."""
+        import json
+
+        missing = [k for k in ("prediction", "radius", "abstain", "meta_json") if k not in tensors]
+        if missing:
+            raise ValueError(f"not a certificate's tensors: {', '.join(missing)} missing")
+        meta = json.loads(bytes(tensors["meta_json"].tolist()).decode())
+        return Certificate(tensors["prediction"], tensors["radius"], tensors["abstain"], meta["norm"], meta["alpha"],
+                           info=meta["info"], **{name: tensors.get(name) for name in OPTIONAL_FIELDS})
+
     def to_dict(self) -> dict:
         """JSON-ready: per-sample lists (an infinite radius becomes the string ``"inf"``)."""
         out: dict[str, Any] = {

@@ -76,3 +76,34 @@ def test_a_killed_rank_resumes_from_the_batches_written(runs):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed: reused" in resumed.stderr + resumed.stdout
     assert _numbers(root / "part" / "report.json") == _numbers(root / "one" / "report.json")
+
+
+def _command(cwd: Path, argv: list[str], ranks: int):
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)] if ranks > 1 else []
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop(CRASH_ENV, None)
+    proc = subprocess.run([sys.executable, *launcher, "-m", "robustlab", *argv], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.parametrize("command", ["certify", "verify"])
+def test_certify_and_verify_on_two_processes_match_one(runs, command):
+    root, model_dir, _, _ = runs
+    # 5 chunks of 8 images (rank 0: chunks 0, 2, 4); chunk u's noise is seeded from (seed, u)
+    argv = (["certify", "--sigma", "0.25", "--n0", "20", "--samples", "200", "--n-images", "40", "--chunk", "8",
+             "--seed", "3"] if command == "certify" else
+            ["verify", "--method", "crown", "--eps", "0.02", "--n-images", "40", "--batch-size", "8"])
+    results = []
+    for ranks in (1, 2):
+        out = root / f"{command}-{ranks}.json"
+        proc = _command(root, [*argv, "--model", str(model_dir), "--out", str(out), "--no-progress"], ranks)
+        assert proc.stdout.count(f"wrote {out}") == 1 and not (root / f"{out.name}.parts").exists()
+        results.append(json.loads(out.read_text()))
+    one, two = results
+    assert one["per_image"] == two["per_image"] and len(one["per_image"]) == 40
+    if command == "certify":
+        assert one["certified_accuracy"] == two["certified_accuracy"] and one["certificate"] == two["certificate"]
+    else:
+        assert one["verified_accuracy"] == two["verified_accuracy"] and 0 < one["verified_accuracy"]

@@ -162,3 +162,24 @@ def check_model_data(model: Any, dataset: Any, device: Any = "cpu") -> int:
         raise ValueError(f"the image folder {dataset.name!r} has {dataset.num_classes} class folders but the model "
                          f"outputs {k} logits; label k is the k-th folder name in sorted order, so they must match")
     return k
+
+
+def run_distributed(args: "Any", body: "Any") -> int:
+    """``body(args, info)`` inside the process group ``torchrun`` describes (one process: rank 0 of 1,
+    nothing initialised): the group is joined here and left at the end when this command created it;
+    INFO logging on rank 0, warnings only elsewhere, each line tagged with its rank."""
+    import logging
+
+    from robustlab import distributed
+
+    if getattr(args, "device", None) is not None:
+        resolve_device(args.device)  # a one-line error for a malformed or absent device, before any process group
+    joined = not distributed.is_distributed()
+    info = distributed.init_from_env(getattr(args, "device", None))
+    logging.basicConfig(level=logging.INFO if info.is_main else logging.WARNING,
+                        format="%(message)s" if not info.distributed else f"[rank {info.rank}] %(message)s")
+    try:
+        return body(args, info)
+    finally:
+        if joined:  # leave a process group only when this command created it
+            distributed.cleanup()

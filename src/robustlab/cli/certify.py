@@ -63,11 +63,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--autocast", action="store_true", help="bf16 autocast fast path (off by default)")
     p.add_argument("--channels-last", action="store_true", help="channels_last inputs (fast path for convolutions)")
     p.add_argument("--out", default=None, help="JSON file (default out/certify/<model>.json)")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the finished chunks of an interrupted run with the same arguments (kept in <out>.parts/)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from robustlab.cli._common import run_distributed
+
+    return run_distributed(args, _run)  # under torchrun: the images shared out over the processes
+
+
+def _run(args: argparse.Namespace, info) -> int:
+    import shutil
+
     from tqdm.auto import tqdm
 
     from robustlab import data
@@ -76,7 +86,9 @@ def run(args: argparse.Namespace) -> int:
     from robustlab._io import atomic_write_text
     from robustlab.certificates import Certificate, certified_accuracy
     from robustlab.defenses.smoothing import Smoothed
+    from robustlab.evaluate.shards import config_hash, run_units, unit_seed
     from robustlab.stats import wilson
+
 
     for name in ("n_images", "chunk", "n0", "n", "batch_size"):
         if getattr(args, name) < 1:
@@ -85,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--radii must be >= 0, got {','.join(str(r) for r in args.radii)}")
     if not 0.0 < args.alpha < 1.0:
         raise ValueError(f"--alpha must be a probability in (0, 1), got {args.alpha}")
-    device = resolve_device(args.device)
+    device = info.device if info.distributed else resolve_device(args.device)
     method = "pixeldp" if args.method == "pixeldp" else "adaptive" if args.adaptive else \
         "two-class" if args.two_class else "cohen"
     if method == "pixeldp" and (args.adaptive or args.two_class):
@@ -109,23 +121,34 @@ def run(args: argparse.Namespace) -> int:
     else:
         smoothed = Smoothed(model, args.sigma, batch_size=args.batch_size, seed=args.seed, autocast=args.autocast,
                             channels_last=args.channels_last)
-    parts = []
     t0 = time.perf_counter()
-    bar = tqdm(total=len(y), unit="img", desc="certify", disable=args.no_progress)
-    for start in range(0, len(y), args.chunk):
-        x = x_all[start : start + args.chunk].to(device)
+    chunks = list(range(0, len(y), args.chunk))
+
+    def certify_chunk(u: int) -> dict:
+        # chunk u's noise is seeded from (seed, u): the same on 1 or N processes
+        x = x_all[chunks[u] : chunks[u] + args.chunk].to(device)
+        seed = unit_seed(args.seed, u)
         if method == "pixeldp":
-            cert = smoothed.certify(x, args.n, args.alpha, scores=args.scores)
+            c = smoothed.certify(x, args.n, args.alpha, scores=args.scores, seed=seed)
         elif method == "adaptive":
-            cert = smoothed.certify_adaptive(x, args.n0, args.n, args.alpha, radius=args.radii)
+            c = smoothed.certify_adaptive(x, args.n0, args.n, args.alpha, radius=args.radii, seed=seed)
         elif method == "two-class":
-            cert = smoothed.certify_two_class(x, args.n0, args.n, args.alpha)
+            c = smoothed.certify_two_class(x, args.n0, args.n, args.alpha, seed=seed)
         else:
-            cert = smoothed.certify(x, args.n0, args.n, args.alpha)
-        parts.append(cert.to("cpu"))
-        bar.update(x.shape[0])
+            c = smoothed.certify(x, args.n0, args.n, args.alpha, seed=seed)
+        return c.to_tensors()
+
+    config = {k: v for k, v in vars(args).items() if k not in ("func", "no_progress", "resume", "out", "device")}
+    config.update(method=method, weights=getattr(model, "metadata", {}).get("weights_sha256"), n_images=len(y))
+    parts_dir = out.parent / (out.name + ".parts")
+    bar = tqdm(total=len(y), unit="img", desc="certify", disable=args.no_progress or not info.is_main)
+    units = run_units(len(chunks), certify_chunk, parts=parts_dir, config=config_hash(config), resume=args.resume,
+                      done=lambda u: bar.update(min(args.chunk, len(y) - chunks[u])))
     bar.close()
+    if not info.is_main:
+        return 0
     seconds = time.perf_counter() - t0
+    parts = [Certificate.from_tensors(t) for t in units]
     cert = Certificate.concat(parts)
     if method == "adaptive":
         cert.info["stop"] = {k: sum(p.info["stop"][k] for p in parts) for k in parts[0].info["stop"]}
@@ -160,5 +183,6 @@ def run(args: argparse.Namespace) -> int:
         "per_image": per_image, "certificate": cert.to_dict(),
     }
     atomic_write_text(out, json.dumps(payload) + "\n")
-    print(f"wrote {out}")
+    shutil.rmtree(parts_dir, ignore_errors=True)  # the report holds everything the unit files did
+    print(f"wrote {out}" + (f" ({info.world_size} processes)" if info.distributed else ""))
     return 0

@@ -93,29 +93,16 @@ def model_label(spec: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustlab import distributed
+    from robustlab.cli._common import run_distributed
 
-    if args.n is not None and args.n < 1:
-        raise ValueError(f"--n must be >= 1, got {args.n}")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    joined = not distributed.is_distributed()
-    info = distributed.init_from_env(args.device)  # under torchrun: one shard of the batches per process
-    try:
-        return _run(args, info)
-    finally:
-        if joined:  # leave a process group only when this command created it
-            distributed.cleanup()
+    return run_distributed(args, _run)  # under torchrun: the images shared out over the processes
 
 
 def _run(args: argparse.Namespace, info) -> int:
-    import logging
 
     from robustlab import data, evaluate
     from robustlab.cli._common import check_model_data, check_out_dir, dataset_name, load_model, resolve_device
 
-    logging.basicConfig(level=logging.INFO if info.is_main else logging.WARNING,
-                        format="%(message)s" if not info.distributed else f"[rank {info.rank}] %(message)s")
     device = info.device if info.distributed else resolve_device(args.device)
     model_name = args.name or model_label(args.model)
     model = load_model(args, device)

@@ -19,7 +19,6 @@ the last checkpoint, also after a torchrun ``--max-restarts`` restart. See ``doc
 from __future__ import annotations
 
 import argparse
-import logging
 from typing import Any
 
 
@@ -104,28 +103,19 @@ def _holdout(train_set: Any, args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustlab import distributed
-    from robustlab.cli._common import check_out_dir, resolve_device
+    from robustlab.cli._common import check_out_dir, resolve_device, run_distributed
     from robustlab.defenses.adversaries import from_args
 
     adversary = from_args(args.adversary, args)  # parameter errors before any data is read
     if args.device is not None:
         resolve_device(args.device)
     check_out_dir(args.out)  # a bad --out fails now, not after training
-    joined = not distributed.is_distributed()
-    info = distributed.init_from_env(args.device)
-    try:
-        return _run(args, adversary, info)
-    finally:
-        if joined:  # leave a process group only when this command created it
-            distributed.cleanup()
+    return run_distributed(args, lambda a, info: _run(a, adversary, info))
 
 
 def _run(args: argparse.Namespace, adversary: Any, info: Any) -> int:
     from robustlab import data, defenses, models
 
-    logging.basicConfig(level=logging.INFO if info.is_main else logging.WARNING,
-                        format="%(message)s" if not info.distributed else f"[rank {info.rank}] %(message)s")
     if args.arch.strip().lower().replace("_", "-") not in models.architectures():
         raise ValueError(f"unknown architecture {args.arch!r}; expected one of {', '.join(models.architectures())}")
     train_set = data.load(args.dataset, "train", args.root)

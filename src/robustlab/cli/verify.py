@@ -35,11 +35,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--time-limit", type=float, default=60.0, help="MILP seconds per image (default 60)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default cpu)")
     p.add_argument("--out", default=None, help="JSON file (default out/verify/<model>-<method>.json)")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the finished batches of an interrupted run with the same arguments (kept in <out>.parts/)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from robustlab.cli._common import run_distributed
+
+    return run_distributed(args, _run)  # under torchrun: the images shared out over the processes
+
+
+def _run(args: argparse.Namespace, info) -> int:
+    import shutil
+
     import torch
     from tqdm.auto import tqdm
 
@@ -47,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
     from robustlab._io import atomic_write_text
     from robustlab.stats import clopper_pearson
     from robustlab.threat import ThreatModel
+    from robustlab.evaluate.shards import config_hash, run_units
     from robustlab.verify import certify
+
 
     for name in ("n", "batch_size"):
         if getattr(args, name) < 1:
@@ -60,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.model).exists():
         raise FileNotFoundError(f"no model at {args.model}")
     out = Path(args.out) if args.out else Path("out") / "verify" / f"{Path(args.model).name}-{args.method}.json"
-    device = torch.device(args.device or "cpu")
+    device = info.device if info.distributed else torch.device(args.device or "cpu")
     model = models.load(args.model, map_location=device).eval()
     name = args.dataset or getattr(model, "metadata", {}).get("dataset")
     if not name:
@@ -69,23 +81,37 @@ def run(args: argparse.Namespace) -> int:
     images = images.subset(min(args.n, len(images.labels)))
     x_all, y_all = images.images, images.labels
     n = len(y_all)
-    per_image, statuses = [], []
     t0 = time.perf_counter()
-    bar = tqdm(total=n, unit="img", desc=f"verify {args.method}", disable=args.no_progress)
-    for start in range(0, n, args.batch_size):
-        x = x_all[start : start + args.batch_size].to(device)
-        y = y_all[start : start + args.batch_size].to(device)
+    starts = list(range(0, n, args.batch_size))
+
+    def verify_batch(u: int) -> dict:
+        x = x_all[starts[u] : starts[u] + args.batch_size].to(device)
+        y = y_all[starts[u] : starts[u] + args.batch_size].to(device)
         with torch.no_grad():
             pred = model(x).argmax(1)
         cert = certify(model, x, y, tm, args.method, time_limit=args.time_limit)
         status = cert.info.get("status") or ["verified" if not a else "not verified" for a in cert.abstain.tolist()]
-        for i in range(x.shape[0]):
-            per_image.append({"index": start + i, "label": int(y[i]), "prediction": int(pred[i]),
-                              "correct": bool(pred[i] == y[i]), "verified": not bool(cert.abstain[i]),
-                              "status": status[i]})
-        statuses += status
-        bar.update(x.shape[0])
+        return {"label": y, "prediction": pred, "verified": ~cert.abstain.bool(),
+                "status_json": torch.frombuffer(bytearray(json.dumps(list(status)).encode()), dtype=torch.uint8).clone()}
+
+    config = {k: v for k, v in vars(args).items() if k not in ("func", "no_progress", "resume", "out", "device")}
+    config.update(weights=getattr(model, "metadata", {}).get("weights_sha256"), n_images=n)
+    parts_dir = out.parent / (out.name + ".parts")
+    bar = tqdm(total=n, unit="img", desc=f"verify {args.method}", disable=args.no_progress or not info.is_main)
+    units = run_units(len(starts), verify_batch, parts=parts_dir, config=config_hash(config), resume=args.resume,
+                      done=lambda u: bar.update(min(args.batch_size, n - starts[u])))
     bar.close()
+    if not info.is_main:
+        return 0
+    per_image, statuses = [], []
+    for u, rec in enumerate(units):
+        status = json.loads(bytes(rec["status_json"].tolist()).decode())
+        for i in range(rec["label"].shape[0]):
+            per_image.append({"index": starts[u] + i, "label": int(rec["label"][i]),
+                              "prediction": int(rec["prediction"][i]),
+                              "correct": bool(rec["prediction"][i] == rec["label"][i]),
+                              "verified": bool(rec["verified"][i]), "status": status[i]})
+        statuses += status
     seconds = time.perf_counter() - t0
     clean = sum(r["correct"] for r in per_image)
     ver = sum(r["verified"] for r in per_image)
@@ -107,5 +133,6 @@ def run(args: argparse.Namespace) -> int:
         "outcomes": counts, "per_image": per_image,
     }
     atomic_write_text(out, json.dumps(payload) + "\n")
-    print(f"wrote {out}")
+    shutil.rmtree(parts_dir, ignore_errors=True)  # the report holds everything the unit files did
+    print(f"wrote {out}" + (f" ({info.world_size} processes)" if info.distributed else ""))
     return 0

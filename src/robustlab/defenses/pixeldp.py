@@ -352,10 +352,10 @@ class PixelDP(nn.Module):
         if seed is not None:
             if isinstance(seed, bool) or not isinstance(seed, int):
                 raise TypeError(f"seed must be an integer, got {seed!r}")
-            return torch.Generator(device=device).manual_seed(int(seed) * 1_000_003 + stream)
+            return torch.Generator(device=device).manual_seed((int(seed) * 1_000_003 + stream) % (2**63 - 1))
         key = (str(device), stream)
         if key not in self._streams:
-            self._streams[key] = torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + stream)
+            self._streams[key] = torch.Generator(device=device).manual_seed((self.seed * 1_000_003 + stream) % (2**63 - 1))
         return self._streams[key]
 
     def _noise(self, shape: torch.Size, like: Tensor, generator: Optional[torch.Generator]) -> Tensor:

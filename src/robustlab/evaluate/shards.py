@@ -1,0 +1,91 @@
+"""Work units shared out over ``torchrun`` ranks, each kept in its own file so a killed run resumes:
+the engine of ``robustlab certify`` and ``robustlab verify`` under ``torchrun``.
+
+Unit ``u`` (a chunk of images) goes to rank ``u % world`` (:func:`robustlab.distributed.round_robin`)
+and keeps its global index, so what it computes, and the seed it derives from ``(seed, u)`` with
+:func:`unit_seed`, do not depend on the number of ranks: 1 or N processes give the same results.
+Each finished unit is written atomically to ``parts/unit_<u>.safetensors`` tagged with the run's
+configuration hash; ``resume=True`` reuses the units of its own configuration and recomputes
+anything else (named in a warning). The results travel to rank 0 as safetensors bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+from safetensors import safe_open
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import Tensor
+
+from robustlab import distributed
+from robustlab._io import atomic_write_bytes
+
+log = logging.getLogger("robustlab.shards")
+
+
+def unit_seed(seed: int, unit: int) -> int:
+    """A 63-bit seed for work unit ``unit`` of a run seeded with ``seed`` (stable across runs,
+    platforms and rank counts)."""
+    h = hashlib.sha256(f"{int(seed)},{int(unit)}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """SHA-256 of a run's configuration (JSON, sorted keys): the tag of every unit file."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _load_unit(path: Path, config: str, unit: int) -> Optional[dict[str, Tensor]]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            rec = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own types for truncated or garbled files
+        log.warning("%s cannot be read (%s); recomputing that unit", path, type(exc).__name__)
+        return None
+    if meta.get("config") != config or meta.get("unit") != str(unit):
+        log.warning("%s was written by another run; recomputing that unit", path)
+        return None
+    return rec
+
+
+def run_units(n_units: int, compute: Callable[[int], dict[str, Tensor]], *, parts: Optional[Path] = None,
+              config: str = "", resume: bool = False,
+              done: Optional[Callable[[int], None]] = None) -> Optional[list[dict[str, Tensor]]]:
+    """Compute this rank's units (``compute(u)`` -> CPU tensors), keep each in ``parts`` (when
+    given) and return every unit's tensors in order on rank 0 (``None`` on the other ranks).
+
+    Without ``resume``, rank 0 first deletes the unit files in ``parts``; ``done(u)`` is called
+    after each unit (progress)."""
+    main = distributed.is_main()
+    if parts is not None and main:
+        parts.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            for f in parts.glob("unit_*.safetensors"):
+                f.unlink()
+    distributed.barrier()
+    mine: list[tuple[int, dict[str, Tensor]]] = []
+    reused = 0
+    for u in distributed.round_robin(n_units):
+        path = parts / f"unit_{u:06d}.safetensors" if parts is not None else None
+        rec = _load_unit(path, config, u) if resume and path is not None and path.is_file() else None
+        if rec is None:
+            rec = {k: v.detach().cpu().contiguous() for k, v in compute(u).items()}
+            if path is not None:
+                atomic_write_bytes(path, st_save(rec, metadata={"config": config, "unit": str(u)}))
+        else:
+            reused += 1
+        mine.append((u, rec))
+        if done is not None:
+            done(u)
+    if reused:
+        log.info("resumed: reused %d of this process's %d finished units", reused, len(mine))
+    if not distributed.is_distributed():
+        return [rec for _, rec in mine]
+    gathered = distributed.gather_bytes([(u, st_save(rec)) for u, rec in mine])
+    return [st_load(b) for _, b in gathered] if main else None
