@@ -159,7 +159,9 @@ def _pgd_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) 
 
 def part_accuracy(args, out: dict) -> None:
     rows = []
-    x, y = _mnist(args.n)
+    clean_n = args.clean_n or args.n
+    x_all, y_all = _mnist(max(args.n, clean_n))
+    x, y = x_all[: args.n], y_all[: args.n]
     for path in args.models.split(","):
         if not Path(path).exists():
             print(f"skip {path}: not found", flush=True)
@@ -167,16 +169,19 @@ def part_accuracy(args, out: dict) -> None:
         model = rl.models.load(path).eval()
         arch = rl.models.load_metadata(path).get("architecture", {}).get("name", "?")
         with torch.no_grad():
-            clean = float((model(x).argmax(1) == y).double().mean())
-        row: dict = {"model": path, "arch": arch, "eps": args.eps, "images": args.n, "clean": clean}
+            clean = float(torch.cat([model(x_all[s : s + 1000]).argmax(1) == y_all[s : s + 1000]
+                                     for s in range(0, clean_n, 1000)])[:clean_n].double().mean())
+        row: dict = {"model": path, "arch": arch, "eps": args.eps, "images": args.n, "clean_images": clean_n,
+                     "clean": clean, "threads": torch.get_num_threads()}
         tm = rl.ThreatModel("linf", args.eps)
         crown_n = args.crown_n_cnn if arch == "cnn" else args.crown_n
-        for method, m in (("ibp", args.n), ("crown", min(args.n, crown_n))):
+        for method, m, bs in (("ibp", args.n, args.batch), ("crown", min(args.n, crown_n), args.crown_batch or args.batch)):
             t0 = time.perf_counter()
-            ok = torch.cat([~certify(model, x[s : min(s + args.batch, m)], y[s : min(s + args.batch, m)], tm,
-                                     method).abstain for s in range(0, m, args.batch)])
+            ok = torch.cat([~certify(model, x[s : min(s + bs, m)], y[s : min(s + bs, m)], tm, method).abstain
+                            for s in range(0, m, bs)])
             row[f"verified_{method}"] = {"images": m, "verified": float(ok.double().mean()),
-                                         "s_per_image": (time.perf_counter() - t0) / m}
+                                         "s_per_image": (time.perf_counter() - t0) / m, "batch": bs}
+            print(json.dumps({"model": path, "eps": args.eps, method: row[f"verified_{method}"]}), flush=True)
         t0 = time.perf_counter()
         m = min(args.n, args.pgd_n)
         row["pgd40"] = {"images": m, "robust": float(torch.cat([_pgd_robust(model, x[s : min(s + 100, m)],
@@ -184,8 +189,9 @@ def part_accuracy(args, out: dict) -> None:
         row["seconds_pgd"] = time.perf_counter() - t0
         rows.append(row)
         print(json.dumps(row), flush=True)
-    kept = [r for r in out.get("accuracy", []) if r["model"] not in {q["model"] for q in rows}]
-    out["accuracy"] = kept + rows  # several invocations accumulate, one row per model
+    done = {(q["model"], q["eps"]) for q in rows}
+    kept = [r for r in out.get("accuracy", []) if (r["model"], r["eps"]) not in done]
+    out["accuracy"] = kept + rows  # several invocations accumulate, one row per (model, eps)
 
 
 def part_milp(args, out: dict) -> None:
@@ -200,13 +206,25 @@ def part_milp(args, out: dict) -> None:
     seconds = time.perf_counter() - t0
     pgd = _pgd_robust(model, x, y, args.eps)
     counts = {s: res.status.count(s) for s in ("verified", "counterexample", "unknown")}
+    cex = [i for i, s in enumerate(res.status) if s == "counterexample"]
+    with torch.no_grad():  # re-check every counterexample here, in float32, independently of verify_milp
+        clean_pred = model(x).argmax(1)
+        adv_pred = model(res.x_adv.float()).argmax(1)
+    dist = (res.x_adv - x).flatten(1).abs().amax(1)
+    in_box = bool(((res.x_adv >= 0) & (res.x_adv <= 1)).all())
     row = {"model": args.milp_model, "eps": args.eps, "images": args.milp_n, "time_limit_s": args.time_limit,
-           "outcomes": counts, "crown_verified": int(res.crown.sum()), "pgd40_robust": int(pgd.sum()),
+           "threads": torch.get_num_threads(), "outcomes": counts, "crown_verified": int(res.crown.sum()),
+           "pgd40_robust": int(pgd.sum()), "clean_correct": int((clean_pred == y).sum()),
            "seconds_total": seconds, "seconds_max": float(res.seconds.max()),
-           "counterexamples_flip": bool(all(int(model(res.x_adv[i : i + 1]).argmax()) != int(y[i])
-                                            for i, s in enumerate(res.status) if s == "counterexample")),
-           "status": res.status}
-    print(json.dumps({k: v for k, v in row.items() if k != "status"}), flush=True)
+           "counterexamples_misclassified_clean": [i for i in cex if int(clean_pred[i]) != int(y[i])],
+           "counterexamples_found_by_milp": [i for i in cex if int(clean_pred[i]) == int(y[i])],
+           "counterexamples_flip": bool(all(int(adv_pred[i]) != int(y[i]) for i in cex)),
+           "counterexamples_in_ball": bool(all(float(dist[i]) <= args.eps + 1e-6 for i in cex)) and in_box,
+           "counterexamples_linf": [float(dist[i]) for i in cex],
+           "unknown_indices": [i for i, s in enumerate(res.status) if s == "unknown"],
+           "pgd_robust_but_unknown": [i for i, s in enumerate(res.status) if s == "unknown" and bool(pgd[i])],
+           "status": res.status, "seconds": [float(t) for t in res.seconds]}
+    print(json.dumps({k: v for k, v in row.items() if k not in ("status", "seconds")}), flush=True)
     out["milp"] = row
 
 
@@ -223,6 +241,9 @@ def main() -> None:
     p.add_argument("--timing-eps", type=float, default=0.01)
     p.add_argument("--models", default="runs/mnist-cnn,runs/mnist-pgd,runs/mnist-ibp")
     p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--clean-n", type=int, default=0, help="clean accuracy on the first N test images (0: --n)")
+    p.add_argument("--crown-batch", type=int, default=0, help="CROWN batch size (0: --batch; the intermediate "
+                   "bounds back-substitute the union over the batch of the unstable neurons)")
     p.add_argument("--crown-n", type=int, default=100, help="CROWN on the first N of the --n images")
     p.add_argument("--crown-n-cnn", type=int, default=5, help="the same for the (large) Madry cnn")
     p.add_argument("--pgd-n", type=int, default=200, help="PGD-40 on the first N of the --n images")
