@@ -186,15 +186,25 @@ class KernelDensityScore:
 
 
 def section_mmd(model, x, y, args, train, test) -> list:
+    """MMD batches are seeded random draws: consecutive MNIST images share writers, so contiguous
+    25-image blocks of even the training set differ from a reference (half of them were rejected)."""
     from robustlab.defenses.detect import MMDTest, roc_auc
 
     b = args.mmd_batch
-    ref = train.images[: args.mmd_reference]
+    g = torch.Generator().manual_seed(0)
+    ref = train.images[torch.randperm(len(train.labels), generator=g)[: args.mmd_reference]]
     mmd = MMDTest(ref, permutations=200, seed=0)
-    fit_x = test.images[args.n : args.n + args.n_fit]
-    clean = [mmd.test(c) for c in fit_x.split(b) if c.shape[0] == b]  # null batches: clean held-out images
-    bw = mmd.test(fit_x[:b]).bandwidth
-    surrogate = KernelDensityScore(ref, bw).fit(fit_x, fpr=0.05)
+    pool = test.images[args.n :]
+    held = pool[torch.randperm(pool.shape[0], generator=g)[: args.n_fit]]
+    null = [mmd.test(c) for c in held.split(b) if c.shape[0] == b]  # clean held-out test images, random batches
+    surrogate = KernelDensityScore(ref, null[0].bandwidth).fit(held, fpr=0.05)
+
+    def batches(images, order):
+        return [mmd.test(c) for c in images[order].split(b) if c.shape[0] == b]
+
+    def rejected(results):
+        return (sum(r.p_value < 0.05 for r in results) / len(results)) if results else None
+
     recs = []
     for aname in ("fgsm", "pgd", "cw-l2"):
         for adaptive in (False, True):
@@ -204,17 +214,40 @@ def section_mmd(model, x, y, args, train, test) -> list:
             else:
                 res, seconds = plain_attack(model, aname, x, y, args)
             found = res.success & res.clean_correct
-            xa = res.x_adv[found]
-            adv = [mmd.test(c) for c in xa.split(b) if c.shape[0] == b]
+            order = torch.randperm(int(found.sum()), generator=torch.Generator().manual_seed(1))
+            adv, clean = batches(res.x_adv[found], order), batches(x[found], order)  # the same images, paired
             rec = {"attack_name": aname, "adaptive": adaptive, "batch": b, "attack_success": int(found.sum()),
-                   "n": int(x.shape[0]), "seconds": seconds, "clean_batches": len(clean), "adv_batches": len(adv),
-                   "fpr": sum(r.p_value < 0.05 for r in clean) / max(len(clean), 1),
-                   "detection_rate": (sum(r.p_value < 0.05 for r in adv) / len(adv)) if adv else None,
+                   "n": int(x.shape[0]), "seconds": seconds, "adv_batches": len(adv),
+                   "detection_rate": rejected(adv), "fpr_same_images": rejected(clean),
+                   "fpr_held_out": rejected(null), "held_out_batches": len(null),
                    "auc": roc_auc(torch.tensor([r.statistic for r in clean]), torch.tensor([r.statistic for r in adv]))
                    if adv else None,
                    "median_p": float(torch.tensor([r.p_value for r in adv]).median()) if adv else None,
-                   "surrogate_flag_rate": float(surrogate.flag(xa).float().mean()) if bool(found.any()) else None}
+                   "median_p_clean": float(torch.tensor([r.p_value for r in clean]).median()) if clean else None,
+                   "surrogate_flag_rate": float(surrogate.flag(res.x_adv[found]).float().mean()) if bool(found.any()) else None}
             print(rec, flush=True)
+            recs.append(rec)
+    return recs
+
+
+def section_detectors_strong(model, x, y, args, train, test) -> list:
+    """A stronger detector-aware PGD (5x the steps, penalty weight ``--strong-lam``) on the
+    detectors the default one did not evade."""
+    from robustlab.attacks import DetectorAwarePGD
+
+    fit_x = test.images[args.n : args.n + args.n_fit]
+    recs = []
+    for dname in args.strong_detectors.split(","):
+        det = build_detector(dname, model, train.images[: args.n_train], train.labels[: args.n_train]).fit(fit_x, fpr=0.05)
+        for lam in (float(v) for v in args.strong_lam.split(",")):
+            attack = DetectorAwarePGD(rl.ThreatModel("linf", args.eps), det, steps=5 * args.steps, lam=lam, seed=0)
+            res, seconds = run_attack(model, attack, x, y)
+            rec = detection_record(det, res, x)
+            rec.pop("roc", None)
+            rec.update(detector=dname, attack_name="pgd", adaptive=True, steps=5 * args.steps, lam=lam,
+                       fit_fpr=det.fit_fpr, seconds=seconds)
+            print({k: rec.get(k) for k in ("detector", "lam", "attack_success", "detection_rate", "auc", "evasion_rate",
+                                           "seconds")}, flush=True)
             recs.append(rec)
     return recs
 
@@ -260,27 +293,30 @@ def section_distillation(x, y, args, train) -> dict:
 
 
 def section_ensembles(model, x, y, args, train) -> dict:
-    tm = rl.ThreatModel("linf", args.eps)
-
     def make(seed):
         return rl.models.create("small-cnn", train, seed=seed)
 
     members = [model] + [_trained(Path(args.runs) / f"ens-{args.dataset_tag}-small-cnn-s{s}-e{args.ens_epochs}", make,
                                   train, None, args.ens_epochs, s) for s in (1, 2)]
-    out: dict = {"members": [], "transfer": [],
-                 "member_names": [args.model] + [f"small-cnn seed {s}, {args.ens_epochs} epoch(s)" for s in (1, 2)]}
-    adv = []
-    for m in members:
-        res = [PGD(tm, steps=args.steps, seed=0).attack(m, xb, yb) for xb, yb in zip(x.split(100), y.split(100))]
-        xa = torch.cat([r.x_adv for r in res])
-        adv.append(xa)
-        out["members"].append({"clean": accuracy(m, x, y), "pgd": accuracy(m, xa, y)})
-    for i, xa in enumerate(adv):  # transfer: accuracy of member j on member i's PGD examples
-        out["transfer"].append([accuracy(m, xa, y) for m in members])
-    for voting in ("hard", "soft"):
-        e = Ensemble(members, voting=voting).eval()
-        out[voting] = {"clean": accuracy(e, x, y), "pgd": robust(e, PGD(tm, steps=args.steps, seed=0), x, y),
-                       "bpda_pgd": robust(e, BPDA(PGD(tm, steps=args.steps, seed=0)), x, y)}
+    out: dict = {"member_names": [args.model] + [f"small-cnn seed {s}, {args.ens_epochs} epoch(s)" for s in (1, 2)],
+                 "by_eps": {}}
+    for eps in [args.eps] if args.ens_eps is None else [float(v) for v in args.ens_eps.split(",")]:
+        tm = rl.ThreatModel("linf", eps)
+        cur: dict = {"members": [], "transfer": []}
+        adv = []
+        for m in members:
+            res = [PGD(tm, steps=args.steps, seed=0).attack(m, xb, yb) for xb, yb in zip(x.split(100), y.split(100))]
+            xa = torch.cat([r.x_adv for r in res])
+            adv.append(xa)
+            cur["members"].append({"clean": accuracy(m, x, y), "pgd": accuracy(m, xa, y)})
+        for xa in adv:  # transfer: accuracy of member j on member i's PGD examples
+            cur["transfer"].append([accuracy(m, xa, y) for m in members])
+        for voting in ("hard", "soft"):
+            e = Ensemble(members, voting=voting).eval()
+            cur[voting] = {"clean": accuracy(e, x, y), "pgd": robust(e, PGD(tm, steps=args.steps, seed=0), x, y),
+                           "bpda_pgd": robust(e, BPDA(PGD(tm, steps=args.steps, seed=0)), x, y)}
+        out["by_eps"][str(eps)] = cur
+        print("ensembles", eps, json.dumps(cur), flush=True)
     return out
 
 
@@ -295,7 +331,11 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--eot", type=int, default=10)
     p.add_argument("--detectors", default="squeeze,magnet,knn,lid")
-    p.add_argument("--sections", default="threshold,threshold_report,transforms,detectors,mmd,distillation,ensembles")
+    p.add_argument("--sections",
+                   default="threshold,threshold_report,transforms,detectors,detectors_strong,mmd,distillation,ensembles")
+    p.add_argument("--strong-detectors", default="squeeze,knn")
+    p.add_argument("--strong-lam", default="1,100")
+    p.add_argument("--ens-eps", default=None, help="comma-separated linf radii of the ensemble section (default --eps)")
     p.add_argument("--temperature", type=float, default=100.0)
     p.add_argument("--distill-arch", default="small-cnn")
     p.add_argument("--distill-epochs", type=int, default=2)
@@ -327,6 +367,8 @@ def main() -> int:
             res = section_threshold(model, x, y, args)
         elif section == "threshold_report":
             res = section_threshold_report(model, x, y, args)
+        elif section == "detectors_strong":
+            res = section_detectors_strong(model, x, y, args, train, test)
         elif section == "mmd":
             res = section_mmd(model, x, y, args, train, test)
         elif section == "transforms":
