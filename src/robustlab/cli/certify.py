@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, info) -> int:
+    import contextlib
     import shutil
 
     from tqdm.auto import tqdm
@@ -86,7 +87,7 @@ def _run(args: argparse.Namespace, info) -> int:
     from robustlab._io import atomic_write_text
     from robustlab.certificates import Certificate, certified_accuracy
     from robustlab.defenses.smoothing import Smoothed
-    from robustlab.evaluate.shards import config_hash, run_units, unit_seed
+    from robustlab.evaluate.shards import config_hash, counting_forwards, run_units, unit_seed
     from robustlab.stats import wilson
 
 
@@ -142,8 +143,17 @@ def _run(args: argparse.Namespace, info) -> int:
     config.update(method=method, weights=getattr(model, "metadata", {}).get("weights_sha256"), n_images=len(y))
     parts_dir = out.parent / (out.name + ".parts")
     bar = tqdm(total=len(y), unit="img", desc="certify", disable=args.no_progress or not info.is_main)
-    units = run_units(len(chunks), certify_chunk, parts=parts_dir, config=config_hash(config), resume=args.resume,
-                      done=lambda u: bar.update(min(args.chunk, len(y) - chunks[u])))
+    forwards = [0, 0.0]  # forward passes so far, last postfix time: progress inside a long chunk
+
+    def tick() -> None:
+        forwards[0] += 1
+        if time.monotonic() - forwards[1] > 0.5:
+            forwards[1] = time.monotonic()
+            bar.set_postfix_str(f"{forwards[0]} forward passes", refresh=True)
+
+    with counting_forwards(model, tick) if not bar.disable else contextlib.nullcontext():
+        units = run_units(len(chunks), certify_chunk, parts=parts_dir, config=config_hash(config),
+                          resume=args.resume, done=lambda u: bar.update(min(args.chunk, len(y) - chunks[u])))
     bar.close()
     if not info.is_main:
         return 0

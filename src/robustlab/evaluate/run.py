@@ -33,7 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 import torch
 from safetensors import safe_open
@@ -48,6 +48,7 @@ from robustlab._io import atomic_write_bytes, atomic_write_text
 from robustlab.attacks.base import eval_mode, model_device
 from robustlab.evaluate import checks as checks_mod
 from robustlab.evaluate.metrics import perturbation_norms
+from robustlab.evaluate.shards import counting_forwards
 from robustlab.evaluate.summarize import model_report
 from robustlab.evaluate.summarize import report as make_report
 from robustlab.evaluate.suite import Suite, Threat, certifier, load_suite, unbounded_eps  # noqa: F401
@@ -199,7 +200,7 @@ class _BatchProgress:
         self.label = label
         self._show(force=True)
 
-    def _count(self, *_: Any) -> None:
+    def _count(self) -> None:
         self.forwards += 1
         self._show()
 
@@ -211,18 +212,11 @@ class _BatchProgress:
                                      refresh=True)
 
     @contextlib.contextmanager
-    def watching(self, model: nn.Module):
-        """Count ``model``'s forward passes while the block runs (no-op for modules without hooks)."""
+    def watching(self, model: nn.Module) -> Iterator["_BatchProgress"]:
+        """Count ``model``'s forward passes while the block runs."""
         self.i, self.forwards = 0, 0
-        try:
-            handle = model.register_forward_hook(self._count)
-        except (AttributeError, RuntimeError):  # e.g. a scripted module
-            handle = None
-        try:
+        with counting_forwards(model, self._count):
             yield self
-        finally:
-            if handle is not None:
-                handle.remove()
 
 
 class _Runner:

@@ -11,16 +11,17 @@ anything else (named in a warning). The results travel to rank 0 as safetensors 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 from safetensors import safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
-from torch import Tensor
+from torch import Tensor, nn
 
 from robustlab import distributed
 from robustlab._io import atomic_write_bytes
@@ -33,6 +34,22 @@ def unit_seed(seed: int, unit: int) -> int:
     platforms and rank counts)."""
     h = hashlib.sha256(f"{int(seed)},{int(unit)}".encode()).digest()
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+@contextlib.contextmanager
+def counting_forwards(model: nn.Module, on_forward: Callable[[], None]) -> Iterator[None]:
+    """Call ``on_forward()`` after each forward pass of ``model`` while the block runs (progress
+    inside long units); the hook is removed at the end. A module that takes no hooks (e.g. a
+    scripted one) is run without counting."""
+    try:
+        handle = model.register_forward_hook(lambda *_: on_forward())
+    except (AttributeError, RuntimeError):
+        handle = None
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.remove()
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
