@@ -47,3 +47,14 @@ def test_certificate_survives_its_tensors():
     d = Certificate.from_tensors(c.to_tensors())
     assert d.to_dict() == c.to_dict() or str(d.to_dict()) == str(c.to_dict())
     assert d.count is None and d.norm == "l2" and d.alpha == 0.001 and d.info["stop"] == {"a": 1}
+
+
+def test_evaluate_shows_progress_inside_a_batch(digits_model, digits_test, capsys):
+    import robustlab as rl
+
+    suite = rl.evaluate.Suite("p", (rl.evaluate.Threat("linf", (0.1,)),), ("fgsm", "pgd"), {"pgd": {"steps": 5}},
+                              checks=rl.evaluate.Checks(enabled=False), exemplars=0)
+    rl.evaluate.run(digits_model, digits_test, suite, n=16, batch_size=16, progress=True)
+    err = capsys.readouterr().err
+    assert "linf eps 0.1: pgd [2/2]" in err and "forward passes" in err
+    assert not digits_model._forward_hooks  # the counting hook is gone
