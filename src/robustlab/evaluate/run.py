@@ -489,6 +489,11 @@ def run(
     Everything is validated before any attack runs: the suite (names, radii, options), the data
     (images in [0, 1], labels), the model on one image (shape, classes, finite logits), the
     transfer sources and the output folder.
+
+    In a process group (``torchrun``; :func:`robustlab.distributed.init_from_env`), batch ``b``
+    runs on rank ``b mod world`` with the images and seeds it has in one process; the records are
+    gathered on rank 0, which runs the checks and writes ``out``; every rank returns the same
+    report, whose numbers equal a one-process run's (docs/scale-out.md).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module mapping images to logits, got {type(model).__name__}")
