@@ -167,6 +167,47 @@ def test_square_succeeds_where_masked_gradients_stop_pgd(model, digits_test):
     assert rate_sq >= 0.8 and rate_sq >= rate_pgd + 0.3, (rate_sq, rate_pgd)
 
 
+@pytest.mark.parametrize("norm,eps,targeted", [("linf", 0.1, False), ("l2", 0.8, False), ("linf", 0.1, True)])
+def test_square_compacted_search_equals_the_plain_loop(model, digits_test, norm, eps, targeted):
+    """Square keeps the still-robust images compacted (gathered once, re-gathered only when one
+    succeeds); the plain loop below gathers everything from the full batch at every iteration.
+    Same generator, same proposals: the iterates, queries and iterations must be identical."""
+    from robustlab.attacks.square import margin_loss
+    from robustlab.losses import is_adversarial
+
+    x, y = digits_test.images[:40], digits_test.labels[:40]
+    target = (y + 3) % 10 if targeted else None
+    atk = Square(_tm(norm, eps), queries=60, seed=4)
+    res = atk.attack(model, x, y, target=target)
+    # the plain loop (the attack's own proposals), on the images the harness attacks
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        todo = ~is_adversarial(model(x), y, target)
+    xs, ys, ts = x[todo], y[todo], None if target is None else target[todo]
+    n = xs.shape[0]
+    propose = atk._propose_linf if norm == "linf" else atk._propose_l2
+    with torch.no_grad():
+        x_best = atk._init(xs, g)
+        scores = model(x_best)
+        loss_best, done = margin_loss(scores, ys, ts), is_adversarial(scores, ys, ts)
+        queries = torch.ones(n, dtype=torch.long)
+        for it in range(atk.queries - 1):
+            act = torch.arange(n)[~done]
+            if act.numel() == 0:
+                break
+            t_a = None if ts is None else ts[act]
+            cand = propose(xs[act], x_best[act], square_p(it, atk.queries, atk.p_init), g)
+            scores = model(cand)
+            queries[act] += 1
+            loss, hit = margin_loss(scores, ys[act], t_a), is_adversarial(scores, ys[act], t_a)
+            accept = (loss < loss_best[act]) | hit
+            x_best[act[accept]] = cand[accept]
+            loss_best[act[accept]] = loss[accept]
+            done[act[accept]] = hit[accept]
+    assert torch.equal(res.queries[todo], queries)
+    assert torch.equal(res.x_adv[todo], atk._constrain(x_best, xs))  # the harness's final projection
+
+
 def test_square_does_not_mutate_inputs_or_use_the_global_rng(model, batch):
     x, y = batch
     x0 = x.clone()

@@ -149,14 +149,18 @@ class Square(Attack):
         delta = delta / delta.flatten(1).norm(dim=1).clamp_min(1e-12).reshape(n, 1, 1, 1) * tm.eps
         return (x + delta).clamp(*tm.box)
 
-    def _propose_linf(self, x: Tensor, xb: Tensor, p: float, g: torch.Generator) -> Tensor:
+    def _propose_linf(self, x: Tensor, xb: Tensor, p: float, g: torch.Generator,
+                      lo: Optional[Tensor] = None, hi: Optional[Tensor] = None) -> Tensor:
+        """Candidates for the images ``x`` at their iterates ``xb``; ``lo``/``hi`` (optional) are
+        the precomputed ball-and-box bounds ``clamp(x -+ eps)``."""
         tm = self.threat
         m, c, h, w = x.shape
         s = max(min(int(round(math.sqrt(p * h * w))), h - 1, w - 1), 1)
         r = torch.randint(0, h - s + 1, (m,), generator=g, device=x.device)
         q = torch.randint(0, w - s + 1, (m,), generator=g, device=x.device)
         mask = _window_masks(r, q, s, h, w)  # (m, 1, h, w)
-        lo, hi = torch.clamp(x - tm.eps, min=tm.lower), torch.clamp(x + tm.eps, max=tm.upper)
+        if lo is None or hi is None:
+            lo, hi = torch.clamp(x - tm.eps, min=tm.lower), torch.clamp(x + tm.eps, max=tm.upper)
         signs = _random_signs((m, c, 1, 1), g, x)
         cand = torch.where(mask, (x + tm.eps * signs).clamp(lo, hi), xb)
         # The paper resamples the signs while the window would not change. For eps > 0 every other
@@ -174,7 +178,8 @@ class Square(Attack):
             cand = torch.where(mask, (x + tm.eps * signs).clamp(lo, hi), xb)
         return cand
 
-    def _propose_l2(self, x: Tensor, xb: Tensor, p: float, g: torch.Generator) -> Tensor:
+    def _propose_l2(self, x: Tensor, xb: Tensor, p: float, g: torch.Generator,
+                    lo: Optional[Tensor] = None, hi: Optional[Tensor] = None) -> Tensor:
         tm = self.threat
         m, c, h, w = x.shape
         s = max(int(round(math.sqrt(p * h * w))), 3)
@@ -206,6 +211,7 @@ class Square(Attack):
     # -- the search ----------------------------------------------------------------------------
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, target: Optional[Tensor], generator: torch.Generator) -> RawResult:
         n = x.shape[0]
+        tm = self.threat
         oracle = ScoreOracle(model, n, x.device, budget=self.queries, output=self.output)
         everyone = torch.arange(n, device=x.device)
         x_best = self._init(x, generator)
@@ -214,21 +220,36 @@ class Square(Attack):
         done = is_adversarial(scores, y, target)
         iterations = torch.zeros(n, dtype=torch.long, device=x.device)
         total = self.queries
-        propose = self._propose_linf if self.threat.norm == "linf" else self._propose_l2
+        propose = self._propose_linf if tm.norm == "linf" else self._propose_l2
+        # The images still robust, compacted (same order as ``everyone``): their inputs, iterates,
+        # losses and ball-and-box bounds are gathered once and re-gathered only when one of them
+        # succeeds, not at every iteration; finished rows are written back to ``x_best``.
+        act = everyone[~done]
+        xa, xba, lossa, ya = x[act], x_best[act], loss_best[act], y[act]
+        ta = None if target is None else target[act]
+        lo = hi = None
+        if tm.norm == "linf":
+            lo, hi = torch.clamp(xa - tm.eps, min=tm.lower), torch.clamp(xa + tm.eps, max=tm.upper)
+        ran = 0  # iterations run so far (one query each for every image still in the search)
         for it in range(total - 1):
-            act = everyone[~done]
             if act.numel() == 0:
                 break
-            xa = x[act]
-            t_a = None if target is None else target[act]
-            cand = propose(xa, x_best[act], square_p(it, total, self.p_init), generator)
+            cand = propose(xa, xba, square_p(it, total, self.p_init), generator, lo, hi)
             scores = oracle(cand, act)
-            loss = margin_loss(scores, y[act], t_a)
-            hit = is_adversarial(scores, y[act], t_a)
-            accept = (loss < loss_best[act]) | hit
-            take = act[accept]
-            x_best[take] = cand[accept]
-            loss_best[take] = loss[accept]
-            done[take] = hit[accept]
-            iterations[act] += 1
+            ran = it + 1
+            loss = margin_loss(scores, ya, ta)
+            hit = is_adversarial(scores, ya, ta)
+            accept = (loss < lossa) | hit
+            xba = torch.where(accept[:, None, None, None], cand, xba)
+            lossa = torch.where(accept, loss, lossa)
+            if bool(hit.any()):  # these images are done: write them back, drop them from the search
+                iterations[act[hit]] = ran
+                x_best[act[hit]] = xba[hit]
+                keep = ~hit
+                act, xa, xba, lossa, ya = act[keep], xa[keep], xba[keep], lossa[keep], ya[keep]
+                ta = None if ta is None else ta[keep]
+                if lo is not None and hi is not None:
+                    lo, hi = lo[keep], hi[keep]
+        iterations[act] = ran
+        x_best[act] = xba
         return RawResult(x_best, iterations, oracle.counts.clone())
