@@ -89,6 +89,8 @@ def part_cross(args, x, y) -> None:
         model = rl.models.load(path).eval()
         table[mname] = {"path": path}
         for aname, att in attacks.items():
+            if isinstance(att, Spatial) and mname not in args.cross_spatial.split(","):
+                continue  # the 775-transform grid on the larger cnn costs minutes of CPU
             t0 = time.perf_counter()
             res = _batched(att, model, x, y)
             table[mname][aname] = _summary(res, time.perf_counter() - t0)
@@ -99,12 +101,12 @@ def part_cross(args, x, y) -> None:
 
 
 def part_universal(args, x, y) -> None:
-    model = rl.models.load(args.model).eval()
+    model = rl.models.load(args.up_model).eval()
     train = rl.data.load("mnist", "train")
     xt = train.images[: args.n_fit]
     rows = []
-    for norm, eps in (("linf", 0.1), ("linf", 0.2), ("l2", 3.0), ("l2", 5.0)):
-        up = UniversalPerturbation(rl.ThreatModel(norm, eps), epochs=args.universal_epochs, batch_size=64, seed=0)
+    for norm, eps in ((c.split(":")[0], float(c.split(":")[1])) for c in args.universal_configs.split(",")):
+        up = UniversalPerturbation(rl.ThreatModel(norm, eps), epochs=args.universal_epochs, batch_size=args.universal_batch, seed=0)
         t0 = time.perf_counter()
         v = up.fit(model, xt)
         secs = time.perf_counter() - t0
@@ -115,15 +117,15 @@ def part_universal(args, x, y) -> None:
                      "train_fooling_rate": up.result_.train_fooling_rate, "random_same_size": rl.attacks.fooling_rate(model, x, r),
                      "size": float(v.abs().max() if norm == "linf" else v.flatten().norm()), "seconds": secs})
         print(rows[-1], flush=True)
-    _save("universal", {"model": args.model, "fit_images": int(xt.shape[0]), "held_out": int(x.shape[0]), "rows": rows})
+    _save("universal", {"model": args.up_model, "epochs": args.universal_epochs, "batch_size": args.universal_batch, "fit_images": int(xt.shape[0]), "held_out": int(x.shape[0]), "rows": rows})
 
 
 def part_patch(args, x, y) -> None:
-    model = rl.models.load(args.model).eval()
+    model = rl.models.load(args.up_model).eval()
     train = rl.data.load("mnist", "train")
     xt = train.images[: args.n_fit]
     rows = []
-    for side in (6, 8, 11, 14):
+    for side in (int(v) for v in args.patch_sides.split(",")):
         ap = AdversarialPatch(side, steps=args.patch_steps, batch_size=64, lr=0.05, seed=0)
         t0 = time.perf_counter()
         patch = ap.fit(model, xt, args.target)
@@ -133,16 +135,27 @@ def part_patch(args, x, y) -> None:
                      "targeted_success": ap.success_rate(model, x, y, draws=4),
                      "random_patch_success": ap.success_rate(model, x, y, patch=noise, draws=4), "seconds": secs})
         print(rows[-1], flush=True)
-    _save("patch", {"model": args.model, "fit_images": int(xt.shape[0]), "held_out": int(x.shape[0]),
+    _save("patch", {"model": args.up_model, "fit_images": int(xt.shape[0]), "held_out": int(x.shape[0]),
                     "scale": [0.8, 1.2], "max_rotation_deg": 22.5, "steps": args.patch_steps, "rows": rows})
 
 
 def train_adef(args) -> None:
-    train = rl.data.load("mnist", "train")
-    model = rl.models.create("small-cnn", train, seed=0)
-    adv = rl.defenses.ADefAdversary(args.adef_train_norm, steps=10)
-    rl.defenses.train(model, train, adversary=adv, epochs=args.adef_epochs, val_data=rl.data.load("mnist", "test"),
-                      out=args.adef_model, progress=False)
+    """ADef adversarial training of a small-cnn through the one training loop (``rl.defenses.train``
+    with ``ADefAdversary``): the first ``--adef-train-size`` MNIST training images, validation on
+    1,000 later training images, the settings of runs/mnist-pgd otherwise (Adam 3e-3, one-cycle,
+    batch 128), the deformation budget ramped up over the first ``--adef-warmup`` epochs."""
+    full = rl.data.load("mnist", "train")
+    train, val = full.subset(args.adef_train_size), full[50_000:51_000]
+    model = rl.models.create("small-cnn", full, seed=0)
+    adv = rl.defenses.ADefAdversary(args.adef_train_norm, steps=args.adef_train_steps)
+    t0 = time.perf_counter()
+    res = rl.defenses.train(model, train, adversary=adv, epochs=args.adef_epochs, val_data=val, out=args.adef_model,
+                            optimizer="adam", lr=3e-3, schedule="onecycle", batch_size=128,
+                            eps_warmup_epochs=args.adef_warmup, progress=False)
+    secs = time.perf_counter() - t0
+    _save("adef_training", {"model": args.adef_model, "adversary": adv.config(), "train_size": int(train.labels.shape[0]),
+                            "epochs": args.adef_epochs, "eps_warmup_epochs": args.adef_warmup, "seconds": secs,
+                            "history": getattr(res, "history", None)})
 
 
 def main() -> None:
@@ -156,6 +169,15 @@ def main() -> None:
     p.add_argument("--train-adef", action="store_true")
     p.add_argument("--adef-train-norm", type=float, default=2.0)
     p.add_argument("--adef-epochs", type=int, default=2)
+    p.add_argument("--adef-train-size", type=int, default=10_000)
+    p.add_argument("--adef-train-steps", type=int, default=10)
+    p.add_argument("--adef-warmup", type=float, default=0.5)
+    p.add_argument("--cross-n", type=int, default=None, help="images for the cross table (default --n)")
+    p.add_argument("--cross-spatial", default="PGD-trained,ADef-trained", help="models that also get the Spatial grid")
+    p.add_argument("--up-model", default="runs/mnist-small-cnn", help="the standard model of the universal and patch parts")
+    p.add_argument("--universal-batch", type=int, default=32)
+    p.add_argument("--universal-configs", default="linf:0.1,linf:0.2,l2:3.0,l2:5.0")
+    p.add_argument("--patch-sides", default="6,8,11,14")
     p.add_argument("--universal-epochs", type=int, default=3)
     p.add_argument("--patch-steps", type=int, default=300)
     p.add_argument("--target", type=int, default=3)
@@ -166,7 +188,10 @@ def main() -> None:
     x, y = test.images[: args.n].clone(), test.labels[: args.n].clone()
     if args.train_adef:
         train_adef(args)
-    for part in args.parts.split(","):
+    for part in [q for q in args.parts.split(",") if q]:
+        if part == "cross" and args.cross_n is not None:
+            part_cross(args, x[: args.cross_n], y[: args.cross_n])
+            continue
         {"adef": part_adef, "cross": part_cross, "universal": part_universal, "patch": part_patch}[part](args, x, y)
 
 

@@ -12,6 +12,14 @@ Parts (``--parts``, comma-separated):
   and the L2 ``standard`` preset.
 * ``speed``: Square linf 0.3 with the same budget on the same images: robustlab vs torchattacks'
   ``Square`` and ART's ``SquareAttack`` (one process, interleaved, best of ``--repeats``).
+* ``speed-onepixel``, ``speed-hsj``: one-pixel (k = 1, DE with ART's population and generations)
+  vs ART's ``PixelAttack``, HopSkipJump l2 vs ART's ``HopSkipJump`` with robustlab's per-image
+  budget set to the model evaluations ART spent; rows the model evaluated are counted for both.
+* ``onepixel``: one-pixel success vs k (1, 3, 5) on the standard Fashion-MNIST small-cnn.
+* ``hsj``: HopSkipJump l2 median distance vs query budget (``--hsj-budgets``) on a standard
+  MNIST small-cnn (runs/mnist-small-cnn), with a white-box minimal-norm reference (DDN).
+* ``nattack``: NATTACK success and median queries at the PGD eps (linf 0.3) on the PGD-trained
+  and the standard MNIST small-cnn, next to PGD-40.
 * ``digits-*`` (no trained MNIST model needed; seconds of CPU): the tests' digits CNN (scikit-learn
   digits, 8x8) trained here with a fixed seed: ``digits-square`` (Square vs APGD-CE, linf 0.1 and
   l2 1.0), ``digits-hsj`` (HopSkipJump median L2 vs query budget), ``digits-onepixel`` (success vs k),
@@ -40,7 +48,8 @@ import robustlab as rl
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import hardware  # noqa: E402
 
-MODELS = {"mnist": ("runs/mnist-pgd", "mnist", 0.3), "fmnist": ("runs/fmnist-pgd", "fashion-mnist", 0.1)}
+MODELS = {"mnist": ("runs/mnist-pgd", "mnist", 0.3), "fmnist": ("runs/fmnist-pgd", "fashion-mnist", 0.1),
+          "mnist-std": ("runs/mnist-small-cnn", "mnist", 0.3)}
 
 
 def images(dataset: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,27 +172,214 @@ def part_speed(args, out: dict) -> None:
     x, y = images(dataset, args.speed_n)
     q = args.speed_queries
 
-    def ours():
-        res = rl.attacks.Square(rl.ThreatModel("linf", eps), queries=q, seed=0).attack(model, x, y)
-        return res.x_adv
+    def ours(m):
+        return rl.attacks.Square(rl.ThreatModel("linf", eps), queries=q, seed=0).attack(m, x, y).x_adv
 
-    def torchattacks_square():
+    def torchattacks_square(m):
         import torchattacks
 
-        return torchattacks.Square(model, norm="Linf", eps=eps, n_queries=q, n_restarts=1, p_init=0.8, seed=0)(x, y)
+        return torchattacks.Square(m, norm="Linf", eps=eps, n_queries=q, n_restarts=1, p_init=0.8, seed=0)(x, y)
 
-    def art_square():
+    def art_square(m):
         from art.attacks.evasion import SquareAttack
-        from art.estimators.classification import PyTorchClassifier
 
-        clf = PyTorchClassifier(model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
-                                nb_classes=10, clip_values=(0.0, 1.0), device_type="cpu")
-        atk = SquareAttack(clf, norm=np.inf, eps=eps, max_iter=q, p_init=0.8, nb_restarts=1, batch_size=len(y), verbose=False)
+        atk = SquareAttack(_art_classifier(m, x), norm=np.inf, eps=eps, max_iter=q, p_init=0.8, nb_restarts=1,
+                           batch_size=len(y), verbose=False)
         return torch.from_numpy(atk.generate(x.numpy(), y=y.numpy()))
 
     libs = {"robustlab": ours, "torchattacks": torchattacks_square, "art": art_square}
-    out["speed"] = _race(libs, model, x, y, eps, args.repeats)
-    out["speed"].update({"model": path, "eps": eps, "n": len(y), "queries": q})
+    runs: dict = {k: [] for k in libs}
+    for _ in range(args.repeats):
+        for name, fn in libs.items():
+            row = _run_counted(f"speed/{name}", fn, model, x, y)
+            row["robust_accuracy"] = robust_accuracy(model, x, y, row["x_adv"], eps)
+            runs[name].append(row)
+    rows = {k: _best_of(v) for k, v in runs.items()}
+    for r in rows.values():
+        r["cpu_vs_robustlab"] = r["cpu_seconds"] / rows["robustlab"]["cpu_seconds"]
+        r["time_vs_robustlab"] = r["seconds"] / rows["robustlab"]["seconds"]
+        r["cpu_us_per_model_row"] = 1e6 * r["cpu_seconds"] / max(r["model_rows"], 1)
+    out["speed"] = {"repeats": args.repeats, "libraries": rows, "model": path, "eps": eps, "n": len(y), "queries": q}
+
+
+class Counting(torch.nn.Module):
+    """Counts the rows (images) the wrapped model evaluates, for any library calling it."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.rows = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows += x.shape[0]
+        return self.model(x)
+
+
+class Float32(torch.nn.Module):
+    """Casts the input to float32 (ART's HopSkipJump hands float64 arrays to the classifier)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.float())
+
+
+def _art_classifier(model, x):
+    from art.estimators.classification import PyTorchClassifier
+
+    return PyTorchClassifier(model=Float32(model), loss=torch.nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
+                             nb_classes=10, clip_values=(0.0, 1.0), device_type="cpu")
+
+
+def _run_counted(name: str, fn, model, x, y) -> dict:
+    """One timed run of ``fn(counting_model) -> x_adv``: wall and CPU seconds, rows evaluated."""
+    counting = Counting(model).eval()
+    c0, t0 = time.process_time(), time.perf_counter()
+    x_adv = fn(counting)
+    row = {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "model_rows": counting.rows}
+    with torch.no_grad():
+        clean = model(x).argmax(1) == y
+        adv = model(x_adv).argmax(1) != y
+    row["success_on_correct"] = float((clean & adv).sum() / clean.sum().clamp_min(1))
+    row["x_adv"] = x_adv
+    print(f"{name}: {row['seconds']:.2f} s wall, {row['cpu_seconds']:.2f} s CPU, {row['model_rows']} model rows, "
+          f"success {100 * row['success_on_correct']:.1f}%", flush=True)
+    return row
+
+
+def _best_of(rows: list[dict]) -> dict:
+    best = dict(min(rows, key=lambda r: r["cpu_seconds"]))
+    best["seconds"] = min(r["seconds"] for r in rows)
+    best.pop("x_adv", None)
+    return best
+
+
+def part_speed_onepixel(args, out: dict) -> None:
+    from art.attacks.evasion import PixelAttack
+
+    path, dataset, _ = MODELS["mnist"]
+    model = rl.models.load(path).eval()
+    x, y = images(dataset, args.speed_onepixel_n)
+    k, gens = 1, args.onepixel_speed_generations
+    pop = max(1, 400 // (2 + x.shape[1]) // k) * (2 + x.shape[1]) * k  # ART's DE population for k pixels
+
+    def ours(m):
+        return rl.attacks.OnePixel(k, population=pop, generations=gens, seed=0).attack(m, x, y).x_adv
+
+    def art(m):
+        atk = PixelAttack(_art_classifier(m, x), th=k, es=1, max_iter=gens, targeted=False, verbose=False)
+        return torch.from_numpy(atk.generate(x.numpy(), y=y.numpy())).float()
+
+    runs: dict = {"robustlab": [], "art": []}
+    for _ in range(args.repeats):
+        runs["robustlab"].append(_run_counted("speed-onepixel/robustlab", ours, model, x, y))
+        runs["art"].append(_run_counted("speed-onepixel/art", art, model, x, y))
+    rows = {k_: _best_of(v) for k_, v in runs.items()}
+    for r in rows.values():
+        r["cpu_vs_robustlab"] = r["cpu_seconds"] / rows["robustlab"]["cpu_seconds"]
+        r["time_vs_robustlab"] = r["seconds"] / rows["robustlab"]["seconds"]
+    out["speed_onepixel"] = {"model": path, "n": len(y), "pixels": k, "population": pop, "generations": gens,
+                             "repeats": args.repeats, "libraries": rows}
+
+
+def part_speed_hsj(args, out: dict) -> None:
+    from art.attacks.evasion import HopSkipJump as ArtHSJ
+
+    path, dataset, _ = MODELS["mnist"]
+    model = rl.models.load(path).eval()
+    x, y = images(dataset, args.speed_hsj_n)
+    iters = args.hsj_speed_iterations
+
+    def art(m):
+        atk = ArtHSJ(_art_classifier(m, x), batch_size=64, targeted=False, norm=2, max_iter=iters, max_eval=10_000,
+                     init_eval=100, init_size=100, verbose=False)
+        return torch.from_numpy(atk.generate(x.numpy(), y=y.numpy())).float()
+
+    runs: dict = {"robustlab": [], "art": []}
+    budget = None
+    for _ in range(args.repeats):
+        runs["art"].append(_run_counted("speed-hsj/art", art, model, x, y))
+        if budget is None:  # robustlab gets, per image, the model evaluations ART spent per image
+            budget = max(2, -(-runs["art"][0]["model_rows"] // len(y)))
+        runs["robustlab"].append(_run_counted(
+            "speed-hsj/robustlab", lambda m: rl.attacks.HopSkipJump("l2", queries=budget, seed=0).attack(m, x, y).x_adv,
+            model, x, y))
+    for name, rs in runs.items():
+        for r in rs:
+            with torch.no_grad():
+                ok = (model(r["x_adv"]).argmax(1) != y) & (model(x).argmax(1) == y)
+            r["median_l2_successes"] = float((r["x_adv"] - x).flatten(1).norm(dim=1)[ok].median()) if bool(ok.any()) else None
+    rows = {k_: _best_of(v) for k_, v in runs.items()}
+    for r in rows.values():
+        r["cpu_vs_robustlab"] = r["cpu_seconds"] / rows["robustlab"]["cpu_seconds"]
+        r["time_vs_robustlab"] = r["seconds"] / rows["robustlab"]["seconds"]
+    out["speed_hsj"] = {"model": path, "n": len(y), "norm": "l2", "art_max_iter": iters,
+                        "robustlab_queries_per_image": budget, "repeats": args.repeats, "libraries": rows}
+
+
+def part_onepixel(args, out: dict) -> None:
+    path = args.onepixel_model
+    model = rl.models.load(path).eval()
+    x, y = images("fashion-mnist", args.onepixel_n)
+    rows = {}
+    for k in (1, 3, 5):
+        atk = rl.attacks.OnePixel(k, population=args.onepixel_population, generations=args.onepixel_generations, seed=0)
+        res, t = timed(lambda: run_batched(atk, model, x, y, args.batch_size))
+        ok = res.success & res.clean_correct
+        rows[str(k)] = {"success_on_correct": float(ok.sum() / res.clean_correct.sum()),
+                        "robust_accuracy": res.robust_accuracy,
+                        "median_queries_successes": float(res.queries[ok].float().median()) if bool(ok.any()) else None,
+                        "seconds": t}
+        print(f"onepixel/k={k}: success {100 * rows[str(k)]['success_on_correct']:.1f}% ({t:.1f} s)", flush=True)
+    out["onepixel"] = {"model": path, "n": len(y), "clean_accuracy": float(res.clean_correct.float().mean()),
+                       "population": args.onepixel_population, "generations": args.onepixel_generations,
+                       "max_queries": args.onepixel_population * (args.onepixel_generations + 1), "pixels": rows}
+
+
+def part_hsj(args, out: dict) -> None:
+    path = args.hsj_model
+    model = rl.models.load(path).eval()
+    x, y = images("mnist", args.hsj_n)
+    rows = {}
+    for budget in [int(b) for b in args.hsj_budgets.split(",")]:
+        res, t = timed(lambda: rl.attacks.HopSkipJump("l2", queries=budget, seed=0).attack(model, x, y))
+        ok = res.success & res.clean_correct
+        d = res.distance[ok]
+        rows[str(budget)] = {"median_l2": float(d.median()), "mean_l2": float(d.mean()), "success": float(ok.float().mean()),
+                             "mean_queries": float(res.queries[res.clean_correct].float().mean()), "seconds": t}
+        print(f"hsj/{budget}: median L2 {rows[str(budget)]['median_l2']:.3f} ({t:.1f} s)", flush=True)
+    dd, t_dd = timed(lambda: rl.attacks.get("ddn", "l2").attack(model, x, y))
+    ok = dd.success & dd.clean_correct
+    rows["white-box DDN"] = {"median_l2": float(dd.distance[ok].median()), "mean_l2": float(dd.distance[ok].mean()),
+                             "success": float(ok.float().mean()), "seconds": t_dd}
+    print(f"hsj/DDN: median L2 {rows['white-box DDN']['median_l2']:.3f}", flush=True)
+    out["hsj"] = {"model": path, "n": len(y), "clean_accuracy": float(dd.clean_correct.float().mean()), "budgets": rows}
+
+
+def part_nattack(args, out: dict) -> None:
+    rows = {}
+    for key in args.nattack_models.split(","):
+        path, dataset, eps = MODELS[key]
+        model = rl.models.load(path).eval()
+        x, y = images(dataset, args.nattack_n)
+        tm = rl.ThreatModel("linf", eps)
+        na, t = timed(lambda: run_batched(rl.attacks.NATTACK(tm, queries=args.nattack_queries, seed=0), model, x, y,
+                                          args.batch_size))
+        ok = na.success & na.clean_correct
+        pgd = run_batched(rl.attacks.PGD(tm, steps=40, seed=0), model, x, y, args.batch_size)
+        rows[key] = {"model": path, "eps": eps, "n": len(y), "queries": args.nattack_queries,
+                     "clean_accuracy": float(na.clean_correct.float().mean()),
+                     "success_on_correct": float(ok.sum() / na.clean_correct.sum()),
+                     "robust_accuracy": na.robust_accuracy,
+                     "median_queries_successes": float(na.queries[ok].float().median()) if bool(ok.any()) else None,
+                     "seconds": t, "pgd40_robust_accuracy": pgd.robust_accuracy,
+                     "pgd40_success_on_correct": float((pgd.success & pgd.clean_correct).sum() / pgd.clean_correct.sum())}
+        r = rows[key]
+        print(f"nattack/{key}: success {100 * r['success_on_correct']:.1f}% (median queries {r['median_queries_successes']}), "
+              f"robust {100 * r['robust_accuracy']:.1f}% vs PGD-40 {100 * r['pgd40_robust_accuracy']:.1f}% ({t:.1f} s)", flush=True)
+    out["nattack"] = rows
 
 
 # -- digits (8x8): the tests' model, no MNIST training needed ------------------------------------
@@ -317,6 +513,20 @@ def main() -> int:
     ap.add_argument("--speed-n", type=int, default=100)
     ap.add_argument("--speed-queries", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--speed-onepixel-n", type=int, default=20)
+    ap.add_argument("--onepixel-speed-generations", type=int, default=10)
+    ap.add_argument("--speed-hsj-n", type=int, default=20)
+    ap.add_argument("--hsj-speed-iterations", type=int, default=5, help="ART max_iter; robustlab gets ART's queries")
+    ap.add_argument("--onepixel-model", default="runs/fmnist-small-cnn")
+    ap.add_argument("--onepixel-n", type=int, default=100)
+    ap.add_argument("--onepixel-population", type=int, default=400)
+    ap.add_argument("--onepixel-generations", type=int, default=50)
+    ap.add_argument("--hsj-model", default="runs/mnist-small-cnn")
+    ap.add_argument("--hsj-n", type=int, default=20)
+    ap.add_argument("--hsj-budgets", default="1000,5000,20000")
+    ap.add_argument("--nattack-models", default="mnist,mnist-std")
+    ap.add_argument("--nattack-n", type=int, default=100)
+    ap.add_argument("--nattack-queries", type=int, default=30_000)
     ap.add_argument("--digits-n", type=int, default=200, help="digits test images (digits-* parts)")
     ap.add_argument("--digits-hsj-n", type=int, default=50)
     ap.add_argument("--batch-size", type=int, default=500)
@@ -333,6 +543,8 @@ def main() -> int:
         out = {**json.loads(path.read_text()), **{k: out[k] for k in ("date", "hardware", "command")}}
     for part in [p.strip() for p in args.parts.split(",") if p.strip()]:
         {"standard": part_standard, "square": part_square, "l2": part_l2, "speed": part_speed,
+         "speed-onepixel": part_speed_onepixel, "speed-hsj": part_speed_hsj, "onepixel": part_onepixel,
+         "hsj": part_hsj, "nattack": part_nattack,
          "digits-square": part_digits_square, "digits-hsj": part_digits_hsj, "digits-onepixel": part_digits_onepixel,
          "digits-speed": part_digits_speed}[part](args, out)
         path.parent.mkdir(parents=True, exist_ok=True)
