@@ -109,6 +109,8 @@ def main() -> int:
         "robustlab (no early stop)": lambda *a: robustlab_pgd(*a, early_stop=False),
         "robustlab fast": lambda *a: robustlab_pgd(*a, fast=fast),
         "robustlab fast (no early stop)": lambda *a: robustlab_pgd(*a, early_stop=False, fast=fast),
+        # fp32 arithmetic, channels_last and deferred checks: the default's numbers, if the layout is exact.
+        "robustlab fast fp32": lambda *a: robustlab_pgd(*a, fast=rl.attacks.FastPath(precision="fp32")),
         "torchattacks": torchattacks_pgd,
         "art": art_pgd,
         "foolbox": foolbox_pgd,
