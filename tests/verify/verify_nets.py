@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from robustlab.models.architectures import BasicBlock
 from robustlab.models.normalize import Normalize
 
-KINDS = ("mlp", "conv", "maxpool", "avgpool-bn")
+KINDS = ("mlp", "conv", "maxpool", "avgpool-bn", "residual")
 
 
 def tiny_net(kind: str, seed: int, dtype: torch.dtype = torch.float32) -> nn.Module:
@@ -25,6 +26,9 @@ def tiny_net(kind: str, seed: int, dtype: torch.dtype = torch.float32) -> nn.Mod
         body = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.AvgPool2d(2),
                              nn.Flatten(), nn.Dropout(0.2), nn.Linear(12, 6), nn.BatchNorm1d(6), nn.ReLU(),
                              nn.Linear(6, 4))
+    elif kind == "residual":  # robustlab's ResNet basic blocks: identity and projection shortcuts
+        body = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), BasicBlock(3, 3, 1),
+                             BasicBlock(3, 4, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 4))
     else:
         raise ValueError(kind)
     with torch.no_grad():

@@ -203,7 +203,7 @@ def preactivation_bounds(net: Network, inputs: InputSet, mode: str) -> tuple[dic
 
 def _weight_ops(net: Network, end: int) -> int:
     return sum(1 for op in net.ops[:end] if not isinstance(op, ReLUOp) and type(op).__name__ in ("LinearOp", "ConvOp",
-                                                                                              "MixOp"))
+                                                                                              "MixOp", "ResidualOp"))
 
 
 def spec_matrix(spec: str, labels: Optional[Tensor], n: int, k: int, like: Tensor) -> Tensor:
@@ -341,17 +341,21 @@ def _prepare(model: nn.Module, x: Tensor, tm: ThreatModel, method: str, spec: st
 
 
 def _detached(net: Network) -> Network:
-    """A copy of the ops whose tensors are detached from the model's autograd graph."""
+    """A copy of the ops whose tensors are detached from the model's autograd graph (also inside
+    composite ops such as a residual block's paths)."""
+    return Network([_detached_op(op) for op in net.ops], net.in_shape)
+
+
+def _detached_op(op: object) -> object:
     import copy
 
-    ops = []
-    for op in net.ops:
-        op = copy.copy(op)
-        for key, value in vars(op).items():
-            if isinstance(value, Tensor):
-                setattr(op, key, value.detach())
-        ops.append(op)
-    return Network(ops, net.in_shape)
+    op = copy.copy(op)
+    for key, value in vars(op).items():
+        if isinstance(value, Tensor):
+            setattr(op, key, value.detach())
+        elif isinstance(value, list) and value and all(hasattr(v, "forward") for v in value):
+            setattr(op, key, [_detached_op(v) for v in value])
+    return op
 
 
 def verified(lower_margin: Tensor, labels: Tensor) -> Tensor:

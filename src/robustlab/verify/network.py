@@ -2,11 +2,19 @@
 
 :func:`trace` walks the modules of a model (``nn.Sequential`` composition, robustlab's
 :class:`~robustlab.models.Normalize`, Linear, Conv2d, ReLU, Flatten, BatchNorm in eval mode,
-AvgPool2d, MaxPool2d with non-overlapping windows, Dropout and Identity as the identity) and
+AvgPool2d, AdaptiveAvgPool2d, MaxPool2d with non-overlapping windows, Dropout and Identity as the
+identity, robustlab's ResNet-18 and its basic blocks) and
 returns a :class:`Network`: a list of ops, each either an affine map ``h -> A h + b`` (with its
 transpose for back-substitution) or a ReLU applied to the coordinates of a mask (the others pass
 through unchanged). Anything else is refused with a :class:`TypeError` naming the module and its
 type: a verifier that guessed the semantics of an unknown module would give unsound bounds.
+
+Residual blocks (robustlab's :class:`~robustlab.models.architectures.BasicBlock`, so the whole
+``resnet18``) become a chain too: ``x -> [x; x]`` (:class:`SplitOp`), the main path and the
+shortcut side by side (:class:`ResidualOp`, with the middle ReLU a partial ReLU on the main half
+only), ``[h; s] -> h + s`` (:class:`JoinOp`), ReLU. The chain computes exactly the block's
+function, so every bound method (IBP, CROWN, alpha-CROWN, LP) and the MILP read it unchanged; a
+block subclass with its own ``forward`` is refused.
 
 Max-pooling is rewritten exactly with ReLUs, ``max(a, b) = b + relu(a - b)``, a tree of pairwise
 maxima over each window; the pass-through ``b`` is a coordinate the partial ReLU leaves alone, so
@@ -23,9 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robustlab.models.architectures import BasicBlock, ResNet18
 from robustlab.models.normalize import Normalize
 
 Shape = tuple[int, ...]
+_RESNET_FORWARD, _BLOCK_FORWARD = ResNet18.forward, BasicBlock.forward
 
 
 class Affine:
@@ -172,6 +182,94 @@ class MixOp(Affine):
         return lam.matmul(self.matrix)
 
 
+def _flat(x: Tensor, lead: int) -> Tensor:
+    return x.reshape(*x.shape[:lead], -1)
+
+
+class ResidualOp(Affine):
+    """The two paths of a residual block side by side, as one flat vector ``[main; skip]``:
+    ``[h; s] -> [A_k ... A_1 h; B_m ... B_1 s]`` (each path a chain of affine ops, possibly empty).
+    With :class:`SplitOp` (``x -> [x; x]``), a partial ReLU on the main half and :class:`JoinOp`
+    (``[h; s] -> h + s``), ``relu(F(x) + S(x))`` becomes a chain every verifier reads."""
+
+    def __init__(self, main: list, skip: list, shapes: tuple[Shape, Shape, Shape, Shape], name: str) -> None:
+        self.main, self.skip, self.name = main, skip, name
+        self.main_in, self.skip_in, self.main_out, self.skip_out = shapes
+        self.d_in = int(math.prod(self.main_in)), int(math.prod(self.skip_in))
+        self.d_out = int(math.prod(self.main_out)), int(math.prod(self.skip_out))
+
+    def _apply(self, x: Tensor, abs_: bool) -> Tensor:
+        n = x.shape[0]
+        h, s = x.split(self.d_in, dim=1)
+        h, s = h.reshape(n, *self.main_in), s.reshape(n, *self.skip_in)
+        for op in self.main:
+            h = op.abs_forward(h) if abs_ else op.forward(h)
+        for op in self.skip:
+            s = op.abs_forward(s) if abs_ else op.forward(s)
+        return torch.cat([h.reshape(n, -1), s.reshape(n, -1)], dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._apply(x, False)
+
+    def abs_forward(self, r: Tensor) -> Tensor:
+        return self._apply(r, True)  # |A_k|...|A_1| r >= |A_k ... A_1| r: sound (exact for conv + BatchNorm)
+
+    def _back(self, lam: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        s_, n = lam.shape[:2]
+        lh, ls = lam.split(self.d_out, dim=2)
+        lh, ls = lh.reshape(s_, n, *self.main_out), ls.reshape(s_, n, *self.skip_out)
+        bias = lam.new_zeros(s_, n)
+        for op in reversed(self.main):
+            bias = bias + op.bias_term(lh)
+            lh = op.back(lh)
+        for op in reversed(self.skip):
+            bias = bias + op.bias_term(ls)
+            ls = op.back(ls)
+        return torch.cat([_flat(lh, 2), _flat(ls, 2)], dim=2), bias, lam
+
+    def back(self, lam: Tensor) -> Tensor:
+        return self._back(lam)[0]
+
+    def bias_term(self, lam: Tensor) -> Tensor:
+        return self._back(lam)[1]
+
+
+class SplitOp(Affine):
+    """``x -> [x; x]`` (flat): the input of a residual block, once per path."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def forward(self, x: Tensor) -> Tensor:
+        f = x.reshape(x.shape[0], -1)
+        return torch.cat([f, f], dim=1)
+
+    def abs_forward(self, r: Tensor) -> Tensor:
+        return self.forward(r)
+
+    def back(self, lam: Tensor) -> Tensor:
+        a, b = lam.chunk(2, dim=2)
+        return (a + b).reshape(*lam.shape[:2], *self.in_shape)
+
+
+class JoinOp(Affine):
+    """``[h; s] -> h + s`` reshaped to the block's output shape."""
+
+    def __init__(self, shape: Shape, name: str) -> None:
+        self.shape, self.name = shape, name
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = x.chunk(2, dim=1)
+        return (a + b).reshape(x.shape[0], *self.shape)
+
+    def abs_forward(self, r: Tensor) -> Tensor:
+        return self.forward(r)
+
+    def back(self, lam: Tensor) -> Tensor:
+        f = lam.reshape(*lam.shape[:2], -1)
+        return torch.cat([f, f], dim=2)
+
+
 @dataclass
 class ReLUOp:
     """``relu`` on the coordinates where ``mask`` is True, the identity elsewhere (mask None: all)."""
@@ -215,7 +313,8 @@ def _refuse(name: str, module: nn.Module, why: str = "") -> TypeError:
     return TypeError(
         f"robustlab.verify cannot bound module {name or '<model>'!r} of type {type(module).__name__}{extra}; "
         "supported: nn.Sequential, Normalize, Linear, Conv2d, ReLU, Flatten, BatchNorm1d/2d (eval), AvgPool2d, "
-        "MaxPool2d (kernel == stride, no padding), Dropout, Identity"
+        "MaxPool2d (kernel == stride, no padding), AdaptiveAvgPool2d (output size dividing the input), Dropout, "
+        "Identity, and robustlab's ResNet18 / BasicBlock"
     )
 
 
@@ -293,6 +392,13 @@ def _module_ops(module: nn.Module, name: str, shape: Shape) -> list:
             raise _refuse(name, module, "ceil_mode with windows that overhang the input")
         c = shape[0]
         return [_avgpool_conv(c, k, s, p, name)]
+    if kind is nn.AdaptiveAvgPool2d:
+        out = _pair(module.output_size)
+        out = tuple(d if o is None else o for o, d in zip(out, shape[1:]))
+        if any(d % o for d, o in zip(shape[1:], out)):
+            raise _refuse(name, module, f"output size {out} does not divide the input size {shape[1:]}")
+        k = tuple(d // o for d, o in zip(shape[1:], out))
+        return [_avgpool_conv(shape[0], k, k, (0, 0), name)]
     if kind is nn.MaxPool2d:
         k, s, p, d = (_pair(module.kernel_size), _pair(module.stride or module.kernel_size), _pair(module.padding),
                       _pair(module.dilation))
@@ -338,6 +444,14 @@ def _walk(module: nn.Module, name: str, probe: Tensor) -> tuple[list, Tensor]:
             child_ops, probe = _walk(child, f"{name}.{child_name}" if name else child_name, probe)
             ops += child_ops
         return ops, probe
+    if kind is ResNet18 and kind.forward is _RESNET_FORWARD:
+        ops = []
+        for child_name in ("stem", "layers", "head"):  # ResNet18.forward: head(layers(stem(x)))
+            child_ops, probe = _walk(getattr(module, child_name), f"{name}.{child_name}" if name else child_name, probe)
+            ops += child_ops
+        return ops, probe
+    if kind is BasicBlock and kind.forward is _BLOCK_FORWARD:
+        return _block_ops(module, name, probe)
     if kind is Normalize:
         head = [ScaleOp(1.0 / module.std[0], -module.mean[0] / module.std[0], f"{name or '<model>'}(normalize)")]
         head[0].in_shape = tuple(probe.shape[1:])
@@ -353,6 +467,31 @@ def _walk(module: nn.Module, name: str, probe: Tensor) -> tuple[list, Tensor]:
             if isinstance(op, (ConvOp, ScaleOp, MixOp)):
                 _to_like(op, probe)
             probe = _apply_probe(op, probe)
+            op.out_shape = tuple(probe.shape[1:])
+    return ops, probe
+
+
+def _block_ops(block: nn.Module, name: str, probe: Tensor) -> tuple[list, Tensor]:
+    """``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`` as split, the two paths side by side
+    (the middle ReLU acts on the main path only), join, ReLU."""
+    main1, h = _walk(nn.Sequential(block.conv1, block.bn1), f"{name}.main", probe)
+    main2, h2 = _walk(nn.Sequential(block.conv2, block.bn2), f"{name}.main", torch.relu(h))
+    skip, s = _walk(block.shortcut, f"{name}.shortcut", probe)
+    x_shape, h_shape, out_shape = tuple(probe.shape[1:]), tuple(h.shape[1:]), tuple(h2.shape[1:])
+    if tuple(s.shape[1:]) != out_shape:
+        raise _refuse(name, block, f"the shortcut's output {tuple(s.shape[1:])} does not match the main path's "
+                                   f"{out_shape}")
+    d_h, d_x = int(math.prod(h_shape)), int(math.prod(x_shape))
+    split = SplitOp(name)
+    first = ResidualOp(main1, [], (x_shape, x_shape, h_shape, x_shape), f"{name}.conv1")
+    middle = ReLUOp(f"{name}.relu1", torch.cat([torch.ones(d_h, dtype=torch.bool), torch.zeros(d_x, dtype=torch.bool)]))
+    second = ResidualOp(main2, skip, (h_shape, x_shape, out_shape, out_shape), f"{name}.conv2")
+    join = JoinOp(out_shape, f"{name}.add")
+    ops = [split, first, middle, second, join, ReLUOp(f"{name}.relu2")]
+    with torch.no_grad():
+        for op in ops:
+            op.in_shape = tuple(probe.shape[1:])
+            probe = op.forward(probe)
             op.out_shape = tuple(probe.shape[1:])
     return ops, probe
 
