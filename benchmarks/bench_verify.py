@@ -7,9 +7,10 @@ Parts (``--parts``, comma separated):
   the same models and images (an MLP 784-100-100-10 and the ``small-cnn``), max |difference| and
   seconds per image for each library (same process, interleaved).
 * ``timing``: IBP / CROWN / alpha-CROWN / LP seconds per image on the MNIST ``cnn`` and an MLP.
-* ``accuracy``: clean and verified accuracy at linf eps for each model in ``--models``: IBP on the
-  first ``--n`` test images, CROWN on the first ``--crown-n``; PGD-40 robust accuracy (an upper
-  bound).
+* ``accuracy``: clean (first ``--clean-n``) and verified accuracy at linf eps for each model in
+  ``--models``: IBP on the first ``--n`` test images, CROWN on the first ``--crown-n`` (in batches
+  of ``--crown-batch``), IBP on those and either certificate; PGD-40 robust accuracy on the first
+  ``--pgd-n`` (an upper bound).
 * ``milp``: complete verification of ``--milp-model`` on the first ``--milp-n`` images with a
   ``--time-limit`` per image: verified / counterexample / unknown against CROWN alone and PGD.
 
