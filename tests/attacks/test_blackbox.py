@@ -320,6 +320,16 @@ def test_onepixel_changes_at_most_k_pixels_and_succeeds_sometimes(model, digits_
         assert bool((res.queries <= 40 * 16).all())
 
 
+def test_onepixel_results_do_not_depend_on_the_chunk(model, digits_test):
+    """The default chunk became 512 rows (cache-sized CPU passes); chunking only groups the forward
+    passes: a chunk smaller than the population (one image per pass) gives the same result."""
+    x, y = digits_test.images[:12], digits_test.labels[:12]
+    runs = [OnePixel(3, population=40, generations=6, chunk=c, seed=2).attack(model, x, y) for c in (8192, 512, 7)]
+    for other in runs[1:]:
+        assert torch.equal(other.x_adv, runs[0].x_adv) and torch.equal(other.queries, runs[0].queries)
+    assert OnePixel(1).chunk == 512
+
+
 def test_onepixel_apply_pixels_sets_exactly_the_given_pixels():
     x = torch.zeros(1, 3, 4, 5)
     cand = torch.tensor([[[[1.0, 2.0, 0.1, 0.2, 0.3], [3.0, 4.0, 1.0, 1.0, 1.0]]]])  # (1, 1, k=2, 2 + C)
