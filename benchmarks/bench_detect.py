@@ -252,8 +252,8 @@ def section_mmd(model, x, y, args, train, test) -> list:
 
 
 def knn_feature_attack(model, det, x, y, eps: float, steps: int, guides: int = 10, batch: int = 100):
-    """Feature-space attack on the kNN detector (the idea of Sitawarin & Wagner 2019,
-    arXiv:1903.08333, on deep kNN): pick the class ``t != y`` of the reference point nearest to
+    """Feature-space attack on the kNN detector (the idea of Sitawarin & Wagner 2019, "On the
+    Robustness of Deep K-Nearest Neighbors"): pick the class ``t != y`` of the reference point nearest to
     the input's features, then linf-PGD (step ``2.5 eps / steps``) that pulls the features towards
     the ``guides`` nearest reference features of class ``t``: the neighbours then vote ``t`` and the
     classifier follows. Each input keeps its first iterate that is misclassified and not flagged.
