@@ -122,7 +122,7 @@ def section_threshold_report(model, x, y, args) -> dict:
 
 def section_transforms(model, x, y, args, train) -> dict:
     tm = rl.ThreatModel("linf", args.eps)
-    ae = T.train_autoencoder(T.MagNetAutoencoder(x.shape[1], 8), train.images[: args.n_train], epochs=5,
+    ae = T.train_autoencoder(T.MagNetAutoencoder(x.shape[1], 8, seed=0), train.images[: args.n_train], epochs=5,
                              batch_size=64, lr=3e-3, seed=0)
     defs = {"bitdepth1": T.BitDepth(model, 1), "median3": T.MedianFilter(model, 3), "jpeg50": T.JPEG(model, 50),
             "blur1": T.GaussianBlur(model, 1.0), "randomized": T.Randomized(model, 1.2, seed=0),
@@ -145,6 +145,14 @@ def section_transforms(model, x, y, args, train) -> dict:
 _PLAIN: dict = {}  # the non-adaptive attacks do not depend on the detector: run each once per process
 
 
+def seeded_detector(name: str, model, train, n_train: int):
+    """``robustlab.cli.detect.build_detector`` with the global RNG seeded (MagNet's auto-encoder
+    draws its initial weights from it), so a detector does not depend on what ran before it."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return build_detector(name, model, train.images[:n_train], train.labels[:n_train])
+
+
 def plain_attack(model, aname: str, x, y, args):
     if aname not in _PLAIN:
         _PLAIN[aname] = run_attack(model, make_attack(aname, args.eps, steps=args.steps, seed=0), x, y)
@@ -156,7 +164,7 @@ def section_detectors(model, x, y, args, train, test) -> list:
     plain = {aname: plain_attack(model, aname, x, y, args) for aname in ("fgsm", "pgd", "cw-l2")}
     recs = []
     for dname in args.detectors.split(","):
-        det = build_detector(dname, model, train.images[: args.n_train], train.labels[: args.n_train]).fit(fit_x, fpr=0.05)
+        det = seeded_detector(dname, model, train, args.n_train).fit(fit_x, fpr=0.05)
         for aname in ("fgsm", "pgd", "cw-l2"):
             for adaptive in (False, True):
                 if adaptive:
@@ -300,7 +308,7 @@ def section_detectors_strong(model, x, y, args, train, test) -> list:
     fit_x = test.images[args.n : args.n + args.n_fit]
     recs = []
     for dname in args.strong_detectors.split(","):
-        det = build_detector(dname, model, train.images[: args.n_train], train.labels[: args.n_train]).fit(fit_x, fpr=0.05)
+        det = seeded_detector(dname, model, train, args.n_train).fit(fit_x, fpr=0.05)
         for lam in (float(v) for v in args.strong_lam.split(",")):
             attack = DetectorAwarePGD(rl.ThreatModel("linf", args.eps), det, steps=5 * args.steps, lam=lam, seed=0)
             res, seconds = run_attack(model, attack, x, y)

@@ -157,3 +157,18 @@ def test_eot_pgd_beats_plain_pgd_on_random_rotation(model, digits_test):
     eot = EOT(PGD(tm, steps=10, seed=0), n=4).attack(defended, x, y)
     assert expected_accuracy(eot.x_adv) < expected_accuracy(plain.x_adv) - 0.05
 
+
+
+def test_autoencoder_seed_fixes_the_initial_weights_without_touching_the_global_rng():
+    state = torch.get_rng_state()
+    a, b = MagNetAutoencoder(1, 8, seed=3), MagNetAutoencoder(1, 8, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)  # the global stream is left where it was
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(pa, pb), name
+    c = MagNetAutoencoder(1, 8, seed=4)
+    assert not torch.equal(a.net[0].weight, c.net[0].weight)
+    torch.manual_seed(3)
+    unseeded = MagNetAutoencoder(1, 8)  # seed=None: the global RNG, as any nn.Module
+    assert torch.equal(unseeded.net[0].weight, a.net[0].weight)
+    with pytest.raises(TypeError, match="seed"):
+        MagNetAutoencoder(1, 8, seed=1.5)
