@@ -1,7 +1,10 @@
 """Detectors, input transformations, distillation and ensembles against non-adaptive and adaptive
 attacks (issue 14), on a saved model:
 
-    python benchmarks/bench_detect.py --model runs/mnist-cnn --eps 0.3 --n 200 --out benchmarks/results/detect_mnist.json
+    OMP_NUM_THREADS=1 python benchmarks/bench_detect.py --model runs/mnist-cnn --eps 0.3 --n 200 \
+        --out benchmarks/results/defenses_mnist_cnn.json
+
+(the exact commands of the committed results are in docs/benchmarks/defenses.md).
 
 Sections (``--sections``, comma-separated; each is saved as soon as it finishes):
 
@@ -14,9 +17,12 @@ Sections (``--sections``, comma-separated; each is saved as soon as it finishes)
   scaling, MagNet reformer): clean accuracy, plain PGD vs BPDA / EOT-PGD robust accuracy.
 - ``detectors``: squeeze, magnet, knn, lid: detection rate at 5% FPR, achieved FPR, ROC AUC and
   evasion rate vs FGSM, PGD, CW-L2, non-adaptive and adaptive (``robustlab.cli.detect``).
+- ``detectors_strong``: on ``--strong-detectors`` (squeeze, knn), detector-aware PGD with 5x the
+  steps at each ``--strong-lam``, and for knn the feature-space attack.
 - ``mmd``: the MMD two-sample test (Grosse et al. 2017) on batches of ``--mmd-batch`` images against
-  clean training images: the share of adversarial batches rejected at p < 0.05, of clean held-out
-  batches rejected (the false-positive rate), and the ROC AUC of the batch statistic, vs FGSM, PGD,
+  random clean training images: the share of adversarial batches rejected at p < 0.05, of the clean
+  batches of the same images and of random held-out clean batches rejected (false-positive rates),
+  and the ROC AUC of the batch statistic, vs FGSM, PGD,
   CW-L2, non-adaptive and adaptive (detector-aware PGD against a per-image surrogate, the negative
   log kernel density of the clean reference with the test's bandwidth).
 - ``distillation``: teacher and student at T (default 100) trained with the training loop (kept
@@ -24,7 +30,7 @@ Sections (``--sections``, comma-separated; each is saved as soon as it finishes)
   CW-L2 (median distance), and ``robustlab.evaluate.run`` (``quick``) on the student: its verdict.
 - ``ensembles``: the evaluated model and two small-cnn members trained with seeds 1 and 2 (kept in
   ``--runs``), hard vs soft voting: clean and PGD / BPDA-PGD robust accuracy vs the members, and
-  the transfer matrix between members.
+  the transfer matrix between members, at each radius of ``--ens-eps``.
 
 Random transforms are scored by their expected accuracy over 10 draws. Writes ``--out`` (JSON).
 """
