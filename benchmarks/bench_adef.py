@@ -80,6 +80,7 @@ def part_cross(args, x, y) -> None:
     attacks = {
         "PGD-40 linf 0.3": rl.attacks.PGD(rl.ThreatModel("linf", 0.3), steps=40, step_size=0.01),
         "ADef <= 3 px": ADef(DeformationThreat(3.0), steps=50),
+        "ADef <= 2 px": ADef(DeformationThreat(2.0), steps=50),  # the ADef-trained model's training budget
         "Spatial 30 deg 3 px": Spatial(),
     }
     table: dict = {}
