@@ -62,6 +62,7 @@ def main() -> None:
     p.add_argument("--certify-n", type=int, default=200, help="images for certify")
     p.add_argument("--samples", type=int, default=10_000, help="smoothing samples per image for certify")
     p.add_argument("--memory", default="1000,10000", help="image counts for the peak-memory runs ('' to skip)")
+    p.add_argument("--memory-model", default=None, help="model for the peak-memory runs (default --model)")
     p.add_argument("--parts", default="evaluate,certify,memory")
     p.add_argument("--out", default="out/bench_scale")
     p.add_argument("--json", default=None)
@@ -101,12 +102,13 @@ def main() -> None:
     if "memory" in parts and args.memory:
         rows = {}
         for n in (int(v) for v in args.memory.split(",")):
-            rows[n] = launch(["evaluate", "--model", args.model, "--suite", "quick", "--n-images", str(n), "--out",
+            rows[n] = launch(["evaluate", "--model", args.memory_model or args.model, "--suite", "quick", "--n-images",
+                              str(n), "--out",
                               str(out / f"memory-{n}"), "--no-progress", "--no-html"], 1, args.cores)
             print(f"evaluate --suite quick on {n} images: peak RSS {rows[n]['max_rss_mb']:.0f} MB, "
                   f"{rows[n]['seconds']:.1f} s", flush=True)
         counts = sorted(rows)
-        result["memory"] = {"runs": rows, "ratio": rows[counts[-1]]["max_rss_mb"] / rows[counts[0]]["max_rss_mb"]}
+        result["memory"] = {"model": args.memory_model or args.model, "runs": rows, "ratio": rows[counts[-1]]["max_rss_mb"] / rows[counts[0]]["max_rss_mb"]}
         print(f"peak RSS ratio {counts[-1]} / {counts[0]} images: {result['memory']['ratio']:.3f}", flush=True)
 
     if args.json:

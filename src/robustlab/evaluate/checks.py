@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from robustlab.attacks import registry
 from robustlab.attacks.base import Attack, eval_mode, input_gradient
+from robustlab.evaluate.shards import release_memory
 from robustlab.losses import cross_entropy
 from robustlab.report.explain import CHECKS
 from robustlab.report.schema import Finding, Rate, Verdict
@@ -246,13 +247,13 @@ def probe(model: nn.Module, x: Tensor, y: Tensor, suite: "Suite", records: "Reco
     out["threats"] = {}
     for t in suite.threats:
         e = _check_eps(records, suite, t)
-        out["threats"][t.key] = {
-            "norm": t.norm,
-            "stronger": _probe_stronger(model, x, y, correct, suite, records, t, e, seed),
-            "unbounded": _probe_unbounded(model, x, y, correct, suite, t, shape, seed),
-            "single_step": _probe_single_step(model, x, y, correct, suite, records, t, seed),
-            "path": _probe_path(model, xc, yc, t, e, suite.checks.path_steps),
-        }
+        out["threats"][t.key] = {"norm": t.norm}
+        for name, run in (("stronger", lambda: _probe_stronger(model, x, y, correct, suite, records, t, e, seed)),
+                          ("unbounded", lambda: _probe_unbounded(model, x, y, correct, suite, t, shape, seed)),
+                          ("single_step", lambda: _probe_single_step(model, x, y, correct, suite, records, t, seed)),
+                          ("path", lambda: _probe_path(model, xc, yc, t, e, suite.checks.path_steps))):
+            release_memory()  # the previous probe's freed memory goes back first (flat peak memory)
+            out["threats"][t.key][name] = run()
     return out
 
 

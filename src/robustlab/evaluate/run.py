@@ -48,7 +48,7 @@ from robustlab._io import atomic_write_bytes, atomic_write_text
 from robustlab.attacks.base import eval_mode, model_device
 from robustlab.evaluate import checks as checks_mod
 from robustlab.evaluate.metrics import perturbation_norms
-from robustlab.evaluate.shards import counting_forwards
+from robustlab.evaluate.shards import counting_forwards, release_memory
 from robustlab.evaluate.summarize import model_report
 from robustlab.evaluate.summarize import report as make_report
 from robustlab.evaluate.suite import Suite, Threat, certifier, load_suite, unbounded_eps  # noqa: F401
@@ -270,10 +270,15 @@ class _Runner:
     def batch(self, x: Tensor, y: Tensor, start: int, b: int,
               progress: Optional[_BatchProgress] = None) -> dict[str, Tensor]:
         """Every result of one batch (images ``start..``, batch index ``b``: its seeds)."""
+        def task(label: str) -> None:  # before each attack: the last one's freed memory goes back first
+            release_memory()
+            if progress is not None:
+                progress.task(label)
+
         if progress is None:
-            return self._batch(x, y, start, b, lambda label: None)
+            return self._batch(x, y, start, b, task)
         with progress.watching(self.model):
-            return self._batch(x, y, start, b, progress.task)
+            return self._batch(x, y, start, b, task)
 
     def _batch(self, x: Tensor, y: Tensor, start: int, b: int, task: Any) -> dict[str, Tensor]:
         model, suite = self.model, self.suite
@@ -617,6 +622,7 @@ def _evaluate(runner: _Runner, model: nn.Module, images: Tensor, labels: Tensor,
             if path is not None:
                 atomic_write_bytes(path, st_save(rec, metadata={"config": config, "batch": str(b), "size": str(size)}))
                 _maybe_crash(len(done) + 1 - reused)
+            release_memory()
         done.append((b, rec))
         bar.update(1)
     bar.close()
@@ -657,6 +663,7 @@ def _finish(runner: _Runner, model: nn.Module, images: Tensor, labels: Tensor, s
         if probes is None:
             m = min(suite.checks.n, images.shape[0])
             probes = checks_mod.probe(model, images[:m].to(dev), labels[:m].to(dev), suite, records, shape=shape, seed=seed)
+            release_memory()
             if cpath is not None:
                 atomic_write_text(cpath, json.dumps({"config": config, "probes": probes}, indent=1) + "\n")
     seconds = time.perf_counter() - t_start
