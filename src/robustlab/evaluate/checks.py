@@ -446,8 +446,8 @@ def verdict(found: Sequence[Finding]) -> Verdict:
                              "the true robustness.", [])
     names = list(dict.fromkeys(f.name for f in warns))
     norms = sorted({f.norm for f in found if f.norm is not None})
-    titles = ", ".join(dict.fromkeys(f.title.lower() + (f" ({f.norm})" if f.norm and len(norms) > 1 else "")
+    titles = "; ".join(dict.fromkeys(f.title.lower() + (f" ({f.norm})" if f.norm and len(norms) > 1 else "")
                                      for f in warns))
-    return Verdict(False, f"{len(warns)} of {len(ran)} checks warn ({titles}): the attacks may be fooled by the model "
-                          "and the robust accuracy may overstate its robustness. Use adaptive attacks (BPDA, EOT, "
-                          "margin losses) before trusting these numbers.", names)
+    return Verdict(False, f"{len(warns)} of {len(ran)} checks warn (not met: {titles}): the attacks may be fooled by "
+                          "the model and the robust accuracy may overstate its robustness. Use adaptive attacks (BPDA, "
+                          "EOT, margin losses) before trusting these numbers.", names)
