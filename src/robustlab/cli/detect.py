@@ -138,6 +138,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output JSON file")
+    p.add_argument("--html", default=None, metavar="DIR",
+                   help="also write the detection page (table and ROC curves: detection.html, detection_roc.png) into DIR")
     p.set_defaults(func=run)
 
 
@@ -190,4 +192,8 @@ def run(args: argparse.Namespace, *, model: Optional[Any] = None) -> int:
     }
     atomic_write_text(args.out, json.dumps(out, indent=1, default=str) + "\n")
     print(f"wrote {args.out}")
+    if getattr(args, "html", None):
+        from robustlab.report.detection import save_detection
+
+        print(f"wrote {save_detection(json.loads(json.dumps(out, default=str)), args.html) / 'detection.html'}")
     return 0
