@@ -618,7 +618,8 @@ def _evaluate(runner: _Runner, model: nn.Module, images: Tensor, labels: Tensor,
             reused += 1
         else:
             x, y = images[i : i + batch_size].to(dev), labels[i : i + batch_size].to(dev)
-            rec = runner.batch(x, y, i, b, None if bar.disable else _BatchProgress(bar, runner.tasks))
+            rec = (runner.batch(x, y, i, b) if bar.disable
+                   else runner.batch(x, y, i, b, _BatchProgress(bar, runner.tasks)))
             if path is not None:
                 atomic_write_bytes(path, st_save(rec, metadata={"config": config, "batch": str(b), "size": str(size)}))
                 _maybe_crash(len(done) + 1 - reused)
