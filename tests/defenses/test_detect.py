@@ -19,7 +19,7 @@ from robustlab.testing import check_attack
 
 @pytest.fixture(scope="module")
 def autoencoder(digits_train):
-    return train_autoencoder(MagNetAutoencoder(1, 8), digits_train.images, epochs=4, batch_size=32, lr=3e-3, seed=0)
+    return train_autoencoder(MagNetAutoencoder(1, 8, seed=0), digits_train.images, epochs=4, batch_size=32, lr=3e-3, seed=0)
 
 
 @pytest.fixture(scope="module")
