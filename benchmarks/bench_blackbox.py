@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 
 import robustlab as rl
+from robustlab.testing import CountingModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import hardware  # noqa: E402
@@ -211,19 +212,6 @@ def part_speed(args, out: dict) -> None:
     out["speed"] = {"repeats": args.repeats, "libraries": rows, "model": path, "eps": eps, "n": len(y), "queries": q}
 
 
-class Counting(torch.nn.Module):
-    """Counts the rows (images) the wrapped model evaluates, for any library calling it."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.rows = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.rows += x.shape[0]
-        return self.model(x)
-
-
 class Float32(torch.nn.Module):
     """Casts the input to float32 (ART's HopSkipJump hands float64 arrays to the classifier)."""
 
@@ -244,7 +232,7 @@ def _art_classifier(model, x):
 
 def _run_counted(name: str, fn, model, x, y) -> dict:
     """One timed run of ``fn(counting_model) -> x_adv``: wall and CPU seconds, rows evaluated."""
-    counting = Counting(model).eval()
+    counting = CountingModel(model).eval()
     c0, t0 = time.process_time(), time.perf_counter()
     x_adv = fn(counting)
     row = {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "model_rows": counting.rows}

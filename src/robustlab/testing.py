@@ -26,6 +26,20 @@ from robustlab.attacks.base import Attack, AttackResult, predict
 MakeAttack = Callable[[int], Attack]
 
 
+class CountingModel(nn.Module):
+    """``model`` that counts the rows (images) it evaluates in ``rows``, whoever calls it: exact
+    query counts for attacks of any library (tests, benchmarks)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.rows = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.rows += x.shape[0]
+        return self.model(x)
+
+
 def _state(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 

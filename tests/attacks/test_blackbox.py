@@ -16,20 +16,7 @@ from robustlab.attacks import NATTACK, PGD, HopSkipJump, OnePixel, Square
 from robustlab.attacks.onepixel import apply_pixels
 from robustlab.attacks.queries import LabelOracle, ScoreOracle
 from robustlab.attacks.square import pseudo_gaussian, square_p
-from robustlab.testing import check_attack
-
-
-class Counting(nn.Module):
-    """Counts the rows (images) the wrapped model evaluates, whatever the caller."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.rows = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.rows += x.shape[0]
-        return self.model(x)
+from robustlab.testing import CountingModel, check_attack
 
 
 class Binarized(nn.Module):
@@ -63,7 +50,7 @@ def test_score_oracle_counts_rows_per_sample_and_blocks_gradients(model, batch):
 
 def test_score_oracle_refuses_to_exceed_the_budget_before_querying(model, batch):
     x, _ = batch
-    counting = Counting(model)
+    counting = CountingModel(model)
     oracle = ScoreOracle(counting, 2, x.device, budget=2)
     oracle(x[:2], torch.tensor([0, 0]))
     with pytest.raises(RuntimeError, match="budget"):
@@ -115,7 +102,7 @@ def test_square_targeted_property_suite(model, batch):
 @pytest.mark.parametrize("norm,eps", [("linf", 0.3), ("l2", 2.0)])
 def test_square_query_counts_are_exact(model, batch, norm, eps):
     x, y = batch
-    counting = Counting(model)
+    counting = CountingModel(model)
     budget = 25
     res = Square(_tm(norm, eps), queries=budget, seed=1).attack(counting, x, y)
     n = x.shape[0]
@@ -134,7 +121,7 @@ def test_square_query_counts_are_exact(model, batch, norm, eps):
 def test_square_misclassified_inputs_cost_no_queries(model, batch):
     x, y = batch
     wrong = (y + 1) % 10
-    counting = Counting(model)
+    counting = CountingModel(model)
     res = Square(_tm("linf", 0.3), queries=50).attack(counting, x, wrong)
     assert int(res.queries.sum()) == 0 and counting.rows == 2 * x.shape[0]
 
@@ -286,7 +273,7 @@ def test_blackbox_property_suite(model, batch, case):
 def test_blackbox_query_counts_are_exact(model, batch, case):
     _, make = case
     x, y = batch
-    counting = Counting(model)
+    counting = CountingModel(model)
     res = make(3).attack(counting, x, y)
     assert counting.rows == 2 * x.shape[0] + int(res.queries.sum())
     for i in range(3):
@@ -361,7 +348,7 @@ def test_hopskipjump_bounded_stops_once_within_eps(model, batch):
 
 def test_blackbox_bad_budgets_fail_before_any_query(model, batch):
     x, y = batch
-    counting = Counting(model)
+    counting = CountingModel(model)
     with pytest.raises(ValueError, match="pixels=65 is more than the 8x8=64 pixels"):
         OnePixel(65).attack(counting, x, y)
     assert counting.rows == 0
