@@ -9,7 +9,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
 
 
 def _umask() -> int:
@@ -45,3 +45,20 @@ def atomic_write_bytes(path: "str | os.PathLike[str]", data: bytes) -> None:
 def atomic_write_text(path: "str | os.PathLike[str]", text: str) -> None:
     with atomic_open(path, "w") as fh:
         fh.write(text)
+
+
+def json_tensor(value: object) -> "Any":
+    """``value`` as UTF-8 JSON bytes in a uint8 tensor: metadata that travels with safetensors
+    records (which hold tensors only); :func:`tensor_json` reads it back."""
+    import json
+
+    import torch
+
+    return torch.frombuffer(bytearray(json.dumps(value).encode()), dtype=torch.uint8).clone()
+
+
+def tensor_json(t: "Any") -> "Any":
+    """The value :func:`json_tensor` stored."""
+    import json
+
+    return json.loads(bytes(t.tolist()).decode())

@@ -137,24 +137,23 @@ class Certificate:
     def to_tensors(self) -> dict[str, Tensor]:
         """Flat CPU tensors (safetensors-ready): the per-sample fields, and norm, alpha and ``info``
         as UTF-8 JSON bytes; :meth:`from_tensors` inverts it."""
-        import json
+        from robustlab._io import json_tensor
 
-        meta = json.dumps({"norm": self.norm, "alpha": self.alpha, "info": self.info}, allow_nan=True)
         out = {"prediction": self.prediction, "radius": self.radius, "abstain": self.abstain,
                **{name: getattr(self, name) for name in OPTIONAL_FIELDS if getattr(self, name) is not None}}
         out = {k: v.detach().cpu().contiguous() for k, v in out.items()}
-        out["meta_json"] = torch.frombuffer(bytearray(meta.encode()), dtype=torch.uint8).clone()
+        out["meta_json"] = json_tensor({"norm": self.norm, "alpha": self.alpha, "info": self.info})
         return out
 
     @staticmethod
     def from_tensors(tensors: "dict[str, Tensor]") -> "Certificate":
         """The certificate :meth:`to_tensors` wrote."""
-        import json
+        from robustlab._io import tensor_json
 
         missing = [k for k in ("prediction", "radius", "abstain", "meta_json") if k not in tensors]
         if missing:
             raise ValueError(f"not a certificate's tensors: {', '.join(missing)} missing")
-        meta = json.loads(bytes(tensors["meta_json"].tolist()).decode())
+        meta = tensor_json(tensors["meta_json"])
         return Certificate(tensors["prediction"], tensors["radius"], tensors["abstain"], meta["norm"], meta["alpha"],
                            info=meta["info"], **{name: tensors.get(name) for name in OPTIONAL_FIELDS})
 

@@ -54,7 +54,7 @@ def _run(args: argparse.Namespace, info) -> int:
     from tqdm.auto import tqdm
 
     from robustlab import data, models
-    from robustlab._io import atomic_write_text
+    from robustlab._io import atomic_write_text, json_tensor, tensor_json
     from robustlab.stats import clopper_pearson
     from robustlab.threat import ThreatModel
     from robustlab.evaluate.shards import config_hash, run_units
@@ -92,7 +92,7 @@ def _run(args: argparse.Namespace, info) -> int:
         cert = certify(model, x, y, tm, args.method, time_limit=args.time_limit)
         status = cert.info.get("status") or ["verified" if not a else "not verified" for a in cert.abstain.tolist()]
         return {"label": y, "prediction": pred, "verified": ~cert.abstain.bool(),
-                "status_json": torch.frombuffer(bytearray(json.dumps(list(status)).encode()), dtype=torch.uint8).clone()}
+                "status_json": json_tensor(list(status))}
 
     config = {k: v for k, v in vars(args).items() if k not in ("func", "no_progress", "resume", "out", "device")}
     config.update(weights=getattr(model, "metadata", {}).get("weights_sha256"), n_images=n)
@@ -105,7 +105,7 @@ def _run(args: argparse.Namespace, info) -> int:
         return 0
     per_image, statuses = [], []
     for u, rec in enumerate(units):
-        status = json.loads(bytes(rec["status_json"].tolist()).decode())
+        status = tensor_json(rec["status_json"])
         for i in range(rec["label"].shape[0]):
             per_image.append({"index": starts[u] + i, "label": int(rec["label"][i]),
                               "prediction": int(rec["prediction"][i]),
