@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
@@ -48,7 +47,7 @@ from robustlab._io import atomic_write_bytes, atomic_write_text
 from robustlab.attacks.base import eval_mode, model_device
 from robustlab.evaluate import checks as checks_mod
 from robustlab.evaluate.metrics import perturbation_norms
-from robustlab.evaluate.shards import counting_forwards, release_memory
+from robustlab.evaluate.shards import counting_forwards, read_record, release_memory
 from robustlab.evaluate.summarize import model_report
 from robustlab.evaluate.summarize import report as make_report
 from robustlab.evaluate.suite import Suite, Threat, certifier, load_suite, unbounded_eps  # noqa: F401
@@ -688,17 +687,8 @@ def config_hash(manifest: Mapping[str, Any]) -> str:
 def load_batch(path: Path, config: str, b: int, size: int) -> Optional[dict[str, Tensor]]:
     """The records of batch ``b`` from ``path`` if the file is intact and was written by a run of
     ``config``; else ``None`` after a warning that names the file (the batch is then recomputed)."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            rec = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # safetensors raises its own error types for truncated or garbled files
-        log.warning("%s cannot be read (%s: %s); recomputing that batch", path, type(exc).__name__,
-                    str(exc).splitlines()[0] if str(exc) else "")
-        return None
-    if meta.get("config") != config or meta.get("batch") != str(b):
-        log.warning("%s was written by another run (configuration %s, this run %s); ignoring it and recomputing "
-                    "that batch", path, str(meta.get("config"))[:12], config[:12])
+    rec = read_record(path, config, "batch", b)
+    if rec is None:
         return None
     label = rec.get("clean|label")
     if label is None or label.shape != (size,) or any(

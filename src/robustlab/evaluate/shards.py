@@ -81,16 +81,21 @@ def config_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _load_unit(path: Path, config: str, unit: int) -> Optional[dict[str, Tensor]]:
+def read_record(path: Path, config: str, tag: str, index: int) -> Optional[dict[str, Tensor]]:
+    """The tensors of a record file written by a run of ``config`` for unit ``index`` (metadata
+    ``{tag: str(index)}``), or ``None`` after a warning naming the file when it cannot be read or
+    belongs to another run or unit (the caller recomputes it)."""
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             rec = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # safetensors raises its own types for truncated or garbled files
-        log.warning("%s cannot be read (%s); recomputing that unit", path, type(exc).__name__)
+        log.warning("%s cannot be read (%s: %s); recomputing it", path, type(exc).__name__,
+                    str(exc).splitlines()[0] if str(exc) else "")
         return None
-    if meta.get("config") != config or meta.get("unit") != str(unit):
-        log.warning("%s was written by another run; recomputing that unit", path)
+    if meta.get("config") != config or meta.get(tag) != str(index):
+        log.warning("%s was written by another run (configuration %s, this run %s); ignoring it and recomputing it",
+                    path, str(meta.get("config"))[:12], config[:12])
         return None
     return rec
 
@@ -114,7 +119,7 @@ def run_units(n_units: int, compute: Callable[[int], dict[str, Tensor]], *, part
     reused = 0
     for u in distributed.round_robin(n_units):
         path = parts / f"unit_{u:06d}.safetensors" if parts is not None else None
-        rec = _load_unit(path, config, u) if resume and path is not None and path.is_file() else None
+        rec = read_record(path, config, "unit", u) if resume and path is not None and path.is_file() else None
         if rec is None:
             rec = {k: v.detach().cpu().contiguous() for k, v in compute(u).items()}
             if path is not None:
