@@ -603,7 +603,7 @@ def _evaluate(runner: _Runner, model: nn.Module, images: Tensor, labels: Tensor,
     t_start = time.perf_counter()
     starts = list(range(0, images.shape[0], batch_size))
     mine = distributed.round_robin(len(starts))  # batch b of every rank count holds the same images and seeds
-    done: list[tuple[int, dict[str, Tensor]]] = []
+    done: list[tuple[int, bytes]] = []  # each batch's records packed into one safetensors blob (see below)
     reused = 0
     world = distributed.world_size()
     desc = f"evaluate {name}" + (f" (rank 0 of {world})" if world > 1 else "")
@@ -615,27 +615,34 @@ def _evaluate(runner: _Runner, model: nn.Module, images: Tensor, labels: Tensor,
         rec = load_batch(path, config, b, size) if resume and path is not None and path.is_file() else None
         if rec is not None:
             reused += 1
+            blob = st_save(rec)
         else:
             x, y = images[i : i + batch_size].to(dev), labels[i : i + batch_size].to(dev)
             rec = (runner.batch(x, y, i, b) if bar.disable
                    else runner.batch(x, y, i, b, _BatchProgress(bar, runner.tasks)))
+            # Packed into one blob: the records are hundreds of small tensors allocated between the
+            # attacks' large temporaries; kept as they are, they pin freed heap pages and peak memory
+            # grows with the number of batches (fragmentation), while one blob per batch does not.
+            blob = st_save({k: v.cpu() for k, v in rec.items()},
+                           metadata={"config": config, "batch": str(b), "size": str(size)})
+            del rec, x, y
             if path is not None:
-                atomic_write_bytes(path, st_save(rec, metadata={"config": config, "batch": str(b), "size": str(size)}))
+                atomic_write_bytes(path, blob)
                 _maybe_crash(len(done) + 1 - reused)
             release_memory()
-        done.append((b, rec))
+        done.append((b, blob))
         bar.update(1)
     bar.close()
     if reused:
         log.info("resumed: reused %d of %d finished batches", reused, len(mine))
     if world > 1:  # every rank's records on rank 0, as safetensors bytes; rank 0 alone finishes the report
-        gathered = distributed.gather_bytes([(b, st_save(rec)) for b, rec in done])
+        gathered = distributed.gather_bytes(done)
         report = _finish(runner, model, images, labels, suite, name, data_info, shape, dev, seed, batch_size,
                          rec_dir, resume, config, [st_load(p) for _, p in gathered], t_start) \
             if distributed.is_main() else None
         return distributed.broadcast_object(report)
     return _finish(runner, model, images, labels, suite, name, data_info, shape, dev, seed, batch_size, rec_dir,
-                   resume, config, [rec for _, rec in done], t_start)
+                   resume, config, [st_load(blob) for _, blob in done], t_start)
 
 
 def _maybe_crash(written: int) -> None:
@@ -654,6 +661,7 @@ def _finish(runner: _Runner, model: nn.Module, images: Tensor, labels: Tensor, s
     """The check probes (on the first ``checks.n`` images, reused from ``rec_dir`` on ``resume``)
     and the report, from every batch's records in order."""
     records = Records.concat(batches)
+    del batches  # the per-batch tensors go; the concatenated records stay
 
     probes: Optional[dict] = None
     if suite.checks.enabled:
