@@ -5,7 +5,7 @@
 #   bash run.sh test [ARGS...]   set up, then the default test suite (pytest)
 #   bash run.sh setup            set up only
 #
-# Set-up is idempotent: Debian packages (offline Fashion-MNIST, Chromium for the browser test),
+# Set-up is idempotent: Debian packages (offline Fashion-MNIST, jemalloc, Chromium for the browser test),
 # a virtual environment in .venv with torch==2.13.0 (CPU wheel; pinned, since an unpinned torch
 # pulls a multi-GB CUDA build) and robustlab installed in editable mode with its test extras.
 set -euo pipefail
@@ -33,7 +33,7 @@ apt_install() {
 setup() {
     local extras="$1"
     if command -v dpkg >/dev/null; then
-        apt_install dataset-fashion-mnist
+        apt_install dataset-fashion-mnist libjemalloc2  # jemalloc: flat, faster memory (src/robustlab/_launch.py)
         [ "$extras" = "test" ] && apt_install chromium chromium-driver
     fi
     if [ ! -x "$VENV/bin/python" ]; then

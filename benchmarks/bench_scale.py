@@ -28,10 +28,11 @@ WRAP = ("import resource, subprocess, sys, json, time; t = time.perf_counter(); 
         "'max_rss_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))")
 
 
-def launch(argv: list[str], ranks: int, cores: int) -> dict:
-    """Run ``robustlab <argv>`` on ``ranks`` processes; wall seconds, return code, peak RSS (MB)."""
+def launch(argv: list[str], ranks: int, cores: int, allocator: str = "auto") -> dict:
+    """Run ``robustlab <argv>`` on ``ranks`` processes; wall seconds, return code, peak RSS (MB).
+    ``allocator``: ``ROBUSTLAB_ALLOCATOR`` of the run (``auto``: jemalloc where installed)."""
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)] if ranks > 1 else []
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(cores // ranks, 1))}
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(cores // ranks, 1)), "ROBUSTLAB_ALLOCATOR": allocator}
     cmd = [sys.executable, "-c", WRAP, sys.executable, *launcher, "-m", "robustlab", *argv]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     res = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -64,6 +65,8 @@ def main() -> None:
     p.add_argument("--memory", default="1000,10000", help="image counts for the peak-memory runs ('' to skip)")
     p.add_argument("--memory-model", default=None, help="model for the peak-memory runs (default --model)")
     p.add_argument("--parts", default="evaluate,certify,memory")
+    p.add_argument("--allocator", default="auto,system",
+                   help="ROBUSTLAB_ALLOCATOR values for the peak-memory runs (auto: jemalloc where installed)")
     p.add_argument("--out", default="out/bench_scale")
     p.add_argument("--json", default=None)
     args = p.parse_args()
@@ -100,16 +103,21 @@ def main() -> None:
               f"{result['certify']['identical_numbers']}", flush=True)
 
     if "memory" in parts and args.memory:
-        rows = {}
-        for n in (int(v) for v in args.memory.split(",")):
-            rows[n] = launch(["evaluate", "--model", args.memory_model or args.model, "--suite", "quick", "--n-images",
-                              str(n), "--out",
-                              str(out / f"memory-{n}"), "--no-progress", "--no-html"], 1, args.cores)
-            print(f"evaluate --suite quick on {n} images: peak RSS {rows[n]['max_rss_mb']:.0f} MB, "
-                  f"{rows[n]['seconds']:.1f} s", flush=True)
-        counts = sorted(rows)
-        result["memory"] = {"model": args.memory_model or args.model, "runs": rows, "ratio": rows[counts[-1]]["max_rss_mb"] / rows[counts[0]]["max_rss_mb"]}
-        print(f"peak RSS ratio {counts[-1]} / {counts[0]} images: {result['memory']['ratio']:.3f}", flush=True)
+        from robustlab._launch import find_jemalloc
+
+        result["memory"] = {"model": args.memory_model or args.model, "jemalloc": find_jemalloc()}
+        for allocator in args.allocator.split(","):
+            rows = {}
+            for n in (int(v) for v in args.memory.split(",")):
+                rows[n] = launch(["evaluate", "--model", args.memory_model or args.model, "--suite", "quick",
+                                  "--n-images", str(n), "--out", str(out / f"memory-{allocator}-{n}"), "--no-progress",
+                                  "--no-html"], 1, args.cores, allocator)
+                print(f"allocator {allocator}: evaluate --suite quick on {n} images: peak RSS "
+                      f"{rows[n]['max_rss_mb']:.0f} MB, {rows[n]['seconds']:.1f} s", flush=True)
+            counts = sorted(rows)
+            ratio = rows[counts[-1]]["max_rss_mb"] / rows[counts[0]]["max_rss_mb"]
+            result["memory"][allocator] = {"runs": rows, "ratio": ratio}
+            print(f"allocator {allocator}: peak RSS ratio {counts[-1]} / {counts[0]} images: {ratio:.3f}", flush=True)
 
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -13,9 +13,10 @@ Submodules are imported lazily so ``import robustlab`` stays cheap.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from robustlab.threat import ThreatModel
+if TYPE_CHECKING:
+    from robustlab.threat import ThreatModel
 
 __version__ = "0.1.0"
 
@@ -38,6 +39,11 @@ __all__ = ["ThreatModel", "__version__", *_SUBMODULES]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "ThreatModel":  # lazy too: the command line picks its allocator before torch loads
+        from robustlab.threat import ThreatModel
+
+        globals()[name] = ThreatModel
+        return ThreatModel
     if name in _SUBMODULES:
         module = importlib.import_module(f"robustlab.{name}")
         globals()[name] = module

@@ -1,7 +1,7 @@
-"""``python -m robustlab`` runs the command line."""
+"""``python -m robustlab`` runs the command line (see :mod:`robustlab._launch`)."""
 
 import sys
 
-from robustlab.cli import main
+from robustlab._launch import main
 
 sys.exit(main())

@@ -54,7 +54,9 @@ def release_memory() -> None:
     """Give the freed heap back to the operating system. glibc keeps the pages of freed large
     tensors (its mmap threshold grows with them), so without this the resident memory of a long
     evaluation creeps up batch after batch although nothing is kept; called after each batch and
-    after the checks, it keeps peak memory set by one batch, not by the number of images."""
+    after the checks, it keeps peak memory set by one batch, not by the number of images. (The
+    command line runs on jemalloc where installed, see :mod:`robustlab._launch`; then this is a
+    no-op and memory is flat anyway.)"""
     trim = _libc_trim()
     if trim is not None:
         trim(0)
