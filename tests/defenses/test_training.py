@@ -457,6 +457,9 @@ def test_cli_refuses_bad_adversary_settings_in_one_line(tmp_path, capsys):
                            (["--eps", "0.1", "--steps", "0"], "steps must be > 0"),
                            (["--eps", "0.1", "--step-size", "-0.01"], "step_size must be > 0"),
                            (["--eps", "0.1", "--norm", "l3"], "norm must be one of"),
+                           (["--eps", "0.1", "--fast", "fp16"], "fast must be one of 'off', 'on', 'bf16'"),
+                           (["--eps", "0.1", "--sigma", "0.5"],
+                            "--sigma does not apply to --adversary pgd (it is an option of noise)"),
                            (["--eps", "0.1", "--amp", "bf16", "--device", "cuda:7"], "CUDA")]:
         if extra[-1] == "cuda:7" and torch.cuda.is_available():
             continue
@@ -538,3 +541,16 @@ def test_adversaries_get_the_training_progress_before_every_batch(digits_train):
     train(rl.models.create("mlp", "digits", seed=0), data, adversary=spy, epochs=2, batch_size=32, progress=False)
     assert spy.calls == [(0.0, 0.0), (0.25, 0.5), (0.5, 1.0), (0.75, 1.5)]
     assert (spy.progress, spy.epoch) == (0.75, 1.5)
+
+
+def test_cli_trains_through_the_fast_path(tmp_path):
+    from robustlab.cli import main
+
+    out = tmp_path / "fast"
+    assert main(["train", "--dataset", "digits", "--arch", "small-cnn", "--epochs", "1", "--train-n", "256",
+                 "--val-n", "64", "--adversary", "pgd", "--eps", "0.1", "--steps", "2", "--fast", "bf16",
+                 "--robust-val", "32", "--robust-val-steps", "2", "--out", str(out), "--no-progress"]) == 0
+    adv = rl.models.load_metadata(out)["training"]["adversary"]
+    assert adv["name"] == "pgd" and adv["fast"]["precision"] == "bf16" and adv["fast"]["channels_last"] is True
+    assert main(["train", "--dataset", "digits", "--arch", "mlp", "--adversary", "noise", "--fast", "bf16",
+                 "--out", str(tmp_path / "n")]) == 2  # the noise adversary crafts nothing to speed up

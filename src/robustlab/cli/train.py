@@ -102,10 +102,22 @@ def _holdout(train_set: Any, args: argparse.Namespace) -> tuple[Any, Any]:
     return train_set.subset(train_idx), train_set.subset(val_idx)
 
 
+def _check_adversary_flags(args: argparse.Namespace) -> None:
+    """An adversary option given for an adversary that does not take it is an error, not ignored."""
+    from robustlab.defenses.adversaries import ADVERSARIES, cli_params
+
+    taken = {p.name for p in ADVERSARIES[args.adversary].params}
+    for name, param in cli_params().items():
+        if name not in taken and getattr(args, name, None) is not None:
+            users = ", ".join(n for n, e in ADVERSARIES.items() if any(p.name == name for p in e.params))
+            raise ValueError(f"{param.flag} does not apply to --adversary {args.adversary} (it is an option of {users})")
+
+
 def run(args: argparse.Namespace) -> int:
     from robustlab.cli._common import check_out_dir, resolve_device, run_distributed
     from robustlab.defenses.adversaries import from_args
 
+    _check_adversary_flags(args)
     adversary = from_args(args.adversary, args)  # parameter errors before any data is read
     if args.device is not None:
         resolve_device(args.device)

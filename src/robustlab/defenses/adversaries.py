@@ -92,6 +92,8 @@ _EPS = Param("eps", float, "threat model radius in [0, 1] pixel units", required
 _STEPS = Param("steps", int, "PGD steps of the inner maximisation", 10)
 _STEP_SIZE = Param("step_size", float, "attack step size (default: the adversary's own rule)")
 _BETA = Param("beta", float, "weight of the robust term (TRADES / MART)", 6.0)
+_FAST = Param("fast", str, "fast path of the inner attack (robustlab.attacks.FastPath): bf16 (autocast), fp32 or "
+              "compile; channels_last, success checked every 8 steps (default: off)")
 
 register_adversary("none", lambda: Standard(), (), "standard training (cross-entropy on clean inputs)")
 register_adversary("noise", lambda sigma: GaussianNoise(sigma),
@@ -100,14 +102,16 @@ register_adversary("noise", lambda sigma: GaussianNoise(sigma),
 register_adversary("fgsm-reg", lambda norm, eps, alpha: adversarial.FGSMRegularized(_threat(norm, eps), alpha=alpha),
                    (_NORM, _EPS, Param("alpha", float, "clean-loss weight of FGSM-regularised training", 0.5)),
                    "FGSM-regularised objective (Goodfellow et al. 2015)")
-register_adversary("fgsm-rs", lambda norm, eps, step_size: adversarial.FGSMRS(_threat(norm, eps), step=step_size),
-                   (_NORM, _EPS, _STEP_SIZE), "FGSM from a random start, 'fast' adversarial training (Wong et al. 2020)")
-register_adversary("pgd", lambda norm, eps, steps, step_size: adversarial.PGDAdversary(
-                       _threat(norm, eps), steps=steps, step_size=step_size),
-                   (_NORM, _EPS, _STEPS, _STEP_SIZE), "PGD adversarial training (Madry et al. 2018)")
-register_adversary("trades", lambda norm, eps, beta, steps, step_size: adversarial.TRADES(
-                       _threat(norm, eps), beta=beta, steps=steps, step_size=step_size),
-                   (_NORM, _EPS, _BETA, _STEPS, _STEP_SIZE), "TRADES (Zhang et al. 2019)")
-register_adversary("mart", lambda norm, eps, beta, steps, step_size: adversarial.MART(
-                       _threat(norm, eps), beta=beta, steps=steps, step_size=step_size),
-                   (_NORM, _EPS, _BETA, _STEPS, _STEP_SIZE), "MART (Wang et al. 2020)")
+register_adversary("fgsm-rs", lambda norm, eps, step_size, fast: adversarial.FGSMRS(
+                       _threat(norm, eps), step=step_size, fast=fast),
+                   (_NORM, _EPS, _STEP_SIZE, _FAST),
+                   "FGSM from a random start, 'fast' adversarial training (Wong et al. 2020)")
+register_adversary("pgd", lambda norm, eps, steps, step_size, fast: adversarial.PGDAdversary(
+                       _threat(norm, eps), steps=steps, step_size=step_size, fast=fast),
+                   (_NORM, _EPS, _STEPS, _STEP_SIZE, _FAST), "PGD adversarial training (Madry et al. 2018)")
+register_adversary("trades", lambda norm, eps, beta, steps, step_size, fast: adversarial.TRADES(
+                       _threat(norm, eps), beta=beta, steps=steps, step_size=step_size, fast=fast),
+                   (_NORM, _EPS, _BETA, _STEPS, _STEP_SIZE, _FAST), "TRADES (Zhang et al. 2019)")
+register_adversary("mart", lambda norm, eps, beta, steps, step_size, fast: adversarial.MART(
+                       _threat(norm, eps), beta=beta, steps=steps, step_size=step_size, fast=fast),
+                   (_NORM, _EPS, _BETA, _STEPS, _STEP_SIZE, _FAST), "MART (Wang et al. 2020)")
