@@ -11,6 +11,7 @@ identity: rank 0 of 1, no communication.
 - :func:`shard`: this rank's part of a global batch (contiguous, sizes differ by at most one);
 - :func:`all_reduce_sum` (metrics), :func:`broadcast_object` (rank 0's result to every rank),
   :func:`gather_bytes` (every rank's serialised results, e.g. safetensors records, on rank 0),
+  :func:`run_json_tasks` (independent tasks dealt round-robin, their JSON results on rank 0),
   :func:`round_robin` (which of ``n`` work units, e.g. evaluation batches, are this rank's),
   :func:`broadcast_tensors` (rank 0's buffers to every rank),
   :func:`barrier`, :func:`cleanup`.
@@ -19,10 +20,11 @@ identity: rank 0 of 1, no communication.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -219,6 +221,20 @@ def round_robin(n: int, rank_: Optional[int] = None, world: Optional[int] = None
     if not 0 <= r < w:
         raise ValueError(f"rank must be in [0, {w}), got {r}")
     return list(range(r, int(n), w))
+
+
+def run_json_tasks(tasks: "Sequence[Callable[[], Any]]", dst: int = 0) -> "Optional[list[Any]]":
+    """Run independent tasks, task ``i`` on rank ``i mod world``, and return every task's result in
+    order on rank ``dst`` (None on the other ranks). Results are JSON values: they cross the process
+    boundary as JSON bytes. Every rank must call this with the same tasks (a collective). Not
+    distributed: the tasks run here, in order."""
+    mine = [(i, json.dumps(tasks[i]()).encode()) for i in round_robin(len(tasks))]
+    gathered = gather_bytes(mine, dst=dst)
+    if is_distributed() and rank() != dst:
+        return None
+    if [i for i, _ in gathered] != list(range(len(tasks))):
+        raise RuntimeError(f"run_json_tasks: expected results of tasks 0..{len(tasks) - 1}, got {[i for i, _ in gathered]}")
+    return [json.loads(b) for _, b in gathered]
 
 
 def gather_bytes(items: "list[tuple[int, bytes]]", dst: int = 0) -> "list[tuple[int, bytes]]":

@@ -14,8 +14,8 @@ import pytest
 import robustlab as rl
 from robustlab.evaluate.run import CRASH_ENV
 
-# 5 batches of 16 images: rank 0 does batches 0, 2, 4 and rank 1 batches 1, 3; the checks (on
-# rank 0, after the gather) and a smoothing certifier are part of the report.
+# 5 batches of 16 images: rank 0 does batches 0, 2, 4 and rank 1 batches 1, 3; the check probes
+# (dealt to both ranks after the records are shared) and a smoothing certifier are part of the report.
 ARGS = ["--attack", "fgsm,pgd", "--eps", "0.05,0.2", "--n-images", "80", "--batch-size", "16", "--smoothing", "0.25",
         "--smoothing-n", "64", "--seed", "5", "--no-html"]
 

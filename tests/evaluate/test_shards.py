@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from robustlab import distributed
@@ -58,3 +59,20 @@ def test_evaluate_shows_progress_inside_a_batch(digits_model, digits_test, capsy
     err = capsys.readouterr().err
     assert "linf eps 0.1: pgd [2/2]" in err and "forward passes" in err
     assert not digits_model._forward_hooks  # the counting hook is gone
+
+
+def test_json_tasks_run_in_order_with_json_results_when_not_distributed():
+    from robustlab import distributed
+
+    calls = []
+
+    def task(i):
+        def run():
+            calls.append(i)
+            return {"i": i, "pair": (i, 0.1 * i)}
+        return run
+
+    assert distributed.run_json_tasks([task(i) for i in range(3)]) == [{"i": i, "pair": [i, 0.1 * i]} for i in range(3)]
+    assert calls == [0, 1, 2]
+    with pytest.raises(TypeError):
+        distributed.run_json_tasks([lambda: object()])  # not JSON: refused, never pickled

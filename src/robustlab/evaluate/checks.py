@@ -21,7 +21,7 @@ per-sample records (see ``evaluate.run``).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -220,12 +220,30 @@ def _probe_path(model: nn.Module, xc: Tensor, yc: Tensor, t: "Threat", e: float,
     return path
 
 
+def _in_order(tasks: Sequence[Callable[[], Any]]) -> list[Any]:
+    return [task() for task in tasks]
+
+
+def _fresh(run: Callable[[], Any]) -> Callable[[], Any]:
+    def task() -> Any:
+        release_memory()  # the previous probe's freed memory goes back first (flat peak memory)
+        return run()
+
+    return task
+
+
 def probe(model: nn.Module, x: Tensor, y: Tensor, suite: "Suite", records: "Records", *, shape: Sequence[int],
-          seed: int = 0) -> dict[str, Any]:
+          seed: int = 0, run_tasks: "Callable[[Sequence[Callable[[], Any]]], Optional[list[Any]]]" = _in_order,
+          ) -> Optional[dict[str, Any]]:
     """Run the experiments the checks need on the images ``x`` (the first ``suite.checks.n`` of
     the evaluation) and return their outcome as plain JSON: ``threats[norm]`` per threat model
     (``stronger``, ``unbounded``, ``single_step``, ``path``) and model-wide ``gradients`` and
-    ``deterministic`` (see :func:`threat_findings`, :func:`model_findings`)."""
+    ``deterministic`` (see :func:`threat_findings`, :func:`model_findings`).
+
+    The per-threat probes are independent (each seeded by ``seed``); ``run_tasks`` runs them and
+    returns their results in order (default: here, one after the other; under torchrun
+    :func:`robustlab.distributed.run_json_tasks` deals them to the ranks and returns None on all
+    but rank 0, where this returns None too)."""
     n = int(x.shape[0])
     out: dict[str, Any] = {"version": PROBES_VERSION, "n": n}
     with eval_mode(model), torch.no_grad():
@@ -244,16 +262,24 @@ def probe(model: nn.Module, x: Tensor, y: Tensor, suite: "Suite", records: "Reco
         grads.update(zero_fraction=float(zero.float().mean()), zero=int(zero.sum()),
                      zero_entries=float((flat == 0).float().mean()))
     out["gradients"] = grads
-    out["threats"] = {}
+    names: list[tuple[str, str]] = []
+    tasks: list[Callable[[], Any]] = []
     for t in suite.threats:
         e = _check_eps(records, suite, t)
-        out["threats"][t.key] = {"norm": t.norm}
-        for name, run in (("stronger", lambda: _probe_stronger(model, x, y, correct, suite, records, t, e, seed)),
-                          ("unbounded", lambda: _probe_unbounded(model, x, y, correct, suite, t, shape, seed)),
-                          ("single_step", lambda: _probe_single_step(model, x, y, correct, suite, records, t, seed)),
-                          ("path", lambda: _probe_path(model, xc, yc, t, e, suite.checks.path_steps))):
-            release_memory()  # the previous probe's freed memory goes back first (flat peak memory)
-            out["threats"][t.key][name] = run()
+        for name, run in (
+            ("stronger", lambda t=t, e=e: _probe_stronger(model, x, y, correct, suite, records, t, e, seed)),
+            ("unbounded", lambda t=t: _probe_unbounded(model, x, y, correct, suite, t, shape, seed)),
+            ("single_step", lambda t=t: _probe_single_step(model, x, y, correct, suite, records, t, seed)),
+            ("path", lambda t=t, e=e: _probe_path(model, xc, yc, t, e, suite.checks.path_steps)),
+        ):
+            names.append((t.key, name))
+            tasks.append(_fresh(run))
+    results = run_tasks(tasks)
+    if results is None:
+        return None
+    out["threats"] = {t.key: {"norm": t.norm} for t in suite.threats}
+    for (key, name), result in zip(names, results):
+        out["threats"][key][name] = result
     return out
 
 

@@ -635,12 +635,11 @@ def _evaluate(runner: _Runner, model: nn.Module, images: Tensor, labels: Tensor,
     bar.close()
     if reused:
         log.info("resumed: reused %d of %d finished batches", reused, len(mine))
-    if world > 1:  # every rank's records on rank 0, as safetensors bytes; rank 0 alone finishes the report
-        gathered = distributed.gather_bytes(done)
+    if world > 1:  # every rank's records on every rank (safetensors bytes): the check probes are shared
+        blobs = distributed.broadcast_object([blob for _, blob in distributed.gather_bytes(done)])
         report = _finish(runner, model, images, labels, suite, name, data_info, shape, dev, seed, batch_size,
-                         rec_dir, resume, config, [st_load(p) for _, p in gathered], t_start) \
-            if distributed.is_main() else None
-        return distributed.broadcast_object(report)
+                         rec_dir, resume, config, [st_load(p) for p in blobs], t_start)
+        return distributed.broadcast_object(report)  # rank 0's
     return _finish(runner, model, images, labels, suite, name, data_info, shape, dev, seed, batch_size, rec_dir,
                    resume, config, [st_load(blob) for _, blob in done], t_start)
 
@@ -657,23 +656,28 @@ def _maybe_crash(written: int) -> None:
 def _finish(runner: _Runner, model: nn.Module, images: Tensor, labels: Tensor, suite: Suite, name: str,
             data_info: dict, shape: tuple[int, int, int], dev: torch.device, seed: int, batch_size: int,
             rec_dir: Optional[Path], resume: bool, config: str, batches: list[dict[str, Tensor]],
-            t_start: float) -> Report:
+            t_start: float) -> Optional[Report]:
     """The check probes (on the first ``checks.n`` images, reused from ``rec_dir`` on ``resume``)
-    and the report, from every batch's records in order."""
+    and the report, from every batch's records in order. Under torchrun every rank calls this with
+    every record: the probes are dealt to the ranks, and only rank 0 returns a report (None elsewhere)."""
     records = Records.concat(batches)
     del batches  # the per-batch tensors go; the concatenated records stay
+    main = distributed.is_main()
 
     probes: Optional[dict] = None
     if suite.checks.enabled:
         cpath = rec_dir / "checks.json" if rec_dir is not None else None
-        if resume and cpath is not None and cpath.is_file():
+        if main and resume and cpath is not None and cpath.is_file():
             probes = _load_probes(cpath, config)
-        if probes is None:
+        if distributed.broadcast_object(probes is None):  # every rank probes, or none does
             m = min(suite.checks.n, images.shape[0])
-            probes = checks_mod.probe(model, images[:m].to(dev), labels[:m].to(dev), suite, records, shape=shape, seed=seed)
+            probes = checks_mod.probe(model, images[:m].to(dev), labels[:m].to(dev), suite, records, shape=shape,
+                                      seed=seed, run_tasks=distributed.run_json_tasks)
             release_memory()
-            if cpath is not None:
+            if main and cpath is not None:
                 atomic_write_text(cpath, json.dumps({"config": config, "probes": probes}, indent=1) + "\n")
+    if not main:
+        return None
     seconds = time.perf_counter() - t_start
 
     info = {"name": name, "model": model_info(model), "data": {**data_info, "n": int(images.shape[0]), "shape": list(shape)},
