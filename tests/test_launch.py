@@ -15,6 +15,8 @@ ARGV = ["python", "-m", "robustlab", "evaluate"]
 def test_plan_preloads_jemalloc_once():
     env = _launch.preload_plan({"PATH": "/bin"}, "linux", ARGV, LIB)
     assert env is not None and env["LD_PRELOAD"] == LIB and env["PATH"] == "/bin"
+    assert env["MALLOC_CONF"] == "dirty_decay_ms:-1,muzzy_decay_ms:-1"  # no purge-and-fault churn
+    assert _launch.preload_plan({"MALLOC_CONF": "narenas:1"}, "linux", ARGV, LIB)["MALLOC_CONF"] == "narenas:1"
     # the re-executed process sees its own preload and runs on
     assert _launch.preload_plan(env, "linux", ARGV, LIB) is None
 

@@ -38,28 +38,35 @@ def unit_seed(seed: int, unit: int) -> int:
 
 
 @functools.lru_cache(maxsize=1)
-def _libc_trim() -> Optional[Any]:
-    """glibc's ``malloc_trim`` (None on other C libraries and platforms)."""
+def _releaser() -> Optional[Callable[[], None]]:
+    """How this process hands freed memory back: jemalloc's purge of every arena when jemalloc is
+    the allocator (the ``robustlab`` program preloads it, :mod:`robustlab._launch`), glibc's
+    ``malloc_trim`` otherwise, None on other C libraries and platforms."""
     try:
         import ctypes
         import ctypes.util
 
+        this = ctypes.CDLL(None)
+        if hasattr(this, "mallctl"):  # jemalloc: "arena.<MALLCTL_ARENAS_ALL = 4096>.purge"
+            mallctl = this.mallctl
+            return lambda: mallctl(b"arena.4096.purge", None, None, None, ctypes.c_size_t(0)) and None
         name = ctypes.util.find_library("c")
-        return ctypes.CDLL(name).malloc_trim if name else None
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+        return (lambda: trim(0) and None) if trim is not None else None
     except (OSError, AttributeError):
         return None
 
 
 def release_memory() -> None:
-    """Give the freed heap back to the operating system. glibc keeps the pages of freed large
-    tensors (its mmap threshold grows with them), so without this the resident memory of a long
-    evaluation creeps up batch after batch although nothing is kept; called after each batch and
-    after the checks, it keeps peak memory set by one batch, not by the number of images. (The
-    command line runs on jemalloc where installed, see :mod:`robustlab._launch`; then this is a
-    no-op and memory is flat anyway.)"""
-    trim = _libc_trim()
-    if trim is not None:
-        trim(0)
+    """Give the freed heap back to the operating system. Allocators keep the pages of freed
+    tensors for reuse (glibc raises its mmap threshold as large tensors are freed; the
+    ``robustlab`` program runs jemalloc without time-based purging, which costs page faults), so
+    without this the resident memory of a long evaluation creeps up batch after batch although
+    nothing is kept; called before each attack, after each batch and between the checks, it keeps
+    peak memory set by one batch, not by the number of images."""
+    release = _releaser()
+    if release is not None:
+        release()
 
 
 @contextlib.contextmanager
@@ -126,6 +133,7 @@ def run_units(n_units: int, compute: Callable[[int], dict[str, Tensor]], *, part
             rec = {k: v.detach().cpu().contiguous() for k, v in compute(u).items()}
             if path is not None:
                 atomic_write_bytes(path, st_save(rec, metadata={"config": config, "unit": str(u)}))
+            release_memory()
         else:
             reused += 1
         mine.append((u, rec))
