@@ -215,6 +215,18 @@ def test_one_pass_holds_many_inputs_and_memory_is_bounded(noisy_digits_model, di
     assert max(rec.sizes) <= 64 and sum(rec.sizes) == 1000
 
 
+def test_cpu_pieces_of_a_slice_give_the_same_votes(noisy_digits_model, digits_test, monkeypatch):
+    import robustlab.defenses.smoothing as smoothing
+
+    x = digits_test.images[:8]
+    whole = Smoothed(noisy_digits_model, 0.5, batch_size=1000).sample_counts(x, 250)
+    monkeypatch.setattr(smoothing, "CPU_FORWARD_VALUES", 64 * 100)  # digits: 64 values -> 100 rows per pass
+    rec = Recorder(noisy_digits_model)
+    pieces = Smoothed(rec, 0.5, batch_size=1000, num_classes=10).sample_counts(x, 250)
+    assert max(rec.sizes) == 100 and sum(rec.sizes) == 2000
+    assert torch.equal(whole, pieces) and int((whole > 0).sum()) > 8  # the same draws and votes
+
+
 def test_sampling_is_seeded_and_the_normalize_fast_path_is_exact(noisy_digits_model, digits_test):
     x = digits_test.images[:6]
     a = Smoothed(noisy_digits_model, 1.0, batch_size=256).sample_counts(x, 500, torch.Generator().manual_seed(0))
