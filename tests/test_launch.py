@@ -38,8 +38,11 @@ def test_plan_runs_as_is(environ, platform, argv, lib):
 
 
 def test_plan_names_a_bad_choice_and_a_missing_library(capsys):
-    with pytest.raises(SystemExit, match="ROBUSTLAB_ALLOCATOR must be one of auto, jemalloc, system"):
+    with pytest.raises(SystemExit) as exc:
         _launch.preload_plan({_launch.ENV: "tcmalloc"}, "linux", ARGV, LIB)
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == ("robustlab: error: ROBUSTLAB_ALLOCATOR must be one of auto, jemalloc, system, "
+                                       "got 'tcmalloc'\n")
     assert _launch.preload_plan({_launch.ENV: "jemalloc"}, "linux", ARGV, None) is None
     assert "no libjemalloc.so.2 was found" in capsys.readouterr().err
 

@@ -64,8 +64,9 @@ def preload_plan(environ: Mapping[str, str], platform: str, orig_argv: Sequence[
     """The environment to re-execute ``orig_argv`` with (jemalloc preloaded), or None to run
     as is. Pure: every input is an argument (tested without executing anything)."""
     choice = environ.get(ENV, "auto").strip().lower() or "auto"
-    if choice not in CHOICES:
-        raise SystemExit(f"robustlab: error: {ENV} must be one of {', '.join(CHOICES)}, got {choice!r}")
+    if choice not in CHOICES:  # a user error: one line, exit status 2 like every other
+        print(f"robustlab: error: {ENV} must be one of {', '.join(CHOICES)}, got {choice!r}", file=sys.stderr)
+        raise SystemExit(2)
     if choice == "system" or not platform.startswith("linux") or not orig_argv:
         return None
     preload = environ.get("LD_PRELOAD", "")
