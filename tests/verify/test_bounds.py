@@ -94,6 +94,27 @@ def test_crown_is_tighter_than_ibp_on_average_and_alpha_never_looser(seed: int) 
     assert bool((alo >= clo - 1e-6).all()) and bool((ahi <= chi + 1e-6).all())
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_crown_lp_and_alpha_are_never_looser_than_ibp_and_lower_only_is_the_same(kind: str) -> None:
+    from robustlab.verify.bounds import bound_network, spec_matrix
+
+    model = tiny_net(kind, 7)
+    x = tiny_inputs(8, 7)
+    y = model(x).argmax(1)
+    tm = rl.ThreatModel("linf", 0.3)  # large eps: where IBP's final bound can beat CROWN's own
+    ilo, ihi = bounds(model, x, tm, "ibp", "margin", y)
+    for method in ("crown", "alpha-crown", "lp"):
+        lo, hi = bounds(model, x, tm, method, "margin", y)
+        assert bool((lo >= ilo - 1e-6).all()) and bool((hi <= ihi + 1e-6).all()), method
+    net = trace(model, x)
+    c = spec_matrix("margin", y, x.shape[0], net.num_classes, x)
+    for method in ("ibp", "crown", "crown-ibp"):
+        with torch.no_grad():
+            both, _ = bound_network(net, x, tm, method, c)
+            low, none = bound_network(net, x, tm, method, c, upper=False)
+        assert none is None and torch.allclose(low, both, atol=1e-6), method
+
+
 def test_margin_spec_is_tighter_than_differencing_logit_bounds() -> None:
     model = tiny_net("mlp", 3)
     x = tiny_inputs(6, 3)

@@ -86,9 +86,9 @@ class IBPAdversary(Adversary):
         net = trace(model, x)
         c = spec_matrix("margin", y, x.shape[0], net.num_classes, x)
         tm = self.threat.with_eps(eps)
-        low, _ = bound_network(net, x, tm, "ibp", c)
+        low, _ = bound_network(net, x, tm, "ibp", c, upper=False)
         if self.method == "crown-ibp" and beta > 0:
-            crown, _ = bound_network(net, x, tm, "crown-ibp", c)
+            crown, _ = bound_network(net, x, tm, "crown-ibp", c, upper=False)
             low = beta * crown + (1 - beta) * low
         return -low
 

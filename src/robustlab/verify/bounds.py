@@ -218,17 +218,26 @@ def spec_matrix(spec: str, labels: Optional[Tensor], n: int, k: int, like: Tenso
 
 
 def _final(net: Network, c: Tensor, bounds: dict, last_box: tuple[Tensor, Tensor], inputs: InputSet,
-           method: str, steps: int, lr: float) -> Tensor:
-    """Lower bounds (2S, N) of ``[C; -C] f`` by the chosen final method."""
-    both = torch.cat([c, -c])
+           method: str, steps: int, lr: float, *, upper: bool = True, tighten: bool = False) -> Tensor:
+    """Lower bounds (2S, N) of ``[C; -C] f`` (or (S, N) of ``C f`` without ``upper``) by the chosen
+    final method. ``tighten``: each bound is the better of the method's and the interval bound through
+    the layers after the last ReLU (both sound, from the same ReLU bounds; on IBP-trained networks
+    the interval bound is often the tighter one)."""
+    both = torch.cat([c, -c]) if upper else c
     end = len(net.ops)
-    if method == "ibp":
-        relus = net.relu_indices
+    relus = net.relu_indices
+
+    def interval() -> Tensor:
         start = relus[-1] + 1 if relus else 0
         return backward_lower(net, end, both, bounds, inputs, start=start, box=last_box if relus else None)
+
+    if method == "ibp":
+        return interval()
     if method == "alpha-crown":
-        return _alpha_crown(net, both, bounds, inputs, steps, lr)
-    return backward_lower(net, end, both, bounds, inputs, rule="parallel" if method == "lp" else "adaptive")
+        low = _alpha_crown(net, both, bounds, inputs, steps, lr)
+    else:
+        low = backward_lower(net, end, both, bounds, inputs, rule="parallel" if method == "lp" else "adaptive")
+    return torch.maximum(low, interval()) if tighten and relus else low
 
 
 def _alpha_crown(net: Network, both: Tensor, bounds: dict, inputs: InputSet, steps: int, lr: float) -> Tensor:
@@ -261,16 +270,21 @@ def _alpha_crown(net: Network, both: Tensor, bounds: dict, inputs: InputSet, ste
 
 
 def bound_network(net: Network, x: Tensor, tm: ThreatModel, method: str, c: Tensor, *,
-                  eps: Optional[Tensor] = None, alpha_steps: int = 20, alpha_lr: float = 0.1) -> tuple[Tensor, Tensor]:
+                  eps: Optional[Tensor] = None, alpha_steps: int = 20, alpha_lr: float = 0.1,
+                  upper: bool = True) -> tuple[Tensor, Optional[Tensor]]:
     """Bounds (N, S) of ``C f`` for a traced network; differentiable in the weights (no validation:
-    the public :func:`bounds` validates). ``eps`` optionally overrides ``tm.eps`` per sample."""
+    the public :func:`bounds` validates). ``eps`` optionally overrides ``tm.eps`` per sample.
+    ``upper=False`` computes the lower bounds only (half the final pass; the upper is None).
+    'crown', 'alpha-crown' and 'lp' return the better of their bound and the interval bound through
+    the last layers; 'crown-ibp' (the training objective of Zhang et al. 2020) is CROWN's alone."""
     inputs = InputSet.build(x, tm, eps)
     mode = {"ibp": "ibp", "crown-ibp": "ibp", "lp": "lp"}.get(method, "crown")
     bounds, last_box = preactivation_bounds(net, inputs, mode)
     final = "crown" if method == "crown-ibp" else method
-    low = _final(net, c, bounds, last_box, inputs, final, alpha_steps, alpha_lr)  # (2S, N)
+    low = _final(net, c, bounds, last_box, inputs, final, alpha_steps, alpha_lr, upper=upper,
+                 tighten=method in ("crown", "alpha-crown", "lp"))  # (2S, N), or (S, N)
     s = c.shape[0]
-    return low[:s].t(), (-low[s:]).t()
+    return low[:s].t(), (-low[s:]).t() if upper else None
 
 
 def bounds(model: nn.Module, x: Tensor, tm: ThreatModel, method: str = "crown", spec: str = "logits",

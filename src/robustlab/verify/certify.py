@@ -63,7 +63,7 @@ def certify(model: nn.Module, x: Tensor, y: Optional[Tensor], tm: ThreatModel, m
         c = spec_matrix("margin", cls, x.shape[0], net.num_classes, x)
 
         def proven(eps: Tensor) -> Tensor:
-            lo, _ = bound_network(net, x, tm, method, c, eps=eps, alpha_steps=alpha_steps)
+            lo, _ = bound_network(net, x, tm, method, c, eps=eps, alpha_steps=alpha_steps, upper=False)
             lo[torch.arange(x.shape[0], device=x.device), cls] = float("inf")
             return (lo.amin(1) > 0) & (pred == cls)
 
