@@ -30,10 +30,11 @@ ENV = "ROBUSTLAB_ALLOCATOR"
 CHOICES = ("auto", "jemalloc", "system")
 _LIBS = ("libjemalloc.so.2", "libjemalloc.so")
 #: jemalloc's settings unless the user gives ``MALLOC_CONF``: freed pages are kept for reuse, never
-#: purged. With the default 10 s decay, jemalloc hands pages back continuously and the next
-#: allocation faults them in again: smoothing certification (50 images, N = 10,000) spent 22.6 s in
-#: the kernel and took 27.4 s; without purging 0.4 s and 17.6 s (glibc: 8.3 s, 18.4 s). Intel's
-#: PyTorch CPU guide recommends the same. Peak memory stays what the live tensors need.
+#: purged by time. The default 10 s decay releases pages continuously over that window (not after
+#: it), and the next allocation faults them in again: smoothing certification (50 images,
+#: N = 10,000) spent 22.6 s in the kernel and took 27.4 s; without decay 0.4 s and 17.6 s (glibc:
+#: 8.3 s, 18.4 s). robustlab purges explicitly between batches instead
+#: (:func:`robustlab.evaluate.shards.release_memory`), so peak memory stays flat.
 MALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
 _ALLOCATOR_HINTS = ("jemalloc", "tcmalloc", "mimalloc")
 
