@@ -3,9 +3,9 @@
 With glibc's allocator, a long evaluation's peak memory creeps up batch after batch although
 nothing is kept: attacks retire finished samples, so every step frees and allocates tensors of
 new sizes, and the freed heap fragments (measured on Fashion-MNIST, ``evaluate --suite quick``,
-3,000 images: the peak after each batch grew from 410 to 542 MB). jemalloc (Evans 2006) keeps
-it flat (405 -> 425 MB) and the same run took 20.6 s instead of 29.4 s; :data:`MALLOC_CONF` says
-how it is configured. So the program re-executes
+3,000 images: the peak after each batch grew from 417 to 534 MB). jemalloc (Evans 2006), set up
+as :data:`MALLOC_CONF` says, keeps it flat (401 -> 428 MB) and the same run took 20.3 s instead of
+24.3 s. So the program re-executes
 itself once with jemalloc preloaded when the library is installed (Debian/Ubuntu:
 ``libjemalloc2``), as torch's own CPU launcher does (``python -m torch.backends.xeon.run_cpu
 --enable-jemalloc``). Nothing else changes: same interpreter, arguments, environment and process
