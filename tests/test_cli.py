@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from robustlab.cli import main
 
@@ -56,3 +57,32 @@ def test_bad_eps_for_the_norm_is_refused_before_any_attack(tmp_path, capsys):
     assert main(["evaluate", "--model", str(model), "--eps", "1.5", "--out", str(tmp_path / "e")]) == 2
     assert "larger than the input range" in capsys.readouterr().err
     assert not (tmp_path / "e" / "report.json").exists()
+
+
+def test_evaluate_a_defended_model_adaptively(tmp_path, capsys):
+    import robustlab as rl
+    from robustlab.defenses.transforms import Threshold
+
+    model_dir = tmp_path / "digits-mlp"
+    assert main(["train", "--dataset", "digits", "--arch", "mlp", "--epochs", "3", "--out", str(model_dir),
+                 "--no-progress"]) == 0
+    out = tmp_path / "ev"
+    assert main(["evaluate", "--model", str(model_dir), "--defense", "threshold:0.5", "--attack", "pgd", "--eps", "0.3",
+                 "--n", "60", "--no-checks", "--out", str(out), "--no-progress", "--no-html"]) == 0
+    report = json.loads((out / "report.json").read_text())["models"][0]
+    assert report["name"] == "digits-mlp+threshold:0.5"
+    # Clean accuracy is the defended model's own; PGD through BPDA beats PGD on the raw gradient (zero).
+    test = rl.data.load("digits", "test")
+    x, y = test.images[:60], test.labels[:60]
+    guarded = Threshold(rl.models.load(model_dir), 0.5).eval()
+    with torch.no_grad():
+        clean = float((guarded(x).argmax(1) == y).float().mean())
+    assert report["clean"]["value"] == pytest.approx(clean)
+    plain = rl.attacks.PGD(rl.ThreatModel("linf", 0.3), steps=40).attack(guarded, x, y).robust_accuracy
+    bpda = report["threats"][0]["rows"][0]["attacks"][0]["robust"]["value"]
+    assert plain > clean - 0.1 and bpda < plain - 0.2  # plain PGD: only its random start moves anything
+    for spec, message in [("gamma:2", "unknown defense 'gamma'; expected one of bit-depth, threshold"),
+                          ("median:x", "defense median: k must be an integer, got 'x'"),
+                          ("threshold:1.5", "t must be a threshold in (0, 1)")]:
+        assert main(["evaluate", "--model", str(model_dir), "--defense", spec, "--out", str(tmp_path / "e")]) == 2
+        assert message in capsys.readouterr().err

@@ -43,6 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also certify with randomized smoothing at this sigma (L2)")
     p.add_argument("--smoothing-n", type=int, default=1000, help="noise samples per image for --smoothing")
     p.add_argument("--no-checks", action="store_true", help="skip the gradient-masking checks")
+    p.add_argument("--defense", default=None, metavar="NAME[:VALUE]",
+                   help="evaluate the model behind an input transformation: bit-depth:BITS, threshold:T, median:K, "
+                        "blur:SIGMA or jpeg:QUALITY (robustlab.defenses.transforms). Adaptively: forward passes are "
+                        "the defended model's, gradients of the non-differentiable ones go through BPDA's "
+                        "straight-through surrogate")
     p.add_argument("--dataset", default=None,
                    help="a dataset name, a .npz file (images, labels), an image folder (one sub-folder per class) or "
                         "CIFAR-10/100 binary files (default: the dataset in the model's metadata)")
@@ -106,8 +111,15 @@ def _run(args: argparse.Namespace, info) -> int:
     device = info.device if info.distributed else resolve_device(args.device)
     model_name = args.name or model_label(args.model)
     model = load_model(args, device)
-    out = check_out_dir(args.out if args.out else Path("out") / "evaluate" / model_name)  # before data and attacks
     name = dataset_name(args, model)
+    if args.defense is not None:  # the defended model, attacked through BPDA where it is not differentiable
+        from robustlab.defenses.transforms import defended
+
+        spec = args.defense.strip()
+        model = defended(model, spec).bpda()
+        model_name = args.name or f"{model_name}+{spec}"
+    folder = model_name.replace(":", "-").replace("+", "-")
+    out = check_out_dir(args.out if args.out else Path("out") / "evaluate" / folder)  # before data and attacks
     suite = build_suite(args, name)
     test = data.load(name, args.split, args.root)
     check_model_data(model, test, device)

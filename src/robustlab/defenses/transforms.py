@@ -46,8 +46,8 @@ from robustlab._checks import check_images, check_positive
 from robustlab.attacks.eot import BPDAWrapper
 
 __all__ = [
-    "BitDepth", "GaussianBlur", "JPEG", "MagNetAutoencoder", "MedianFilter", "RandomRotateScale", "Randomized",
-    "Reconstruct", "Threshold", "Transform", "median_filter", "train_autoencoder",
+    "BitDepth", "DEFENSES", "GaussianBlur", "JPEG", "MagNetAutoencoder", "MedianFilter", "RandomRotateScale",
+    "Randomized", "Reconstruct", "Threshold", "Transform", "defended", "median_filter", "train_autoencoder",
 ]
 
 
@@ -443,3 +443,35 @@ class RandomRotateScale(_RandomAffine):
 
     def extra_repr(self) -> str:
         return f"degrees={self.degrees}, scale={self.scale}, seed={self.seed}"
+
+
+#: The transforms a name can build (``robustlab evaluate --defense NAME[:VALUE]``): the class, its
+#: one parameter and the parameter's type. The random ones (attacked with EOT) and the MagNet
+#: reformer (it needs a trained auto-encoder) are built in Python.
+DEFENSES: dict[str, tuple[type, str, type]] = {
+    "bit-depth": (BitDepth, "bits", int),
+    "threshold": (Threshold, "t", float),
+    "median": (MedianFilter, "k", int),
+    "blur": (GaussianBlur, "sigma", float),
+    "jpeg": (JPEG, "quality", int),
+}
+
+
+def defended(model: nn.Module, spec: str) -> Transform:
+    """``model`` behind the transform that ``spec`` names: ``"threshold:0.3"`` is
+    ``Threshold(model, 0.3)``, ``"median"`` is ``MedianFilter(model)`` with its default (see
+    :data:`DEFENSES`). Raises ValueError naming the choices for anything else."""
+    name, _, value = str(spec).strip().partition(":")
+    key = name.strip().lower().replace("_", "-")
+    if key not in DEFENSES:
+        raise ValueError(f"unknown defense {name!r}; expected one of {', '.join(DEFENSES)} (as NAME or NAME:VALUE)")
+    cls, param, kind = DEFENSES[key]
+    if not value.strip():
+        return cls(model)
+    try:
+        parsed = kind(value.strip())
+    except ValueError:
+        raise ValueError(f"defense {key}: {param} must be {'an integer' if kind is int else 'a number'}, "
+                         f"got {value.strip()!r}") from None
+    return cls(model, parsed)
+
