@@ -36,10 +36,10 @@ from robustlab.attacks import ADef, AdversarialPatch, DeformationThreat, Spatial
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _save(part: str, payload: dict) -> None:
+def _save(args: argparse.Namespace, part: str, payload: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"part": part, "hardware": hardware(), "machine_shared": True, **payload}
-    (RESULTS / f"deformation_{part}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    payload = {"part": part, "hardware": hardware(), "machine_shared": not args.quiet_machine, **payload}
+    (RESULTS / f"deformation_{part}{args.tag}.json").write_text(json.dumps(payload, indent=2) + "\n")
     print(json.dumps(payload, indent=2), flush=True)
 
 
@@ -68,7 +68,7 @@ def part_adef(args, x, y) -> None:
     res = _batched(att, model, x, y)
     s = _summary(res, time.perf_counter() - t0)
     central = _batched(ADef(steps=50, gradient="central", overshoot=0.1), model, x, y)
-    _save("adef", {"model": args.model, "n": int(x.shape[0]), "config": att.config(), "robustlab": s,
+    _save(args, "adef", {"model": args.model, "n": int(x.shape[0]), "config": att.config(), "robustlab": s,
                    "central_differences": _summary(central, float("nan")),
                    "paper": {"success": 0.999, "mean_iterations": 9.779, "tau_T_line": 3.0}})
 
@@ -96,7 +96,7 @@ def part_cross(args, x, y) -> None:
             res = _batched(att, model, x, y)
             table[mname][aname] = _summary(res, time.perf_counter() - t0)
             print(mname, aname, table[mname][aname], flush=True)
-    _save("cross", {"n": int(x.shape[0]), "table": table,
+    _save(args, "cross", {"n": int(x.shape[0]), "table": table,
                     "paper": {"PGD-trained": {"PGD": 0.0581, "ADef": [0.0667, 0.2035]},
                               "ADef-trained": {"PGD": 1.0, "ADef": [0.4507, 0.5416]}}})
 
@@ -118,7 +118,7 @@ def part_universal(args, x, y) -> None:
                      "train_fooling_rate": up.result_.train_fooling_rate, "random_same_size": rl.attacks.fooling_rate(model, x, r),
                      "size": float(v.abs().max() if norm == "linf" else v.flatten().norm()), "seconds": secs})
         print(rows[-1], flush=True)
-    _save("universal", {"model": args.up_model, "epochs": args.universal_epochs, "batch_size": args.universal_batch, "fit_images": int(xt.shape[0]), "held_out": int(x.shape[0]), "rows": rows})
+    _save(args, "universal", {"model": args.up_model, "epochs": args.universal_epochs, "batch_size": args.universal_batch, "fit_images": int(xt.shape[0]), "held_out": int(x.shape[0]), "rows": rows})
 
 
 def part_patch(args, x, y) -> None:
@@ -136,7 +136,7 @@ def part_patch(args, x, y) -> None:
                      "targeted_success": ap.success_rate(model, x, y, draws=4),
                      "random_patch_success": ap.success_rate(model, x, y, patch=noise, draws=4), "seconds": secs})
         print(rows[-1], flush=True)
-    _save("patch", {"model": args.up_model, "fit_images": int(xt.shape[0]), "held_out": int(x.shape[0]),
+    _save(args, "patch", {"model": args.up_model, "fit_images": int(xt.shape[0]), "held_out": int(x.shape[0]),
                     "scale": [0.8, 1.2], "max_rotation_deg": 22.5, "steps": args.patch_steps, "rows": rows})
 
 
@@ -154,7 +154,7 @@ def train_adef(args) -> None:
                             optimizer="adam", lr=3e-3, schedule="onecycle", batch_size=128,
                             eps_warmup_epochs=args.adef_warmup, progress=False)
     secs = time.perf_counter() - t0
-    _save("adef_training", {"model": args.adef_model, "adversary": adv.config(), "train_size": int(train.labels.shape[0]),
+    _save(args, "adef_training", {"model": args.adef_model, "adversary": adv.config(), "train_size": int(train.labels.shape[0]),
                             "epochs": args.adef_epochs, "eps_warmup_epochs": args.adef_warmup, "seconds": secs,
                             "history": getattr(res, "history", None)})
 
@@ -162,6 +162,8 @@ def train_adef(args) -> None:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--parts", default="adef,cross,universal,patch")
+    p.add_argument("--tag", default="", help="suffix of the result files (deformation_<part><tag>.json)")
+    p.add_argument("--quiet-machine", action="store_true", help="record that nothing else ran during the run")
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--n-fit", type=int, default=2000)
     p.add_argument("--model", default="runs/mnist-cnn")
