@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -309,6 +309,12 @@ class Smoothed(nn.Module):
         # values: the same rows and draws, each row's arithmetic unchanged, but activations that
         # stay in cache (and, with glibc, below its mmap threshold: no page faults per pass).
         cpu_rows = max(CPU_FORWARD_VALUES // max(x[0].numel(), 1), 1) if dev.type == "cpu" else rows
+        if self.optimize:
+            forward: Callable[[Tensor], Tensor] = lambda b: self._optimized_net(net, b)  # noqa: E731
+        elif self.fast is not None and self.fast.compile:
+            forward = lambda b: compiled_call(net, b)  # noqa: E731
+        else:
+            forward = net
         with eval_mode(self.base), torch.no_grad(), self._fast_path(dev):
             for start in range(0, total, rows):
                 m = min(rows, total - start)
@@ -319,13 +325,7 @@ class Smoothed(nn.Module):
                 noisy.mul_(self.sigma).add_(torch.index_select(x, 0, owner, out=xbuf[:m]))  # x_i + sigma * delta
                 if norm is not None:  # Normalize's (x - mean) / std, in place: the same values as base(noisy)
                     noisy.sub_(norm.mean).div_(norm.std)
-                parts = noisy.split(cpu_rows) if cpu_rows < m else (noisy,)
-                if self.optimize:
-                    logits = torch.cat([self._optimized_net(net, p) for p in parts])
-                elif self.fast is not None and self.fast.compile:
-                    logits = torch.cat([compiled_call(net, p) for p in parts])
-                else:
-                    logits = torch.cat([net(p) for p in parts]) if len(parts) > 1 else net(noisy)
+                logits = forward(noisy) if m <= cpu_rows else torch.cat([forward(p) for p in noisy.split(cpu_rows)])
                 if start == 0:
                     check_logits(logits, m, "the base model's output")
                     if logits.shape[1] != k:

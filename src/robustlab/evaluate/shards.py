@@ -47,12 +47,22 @@ def _releaser() -> Optional[Callable[[], None]]:
         import ctypes.util
 
         this = ctypes.CDLL(None)
-        if hasattr(this, "mallctl"):  # jemalloc: "arena.<MALLCTL_ARENAS_ALL = 4096>.purge"
+        if hasattr(this, "mallctl"):  # jemalloc
             mallctl = this.mallctl
-            return lambda: mallctl(b"arena.4096.purge", None, None, None, ctypes.c_size_t(0)) and None
+
+            def purge() -> None:  # "arena.<MALLCTL_ARENAS_ALL = 4096>.purge"
+                mallctl(b"arena.4096.purge", None, None, None, ctypes.c_size_t(0))
+
+            return purge
         name = ctypes.util.find_library("c")
-        trim = ctypes.CDLL(name).malloc_trim if name else None
-        return (lambda: trim(0) and None) if trim is not None else None
+        if not name:
+            return None
+        malloc_trim = ctypes.CDLL(name).malloc_trim
+
+        def trim() -> None:
+            malloc_trim(0)
+
+        return trim
     except (OSError, AttributeError):
         return None
 
