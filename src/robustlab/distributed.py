@@ -20,6 +20,7 @@ identity: rank 0 of 1, no communication.
 from __future__ import annotations
 
 import atexit
+import gc
 import json
 import logging
 import os
@@ -151,8 +152,13 @@ def init_from_env(device: "str | torch.device | None" = None, *, backend: Option
 
 
 def cleanup() -> None:
-    """Leave and destroy the process group (no-op when there is none)."""
+    """Leave and destroy the process group (no-op when there is none).
+
+    Unreachable objects that still hold the group (a DDP wrapper in a reference cycle) are
+    collected first: freed later, during interpreter shutdown, their gloo threads could no longer
+    take the GIL and the process would abort."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        gc.collect()
         torch.distributed.destroy_process_group()
 
 

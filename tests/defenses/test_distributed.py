@@ -79,6 +79,60 @@ def test_single_process_helpers_are_the_identity(monkeypatch):
         distributed.init_from_env()
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_ddp_route_is_freed_while_the_process_group_lives(monkeypatch):
+    """A DDP wrapper left in a reference cycle outlives destroy_process_group into interpreter
+    shutdown, where gloo's threads abort the process (a rare SIGABRT of one rank at the end of a
+    torchrun job). RouteDDP.close() frees it at once (train() closes its route), and cleanup()
+    collects such cycles before destroying the group."""
+    import gc
+    import weakref
+
+    from robustlab.defenses.parallel import wrap_ddp
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    torch.distributed.init_process_group("gloo", rank=0, world_size=1)
+    enabled = gc.isenabled()
+    gc.disable()  # only explicit collections: the properties below must not rest on a lucky gc pass
+
+    def trained_route():
+        model, route = wrap_ddp(torch.nn.Linear(4, 3), torch.device("cpu"))
+        route.train()
+        route(torch.randn(5, 4)).sum().backward()  # the reducer has all-reduced a bucket
+        return model, route
+
+    try:
+        model, route = trained_route()
+        route.ddp.cycle = [route.ddp]  # a cycle through the wrapper, as DDP's own hooks make
+        ddp = weakref.ref(route.ddp)
+        route.close()
+        assert ddp() is None  # freed now, not at some later collection
+        route.close()  # idempotent
+        with pytest.raises(RuntimeError, match="closed"):
+            route(torch.randn(1, 4))
+        assert model(torch.randn(2, 4)).shape == (2, 3)  # the bare module is untouched
+        _, route = trained_route()
+        ddp = weakref.ref(route.ddp)
+        cycle: list = [route]
+        cycle.append(cycle)  # as train()'s frame was kept: unreachable, alive until a collection
+        del route, cycle
+        assert ddp() is not None
+        distributed.cleanup()
+        assert ddp() is None and not torch.distributed.is_initialized()
+    finally:
+        if enabled:
+            gc.enable()
+        distributed.cleanup()
+
+
 def test_two_gloo_processes_match_one_process(two_process_run, digits_train):
     root, proc = two_process_run
     assert proc.stdout.count("saved full:") == 1  # rank 0 prints, rank 1 is silent

@@ -64,8 +64,7 @@ from robustlab.defenses.checkpointing import (  # noqa: F401  (re-exported: the 
     save_checkpoint,
 )
 from robustlab.defenses.config import OPTIMIZERS, SCHEDULES, TrainConfig
-from robustlab.defenses.parallel import RouteDDP as _RouteDDP  # noqa: F401  (old name)
-from robustlab.defenses.parallel import wrap_ddp
+from robustlab.defenses.parallel import RouteDDP, wrap_ddp
 from robustlab.models.checkpoint import read_state, save
 from robustlab.models.metrics import accuracy, as_tensors
 
@@ -442,31 +441,35 @@ def train(
 
     stopped_early = False
     t_wall = time.perf_counter()
-    for epoch in range(state.start, cfg.epochs):
-        record, control = _train_epoch(net, model, opt, cfg, run, epoch, val_data, evaluate_fn)
-        state.history.append(record)
-        score = _score(record, control)
-        if score >= state.best_score:  # ties go to the later epoch
-            state.best_epoch, state.best_score = epoch + 1, score
-            if cfg.select_best:
-                state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                if out_dir is not None and run.is_main:
-                    save_best(out_dir, model, record_cfg, epoch + 1)
-        if out_dir is not None and run.is_main:
-            save_checkpoint(out_dir, model, opt, {
-                "epoch": epoch + 1, "step": (epoch + 1) * math.ceil(run.images.shape[0] / cfg.batch_size),
-                "history": state.history, "best_epoch": state.best_epoch, "best_score": state.best_score,
-                "config": record_cfg,
-                "rng": {"scheme": "per-epoch streams from epoch_seed(seed, epoch, stream)", "seed": cfg.seed},
-            })
-        if run.is_main:
-            emit(dict(record))  # after the checkpoint: what is logged is on disk
-        if control.get("stop"):
-            stopped_early = True
+    try:
+        for epoch in range(state.start, cfg.epochs):
+            record, control = _train_epoch(net, model, opt, cfg, run, epoch, val_data, evaluate_fn)
+            state.history.append(record)
+            score = _score(record, control)
+            if score >= state.best_score:  # ties go to the later epoch
+                state.best_epoch, state.best_score = epoch + 1, score
+                if cfg.select_best:
+                    state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    if out_dir is not None and run.is_main:
+                        save_best(out_dir, model, record_cfg, epoch + 1)
+            if out_dir is not None and run.is_main:
+                save_checkpoint(out_dir, model, opt, {
+                    "epoch": epoch + 1, "step": (epoch + 1) * math.ceil(run.images.shape[0] / cfg.batch_size),
+                    "history": state.history, "best_epoch": state.best_epoch, "best_score": state.best_score,
+                    "config": record_cfg,
+                    "rng": {"scheme": "per-epoch streams from epoch_seed(seed, epoch, stream)", "seed": cfg.seed},
+                })
             if run.is_main:
-                _logger.warning("stopping after epoch %d: %s; keeping epoch %d", epoch + 1,
-                                control.get("reason", "evaluate_fn asked to stop"), state.best_epoch)
-            break
+                emit(dict(record))  # after the checkpoint: what is logged is on disk
+            if control.get("stop"):
+                stopped_early = True
+                if run.is_main:
+                    _logger.warning("stopping after epoch %d: %s; keeping epoch %d", epoch + 1,
+                                    control.get("reason", "evaluate_fn asked to stop"), state.best_epoch)
+                break
+    finally:
+        if isinstance(net, RouteDDP):
+            net.close()  # DDP freed while the process group lives (see RouteDDP.close)
     return _finish(model, cfg, run, state, record_cfg, out_dir, val_data, test_data, metadata, stopped_early,
                    time.perf_counter() - t_wall)
 
