@@ -12,7 +12,6 @@ import torch.nn.functional as F
 
 import robustlab as rl
 from robustlab.attacks import APGD, APGDT, FGSM, PGD
-from robustlab.attacks import fastpath as fp
 from robustlab.attacks.fastpath import FastModel, FastPath
 from robustlab.defenses.adversarial import MART, TRADES, PGDAdversary
 from robustlab.defenses.smoothing import Smoothed
@@ -122,19 +121,27 @@ def test_compile_failure_falls_back_to_eager(model, batch, monkeypatch):
         return fail
 
     monkeypatch.setattr(torch, "compile", broken)
-    fp._COMPILED.pop(model, None)
-    fp._CHECKED.pop(model, None)
-    try:
-        ref = PGD(LINF, steps=5).attack(model, x, y)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            res = PGD(LINF, steps=5, fast=FastPath(precision="fp32", channels_last=False, compile=True,
-                                                   check_every=1)).attack(model, x, y)
-        assert any("torch.compile failed" in str(w.message) for w in caught)
-        assert torch.equal(res.success, ref.success)
-    finally:
-        fp._COMPILED.pop(model, None)
-        fp._CHECKED.pop(model, None)
+    ref = PGD(LINF, steps=5).attack(model, x, y)
+    fast = FastPath(precision="fp32", channels_last=False, compile=True, check_every=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = PGD(LINF, steps=5, fast=fast).attack(model, x, y)
+    assert sum("torch.compile failed" in str(w.message) for w in caught) == 1
+    assert torch.equal(res.success, ref.success)
+    assert fast.compiled(model) is model  # remembered: the next batch runs eagerly without trying again
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        PGD(LINF, steps=5, fast=fast).attack(model, x, y)
+    assert not caught
+
+
+def test_the_compile_cache_is_not_part_of_the_settings():
+    """FastPath keeps its compiled forwards per settings object, outside equality, hash and to_dict."""
+    a, b = FastPath(compile=True), FastPath(compile=True)
+    a._compiled[torch.nn.Linear(2, 2)] = torch.nn.Identity()  # noqa: SLF001 - the cache itself
+    assert a == b and hash(a) == hash(b) and a.to_dict() == b.to_dict() == {
+        "precision": "bf16", "channels_last": True, "compile": True, "check_every": 8}
+    assert len(b._compiled) == 0  # noqa: SLF001 - no cache shared between settings objects
 
 
 @pytest.mark.slow

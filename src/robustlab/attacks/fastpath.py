@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 import weakref
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from typing import Iterator, Optional, Union
 
 import torch
@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from robustlab.losses import is_adversarial
 
-__all__ = ["FastModel", "FastPath", "FastSpec", "SettledStop", "compiled", "compiled_call", "exact_model"]
+__all__ = ["FastModel", "FastPath", "FastSpec", "SettledStop", "exact_model"]
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -54,12 +54,22 @@ class FastPath:
         channels_last: feed 4-d inputs in channels_last layout.
         compile: ``torch.compile`` the model's forward, eager fallback if it does not compile.
         check_every: host-side success checks every ``k`` attack steps (>= 1).
+
+    With ``compile``, the settings object also keeps the compiled forward of each model it ran
+    (a model that failed to compile maps to itself), so an attack compiles a model once however
+    many batches it attacks; the cache lives as long as the settings object (the attack that
+    resolved it), not the process. It is not part of the settings (equality, hash,
+    :meth:`to_dict`).
     """
 
     precision: str = "bf16"
     channels_last: bool = True
     compile: bool = False
     check_every: int = 8
+    _compiled: "weakref.WeakKeyDictionary[nn.Module, nn.Module]" = field(
+        default_factory=weakref.WeakKeyDictionary, init=False, repr=False, compare=False)
+    _checked: "weakref.WeakSet[nn.Module]" = field(default_factory=weakref.WeakSet, init=False, repr=False,
+                                                   compare=False)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -92,7 +102,7 @@ class FastPath:
 
     def to_dict(self) -> dict:
         """The settings as a JSON-ready dict (attack configs, certificate info)."""
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
 
     @contextlib.contextmanager
     def autocast(self, device: torch.device) -> Iterator[None]:
@@ -107,41 +117,52 @@ class FastPath:
         """``model`` behind the fast path (the module itself is not modified)."""
         return FastModel(model, self)
 
+    def compiled(self, model: nn.Module) -> nn.Module:
+        """The cached ``torch.compile(model)`` (the model itself after a failed attempt)."""
+        fast = self._compiled.get(model)
+        if fast is None:
+            try:
+                fast = torch.compile(model)
+            except Exception as exc:  # noqa: BLE001 - any failure means: run eager
+                warnings.warn(f"torch.compile is unavailable ({type(exc).__name__}: {exc}); running the model eagerly",
+                              RuntimeWarning, stacklevel=3)
+                fast = model
+            self._compiled[model] = fast
+        return fast
+
+    def compiled_call(self, model: nn.Module, x: Tensor) -> Tensor:
+        """``torch.compile(model)(x)`` for inference, the eager ``model(x)`` if it does not compile."""
+        fn = self.compiled(model)
+        if fn is model:
+            return model(x)
+        try:
+            return fn(x)
+        except Exception as exc:  # noqa: BLE001 - the compiled model failed: run eager from now on
+            warnings.warn(f"torch.compile failed on this model ({type(exc).__name__}: {str(exc)[:200]}); running it "
+                          "eagerly", RuntimeWarning, stacklevel=2)
+            self._compiled[model] = model
+            return model(x)
+
+    def checked_compiled(self, model: nn.Module, x: Tensor) -> nn.Module:
+        """The compiled forward once one forward and input-gradient pass on ``x`` has run through
+        it (compilation of both is lazy), else the eager model with one warning."""
+        fn = self.compiled(model)
+        if fn is model or model in self._checked:
+            return fn
+        try:
+            with torch.enable_grad():
+                probe = x.detach().requires_grad_(True)
+                torch.autograd.grad(fn(probe).float().sum(), probe)
+            self._checked.add(model)
+        except Exception as exc:  # noqa: BLE001 - the compiled model failed: run eager
+            warnings.warn(f"torch.compile failed on this model ({type(exc).__name__}: {str(exc)[:200]}); "
+                          "running it eagerly", RuntimeWarning, stacklevel=5)
+            self._compiled[model] = model
+            fn = model
+        return fn
+
 
 FastSpec = Union[FastPath, str, bool, None]
-
-# Compiled forwards per model (weak keys: a model that is garbage-collected drops its entry).
-# The value is the compiled module, or the model itself once compiling it has failed.
-_COMPILED: "weakref.WeakKeyDictionary[nn.Module, nn.Module]" = weakref.WeakKeyDictionary()
-_CHECKED: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
-
-
-def compiled(model: nn.Module) -> nn.Module:
-    """The cached ``torch.compile(model)`` (the model itself after a failed attempt)."""
-    fast = _COMPILED.get(model)
-    if fast is None:
-        try:
-            fast = torch.compile(model)
-        except Exception as exc:  # noqa: BLE001 - any failure means: run eager
-            warnings.warn(f"torch.compile is unavailable ({type(exc).__name__}: {exc}); running the model eagerly",
-                          RuntimeWarning, stacklevel=3)
-            fast = model
-        _COMPILED[model] = fast
-    return fast
-
-
-def compiled_call(model: nn.Module, x: Tensor) -> Tensor:
-    """``torch.compile(model)(x)`` for inference, the eager ``model(x)`` if it does not compile."""
-    fn = compiled(model)
-    if fn is model:
-        return model(x)
-    try:
-        return fn(x)
-    except Exception as exc:  # noqa: BLE001 - the compiled model failed: run eager from now on
-        warnings.warn(f"torch.compile failed on this model ({type(exc).__name__}: {str(exc)[:200]}); running it "
-                      "eagerly", RuntimeWarning, stacklevel=2)
-        _COMPILED[model] = model
-        return model(x)
 
 
 class FastModel(nn.Module):
@@ -159,22 +180,8 @@ class FastModel(nn.Module):
 
     def _forward_fn(self, x: Tensor) -> nn.Module:
         model: nn.Module = self.exact  # type: ignore[assignment]
-        if not self.fast.compile:  # type: ignore[attr-defined]
-            return model
-        fn = compiled(model)
-        if fn is not model and not _CHECKED.get(model, False):
-            # Compilation (forward and backward) happens lazily: try one pass now, fall back if it fails.
-            try:
-                with torch.enable_grad():
-                    probe = x.detach().requires_grad_(True)
-                    torch.autograd.grad(fn(probe).float().sum(), probe)
-                _CHECKED[model] = True
-            except Exception as exc:  # noqa: BLE001 - the compiled model failed: run eager
-                warnings.warn(f"torch.compile failed on this model ({type(exc).__name__}: {str(exc)[:200]}); "
-                              "running it eagerly", RuntimeWarning, stacklevel=4)
-                _COMPILED[model] = model
-                fn = model
-        return fn
+        fast: FastPath = self.fast  # type: ignore[assignment]
+        return fast.checked_compiled(model, x) if fast.compile else model
 
     def forward(self, x: Tensor) -> Tensor:
         fast: FastPath = self.fast  # type: ignore[assignment]

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
+from functools import partial
 from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -40,7 +41,7 @@ from torch import Tensor, nn
 
 from robustlab._checks import check_images, check_logits, check_positive, check_probability
 from robustlab.attacks.base import eval_mode, model_device
-from robustlab.attacks.fastpath import FastPath, FastSpec, compiled_call
+from robustlab.attacks.fastpath import FastPath, FastSpec
 from robustlab.certificates import Certificate
 from robustlab.defenses.smoothing_adaptive import REASONS, AdaptivePlan, radius_from_p
 from robustlab.stats import clopper_pearson
@@ -312,7 +313,7 @@ class Smoothed(nn.Module):
         if self.optimize:
             forward: Callable[[Tensor], Tensor] = lambda b: self._optimized_net(net, b)  # noqa: E731
         elif self.fast is not None and self.fast.compile:
-            forward = lambda b: compiled_call(net, b)  # noqa: E731
+            forward = partial(self.fast.compiled_call, net)
         else:
             forward = net
         with eval_mode(self.base), torch.no_grad(), self._fast_path(dev):
