@@ -198,3 +198,20 @@ def test_cli_attack_fast_flag(tmp_path):
                  "--fast", "bf16", "--out", str(out), "--no-progress"]) == 0
     summary = json.loads(out.with_suffix(".json").read_text())
     assert summary["config"]["fast"]["precision"] == "bf16" and summary["config"]["steps"] == 10
+
+
+def test_a_compiled_forward_that_fails_runs_eagerly_from_then_on():
+    """compiled_call (Smoothed's inference path): a compiled module that raises gives the eager
+    logits, one warning, and is not tried again."""
+
+    def broken(_x):
+        raise RuntimeError("inductor failed")
+
+    fast, net = FastPath(compile=True), torch.nn.Linear(4, 3)
+    fast._compiled[net] = broken  # noqa: SLF001 - stands in for a compiled module that fails
+    x = torch.randn(5, 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first, second = fast.compiled_call(net, x), fast.compiled_call(net, x)
+    assert torch.equal(first, net(x)) and torch.equal(second, net(x))
+    assert len(caught) == 1 and "torch.compile failed" in str(caught[0].message) and fast.compiled(net) is net

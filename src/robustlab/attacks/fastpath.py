@@ -138,10 +138,7 @@ class FastPath:
         try:
             return fn(x)
         except Exception as exc:  # noqa: BLE001 - the compiled model failed: run eager from now on
-            warnings.warn(f"torch.compile failed on this model ({type(exc).__name__}: {str(exc)[:200]}); running it "
-                          "eagerly", RuntimeWarning, stacklevel=2)
-            self._compiled[model] = model
-            return model(x)
+            return self._run_eagerly(model, exc, stacklevel=3)(x)
 
     def checked_compiled(self, model: nn.Module, x: Tensor) -> nn.Module:
         """The compiled forward once one forward and input-gradient pass on ``x`` has run through
@@ -155,11 +152,15 @@ class FastPath:
                 torch.autograd.grad(fn(probe).float().sum(), probe)
             self._checked.add(model)
         except Exception as exc:  # noqa: BLE001 - the compiled model failed: run eager
-            warnings.warn(f"torch.compile failed on this model ({type(exc).__name__}: {str(exc)[:200]}); "
-                          "running it eagerly", RuntimeWarning, stacklevel=5)
-            self._compiled[model] = model
-            fn = model
+            fn = self._run_eagerly(model, exc, stacklevel=6)
         return fn
+
+    def _run_eagerly(self, model: nn.Module, exc: Exception, stacklevel: int) -> nn.Module:
+        """Remember that ``model``'s compiled forward failed (one warning) and return the model."""
+        warnings.warn(f"torch.compile failed on this model ({type(exc).__name__}: {str(exc)[:200]}); running it "
+                      "eagerly", RuntimeWarning, stacklevel=stacklevel)
+        self._compiled[model] = model
+        return model
 
 
 FastSpec = Union[FastPath, str, bool, None]
