@@ -413,6 +413,12 @@ class Suite:
             if ch.attack.lower() not in known:
                 raise ValueError(f"suite {self.name!r}: checks.attack {ch.attack!r} is not a known attack; "
                                  f"expected one of {', '.join(sorted(known))}")
+            for t in self.threats:
+                self._buildable(ch.attack, t, "checks.attack")
+        if self.transfer:
+            for t in self.threats:
+                if self.transfer_at(t):
+                    self._buildable(self.transfer_attack, t, "transfer_attack")
         for src_name, src in self.transfer.items():
             if not isinstance(src, (str, os.PathLike, nn.Module)):
                 raise TypeError(f"suite {self.name!r}: transfer source {src_name!r} must be a saved-model path or an "
@@ -423,6 +429,14 @@ class Suite:
                     raise ValueError(f"suite {self.name!r}: transfer_eps {e:g} is on no threat model's eps grid")
         if isinstance(self.exemplars, bool) or not isinstance(self.exemplars, int) or self.exemplars < 0:
             raise ValueError(f"suite {self.name!r}: exemplars must be an integer >= 0, got {self.exemplars!r}")
+
+    def _buildable(self, name: str, t: Threat, option: str) -> None:
+        """``option``'s attack ``name`` runs at ``t``'s radii (e.g. no one-pixel attack for linf)."""
+        try:
+            self.build_attack(name, ThreatModel(t.norm, t.eps[-1]))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"suite {self.name!r}: {option} {name!r} cannot run for the {t.norm} threat model "
+                             f"(options {self.attack_options.get(name, {})}): {exc}") from exc
 
     def validate_for_input(self, shape: Sequence[int]) -> None:
         """Radii that cannot be reached in inputs of ``shape`` (C, H, W): l2 above ``sqrt(D)``,
