@@ -94,7 +94,8 @@ def compare_curves(models: Sequence[ModelReport], norm: str) -> bytes:
 
 
 def certified_curves(curves: Sequence[tuple[str, CertReport]]) -> bytes:
-    """Certified accuracy vs radius (step curves with 95% bands), one per (name, certificate)."""
+    """Certified accuracy vs radius (step curves with 95% bands), one per (name, certificate); every
+    certificate in one norm (radii of different norms never share an axis)."""
     with plt.rc_context(RC):
         fig, ax = plt.subplots(figsize=(4.6, 3.1))
         for i, (name, c) in enumerate(curves):
@@ -103,11 +104,22 @@ def certified_curves(curves: Sequence[tuple[str, CertReport]]) -> bytes:
             ax.step(c.radii, v, where="post", color=color, lw=2.0, label=name)
             ax.fill_between(c.radii, [r.ci_low for r in c.certified_accuracy], [r.ci_high for r in c.certified_accuracy],
                             step="post", color=color, alpha=0.15, lw=0)
-        norm = curves[0][1].norm if curves else "l2"
-        _accuracy_axis(ax, f"radius ({norm})")
-        ax.set_title("certified accuracy vs radius")
+        norms = sorted({c.norm for _, c in curves}) or ["l2"]
+        if len(norms) > 1:
+            raise ValueError(f"certified_curves draws one norm per axis, got {norms}; use certified_figures")
+        _accuracy_axis(ax, f"radius ({norms[0]})")
+        ax.set_title(f"certified accuracy vs {norms[0]} radius")
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
         return _png(fig)
+
+
+def certified_figures(curves: Sequence[tuple[str, CertReport]], stem: str) -> dict[str, bytes]:
+    """:func:`certified_curves` per norm: ``{stem}-{norm}.png`` (an l2 smoothing radius and an linf
+    IBP radius are different quantities)."""
+    out: dict[str, bytes] = {}
+    for norm in dict.fromkeys(c.norm for _, c in curves):
+        out[f"{stem}-{norm}.png"] = certified_curves([(name, c) for name, c in curves if c.norm == norm])
+    return out
 
 
 def _correct(m: ModelReport) -> np.ndarray:
@@ -261,8 +273,7 @@ def model_figures(m: ModelReport, prefix: str) -> dict[str, bytes]:
         out[f"{prefix}-{t.norm}-eps.png"] = eps_curve(t, m.clean, f"{m.name}: robust accuracy vs eps ({t.norm})")
         out[f"{prefix}-{t.norm}-distances.png"] = distance_histogram(m, t)
         out[f"{prefix}-{t.norm}-intervals.png"] = robustness_intervals(m, t)
-    if m.certificates:
-        out[f"{prefix}-certified.png"] = certified_curves([(c.label, c) for c in m.certificates])
+    out.update(certified_figures([(c.label, c) for c in m.certificates], f"{prefix}-certified"))
     for kind in ("least-robust", "most-robust"):
         ex = [e for e in m.exemplars if e.kind == kind]
         if ex:
@@ -283,7 +294,7 @@ def render(report: Report) -> dict[str, bytes]:
             out[f"compare-{norm}.png"] = compare_curves(report.models, norm)
         certs = [(f"{m.name}: {c.label}", c) for m in report.models for c in m.certificates]
         if len(certs) > 1:
-            out["compare-certified.png"] = certified_curves(certs)
+            out.update(certified_figures(certs, "compare-certified"))
     for tm in report.transfer:
         out[f"transfer-{tm.norm}-{tm.eps:g}.png"] = transfer_heatmap(tm)
     for i, m in enumerate(report.models):
