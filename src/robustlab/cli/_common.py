@@ -15,8 +15,9 @@ from typing import Any, Optional
 
 from robustlab.cli.evaluate import parse_floats
 
-MODEL_HELP = ("a saved robustlab model (folder or .safetensors), a TorchScript (.pt) or ONNX (.onnx) file, or your "
-              "own factory 'package.module:attr' / 'path/to/file.py:attr' returning an nn.Module (with --weights)")
+MODEL_HELP = ("a saved robustlab model (folder or .safetensors), catalog:NAME (robustlab models list), a TorchScript "
+              "(.pt) or ONNX (.onnx) file, or your own factory 'package.module:attr' / 'path/to/file.py:attr' returning "
+              "an nn.Module (with --weights)")
 
 
 def parse_model_option(text: str) -> tuple[str, Any]:
