@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Certify a model with randomized smoothing (Cohen, Rosenfeld, Kolter 2019): print certified "
                     "accuracy per L2 radius and write per-image results as JSON.",
     )
-    from robustlab.cli._common import add_model_args
+    from robustlab.cli._common import add_memory_arg, add_model_args
 
     add_model_args(p)  # a saved robustlab model (trained with Gaussian noise) or your own
     p.add_argument("--sigma", type=float, default=None,
@@ -57,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--root", default=None, help="dataset folder")
     p.add_argument("--n-images", type=int, default=100, help="certify the first N images (default 100)")
     p.add_argument("--batch-size", type=int, default=1000, help="(image, noise) rows per forward pass")
+    add_memory_arg(p)
     p.add_argument("--chunk", type=int, default=100, help="images per certify call (progress granularity)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default cpu)")
@@ -82,7 +83,8 @@ def _run(args: argparse.Namespace, info) -> int:
     from tqdm.auto import tqdm
 
     from robustlab import data
-    from robustlab.cli._common import check_model_data, check_out_file, dataset_name, load_model, resolve_device
+    from robustlab.cli._common import (check_model_data, check_out_file, dataset_name, fit_batch, load_model,
+                                       resolve_device)
     from robustlab.cli.evaluate import model_label
     from robustlab._io import atomic_write_text
     from robustlab.certificates import Certificate, certified_accuracy
@@ -111,6 +113,7 @@ def _run(args: argparse.Namespace, info) -> int:
     name = dataset_name(args, model)
     images = data.load(name, args.split, args.root)
     check_model_data(model, images, device)
+    args.batch_size = fit_batch(args, model, images.shape, device, grad=False)  # (image, noise) rows that fit
     images = images.subset(min(args.n_images, len(images.labels)))
     x_all, y = images.images, images.labels
     if method == "pixeldp":

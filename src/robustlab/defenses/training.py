@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from robustlab.attacks.base import eval_mode
 from robustlab.defenses import preflight
+from robustlab.defenses.augment import augment
 from robustlab.defenses.base import Adversary
 from robustlab.defenses.checkpointing import (  # noqa: F401  (re-exported: the checkpoint API's old home)
     BEST,
@@ -258,6 +259,8 @@ def run_epoch(model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, im
             idx = idx.to(images.device)
             x = images[idx].to(device, non_blocking=True)
             y = labels[idx].to(device, non_blocking=True)
+            if cfg.augment is not None:
+                x = augment(x, cfg.augment, gen)
             if cfg.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             step_lr = lr * lr_factor(cfg.schedule, epoch * steps_per_epoch + i, total_steps)
@@ -384,7 +387,7 @@ def train(
     Args:
         config: the settings (:class:`~robustlab.defenses.config.TrainConfig`: adversary,
             epochs, batch_size, optimizer, lr, momentum, weight_decay, schedule, select_best,
-            seed, eps_warmup_epochs, progress, device, amp, channels_last, sync_batchnorm).
+            seed, eps_warmup_epochs, progress, device, amp, channels_last, sync_batchnorm, augment).
         **settings: the same settings as keywords (``train(model, data, epochs=5, adversary=...)``),
             used when ``config`` is None; giving both is an error.
         val_data: evaluated after every epoch (clean accuracy) and passed to ``evaluate_fn``.

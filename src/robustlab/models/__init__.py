@@ -10,7 +10,13 @@ mean=..., std=...)`` builds a network with your factory and loads a safetensors 
 ``torch.save`` state dict; TorchScript files too, ONNX with the optional ``onnx`` extra.
 
 Architectures (:func:`architectures`): ``mlp``, ``cnn`` (Madry et al.'s MNIST CNN), ``small-cnn``
-(Wong & Kolter's small CPU network), ``resnet18`` (CIFAR-style); any input size and channel count.
+(Wong & Kolter's small CPU network), ``resnet18`` (CIFAR-style) and ``resnet18-imagenet`` (the
+ImageNet stem), ``preact-resnet18``, ``wrn-28-10`` and ``wrn-34-10`` (the adversarial-training
+papers' CIFAR-10 networks), ``resnet2b`` / ``resnet4b`` (VNN-COMP 2021); any input size and
+channel count.
+
+Models trained elsewhere (:mod:`robustlab.models.catalog`): ``robustlab models list`` names
+them, ``catalog:NAME`` loads one wherever a model path is taken (fetched and SHA-256 checked).
 """
 
 from __future__ import annotations

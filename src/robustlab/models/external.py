@@ -320,6 +320,7 @@ def load_external(
 ) -> nn.Module:
     """Any model a user points at, by what ``model`` is:
 
+    - ``"catalog:NAME"``: a model of :mod:`robustlab.models.catalog` (fetched on first use);
     - a saved robustlab model (folder or ``.safetensors`` with robustlab metadata): :func:`load`;
     - ``"package.module:attr"`` / ``"path/to/file.py:attr"``: :func:`from_factory` (with ``weights``);
     - a ``.onnx`` file: :func:`load_onnx`; any other file: :func:`load_torchscript`.
@@ -327,6 +328,13 @@ def load_external(
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a path or a 'module:attr' string, got {type(model).__name__}")
     spec = str(model)
+    if spec.startswith("catalog:"):  # a catalogue model (robustlab.models.catalog): weights and normalisation pinned
+        from robustlab.models import catalog
+
+        if weights is not None or mean is not None or std is not None or kwargs:
+            raise ValueError(f"{spec} is a catalogue model with its own weights and normalisation; drop "
+                             "--weights / --mean / --std / --model-option")
+        return catalog.load(spec, map_location=map_location)
     if looks_like_factory(spec):
         return from_factory(spec, weights=weights, mean=mean, std=std, kwargs=kwargs, strict=strict,
                             map_location=map_location)

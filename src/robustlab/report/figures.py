@@ -221,11 +221,17 @@ def transfer_heatmap(tm: TransferMatrix) -> bytes:
         return _png(fig)
 
 
+#: Images up to this side are drawn with visible pixels; larger ones (ImageNet's 224, 512) are
+#: drawn antialiased in wider columns, so a grid stays readable at any input size.
+SMALL_SIDE = 64
+
+
 def _show(ax, img: np.ndarray, cmap: Optional[str] = "gray", vmin: float = 0.0, vmax: float = 1.0) -> None:
+    interp = "nearest" if max(img.shape[1:]) <= SMALL_SIDE else "antialiased"
     if img.shape[0] == 1:
-        ax.imshow(img[0], cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+        ax.imshow(img[0], cmap=cmap, vmin=vmin, vmax=vmax, interpolation=interp)
     else:
-        ax.imshow(np.clip(img.transpose(1, 2, 0), 0, 1), interpolation="nearest")
+        ax.imshow(np.clip(img.transpose(1, 2, 0), 0, 1), interpolation=interp)
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():
@@ -236,9 +242,16 @@ def exemplar_grid(exemplars: Sequence[Exemplar], classes: Sequence[str], title: 
     """One column per image: clean (label, prediction, confidence) | adversarial (prediction,
     confidence; red when fooled) | perturbation (scaled to its own maximum; red +, blue -)."""
     n = max(len(exemplars), 1)
-    name = lambda k: classes[k] if 0 <= k < len(classes) else str(k)  # noqa: E731
+    side = max((max(ex.image.shape[1:]) for ex in exemplars), default=0)
+    col = 1.12 if side <= SMALL_SIDE else 1.9  # inches per column: about 210 pixels for a large image at DPI 110
+
+    def name(k: int) -> str:  # a class name short enough for a column: its first synonym, at most 18 characters
+        full = classes[k] if 0 <= k < len(classes) else str(k)
+        short = full.split(", ")[0]
+        return short if len(short) <= 18 else short[:17] + "…"
+
     with plt.rc_context({**RC, "axes.grid": False}):
-        fig, axes = plt.subplots(3, n, figsize=(0.35 + 1.12 * n, 3.95), squeeze=False)
+        fig, axes = plt.subplots(3, n, figsize=(0.35 + col * n, 3.95 * col / 1.12), squeeze=False)
         for j, ex in enumerate(exemplars):
             x = ex.image.decode().numpy()
             xa = ex.adversarial.decode().numpy()
