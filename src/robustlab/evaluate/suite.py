@@ -62,6 +62,9 @@ from robustlab.threat import NORMS, ThreatModel
 #: Default eps grids per norm for images in [0, 1]: MNIST-scale, and CIFAR-scale (Croce et al. 2021).
 DEFAULT_EPS = {"linf": (0.1, 0.2, 0.3), "l2": (0.5, 1.0, 2.0), "l1": (5.0, 10.0, 15.0), "l0": (5.0, 10.0, 20.0)}
 CIFAR_EPS = {"linf": (2 / 255, 4 / 255, 8 / 255), "l2": (0.25, 0.5, 1.0), "l1": (4.0, 8.0, 12.0), "l0": (5.0, 10.0, 20.0)}
+#: ImageNet-scale (RobustBench's ImageNet linf threat is 4/255; l2 3.0 as in Engstrom et al.'s robustness library).
+IMAGENET_EPS = {"linf": (1 / 255, 2 / 255, 4 / 255), "l2": (0.5, 1.0, 3.0), "l1": (16.0, 32.0, 64.0),
+                "l0": (10.0, 20.0, 50.0)}
 
 
 def unbounded_eps(norm: str, shape: Sequence[int]) -> float:
@@ -72,9 +75,11 @@ def unbounded_eps(norm: str, shape: Sequence[int]) -> float:
 
 
 def default_eps(norm: str, dataset: Optional[str] = None) -> tuple[float, ...]:
-    """The default eps grid of ``norm`` for ``dataset`` (CIFAR-scale for cifar10, else MNIST-scale)."""
+    """The default eps grid of ``norm`` for ``dataset``: ImageNet-scale for names with "imagenet",
+    CIFAR-scale for "cifar", else MNIST-scale."""
     norm = ThreatModel(norm, 0.0).norm
-    table = CIFAR_EPS if dataset is not None and "cifar" in str(dataset).lower() else DEFAULT_EPS
+    name = str(dataset).lower() if dataset is not None else ""
+    table = IMAGENET_EPS if "imagenet" in name else CIFAR_EPS if "cifar" in name else DEFAULT_EPS
     return table[norm]
 
 

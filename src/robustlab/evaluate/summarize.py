@@ -212,6 +212,22 @@ def _cert_reports(suite: "Suite", records: "Records") -> list[tuple[Any, CertRep
     return out
 
 
+#: The report keeps exemplar images no larger than this on their longer side (a 512x512 pair is 2 MB of
+#: float16 base64 in report.json; the page shows them at a few hundred pixels anyway).
+EXEMPLAR_MAX_SIDE = 256
+
+
+def _for_display(img: torch.Tensor) -> torch.Tensor:
+    """``img`` (C, H, W), area-downsampled to :data:`EXEMPLAR_MAX_SIDE` on its longer side if larger.
+    Only the picture shrinks: the distances and predictions shown with it are the full-size image's."""
+    h, w = int(img.shape[-2]), int(img.shape[-1])
+    if max(h, w) <= EXEMPLAR_MAX_SIDE:
+        return img
+    scale = EXEMPLAR_MAX_SIDE / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return torch.nn.functional.interpolate(img[None].float(), size=size, mode="area")[0].clamp(0, 1)
+
+
 def _exemplars(records: "Records", suite: "Suite", sources: Sequence[str], k: int) -> list[Exemplar]:
     ex = records.exemplars
     out = []
@@ -230,7 +246,7 @@ def _exemplars(records: "Records", suite: "Suite", sources: Sequence[str], k: in
                 success=bool(g["success"]), distance=_round(max(float(g["dist"]), 0.0)),
                 clean_pred=int(g["clean_pred"]), clean_conf=_round(float(g["clean_conf"]), 4),
                 adv_pred=int(g["adv_pred"]), adv_conf=_round(float(g["adv_conf"]), 4),
-                image=EncodedImage.encode(g["x"]), adversarial=EncodedImage.encode(g["adv"]),
+                image=EncodedImage.encode(_for_display(g["x"])), adversarial=EncodedImage.encode(_for_display(g["adv"])),
             ))
     return out
 
