@@ -19,18 +19,18 @@ import robustlab as rl
 from robustlab.evaluate import checks
 from robustlab.losses import cross_entropy
 
-from .conftest import Annulus, Jittery, Noisy, Scaled, Shattered
+from masked_models import Annulus, Jittery, Noisy, Scaled, Shattered
 
 EPS = (0.05, 0.1, 0.2)
 N = 24
 
 
-def _standard(**kw) -> rl.evaluate.Suite:
-    return dataclasses.replace(rl.evaluate.preset("standard", eps=EPS), exemplars=0, **kw)
+def _standard(eps=EPS, **kw) -> rl.evaluate.Suite:
+    return dataclasses.replace(rl.evaluate.preset("standard", eps=eps), exemplars=0, **kw)
 
 
-def _run(model, data, n: int = N, **kw):
-    return rl.evaluate.run(model.eval(), data, _standard(**kw), n=n, progress=False).models[0]
+def _run(model, data, n: int = N, eps=EPS, **kw):
+    return rl.evaluate.run(model.eval(), data, _standard(eps, **kw), n=n, progress=False).models[0]
 
 
 def _findings(m) -> dict:
@@ -44,9 +44,13 @@ def honest_standard(digits_model, digits_test):
 
 @pytest.fixture(scope="module")
 def shattered_standard(digits_model, digits_test):
-    return _run(Shattered(digits_model), digits_test, transfer={"honest": digits_model}, transfer_eps=(0.1,))
+    # The probes (standard x2 above all) on 8 images only: the black-box and transfer checks read the records
+    # of all 16, and the probes' own checks are not what this model is built to fool.
+    return _run(Shattered(digits_model), digits_test, n=16, eps=(0.1, 0.2), transfer={"honest": digits_model},
+                transfer_eps=(0.1,), checks=rl.evaluate.Checks(n=8, path_steps=8))
 
 
+@pytest.mark.slow
 def test_the_honest_model_passes_every_check_on_standard(honest_standard):
     m = honest_standard
     f = _findings(m)
@@ -63,20 +67,26 @@ def test_the_honest_model_passes_every_check_on_standard(honest_standard):
     assert m.verdict.uninformative == []
 
 
-def test_a_shattered_gradient_is_caught_by_the_black_box_check(shattered_standard, honest_standard):
+def test_a_shattered_gradient_is_caught_by_the_black_box_check(shattered_standard):
     m = shattered_standard
     f = _findings(m)
     assert not m.verdict.trusted and "noise-vs-attack" in m.verdict.warnings, m.verdict.summary
     bb = f["noise-vs-attack"]
     assert bb.status == "warn" and "standard: Square" in bb.evidence and "(images " in bb.evidence, bb.evidence
+    assert m.threats[0].black_box_members == ["standard: Square"]
     # The white-box row leaves Square out: the gradient members alone leave images robust that the
     # worst case (with Square) breaks.
     assert any(row.white_box.value > row.worst_case.value for row in m.threats[0].rows)
-    assert all(row.white_box.value == row.worst_case.value for row in honest_standard.threats[0].rows)
     # Transfer from the honest model beats the gradient attacks too.
     assert f["transfer-vs-white-box"].status == "warn", f["transfer-vs-white-box"].evidence
 
 
+@pytest.mark.slow
+def test_the_white_box_row_of_an_honest_model_is_its_worst_case(honest_standard):
+    assert all(row.white_box.value == row.worst_case.value for row in honest_standard.threats[0].rows)
+
+
+@pytest.mark.slow
 def test_a_model_robust_only_to_large_perturbations_fails_monotone(digits_model, digits_test):
     m = _run(Annulus(digits_model, digits_test.images[:N]), digits_test)
     f = _findings(m)
@@ -84,6 +94,20 @@ def test_a_model_robust_only_to_large_perturbations_fails_monotone(digits_model,
     assert "monotone-eps" in m.verdict.warnings
 
 
+@pytest.mark.slow
+def test_more_steps_catches_an_unconverged_standard(digits_model, digits_test):
+    # In l1, `standard` has no Square (linf and l2 only): against a shattered gradient its gradient members
+    # are a random search, and twice the steps and restarts (standard x2) break images it left robust.
+    l1 = dataclasses.replace(rl.evaluate.preset("standard", norm="l1", eps=(1.0, 2.0, 4.0)), exemplars=0)
+    shattered = rl.evaluate.run(Shattered(digits_model).eval(), digits_test, l1, n=32, progress=False).models[0]
+    f = _findings(shattered)["more-steps"]
+    assert f.status == "warn" and f.values["probe"] == "standard x2" and f.values["newly_broken"] >= 3, f.evidence
+    honest = rl.evaluate.run(digits_model, digits_test, l1, n=32, progress=False).models[0]
+    g = _findings(honest)["more-steps"]
+    assert g.status == "pass" and g.values["newly_broken"] <= 1, g.evidence
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("masked, warned", [("saturated", {"zero-gradients", "unbounded"}),
                                             ("quantized", {"zero-gradients", "loss-path"}),
                                             ("misleading", {"single-step"})])
@@ -94,6 +118,13 @@ def test_masked_models_warn_on_standard(masked, warned, request, digits_test):
     assert {name for name in warned if f[name].status == "warn"} == warned, {n: f[n].evidence for n in warned}
 
 
+# The loss path and determinism probes do not depend on the suite's attacks (only the traced eps does),
+# so these run with the cheap `quick` suite; the slow tests above run them on `standard` too.
+def _quick(model, data, n: int):
+    suite = dataclasses.replace(rl.evaluate.preset("quick", eps=EPS), exemplars=0)
+    return rl.evaluate.run(model.eval(), data, suite, n=n, progress=False).models[0]
+
+
 def test_the_loss_path_of_a_confident_honest_model_rises(digits_model, digits_test):
     # Logit gaps of hundreds: the float32 cross-entropy is exactly 0 at the clean images (and its trace
     # would be flat) while the gradient is not; the CW margin rises along the path.
@@ -101,15 +132,15 @@ def test_the_loss_path_of_a_confident_honest_model_rises(digits_model, digits_te
     x, y = digits_test.images[:16], digits_test.labels[:16]
     with torch.no_grad():
         assert float((cross_entropy(confident(x), y) == 0).float().mean()) > 0.5
-    m = _run(confident, digits_test, n=16)
+    m = _quick(confident, digits_test, n=16)
     f = _findings(m)["loss-path"]
     assert f.status == "pass" and "CW margin" in f.evidence, f.evidence
 
 
 def test_determinism_is_judged_relative_to_the_logits(digits_model, digits_test):
-    jittery = _findings(_run(Jittery(digits_model), digits_test, n=8))["deterministic"]
+    jittery = _findings(_quick(Jittery(digits_model), digits_test, n=8))["deterministic"]
     assert jittery.status == "pass" and jittery.values["max_abs_diff"] > 1e-4, jittery.evidence  # absolute 1e-4 failed
-    noisy = _findings(_run(Noisy(digits_model), digits_test, n=8))["deterministic"]
+    noisy = _findings(_quick(Noisy(digits_model), digits_test, n=8))["deterministic"]
     assert noisy.status == "warn", noisy.evidence
 
 
@@ -129,7 +160,8 @@ def test_a_check_that_cannot_fire_is_listed_not_counted(digits_model, digits_tes
     assert f"All {n_informative} informative" in m.verdict.summary
 
 
-@pytest.mark.parametrize("attack, norm, eps", [("standard", "linf", (0.1, 0.2)), ("square", "linf", (0.1, 0.2)),
+@pytest.mark.parametrize("attack, norm, eps", [pytest.param("standard", "linf", (0.1, 0.2), marks=pytest.mark.slow),
+                                               ("square", "linf", (0.1, 0.2)),
                                                ("nattack", "linf", (0.1, 0.2)), ("onepixel", "l0", (2.0, 4.0))])
 def test_any_registry_attack_can_be_the_check_attack(attack, norm, eps, digits_model, digits_test):
     suite = rl.evaluate.Suite("t", (rl.evaluate.Threat(norm, eps),), ("fgsm", "pgd") if norm != "l0" else ("pgd",),
