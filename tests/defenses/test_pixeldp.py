@@ -408,3 +408,35 @@ def test_malformed_pixeldp_record_names_the_field(field, value):
         check_recorded({"pixeldp": [1, 2]}, {})
     with pytest.raises(ValueError, match="invalid construction"):
         check_recorded({"pixeldp": {**record, field: 1.0 if field != "norm" else "l2", "eps": 3.0}}, {})
+
+
+def test_pixeldp_noise_trains_through_the_distributed_route(monkeypatch, digits_train):
+    # Under torchrun the loop hands the adversary its RouteDDP: the noise hook must sit on the bare
+    # model's layer and the pass go through DDP (whose reducer then all-reduces the gradients).
+    import socket
+
+    from robustlab import distributed
+    from robustlab.defenses.parallel import wrap_ddp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    torch.distributed.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        model = rl.models.create("mlp", digits_train, seed=0)
+        x, y = digits_train.images[:16], digits_train.labels[:16]
+        adv = PixelDPNoise(1.0, 0.05, 0.1)
+        plain = adv.loss(model.train(), x, y, generator=torch.Generator().manual_seed(1))
+        (g_plain,) = torch.autograd.grad(plain, [model.net[1].weight])
+        model, route = wrap_ddp(model, torch.device("cpu"))
+        route.train()
+        loss = adv.loss(route, x, y, generator=torch.Generator().manual_seed(1))
+        loss.backward()
+        assert loss.item() == pytest.approx(plain.item(), rel=1e-6)
+        torch.testing.assert_close(model.net[1].weight.grad, g_plain, rtol=1e-5, atol=1e-7)
+        assert not model.net[1]._forward_hooks
+        route.close()
+    finally:
+        distributed.cleanup()
