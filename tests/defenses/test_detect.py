@@ -131,7 +131,7 @@ def test_knn_feature_attack_evades_where_the_fixed_neighbour_surrogate_does_not(
     # targeted: the neighbours and the model agree on the target
     target = (y + 1) % 10
     hit = KNNFeaturePGD(tm, det, steps=20).attack(digits_model, x[:20], y[:20], target=target[:20])
-    with torch.no_grad():
+    with torch.no_grad(), rl.attacks.eval_mode(digits_model):  # the session's model: whatever mode others left
         assert torch.equal(hit.success, digits_model(hit.x_adv).argmax(1) == target[:20])
     assert float(hit.info["evaded"].float().mean()) >= 0.5
     assert bool((hit.info["target_class"][hit.clean_correct] == target[:20][hit.clean_correct]).all())
