@@ -15,6 +15,7 @@ from robustlab.verify.instances import (  # noqa: E402
     read_instances,
     result_text,
     run_instance,
+    run_instances,
 )
 from robustlab.verify.methods import PROPERTY_METHODS, PropertyResult, property_bounds  # noqa: E402
 from robustlab.verify.spec import Property  # noqa: E402
@@ -169,3 +170,19 @@ def test_instances_file_is_read_strictly(tmp_path, tiny) -> None:
     csv.write_text(f"{net},missing.vnnlib,3\n")
     with pytest.raises(FileNotFoundError, match=r":1: the property .*missing.vnnlib"):
         read_instances(csv)
+
+
+def test_a_network_that_cannot_be_verified_does_not_stop_the_run(tiny, tmp_path) -> None:
+    from onnx import TensorProto, helper, save
+
+    folder, _, props = tiny
+    graph = helper.make_graph([helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Erf", ["f"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 3, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 9])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    save(model, str(tmp_path / "erf.onnx"))
+    rows = [Instance(tmp_path / "erf.onnx", props[0.05], 10.0, 0), Instance(folder / "net.onnx", props[0.05], 10.0, 1)]
+    summary = run_instances(rows, tmp_path / "out", progress=False)
+    bad, good = summary["records"]
+    assert bad["status"] == "unknown" and "'Erf'" in bad["error"] and good["status"] == "unsat"

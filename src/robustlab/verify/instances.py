@@ -251,9 +251,10 @@ def result_text(record: dict) -> str:
     return "sat\n(" + "\n ".join(lines) + ")\n"
 
 
-def _config(inst: Instance, loaded: LoadedNetwork, method: str, seed: int, timeout_scale: float) -> str:
+def _config(inst: Instance, loaded: "LoadedNetwork | Exception", method: str, seed: int, timeout_scale: float) -> str:
+    network = loaded.sha256 if isinstance(loaded, LoadedNetwork) else _sha256(inst.network)
     blob = {"format": FORMAT, "version": FORMAT_VERSION, "method": method, "seed": seed,
-            "timeout": inst.timeout * timeout_scale, "network": loaded.sha256, "property": _sha256(inst.property)}
+            "timeout": inst.timeout * timeout_scale, "network": network, "property": _sha256(inst.property)}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
 
@@ -287,21 +288,24 @@ def run_instances(instances: Sequence[Instance], out: PathLike, *, method: str =
     if not resume:
         for f in list(folder.glob("*.json")) + list(folder.glob("*.txt")):
             f.unlink()
-    networks: dict[Path, LoadedNetwork] = {}
+    networks: dict[Path, "LoadedNetwork | Exception"] = {}
     records: list[dict] = []
     counts = {s: 0 for s in STATUSES}
     bar = tqdm(total=len(instances), unit="instance", desc=f"verify {method}", disable=not progress)
     reused = 0
     for inst in instances:
         if inst.network not in networks:
-            networks[inst.network] = load_network(inst.network, device)
+            try:
+                networks[inst.network] = load_network(inst.network, device)
+            except (ValueError, TypeError) as exc:  # not convertible or not traceable: every instance says so
+                log.error("%s: %s", inst.network, exc)
+                networks[inst.network] = exc
         loaded = networks[inst.network]
         tag = _config(inst, loaded, method, seed, timeout_scale)
         path = folder / f"{inst.key}.json"
         record = _reuse(path, tag) if resume else None
         if record is None:
-            record = run_instance(inst, loaded, method=method, seed=seed, timeout_scale=timeout_scale, check=check,
-                                  methods=table)
+            record = _run_or_fail(inst, loaded, method, seed, timeout_scale, check, table)
             record["config"] = tag
             atomic_write_text(folder / f"{inst.key}.txt", result_text(record))
             atomic_write_text(path, json.dumps(record) + "\n")
@@ -315,10 +319,29 @@ def run_instances(instances: Sequence[Instance], out: PathLike, *, method: str =
     if reused:
         log.info("resumed: kept %d finished instance(s) of %d", reused, len(instances))
     settings = {"method": method, "seed": seed, "timeout_scale": timeout_scale, "device": str(device),
-                "load_seconds": {p.name: n.seconds for p, n in networks.items()}}
+                "load_seconds": {p.name: n.seconds for p, n in networks.items() if isinstance(n, LoadedNetwork)}}
     summary = _summary(records, settings)
     atomic_write_text(Path(out) / "summary.json", json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def _run_or_fail(inst: Instance, loaded: "LoadedNetwork | Exception", method: str, seed: int, timeout_scale: float,
+                 check: bool, table: dict) -> dict:
+    """:func:`run_instance`, or an ``unknown`` record naming the error that stopped it (a benchmark
+    run goes on; the error is logged with its traceback)."""
+    if isinstance(loaded, LoadedNetwork):
+        try:
+            return run_instance(inst, loaded, method=method, seed=seed, timeout_scale=timeout_scale, check=check,
+                                methods=table)
+        except Exception as exc:  # noqa: BLE001 - one instance's failure is recorded, the others still run
+            log.exception("instance %s failed", inst.key)
+            error = f"{type(exc).__name__}: {exc}"
+    else:
+        error = f"the network cannot be verified: {loaded}"
+    return {"index": inst.index, "network": str(inst.network), "property": str(inst.property),
+            "timeout": inst.timeout * timeout_scale, "method": method, "seed": seed, "status": "unknown",
+            "seconds": 0.0, "domains": 0, "labels": [], "boxes": 0, "info": [], "unsound": False,
+            "warnings": [error], "error": error, "check_seconds": 0.0}
 
 
 def _reuse(path: Path, tag: str) -> Optional[dict]:
@@ -334,4 +357,4 @@ def _reuse(path: Path, tag: str) -> Optional[dict]:
     if not isinstance(record, dict) or record.get("config") != tag or record.get("status") not in STATUSES:
         log.warning("%s was written by another configuration; recomputing it", path)
         return None
-    return record
+    return None if record.get("error") else record  # a failed instance is tried again

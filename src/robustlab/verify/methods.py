@@ -41,6 +41,8 @@ from robustlab.verify.spec import Property, stack_rows
 __all__ = ["PROPERTY_METHODS", "PropertyResult", "property_bounds"]
 
 STATUSES = ("unsat", "sat", "timeout", "unknown")
+SEARCH = {"restarts": 32, "steps": 100}  # APGD before the bounds: random starts (one batch), steps
+LONG_SEARCH = {"restarts": 64, "steps": 200}  # after inconclusive bounds, when the time allows it
 
 
 @dataclass
@@ -94,7 +96,7 @@ def _bounded(net: Network) -> bool:
 def _search_and_bound(net: Network, prop: Property, bound: str, timeout: float, seed: int, t0: float
                       ) -> tuple[Optional[PropertyResult], Tensor]:
     """The first search and the bounds: a final result, or None and the excluded groups."""
-    x = falsify(net, prop, seed=seed)
+    x = falsify(net, prop, seed=seed, restarts=SEARCH["restarts"], steps=SEARCH["steps"])
     if x is not None:
         return _sat(net, x, t0, found_by="apgd"), torch.zeros(0, dtype=torch.bool)
     if not _bounded(net):
@@ -111,8 +113,10 @@ def _bound_method(bound: str) -> Callable[..., PropertyResult]:
         done, _ = _search_and_bound(net, prop, bound, timeout, seed, t0)
         if done is not None:
             return done
-        if time.perf_counter() - t0 < timeout:
-            x = falsify(net, prop, seed=seed + 1, restarts=64, steps=200)
+        spent = time.perf_counter() - t0
+        factor = LONG_SEARCH["restarts"] * LONG_SEARCH["steps"] / (SEARCH["restarts"] * SEARCH["steps"])
+        if spent * (1 + factor) < timeout:  # the longer search costs about ``factor`` first searches
+            x = falsify(net, prop, seed=seed + 1, **LONG_SEARCH)
             if x is not None:
                 return _sat(net, x, t0, found_by="apgd")
         status = "timeout" if time.perf_counter() - t0 >= timeout else "unknown"
