@@ -50,7 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eps", type=float, default=None, help="radius to verify, in [0, 1] pixel units (with --model)")
     p.add_argument("--method", default=None,
                    help=f"with --model: a bound method, one of {', '.join(METHODS)} (default crown); with --onnx or "
-                        "--instances: one of the property methods (default milp; see robustlab.verify.methods)")
+                        "--instances: a method of robustlab.verify.methods.PROPERTY_METHODS: ibp, crown, alpha-crown, "
+                        "lp (a search, then bounds: incomplete) or milp (complete; the default)")
     p.add_argument("--norm", default="linf", choices=("linf", "l2", "l1"), help="threat model norm (default linf)")
     p.add_argument("--n", "--n-images", dest="n", type=int, default=1000,
                    help="verify the first N test images (default 1000; --n-images under torchrun)")

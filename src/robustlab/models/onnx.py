@@ -10,13 +10,15 @@ Weights become standard torch layers where the operator is one (Gemm/MatMul with
 pools, ReLU, Flatten), so :func:`robustlab.verify.network.trace` reads the module like any
 robustlab network (residual ``Add`` nodes included).
 
-Operators (default domain, opsets 1 to 21 where the semantics are the ones listed): Gemm,
-MatMul, Add, Sub, Mul, Div, Relu, LeakyRelu, Sigmoid, Tanh, Softmax, LogSoftmax, Conv,
-BatchNormalization, MaxPool, AveragePool, GlobalAveragePool, Flatten, Reshape, Transpose, Concat,
-Constant, Identity, Dropout (inference: the identity), Squeeze, Unsqueeze, Pad (constant,
-reflect, edge, wrap), and the shape arithmetic exporters emit around them: Shape, Gather, Cast,
-Slice. Anything else, and any attribute the converter does not know, is one ``ValueError``
-naming the node, its operator and the attribute.
+Operators (default domain): Gemm, MatMul, Add, Sub, Mul, Div, Relu, LeakyRelu, Sigmoid, Tanh,
+Softmax, LogSoftmax, Conv, BatchNormalization, MaxPool, AveragePool, GlobalAveragePool, Flatten,
+Reshape, Transpose, Concat, Constant, Identity, Dropout (inference: the identity), Squeeze,
+Unsqueeze, Pad (constant, reflect, edge, wrap), and the shape arithmetic exporters emit around
+them: Shape, Gather, Cast, Slice. Where an operator changed between operator sets (attributes
+that became inputs in Squeeze/Unsqueeze/Reshape/Pad/Slice/Dropout, Softmax's axis before opset 13,
+the legacy broadcasting of arithmetic before opset 7) both forms are read. Anything else, and
+any attribute the converter does not know, is one ``ValueError`` naming the node, its operator
+and the attribute.
 
 Input shape. The module takes the batch along axis 0 and one sample in the ONNX input's declared
 shape without its first (batch) axis, ``OnnxGraph.input_shape``; any input with that many values
@@ -39,10 +41,9 @@ module's precision, so ``model.double()`` computes in float64 throughout.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +51,6 @@ from torch import Tensor, nn
 
 __all__ = ["OnnxGraph", "SUPPORTED_OPERATORS", "convert"]
 
-PathLike = Union[str, "os.PathLike[str]"]
 _FLOAT_TYPES = {1: torch.float32, 10: torch.float16, 11: torch.float64, 16: torch.bfloat16}
 
 
@@ -357,10 +357,6 @@ class Gemm(nn.Module):
 # The converter
 
 
-class _Unsupported(ValueError):
-    pass
-
-
 @dataclass
 class _Node:
     """One ONNX node as the builders see it."""
@@ -565,7 +561,7 @@ def _b_gemm(node: _Node, ctx: _Context) -> _Built:
         out = weight.shape[0]
         bias = None
         if c is not None:
-            if c.numel() not in (1, out) or (c.dim() == 2 and c.shape[-1] != out and c.numel() != 1):
+            if not (c.numel() == 1 or (c.numel() == out and c.shape[-1] == out)):  # C not a per-sample bias
                 return _Built(Gemm(alpha, beta, ta, tb), [n for n in node.inputs if n])
             bias = (beta * c.reshape(-1)).expand(out)
         lin = nn.Linear(weight.shape[1], out, bias=bias is not None)
@@ -756,6 +752,7 @@ def _b_gather(node: _Node, ctx: _Context) -> _Built:
 
 def _b_cast(node: _Node, ctx: _Context) -> _Built:
     node.known("to", "saturate")
+    import numpy as np
     import onnx
 
     to = int(node.attrs["to"])
@@ -763,7 +760,7 @@ def _b_cast(node: _Node, ctx: _Context) -> _Built:
         return _Built(Cast(_FLOAT_TYPES[to]), [node.inputs[0]])
     try:
         np_type = onnx.helper.tensor_dtype_to_np_dtype(to)
-        dtype = torch.from_numpy(__import__("numpy").zeros(0, dtype=np_type)).dtype
+        dtype = torch.from_numpy(np.zeros(0, dtype=np_type)).dtype
     except (KeyError, TypeError, ValueError):
         raise node.fail(f"cast to ONNX type {to} is not supported") from None
     return _Built(Cast(dtype), [node.inputs[0]])

@@ -16,6 +16,17 @@ only), ``[h; s] -> h + s`` (:class:`JoinOp`), ReLU. The chain computes exactly t
 function, so every bound method (IBP, CROWN, alpha-CROWN, LP) and the MILP read it unchanged; a
 block subclass with its own ``forward`` is refused.
 
+ONNX networks converted by :func:`robustlab.models.onnx.convert` (:class:`~robustlab.models.onnx.OnnxGraph`)
+are walked node by node in the same form, generalised to any number of branches: the state is the
+list of live values side by side (*lanes*); a value read by several nodes is copied into one lane
+per reader and ``Add``/``Sub``/``Concat`` of two computed values merge lanes (:class:`RouteOp`),
+affine nodes of different lanes run side by side (:class:`ParallelOp`, of which
+:class:`ResidualOp` is the two-path case), and a ReLU of one lane is a :class:`ReLUOp` masked to
+it. Reshape/Flatten/Squeeze/Unsqueeze (:class:`ReshapeOp`), Transpose (:class:`PermuteOp`),
+constant Pad (:class:`PadOp`) and arithmetic with constants (:class:`ScaleOp`) are affine; a node
+that mixes the batch axis, multiplies two computed values or is not one of these is refused by
+name. The walk is checked against the graph on a batch of two random inputs.
+
 Max-pooling is rewritten exactly with ReLUs, ``max(a, b) = b + relu(a - b)``, a tree of pairwise
 maxima over each window; the pass-through ``b`` is a coordinate the partial ReLU leaves alone, so
 the relaxation of the pass-through is exact and the bounds stay sound.
