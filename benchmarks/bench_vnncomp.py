@@ -179,7 +179,7 @@ def main() -> int:
                             args.out, args.seed, args.resume)
         report.setdefault("instances", {})
         for bench, summary in results.items():
-            report["instances"][f"{bench}/{args.method}/x{args.timeout_scale:g}"] = summary
+            report["instances"][f"{bench}/{args.method}/x{args.timeout_scale:g}/{args.select or 'all'}"] = summary
         _print_instances(results)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1) + "\n")
