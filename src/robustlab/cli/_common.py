@@ -26,9 +26,9 @@ def parse_model_option(text: str) -> tuple[str, Any]:
     return parse_option(text)
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     """``--model`` and the bring-your-own-model options."""
-    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--model", required=required, help=MODEL_HELP)
     byo = p.add_argument_group("your own model (docs/byo.md)")
     byo.add_argument("--weights", default=None,
                      help="state dict for a factory --model: .safetensors, or a torch.save(state_dict) file read "

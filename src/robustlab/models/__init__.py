@@ -7,7 +7,8 @@ never read.
 
 Bring your own (:mod:`robustlab.models.external`): ``load_external("pkg.mod:build", weights=...,
 mean=..., std=...)`` builds a network with your factory and loads a safetensors or weights-only
-``torch.save`` state dict; TorchScript files too, ONNX with the optional ``onnx`` extra.
+``torch.save`` state dict; TorchScript files too, and ONNX files through robustlab's own converter
+(:mod:`robustlab.models.onnx`, :class:`OnnxGraph`; the optional ``onnx`` extra installs the reader).
 
 Architectures (:func:`architectures`): ``mlp``, ``cnn`` (Madry et al.'s MNIST CNN), ``small-cnn``
 (Wong & Kolter's small CPU network), ``resnet18`` (CIFAR-style) and ``resnet18-imagenet`` (the
@@ -32,11 +33,13 @@ from robustlab.models.checkpoint import (
 from robustlab.models.external import from_factory, load_external, load_onnx, load_torchscript, read_weights
 from robustlab.models.metrics import accuracy, predictions
 from robustlab.models.normalize import Normalize
+from robustlab.models.onnx import OnnxGraph
 from robustlab.models.rbf import RBFHead, rbf_confidence, with_rbf_head
 from robustlab.models.registry import architectures, create, register_architecture
 
 __all__ = [
     "Normalize",
+    "OnnxGraph",
     "RBFHead",
     "accuracy",
     "architectures",
