@@ -98,6 +98,14 @@ def test_the_demo_evaluates_the_shipped_models_and_exports_them(tmp_path, capsys
         assert copy.metadata["provenance"] == shipped.metadata["provenance"]
 
 
+def test_export_of_quick_models_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    from robustlab.cli import main
+
+    monkeypatch.setattr(rl.data, "load", lambda *a, **k: pytest.fail("no data may be loaded"))
+    assert main(["demo", "--quick", "--retrain", "--export", str(tmp_path / "x"), "--out", str(tmp_path / "o")]) == 2
+    assert "--export writes the shipped form" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_quick_retraining_trains_evaluates_and_is_reused(tmp_path, capsys):
     """``--quick --retrain`` trains the quick models (10,000 images; about 1 minute), a second run

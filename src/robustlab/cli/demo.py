@@ -265,11 +265,14 @@ def run(args: argparse.Namespace) -> int:
     out = check_out_dir(args.out)  # a file, or an unwritable place, fails before any training
     if args.n is not None and args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
-    export = check_out_dir(args.export, "--export") if args.export else None
     quick = args.quick
+    shipped = not args.retrain and args.models is None
+    if args.export and quick and not shipped:
+        raise ValueError("--export writes the shipped form, which holds models of the full recipe; with --quick the "
+                         "demo trains (or reuses) the quick ones: drop --quick")
+    export = check_out_dir(args.export, "--export") if args.export else None
     n_eval = args.n or (200 if quick else 500)
     progress = not args.no_progress
-    shipped = not args.retrain and args.models is None
     print(f"robustlab demo{' --quick' if quick else ''}: MNIST, offline")
     test_set = data.load("mnist", "test")
     print(f"  data: {test_set.source}")
