@@ -4,7 +4,8 @@ the first two), certify the noise model, and write one HTML report with the comp
 ``out/demo/``.
 
 Models: the three ship inside the package (:mod:`robustlab.demo_models`, trained with the recipe
-below, each file's SHA-256 checked), so a fresh machine goes straight to evaluation.
+below and, for ``--quick``, with the quick recipe; each file's SHA-256 checked), so a fresh machine
+goes straight to evaluation.
 ``--retrain`` trains them afresh with the same recipe into ``--models`` (default
 ``<cache>/models``, ``$ROBUSTLAB_CACHE``); ``--models DIR`` alone uses the models trained there
 (training those missing or of another configuration). ``--export DIR`` writes the models used in
@@ -18,8 +19,8 @@ the shipped form (how :mod:`robustlab.demo_models` is made).
 - ``mnist-noise``: the same network trained with Gaussian noise (sigma 0.25), certified with
   randomized smoothing (Cohen et al. 2019).
 
-Training: 55,000 training images (5,000 held out for validation); ``--quick --retrain``: 10,000,
-fewer epochs. Evaluation: the ``standard`` suite (with the black-box Square) on the first 500 test
+Training: 55,000 training images (5,000 held out for validation); the quick recipe: 10,000, fewer
+epochs. Evaluation: the ``standard`` suite (with the black-box Square) on the first 500 test
 images; ``--quick``: the ``quick`` suite on 200 test images and fewer noise samples (the page says so).
 """
 
@@ -80,8 +81,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="evaluate and certify MNIST models (shipped, or trained), write out/demo/",
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
-                   help="the quick suite on 200 test images, fewer noise samples (< 30 s); with --retrain, "
-                        "short training on 10k images")
+                   help="the models of the quick recipe (10k training images, shorter training), the quick suite on "
+                        "200 test images, fewer noise samples (< 30 s)")
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     p.add_argument("--n", type=int, default=None, help="test images to evaluate (default 500; quick 200)")
     p.add_argument("--models", default=None,
@@ -225,26 +226,29 @@ def _cached_or_trained(spec: DemoModel, splits: tuple, folder: Path, quick: bool
     return train_model(spec, *splits, path, quick=quick, progress=progress)
 
 
-def _shipped(spec: DemoModel):
-    """The model shipped in :mod:`robustlab.demo_models` (file SHA-256 checked)."""
+def _shipped(spec: DemoModel, quick: bool):
+    """The model shipped in :mod:`robustlab.demo_models` for ``spec`` and the recipe (file SHA-256 checked)."""
     from robustlab import demo_models
 
-    model = demo_models.load(spec.name)
-    if model.metadata.get("demo") != recipe(spec):
-        print(f"  note: the shipped {spec.name} records the recipe {model.metadata.get('demo')}, the demo's is "
-              f"{recipe(spec)}; `robustlab demo --retrain` trains it with the current one")
+    name = spec.name + (demo_models.QUICK_SUFFIX if quick else "")
+    model = demo_models.load(name)
+    if model.metadata.get("demo") != recipe(spec, quick):
+        print(f"  note: the shipped {name} records the recipe {model.metadata.get('demo')}, the demo's is "
+              f"{recipe(spec, quick)}; `robustlab demo{' --quick' if quick else ''} --retrain` trains it with the "
+              "current one")
     origin = model.metadata.get("provenance", {})
     made = (f"trained by robustlab {origin.get('robustlab_version')} at {str(origin.get('robustlab_commit'))[:12]}"
             if origin else "no provenance recorded")
-    print(f"  {spec.name}: shipped ({made}; SHA-256 checked; {_accuracy_note(model)})")
+    print(f"  {name}: shipped ({made}; SHA-256 checked; {_accuracy_note(model)})")
     return model
 
 
-def _models_note(shipped: bool, metas: list[dict], split: tuple[int, int], n_eval: int) -> str:
+def _models_note(shipped: bool, metas: list[dict], split: tuple[int, int], n_eval: int, quick: bool) -> str:
     if shipped:
         commits = sorted({str(m.get("provenance", {}).get("robustlab_commit")) for m in metas})
         head = (f"Models: shipped with robustlab (robustlab.demo_models, each file's SHA-256 checked), trained with "
-                f"the demo's recipe (`robustlab demo --retrain`) at commit {', '.join(c[:12] for c in commits)} on "
+                f"the demo's {'quick ' if quick else ''}recipe (`robustlab demo{' --quick' if quick else ''} "
+                f"--retrain`) at commit {', '.join(c[:12] for c in commits)} on "
                 f"{split[0]:,} MNIST training images ({split[1]:,} more held out for validation).")
     else:
         head = f"Models trained on {split[0]:,} training images ({split[1]:,} more held out for validation)."
@@ -267,20 +271,17 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     quick = args.quick
     shipped = not args.retrain and args.models is None
-    if args.export and quick and not shipped:
-        raise ValueError("--export writes the shipped form, which holds models of the full recipe; with --quick the "
-                         "demo trains (or reuses) the quick ones: drop --quick")
     export = check_out_dir(args.export, "--export") if args.export else None
     n_eval = args.n or (200 if quick else 500)
     progress = not args.no_progress
     print(f"robustlab demo{' --quick' if quick else ''}: MNIST, offline")
     test_set = data.load("mnist", "test")
     print(f"  data: {test_set.source}")
-    split = FULL_SPLIT if shipped or not quick else QUICK_SPLIT
+    split = QUICK_SPLIT if quick else FULL_SPLIT
     trained = {}
     if shipped:
         for spec in MODELS:
-            trained[spec.name] = _shipped(spec)
+            trained[spec.name] = _shipped(spec, quick)
     else:
         folder = Path(args.models) if args.models else cache_dir() / "models"
         full_train = data.load("mnist", "train")
@@ -289,7 +290,8 @@ def run(args: argparse.Namespace) -> int:
             trained[spec.name] = _cached_or_trained(spec, splits, folder, quick, args.retrain, progress)
     if export is not None:
         for spec in MODELS:
-            print(f"  exported {demo_models.write(trained[spec.name], spec.name, export)}")
+            name = spec.name + (demo_models.QUICK_SUFFIX if quick else "")
+            print(f"  exported {demo_models.write(trained[spec.name], name, export)}")
     t_train = time.perf_counter() - t_start
 
     base = evaluate.preset("quick" if quick else "standard", "linf", EPS_GRID)
@@ -319,13 +321,13 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join("    " + line for line in rep.table().splitlines()))
     wall = time.perf_counter() - t_start
     notes = [
-        _models_note(shipped, [trained[s.name].metadata for s in MODELS], split, n_eval),
+        _models_note(shipped, [trained[s.name].metadata for s in MODELS], split, n_eval, quick),
         f"Wall time: {wall:.0f} s in all: {t_train:.0f} s {'loading' if shipped else 'training or loading'} the "
         "models, evaluation " + ", ".join(f"{name} {sec:.0f} s" for name, sec in t_eval.items()) + ".",
     ]
     if quick:
-        trained_how = "" if shipped else "short training on 10,000 images, "
-        notes.insert(0, f"Quick mode (--quick): {trained_how}the quick suite (FGSM, PGD-40) on {n_eval} test images and "
+        notes.insert(0, f"Quick mode (--quick): models of the quick recipe (short training on 10,000 images), the quick "
+                        f"suite (FGSM, PGD-40) on {n_eval} test images and "
                         "200 noise samples per certificate. The numbers are indicative only; run `robustlab demo` for "
                         "the full evaluation.")
     title = "robustlab demo: standard vs adversarial training on MNIST" + (" (quick)" if quick else "")

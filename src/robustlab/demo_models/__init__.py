@@ -7,14 +7,19 @@ float32):
 
 - ``mnist-standard``: standard training;
 - ``mnist-robust``: PGD-10 adversarial training at linf eps 0.3 (Madry et al. 2018);
-- ``mnist-noise``: Gaussian-noise training at sigma 0.25, the base model of randomized smoothing.
+- ``mnist-noise``: Gaussian-noise training at sigma 0.25, the base model of randomized smoothing;
+
+each also as ``<name>-quick``, trained with the demo's quick recipe (10,000 images, fewer epochs):
+``robustlab demo --quick`` evaluates those with its quick suite, whose FGSM and PGD-40 the checks
+find too weak for the fully trained robust model (the black-box Square breaks images they miss),
+so the quick page keeps the verdicts it had when it trained its own models.
 
 Each file records how it was made: ``training`` (the full training configuration), ``demo`` (the
 demo's recipe), ``metrics`` (``test_accuracy`` on the 10,000 MNIST test images, measured when it
 was trained) and ``provenance`` (the data with the SHA-256 of its files, the robustlab version
 and commit, the command). ``SHA256SUMS`` (``sha256sum`` format) pins every file: :func:`load`
 checks it before reading, and the model loader checks the tensors against the header's
-``data_sha256``. ``robustlab demo --retrain --export src/robustlab/demo_models`` remakes them.
+``data_sha256``. ``robustlab demo [--quick] --retrain --export src/robustlab/demo_models`` remakes them.
 
 A data package: it imports :mod:`robustlab.models` and nothing above it.
 """
@@ -26,9 +31,12 @@ from pathlib import Path
 
 from torch import nn
 
-__all__ = ["NAMES", "SUMS", "load", "path", "pinned_sha256", "read_sums", "write"]
+__all__ = ["FULL", "NAMES", "QUICK_SUFFIX", "SUMS", "load", "path", "pinned_sha256", "read_sums", "write"]
 
-NAMES = ("mnist-standard", "mnist-robust", "mnist-noise")
+#: The demo's models (the full recipe), and the same three with the quick recipe.
+FULL = ("mnist-standard", "mnist-robust", "mnist-noise")
+QUICK_SUFFIX = "-quick"
+NAMES = FULL + tuple(name + QUICK_SUFFIX for name in FULL)
 #: The file of pins, one ``<sha256>  <file name>`` line per model.
 SUMS = "SHA256SUMS"
 _HERE = Path(__file__).resolve().parent
