@@ -211,9 +211,9 @@ def _accuracy_note(model) -> str:
 
 def _cached_or_trained(spec: DemoModel, splits: tuple, folder: Path, quick: bool, retrain: bool, progress: bool):
     """A model in ``folder`` whose recorded demo configuration matches, else a freshly trained one."""
-    from robustlab import models
+    from robustlab import demo_models, models
 
-    path = folder / (spec.name + ("-quick" if quick else ""))
+    path = folder / (spec.name + (demo_models.QUICK_SUFFIX if quick else ""))
     if (path / "metadata.json").is_file() and not retrain:
         try:
             model = models.load(path)
