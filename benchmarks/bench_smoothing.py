@@ -17,6 +17,7 @@ turn, so that load from other processes affects them alike.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -101,6 +102,10 @@ def run_model(path: str, sigma: float, args: argparse.Namespace) -> dict:
         evals = float(cert.samples.double().mean()) if cert.samples is not None else float(args.n0 + args.n)
         out["methods"][name] = {
             "certified_accuracy": [round(v, 4) for v in certified_accuracy(cert, y, RADII).tolist()],
+            # predictions and the counts of the predicted class: equal digests = the same votes (across versions)
+            "votes_sha256": hashlib.sha256(cert.prediction.cpu().numpy().tobytes()
+                                           + cert.count.cpu().numpy().tobytes()).hexdigest()
+            if cert.count is not None else None,
             "seconds_per_image": seconds[name] / len(y),
             "evaluations_per_image": evals,
             "abstain": float(cert.abstain.double().mean()),
