@@ -82,15 +82,15 @@ def load(name: str, folder: "Path | None" = None) -> nn.Module:
     from robustlab.models import load as load_saved
 
     file = path(name, folder)
+    retrain = f"`robustlab demo{' --quick' if name.endswith(QUICK_SUFFIX) else ''} --retrain`"
     if not file.is_file():
-        raise FileNotFoundError(f"the demo model {name} is missing ({file}); reinstall robustlab or run "
-                                "`robustlab demo --retrain`")
+        raise FileNotFoundError(f"the demo model {name} is missing ({file}); reinstall robustlab or run {retrain}")
     want = pinned_sha256(name, folder)
     raw = file.read_bytes()
     got = hashlib.sha256(raw).hexdigest()
     if got != want:
         raise ValueError(f"{file} has SHA-256 {got}, but {SUMS} pins {want}: the file was changed or damaged; "
-                         "reinstall robustlab or run `robustlab demo --retrain`")
+                         f"reinstall robustlab or run {retrain}")
     return load_saved(file)
 
 
