@@ -8,11 +8,13 @@ ReLU ``h = max(0, z)`` is encoded exactly with one binary ``a`` (big-M with the 
 
 (stable ReLUs become ``h = z`` or ``h = 0``).
 
-Numerics. The MILP is built in float64 from the network's own weights (cast exactly from float32),
-over the ball's box computed in float64, with the pre-activation bounds computed in float64 and
-widened by :data:`BOUND_SLACK` (relative) so that rounding can never cut off a reachable point.
-The verdict asks for a margin above ``tau`` (:data:`robustlab.verify.tolerance.TAU`, 1e-4 by
-default): *verified up to tau*.
+Numerics. Every verdict asks for a margin above ``tau`` (:data:`robustlab.verify.tolerance.TAU`,
+1e-4 by default): *verified up to tau*. The CROWN screening runs in the model's precision, as
+:func:`robustlab.verify.certify`'s bound methods do (a bound above ``tau`` proves the sample). The
+MILP of every sample the screening leaves open is built in float64 from the network's own weights
+(cast exactly from float32), over the ball's box computed in float64, with the pre-activation
+bounds recomputed in float64 and widened by :data:`BOUND_SLACK` (relative) so that rounding can
+never cut off a reachable point.
 
 :func:`verify_milp` answers, for each class ``j != y`` whose CROWN margin bound is not already
 above ``tau``, the feasibility question "is there an ``x'`` in the ball with ``z_y - z_j <= tau``?"
@@ -62,7 +64,8 @@ class MILPResult:
     above ``info["tau"]`` on the whole ball); ``x_adv`` (N, C, H, W) the counterexamples (the clean
     image where there is none); ``min_margin`` (N,) the best lower bound on ``min_j z_y - z_j``
     proven (``tau`` where the MILP proved a class, ``-inf`` unknown), ``seconds`` (N,) solver time,
-    ``crown`` (N,) bool: already verified by CROWN alone (bound above ``tau``).
+    ``crown`` (N,) bool: already verified by the screening alone (a bound above ``tau``, in the
+    model's precision).
     """
 
     status: list
@@ -214,22 +217,43 @@ def _pad(m: object, width: int) -> object:
     return sparse.hstack([m, sparse.csr_matrix((m.shape[0], width - m.shape[1]))], format="csr")
 
 
-def _setup(model: nn.Module, x: Tensor, tm: ThreatModel, bound_method: str):
-    """The float64 network, input set, widened pre-activation bounds (and last box), the affine
-    segments and the ReLU masks of a batch."""
+def _bounds(model: nn.Module, x: Tensor, tm: ThreatModel, bound_method: str, float64: bool):
+    """The traced network, input set, pre-activation bounds and the last ReLU's output box of a
+    batch: in the model's precision, or (``float64``) with the weights cast exactly to float64, the
+    ball's box and the bounds computed in float64 and widened by :data:`BOUND_SLACK`."""
     if tm.norm != "linf":
         raise ValueError(f"MILP verification needs a linf threat model (a linear feasible set), got norm {tm.norm!r}")
     if bound_method not in ("crown", "alpha-crown", "ibp", "lp"):
         raise ValueError(f"bound_method must be crown, alpha-crown, lp or ibp, got {bound_method!r}")
     net, _ = _prepare(model, x, tm, "crown", "logits", None)
-    net = _detached(net, torch.float64)  # the model's weights, exactly, in float64
-    inputs = InputSet.build(x.double(), tm)
+    net = _detached(net, torch.float64 if float64 else None)
+    inputs = InputSet.build(x.double() if float64 else x, tm)
     with torch.no_grad():
         pre, last_box = preactivation_bounds(net, inputs, {"ibp": "ibp", "lp": "lp"}.get(bound_method, "crown"))
-    pre = {k: _widen(*b) for k, b in pre.items()}
-    if pre:  # the last ReLU's output interval, from its widened input bounds (the input box if none)
-        last = max(pre)
-        last_box = (net.ops[last].forward(pre[last][0]), net.ops[last].forward(pre[last][1]))
+    if float64:
+        pre = {k: _widen(*b) for k, b in pre.items()}
+        if pre:  # the last ReLU's output interval, from its widened input bounds (the input box if none)
+            last = max(pre)
+            last_box = (net.ops[last].forward(pre[last][0]), net.ops[last].forward(pre[last][1]))
+    return net, inputs, pre, last_box
+
+
+def _margin_bounds(net: Network, inputs: InputSet, pre: dict, last_box: tuple, y: Tensor, bound_method: str) -> Tensor:
+    """Lower bounds (N, K) of the margins ``z_y - z_j`` from the given pre-activation bounds (column
+    y: +inf)."""
+    k = net.num_classes
+    eye = torch.eye(k, dtype=inputs.x.dtype, device=inputs.x.device)
+    c = eye[y].unsqueeze(0) - eye.unsqueeze(1)  # (K, N, K)
+    with torch.no_grad():
+        low = _final(net, c, pre, last_box, inputs, bound_method, 20, 0.1)[:k].t()
+    low[torch.arange(y.shape[0], device=low.device), y] = float("inf")
+    return low
+
+
+def _setup(model: nn.Module, x: Tensor, tm: ThreatModel, bound_method: str):
+    """The float64 MILP data of a batch: network, input set, widened pre-activation bounds, the
+    affine segments, the ReLU masks and the last box."""
+    net, inputs, pre, last_box = _bounds(model, x, tm, bound_method, float64=True)
     segs = _segments(net, inputs.x)
     masks = [(op.mask.reshape(-1).cpu().numpy() if op.mask is not None else np.ones(int(np.prod(op.out_shape)), bool))
              for op in net.ops if isinstance(op, ReLUOp)]
@@ -288,19 +312,21 @@ def verify_milp(model: nn.Module, x: Tensor, y: Tensor, tm: ThreatModel, *, time
         raise ValueError(f"time_limit must be > 0 seconds, got {time_limit!r}")
     tau = check_tau(tau)
     x = check_images(x, "x", lower=tm.lower, upper=tm.upper)
-    net, inputs, pre, segs, masks, last_box = _setup(model, x, tm, bound_method)
-    box32 = InputSet.build(x, tm)  # the ball's box in the model's dtype: where counterexamples are put
+    # Screening in the model's precision (as certify's bound methods: a bound above tau proves it).
+    net, box, pre, last_box = _bounds(model, x, tm, bound_method, float64=False)
     k = net.num_classes
     y = check_labels(y, x.shape[0], "y", num_classes=k).to(x.device)
-    eye = torch.eye(k, dtype=torch.float64, device=x.device)
-    c = eye[y].unsqueeze(0) - eye.unsqueeze(1)  # (K, N, K)
-    with torch.no_grad():
-        # The final margins from the same (float64, widened) pre-activation bounds the MILP uses.
-        crown_lo = _final(net, c, pre, last_box, inputs, bound_method, 20, 0.1)[: k].t()  # (N, K)
-        crown_lo[torch.arange(x.shape[0]), y] = float("inf")
-        clean = model_eval_logits(model, x)
-    status, margins, secs, x_adv = [], [], [], x.clone()
+    crown_lo = _margin_bounds(net, box, pre, last_box, y, bound_method)  # (N, K)
+    clean = model_eval_logits(model, x)
     crown_ok = crown_lo.amin(1) > tau
+    # The MILP data, in float64, only for the samples the screening leaves open.
+    todo = (~crown_ok & (clean.argmax(1) == y)).nonzero().flatten()
+    row = {int(i): r for r, i in enumerate(todo.tolist())}
+    if todo.numel():
+        net64, inputs, pre64, segs, masks, last64 = _setup(model, x[todo], tm, bound_method)
+        # The final margins from the same (float64, widened) pre-activation bounds the MILP uses.
+        milp_lo = _margin_bounds(net64, inputs, pre64, last64, y[todo], bound_method)
+    status, margins, secs, x_adv = [], [], [], x.clone()
     for i in range(x.shape[0]):
         t0 = time.perf_counter()
         yi = int(y[i])
@@ -310,10 +336,11 @@ def verify_milp(model: nn.Module, x: Tensor, y: Tensor, tm: ThreatModel, *, time
         if int(clean[i].argmax()) != yi:
             status.append("counterexample"), margins.append(-float("inf")), secs.append(0.0)
             continue
-        m = _sample_model(i, inputs, pre, segs, masks, relax=False)
+        r = row[i]
+        m = _sample_model(r, inputs, pre64, segs, masks, relax=False)
         outcome, found = "verified", float("inf")
-        for j in crown_lo[i].argsort().tolist():  # most promising classes first
-            if j == yi or float(crown_lo[i, j]) > tau:
+        for j in milp_lo[r].argsort().tolist():  # most promising classes first
+            if j == yi or float(milp_lo[r, j]) > tau:
                 continue
             left = time_limit - (time.perf_counter() - t0)
             if left <= 0:
@@ -332,7 +359,7 @@ def verify_milp(model: nn.Module, x: Tensor, y: Tensor, tm: ThreatModel, *, time
                 sol, value = (sol2, value2) if sol2 is not None else (sol, value)
             if sol is not None:
                 cand = torch.as_tensor(sol, dtype=x.dtype, device=x.device).reshape(x.shape[1:])
-                cand = torch.minimum(torch.maximum(cand, box32.lo[i]), box32.hi[i])
+                cand = torch.minimum(torch.maximum(cand, box.lo[i]), box.hi[i])  # the ball's box, model dtype
                 if int(model_eval_logits(model, cand[None]).argmax()) != yi:
                     outcome, found = "counterexample", value
                     x_adv[i] = cand
@@ -340,13 +367,14 @@ def verify_milp(model: nn.Module, x: Tensor, y: Tensor, tm: ThreatModel, *, time
             outcome = "unknown"  # time limit, or a point near the boundary the model's forward does not flip
             break
         if outcome == "verified":
-            found = max(tau, float(crown_lo[i].amin()))  # every margin proven > tau
+            found = max(tau, float(milp_lo[r].amin()))  # every margin proven > tau
         status.append(outcome)
         margins.append(found if outcome != "unknown" else -float("inf"))
         secs.append(time.perf_counter() - t0)
     return MILPResult(status, x_adv, torch.tensor(margins, dtype=torch.float64), torch.tensor(secs),
                       crown_ok.cpu(), info={"time_limit": float(time_limit), "bound_method": bound_method,
-                                            "tau": tau, "bound_slack": BOUND_SLACK, "precision": "float64"})
+                                            "tau": tau, "bound_slack": BOUND_SLACK, "milp_precision": "float64",
+                                            "screen_precision": str(x.dtype).replace("torch.", "")})
 
 
 def model_eval_logits(model: nn.Module, x: Tensor) -> Tensor:
