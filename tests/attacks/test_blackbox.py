@@ -77,6 +77,29 @@ def test_square_p_schedule_halves_at_the_paper_iterations():
     assert square_p(100, 1000, 0.8) == square_p(1000, 10000, 0.8) == 0.8 / 16
 
 
+def test_square_absolute_schedule_keeps_the_halving_iterations_whatever_the_budget():
+    """AutoAttack's ``standard`` (resc_schedule=False): thresholds at fixed iterations."""
+    for total in (1000, 5000, 10000):
+        assert square_p(10, total, 0.8, "absolute") == 0.8 and square_p(11, total, 0.8, "absolute") == 0.4
+        assert square_p(100, total, 0.8, "absolute") == 0.8 / 4
+    assert square_p(999, 1000, 0.8, "absolute") == 0.8 / 16  # a 1,000-query run ends at p_init / 16
+    assert square_p(999, 1000, 0.8, "rescaled") == 0.8 / 512  # the rescaled one at p_init / 512
+    assert square_p(4999, 5000, 0.8, "absolute") == 0.8 / 128  # AutoAttack's 5,000 queries
+    assert all(square_p(i, 10000, 0.8, "absolute") == square_p(i, 10000, 0.8) for i in range(0, 10000, 7))
+    with pytest.raises(ValueError, match="schedule"):
+        square_p(5, 100, 0.8, "linear")
+    with pytest.raises(ValueError, match="schedule"):
+        Square(_tm("linf", 0.3), schedule="autoattack")
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.3), ("l2", 2.0)])
+def test_square_absolute_schedule_property_suite(model, batch, norm, eps):
+    x, y = batch
+    res = check_attack(lambda s: Square(_tm(norm, eps), queries=50, schedule="absolute", seed=s), model, x, y)
+    rescaled = Square(_tm(norm, eps), queries=50, seed=0).attack(model, x, y)
+    assert not torch.equal(res.x_adv, rescaled.x_adv)  # 50 queries: rescaled, p drops from the 2nd iteration
+
+
 @pytest.mark.parametrize("s", [1, 2, 3, 5, 7])
 def test_pseudo_gaussian_pattern_has_unit_norm_and_opposite_halves(s):
     eta = pseudo_gaussian(s, dtype=torch.float64, device=torch.device("cpu"))
