@@ -257,6 +257,27 @@ def test_standard_preset_includes_square_for_linf_and_l2_only():
     assert "Square" not in [a.name for a in rl.attacks.standard(_tm("l1", 8.0)).attacks]
     assert rl.attacks.get("square", _tm("linf", 0.3), queries=10).queries == 10
     assert rl.attacks.STANDARD["standard"][-1][0] == "square"
+    for norm, eps in (("linf", 0.3), ("l2", 2.0)):  # the budget and the p-schedule the docs state
+        sq = rl.attacks.standard(_tm(norm, eps)).attacks[-1]
+        assert (sq.queries, sq.schedule) == (rl.attacks.registry.SQUARE_QUERIES[norm],
+                                             rl.attacks.registry.SQUARE_SCHEDULE[norm])
+    # the measured choice (docs/benchmarks/blackbox.md): rescaled at linf 1000 queries, absolute at l2 5000
+    assert rl.attacks.registry.SQUARE_SCHEDULE == {"linf": "rescaled", "l2": "absolute"}
+    assert rl.attacks.get("square", _tm("linf", 0.3)).schedule == "rescaled"  # the paper's code
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.3), ("l2", 2.0), ("l1", 8.0)])
+def test_standard_preset_is_what_its_docstring_states(norm, eps):
+    """registry.standard's docstring and describe("standard"), member by member and option by option."""
+    apgd, apgdt, fmn, *square = rl.attacks.standard(_tm(norm, eps), seed=3).attacks
+    assert (type(apgd).__name__, apgd.steps, apgd.restarts, apgd.loss) == ("APGD", 100, 5, "ce")
+    assert (type(apgdt).__name__, apgdt.steps, apgdt.restarts, apgdt.n_target_classes, apgdt.loss) == \
+        ("APGDT", 100, 1, 9, "dlr")
+    assert apgd.large_eps == apgdt.large_eps == (norm == "l1")  # AutoAttack's l1 use_largereps
+    assert (type(fmn).__name__, fmn.steps) == ("FMN", 100)  # in place of FAB-T
+    expected = {"linf": [(1000, 0.8, "rescaled")], "l2": [(5000, 0.8, "absolute")], "l1": []}[norm]
+    assert [(sq.queries, sq.p_init, sq.schedule) for sq in square] == expected
+    assert all(a.seed == 3 for a in rl.attacks.standard(_tm(norm, eps), seed=3).attacks)
 
 
 def test_standard_reports_the_square_queries(model, digits_test):
