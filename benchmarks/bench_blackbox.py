@@ -92,6 +92,20 @@ def standard_with_schedule(tm: rl.ThreatModel, schedule: str) -> rl.attacks.Wors
     return atk
 
 
+def standard_models(args, part: str):
+    """``(key, path, model, x, y, threat)`` for each model of ``--models`` that exists: its first
+    ``--n`` test images and the threat ``--standard-norm`` at ``--standard-eps`` (default: the
+    model's linf radius)."""
+    for key in args.models.split(","):
+        path, dataset, eps = MODELS[key]
+        if not (Path(path) / "metadata.json").is_file():
+            print(f"{part}/{key}: {path} not found; skipped", flush=True)
+            continue
+        x, y = images(dataset, args.n)
+        eps = args.standard_eps if args.standard_eps is not None else eps
+        yield key, path, rl.models.load(path).eval(), x, y, rl.ThreatModel(args.standard_norm, eps)
+
+
 def part_standard(args, out: dict) -> None:
     """``standard`` with each Square p-schedule of ``--schedules`` (the whole preset each time, same
     images and seed) and pyautoattack's ``standard`` on the same images."""
@@ -100,15 +114,8 @@ def part_standard(args, out: dict) -> None:
     logging.getLogger("auto-attack").setLevel(logging.WARNING)
     norm = args.standard_norm
     rows = {}
-    for key in args.models.split(","):
-        path, dataset, eps = MODELS[key]
-        eps = args.standard_eps if args.standard_eps is not None else eps
-        if not (Path(path) / "metadata.json").is_file():
-            print(f"standard/{key}: {path} not found; skipped", flush=True)
-            continue
-        model = rl.models.load(path).eval()
-        x, y = images(dataset, args.n)
-        tm = rl.ThreatModel(norm, eps)
+    for key, path, model, x, y, tm in standard_models(args, "standard"):
+        eps = tm.eps
         row: dict = {"model": path, "norm": norm, "eps": eps, "n": len(y), "schedules": {}}
         robust = {}
         for schedule in args.schedules.split(","):
@@ -155,15 +162,8 @@ def part_schedule_seeds(args, out: dict) -> None:
     whole preset per (schedule, seed), and the images each schedule breaks."""
     norm = args.standard_norm
     rows = {}
-    for key in args.models.split(","):
-        path, dataset, eps = MODELS[key]
-        eps = args.standard_eps if args.standard_eps is not None else eps
-        if not (Path(path) / "metadata.json").is_file():
-            print(f"schedule-seeds/{key}: {path} not found; skipped", flush=True)
-            continue
-        model = rl.models.load(path).eval()
-        x, y = images(dataset, args.n)
-        tm = rl.ThreatModel(norm, eps)
+    for key, path, model, x, y, tm in standard_models(args, "schedule-seeds"):
+        eps = tm.eps
         preset = rl.attacks.standard(tm, seed=0)
         white = rl.attacks.WorstCase(preset.attacks[:-1])
         square = preset.attacks[-1]
