@@ -87,8 +87,9 @@ def standard_attacks() -> tuple[tuple[str, ...], dict[str, dict[str, Any]]]:
     """The attacks of the ``standard`` suite and their options: the one place that picks them.
 
     With the worst-case preset of :mod:`robustlab.attacks` (registry name ``standard``: APGD-CE,
-    APGD-T and FMN per sample, Croce & Hein 2020's protocol): FGSM and PGD-40 (for reference
-    curves) and ``standard``. Without it: FGSM, PGD-40 with 2 restarts, PGD-40 on the DLR loss and
+    APGD-T, FMN and, in linf and l2, the score-based Square per sample, after Croce & Hein 2020's
+    protocol; :func:`robustlab.attacks.registry.standard` states it exactly): FGSM and PGD-40 (for
+    reference curves) and ``standard``. Without it: FGSM, PGD-40 with 2 restarts, PGD-40 on the DLR loss and
     PGD-40 on the CW margin, whose per-sample worst case the report takes.
     """
     if "standard" in registry.available():
