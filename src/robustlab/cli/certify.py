@@ -137,7 +137,7 @@ def _run(args: argparse.Namespace, info) -> int:
     from robustlab._io import atomic_write_text
     from robustlab.certificates import Certificate, certified_accuracy
     from robustlab.defenses.smoothing import Smoothed
-    from robustlab.evaluate.shards import config_hash, counting_forwards, run_units, unit_seed
+    from robustlab.evaluate.shards import UnitFiles, config_hash, counting_forwards, run_units, unit_seed
     from robustlab.stats import wilson
 
 
@@ -206,8 +206,8 @@ def _run(args: argparse.Namespace, info) -> int:
             bar.set_postfix_str(f"{forwards[0]} forward passes", refresh=True)
 
     with counting_forwards(model, tick) if not bar.disable else contextlib.nullcontext():
-        units = run_units(len(chunks), certify_chunk, parts=parts_dir, config=config_hash(config),
-                          resume=args.resume, done=lambda u: bar.update(min(args.chunk, len(y) - chunks[u])))
+        units = run_units(len(chunks), certify_chunk, UnitFiles(parts_dir, config_hash(config), args.resume),
+                          done=lambda u: bar.update(min(args.chunk, len(y) - chunks[u])))
     bar.close()
     if not info.is_main:
         return 0

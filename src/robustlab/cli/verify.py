@@ -160,7 +160,7 @@ def _run(args: argparse.Namespace, info) -> int:
     from robustlab.cli._common import load_model
     from robustlab.stats import clopper_pearson
     from robustlab.threat import ThreatModel
-    from robustlab.evaluate.shards import config_hash, run_units
+    from robustlab.evaluate.shards import UnitFiles, config_hash, run_units
     from robustlab.verify import certify
 
 
@@ -199,7 +199,7 @@ def _run(args: argparse.Namespace, info) -> int:
     config.update(weights=getattr(model, "metadata", {}).get("weights_sha256"), n_images=n)
     parts_dir = out.parent / (out.name + ".parts")
     bar = tqdm(total=n, unit="img", desc=f"verify {args.method}", disable=args.no_progress or not info.is_main)
-    units = run_units(len(starts), verify_batch, parts=parts_dir, config=config_hash(config), resume=args.resume,
+    units = run_units(len(starts), verify_batch, UnitFiles(parts_dir, config_hash(config), args.resume),
                       done=lambda u: bar.update(min(args.batch_size, n - starts[u])))
     bar.close()
     if not info.is_main:
