@@ -24,6 +24,7 @@ from robustlab.attacks.square import Square
 from robustlab.attacks.hopskipjump import HopSkipJump
 from robustlab.attacks.nattack import NATTACK
 from robustlab.attacks.onepixel import OnePixel
+from robustlab.registry import Registry
 from robustlab.threat import ThreatModel
 
 Factory = Callable[..., Attack]
@@ -74,7 +75,7 @@ def _standard(version: str) -> Factory:
 
 
 #: name -> Entry(factory(threat, **kw), one-line description, minimal-norm?). Defaults follow the papers.
-ATTACKS: dict[str, Entry] = {
+_BUILT_IN: dict[str, Entry] = {
     "fgsm": Entry(lambda tm, **kw: FGSM(tm, **kw), "FGSM, one step of size eps (Goodfellow et al. 2015)"),
     "bim": Entry(lambda tm, **kw: BIM(tm, **{"steps": 10, **kw}), "BIM, 10 steps from x (Kurakin et al. 2017)"),
     "pgd": Entry(lambda tm, **kw: PGD(tm, **{"steps": 40, **kw}), "PGD-40, random start (Madry et al. 2018)"),
@@ -101,46 +102,43 @@ ATTACKS: dict[str, Entry] = {
 }
 
 
+#: Every attack by name (:class:`robustlab.registry.Registry`: register, get, available, describe);
+#: an entry is ``factory(threat, **overrides) -> Attack``, with the fact ``minimal`` (minimal-norm).
+ATTACKS: Registry[Factory] = Registry("attack")
+for _name, _entry in _BUILT_IN.items():
+    ATTACKS.register(_name, _entry.factory, _entry.description, minimal=_entry.minimal)
+
+
 def register(name: str, factory: Factory, description: str, *, minimal: bool = False, replace: bool = False) -> None:
     """Make ``factory(threat, **overrides) -> Attack`` available as ``get(name, ...)``."""
-    key = str(name).lower()
     if not callable(factory):
         raise TypeError(f"factory must be callable, got {type(factory).__name__}")
-    if key in ATTACKS and not replace:
-        raise ValueError(f"an attack named {name!r} is already registered; pass replace=True to override it")
-    ATTACKS[key] = Entry(factory, str(description), bool(minimal))
+    ATTACKS.register(name, factory, description, replace=replace, minimal=bool(minimal))
 
 
 def available() -> tuple[str, ...]:
     """Names accepted by :func:`get`."""
-    return tuple(ATTACKS)
+    return ATTACKS.available()
 
 
 def describe(name: str) -> str:
-    return _lookup(name).description
+    return ATTACKS.describe(name)
 
 
 def minimal(name: str) -> bool:
     """Whether attack ``name`` minimises the perturbation (accepts a bare norm name as threat)."""
-    return _lookup(name).minimal
-
-
-def _lookup(name: str) -> Entry:
-    key = str(name).lower()
-    if key not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; expected one of {', '.join(ATTACKS)}")
-    return ATTACKS[key]
+    return bool(ATTACKS.info(name).get("minimal", False))
 
 
 def get(name: str, threat: "ThreatModel | str", **overrides: Any) -> Attack:
     """Build attack ``name`` for ``threat``; ``overrides`` replace its default hyperparameters."""
-    entry = _lookup(name)
-    if isinstance(threat, str) and not entry.minimal:
+    factory = ATTACKS.entry(name)
+    if isinstance(threat, str) and not minimal(name):
         raise TypeError(f"attack {name!r} needs a robustlab.ThreatModel with a radius eps, got the norm name {threat!r}")
     if not isinstance(threat, (ThreatModel, str)):
         raise TypeError(f"threat must be a robustlab.ThreatModel, got {type(threat).__name__}")
     try:
-        return entry.factory(threat, **overrides)
+        return factory(threat, **overrides)
     except TypeError as exc:
         if "unexpected keyword argument" in str(exc):
             raise UnknownOption(f"attack {name!r}: {exc}") from exc

@@ -57,6 +57,7 @@ from torch import Tensor, nn
 from robustlab.attacks import registry
 from robustlab.attacks.base import Attack
 from robustlab.certificates import Certificate
+from robustlab.registry import Registry
 from robustlab.threat import NORMS, ThreatModel
 
 #: Default eps grids per norm for images in [0, 1]: MNIST-scale, and CIFAR-scale (Croce et al. 2021).
@@ -130,7 +131,9 @@ class CertifierEntry:
     help: str
 
 
-CERTIFIERS: dict[str, CertifierEntry] = {}
+#: Every certifier by name (:class:`robustlab.registry.Registry`); the entries are registered by
+#: this module (smoothing) and :mod:`robustlab.evaluate.certifiers` (ibp, crown, ..., milp).
+CERTIFIERS: Registry[CertifierEntry] = Registry("certifier")
 
 #: Certifiers announced by the design whose implementation lives in a later module.
 PLANNED_CERTIFIERS = {
@@ -147,9 +150,7 @@ def register_certifier(entry: CertifierEntry, *, replace: bool = False) -> None:
         raise TypeError(f"entry must be a CertifierEntry, got {type(entry).__name__}")
     if entry.certifies not in ("model", "smoothed"):
         raise ValueError(f"certifies must be 'model' or 'smoothed', got {entry.certifies!r}")
-    if entry.name in CERTIFIERS and not replace:
-        raise ValueError(f"certifier {entry.name!r} is already registered; pass replace=True to override it")
-    CERTIFIERS[entry.name] = entry
+    CERTIFIERS.register(entry.name, entry, entry.help, replace=replace)
 
 
 def certifier(name: str) -> CertifierEntry:
