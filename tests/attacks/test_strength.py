@@ -61,7 +61,7 @@ def test_apgd_checkpoints_follow_the_paper():
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: CarliniWagner(steps=50, binary_search_steps=3, initial_const=1.0, lr=0.1),
+        lambda: CarliniWagner(steps=50, binary_search_steps=3, initial_const=1.0, step_size=0.1),
         lambda: DDN(steps=60),
         lambda: FMN("l2", steps=60),
     ],
@@ -155,8 +155,8 @@ def test_deepfool_batched_equals_one_by_one(model, batch):
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: CarliniWagnerLinf(steps=30, initial_const=1.0, largest_const=10.0, lr=0.05, min_tau=0.05),
-        pytest.param(lambda: CarliniWagnerL0(steps=30, initial_const=1.0, largest_const=20.0, lr=0.1),
+        lambda: CarliniWagnerLinf(steps=30, initial_const=1.0, largest_const=10.0, step_size=0.05, min_tau=0.05),
+        pytest.param(lambda: CarliniWagnerL0(steps=30, initial_const=1.0, largest_const=20.0, step_size=0.1),
                      marks=pytest.mark.slow),
         lambda: APGDT(rl.ThreatModel("linf", 0.3), steps=20),
         lambda: DeepFool("linf"),
@@ -175,7 +175,7 @@ def test_targeted_attacks_reach_the_target(model, batch, make):
 
 def test_cw_l0_changes_few_pixels(model, batch):
     x, y = batch[0][:3], batch[1][:3]
-    res = CarliniWagnerL0(steps=30, initial_const=1.0, largest_const=20.0, lr=0.1).attack(model, x, y)
+    res = CarliniWagnerL0(steps=30, initial_const=1.0, largest_const=20.0, step_size=0.1).attack(model, x, y)
     assert bool(res.success.all())
     # A digit is 64 pixels; the L0 attack changes a small part of them.
     assert float(res.distance.median()) <= 20
@@ -187,7 +187,7 @@ def test_cw_l0_freezes_pixels_by_the_whole_objective(model, batch):
     # Carlini's schedule scores pixels with |delta| * |grad of c f + ||delta||^2|; scoring with grad f
     # alone froze the wrong pixels (about twice as many changed here, 10x on MNIST: 160 vs 16).
     x, y = batch[0][:8], batch[1][:8]
-    res = CarliniWagnerL0(steps=30, initial_const=1.0, largest_const=20.0, lr=0.1).attack(model, x, y)
+    res = CarliniWagnerL0(steps=30, initial_const=1.0, largest_const=20.0, step_size=0.1).attack(model, x, y)
     assert bool(res.success.all())
     assert float(res.distance.mean()) <= 7.0  # 5.0 with the fix, 9.5 without
 

@@ -175,14 +175,14 @@ PRESET_NORMS: dict[str, tuple[str, ...]] = {"square": ("linf", "l2")}
 ALL_TARGETS = 1_000_000
 
 
-def strengthened(name: str, options: dict[str, Any], strength: int) -> dict[str, Any]:
-    """The options of preset member ``name`` at ``strength`` k: k x the steps and k x the restarts
-    of an iterative member (APGD-T then over every other class), k x the queries of a query-based
-    one. ``strength=1`` returns ``options`` unchanged."""
+def strengthened(name: str, options: dict[str, Any], strength: int, threat: ThreatModel) -> dict[str, Any]:
+    """The options of preset member ``name`` for ``threat`` at ``strength`` k: k x the steps and
+    k x the restarts of an iterative member (APGD-T then over every other class), k x the queries
+    of a query-based one. ``strength=1`` returns ``options`` unchanged."""
     if strength == 1:
         return dict(options)
     out = dict(options)
-    probe = get(name, ThreatModel("linf", 0.1) if not minimal(name) else "linf", **options)
+    probe = get(name, threat if not minimal(name) else threat.norm, **options)  # its defaults for this norm
     for opt in ("steps", "restarts", "queries"):
         value = getattr(probe, opt, None)
         if isinstance(value, int) and not isinstance(value, bool):
@@ -223,7 +223,7 @@ def standard(threat: ThreatModel, *, seed: int = 0, version: str = "standard", s
     per_norm = STANDARD_NORM_OPTIONS.get(threat.norm, {}) if version == "standard" else {}
     base = {"square": {"queries": SQUARE_QUERIES[threat.norm]}} if threat.norm in SQUARE_QUERIES else {}
     members = [(name, {**base.get(name, {}), **per_norm.get(name, {}), **opts}) for name, opts in members]
-    attacks = [get(name, threat, **{"seed": seed, **strengthened(name, opts, strength)}) for name, opts in members]
+    attacks = [get(name, threat, **{"seed": seed, **strengthened(name, opts, strength, threat)}) for name, opts in members]
     label = f"standard[{version}]" if version != "standard" else "standard"
     return WorstCase(attacks, label=label if strength == 1 else f"{label} x{strength}")
 

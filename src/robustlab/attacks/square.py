@@ -46,6 +46,7 @@ from robustlab.attacks.base import Attack, RawResult
 from robustlab.attacks.queries import ScoreOracle, check_budget
 from robustlab.losses import is_adversarial, margin
 from robustlab.threat import ThreatModel
+from robustlab.attacks.spelling import spellings
 
 #: Iterations (of 10,000) after which ``p`` halves (Andriushchenko et al. 2020, Sec. 3 / App. B).
 P_SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -136,7 +137,8 @@ class Square(Attack):
 
     query_based = True
 
-    def __init__(self, threat: ThreatModel, queries: int = 5000, *, p_init: float = 0.8,
+    @spellings(positional=("queries",))
+    def __init__(self, threat: ThreatModel, *, queries: int = 5000, p_init: float = 0.8,
                  schedule: str = "rescaled", output: str = "logits", seed: int = 0) -> None:
         if not isinstance(threat, ThreatModel):
             raise TypeError(f"threat must be a robustlab.ThreatModel, got {type(threat).__name__}")

@@ -82,14 +82,14 @@ def make_attack(name: str, eps: float, *, detector: Any = None, steps: int = 40,
             return PGD(tm, steps=steps, seed=seed)
         # Adam step 0.1: at the default 1e-2, 100 steps leave MNIST's saturated 0/1 pixels nearly
         # frozen in tanh space (31% success on the standard cnn; 100% at 0.1, docs/benchmarks/defenses.md)
-        return CarliniWagner("l2", steps=100, binary_search_steps=5, initial_const=0.1, lr=0.1, seed=seed)
+        return CarliniWagner("l2", steps=100, binary_search_steps=5, initial_const=0.1, step_size=0.1, seed=seed)
     if isinstance(detector, KNNDetector) and name != "fgsm":
-        return KNNFeaturePGD(tm if name == "pgd" else ThreatModel("l2", l2_eps), detector, steps=steps, seed=seed)
+        return KNNFeaturePGD(tm if name == "pgd" else ThreatModel("l2", l2_eps), detector=detector, steps=steps, seed=seed)
     if name == "fgsm":
-        return DetectorAwarePGD(tm, detector, steps=1, step_size=eps, random_start=False, seed=seed)
+        return DetectorAwarePGD(tm, detector=detector, steps=1, step_size=eps, random_start=False, seed=seed)
     if name == "pgd":
-        return DetectorAwarePGD(tm, detector, steps=steps, seed=seed)
-    return DetectorAwarePGD(ThreatModel("l2", l2_eps), detector, steps=steps, seed=seed)
+        return DetectorAwarePGD(tm, detector=detector, steps=steps, seed=seed)
+    return DetectorAwarePGD(ThreatModel("l2", l2_eps), detector=detector, steps=steps, seed=seed)
 
 
 def run_attack(model: Any, attack: Any, x: Any, y: Any, *, batch_size: int = 100) -> tuple[Any, float]:
