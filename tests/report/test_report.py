@@ -248,12 +248,15 @@ def test_safe_url(url, ok):
     assert safe_url(url) == (url.strip() if ok else "#")
 
 
-@pytest.mark.parametrize("version", [1, 2])
-def test_schema_3_reads_older_files(version, fixed_report, tmp_path):
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_schema_4_reads_older_files(version, fixed_report, tmp_path):
     d = json.loads(json.dumps(fixed_report.to_dict()))
-    assert d["schema_version"] == 3 == schema.SCHEMA_VERSION
+    assert d["schema_version"] == 4 == schema.SCHEMA_VERSION
     d["schema_version"] = version
     for m in d["models"]:
+        for key in ("command", "attack_runs", "verification", "detection"):  # schema 4
+            del m[key]
+    for m in d["models"] if version < 3 else []:
         del m["verdict"]["uninformative"]
         for t in m["threats"]:
             del t["black_box_members"]
@@ -266,7 +269,10 @@ def test_schema_3_reads_older_files(version, fixed_report, tmp_path):
                 del t["verdict"], t["black_box"]
     (tmp_path / "old.json").write_text(json.dumps(d))
     old = rl.report.load(tmp_path / "old.json")
-    assert old.models[0].verdict.uninformative == [] and old.models[0].threats[0].black_box_members == []
+    assert old.models[0].command == "evaluate" and old.models[0].attack_runs == [] and old.models[0].detection is None
+    assert old.schema_version == schema.SCHEMA_VERSION  # read with the newer keys' defaults: a current report
+    if version < 3:
+        assert old.models[0].verdict.uninformative == [] and old.models[0].threats[0].black_box_members == []
     if version == 1:
         assert old.models[0].threats[0].verdict is None and old.models[0].checks[0].norm is None
     assert "<html" in __import__("robustlab.report.html", fromlist=["render"]).render(old, {})

@@ -115,7 +115,9 @@ def loads(text: str, where: str = "report") -> Report:
     if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
         raise ValueError(f"{where} has schema_version {version!r}; this robustlab reads versions 1..{SCHEMA_VERSION} "
                          "(a newer robustlab wrote it?)")
-    return from_dict(Report, data, where)
+    rep = from_dict(Report, data, where)
+    rep.schema_version = SCHEMA_VERSION  # an older file is read with the defaults of the newer keys: now a current one
+    return rep
 
 
 def load(path: "str | os.PathLike[str]") -> Report:

@@ -1,0 +1,228 @@
+"""The sections of the one Report that ``robustlab attack``, ``certify``, ``verify`` and ``detect``
+write, computed from their per-sample results: pure functions, like :mod:`robustlab.evaluate.summarize`
+for ``evaluate``, and every rate through :mod:`robustlab.evaluate.metrics` (the report's one
+interval method, Wilson's 95% interval).
+
+- :func:`attack_run`: an :class:`~robustlab.attacks.AttackResult` -> :class:`AttackRun`;
+- :func:`cert_report`: per-sample certified predictions and radii -> :class:`CertReport` (any
+  certifier: smoothing fixed / adaptive / two-class, PixelDP, IBP / CROWN / alpha-CROWN / LP / MILP);
+- :func:`verification`: per-image or per-instance outcomes -> :class:`VerificationReport`;
+- :func:`detection`: per (detector, attack, adaptive) counts and ROC -> :class:`DetectionReport`;
+- :func:`model_section`: one :class:`ModelReport` holding a command's sections.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from robustlab.evaluate import metrics
+from robustlab.report.schema import (
+    COMMANDS,
+    VERIFICATION_STATUSES,
+    AttackRow,
+    AttackRun,
+    CertReport,
+    DataInfo,
+    DetectionReport,
+    DetectionRow,
+    ModelReport,
+    Rate,
+    VerificationReport,
+    Verdict,
+)
+
+__all__ = ["attack_run", "cert_report", "detection", "detection_row", "model_section", "verification",
+           "verification_status"]
+
+
+def _round(v: float, digits: int = 6) -> float:
+    return float(f"{v:.{digits}g}")
+
+
+def attack_run(result: Any, x: Tensor, *, eps: Optional[float], config: Mapping[str, Any], seconds: float,
+               examples: Optional[str] = None) -> AttackRun:
+    """The section of one attack run: ``result`` (an :class:`~robustlab.attacks.AttackResult` over
+    the clean images ``x``, in order), ``eps`` (``None``: a minimal-norm search), the attack's
+    ``config``, its wall time and the path of the exported examples. Robust: correct and the attack
+    failed; success: among the correct images; distances and norms over the examples found on them."""
+    correct = result.clean_correct.bool().cpu()
+    success = result.success.bool().cpu()
+    found = correct & success
+    norms = metrics.perturbation_norms(result.x_adv.detach().cpu().float(), x.detach().cpu().float())
+    row = AttackRow(
+        attack=str(result.info.get("attack", config.get("name", "attack"))),
+        robust=metrics.robust_accuracy(correct, success), success=metrics.success_rate(correct, success),
+        distance=metrics.summary(result.distance.cpu()[found]),
+        norms={k: metrics.summary(v[found]) for k, v in norms.items()}, seconds=_round(seconds),
+    )
+    queries = None if result.queries is None else metrics.summary(result.queries.cpu().double()[correct])
+    distance = result.distance.detach().double().cpu()
+    return AttackRun(
+        norm=str(result.norm), eps=None if eps is None else float(eps), result=row, config=_json_native(config),
+        iterations=metrics.summary(result.iterations.cpu().double()), queries=queries, examples=examples,
+        per_sample_success=[bool(v) for v in success.tolist()],
+        per_sample_distance=[_round(float(d)) if s and math.isfinite(float(d)) else None
+                             for d, s in zip(distance.tolist(), success.tolist())],
+    )
+
+
+def cert_report(*, method: str, label: str, norm: str, certifies: str, alpha: float, options: Mapping[str, Any],
+                labels: Tensor, prediction: Tensor, radius: Tensor, abstain: Tensor, radii: Sequence[float],
+                seconds: float) -> CertReport:
+    """A certifier's section: certified accuracy (prediction correct, not abstained, radius >= r) at
+    each of ``radii``, the accuracy of the certified predictions, the abstain rate, the radius
+    distribution of the correct certified predictions and the per-sample radii (0 where abstained)
+    and predictions. ``certifies``: ``"model"`` or ``"smoothed"``."""
+    if certifies not in ("model", "smoothed"):
+        raise ValueError(f"certifies must be 'model' or 'smoothed', got {certifies!r}")
+    labels, prediction, radius, abstain = labels.cpu(), prediction.cpu(), radius.cpu(), abstain.bool().cpu()
+    if not bool(torch.isfinite(radius[~abstain]).all()):  # "every radius asked about": the largest one asked
+        radius = torch.where(torch.isinf(radius), torch.full_like(radius, max(map(float, radii), default=0.0)), radius)
+    ok = (prediction == labels) & ~abstain
+    return CertReport(
+        method=method, label=label, norm=norm, certifies=certifies, alpha=float(alpha), options=_json_native(options),
+        radii=[_round(float(r)) for r in radii],
+        certified_accuracy=metrics.certified_curve(labels, prediction, radius, abstain, radii),
+        accuracy=metrics.rate(ok), abstain=metrics.rate(abstain), radius=metrics.summary(radius[ok]),
+        seconds=_round(seconds),
+        per_sample_radius=[_round(v) for v in torch.where(abstain, torch.zeros_like(radius), radius).tolist()],
+        per_sample_prediction=[int(v) for v in prediction.tolist()],
+    )
+
+
+#: Raw answers of the verifiers -> :data:`~robustlab.report.schema.VERIFICATION_STATUSES`: VNN-COMP's
+#: unsat / sat, the MILP's counterexample, a bound method's "not verified" (it could not prove).
+_STATUS = {"verified": "verified", "unsat": "verified", "falsified": "falsified", "sat": "falsified",
+           "counterexample": "falsified", "unknown": "unknown", "not verified": "unknown", "timeout": "timeout"}
+
+
+def verification_status(raw: str) -> str:
+    """The report's status of a verifier's answer (``unsat`` -> verified, ``sat`` / ``counterexample``
+    -> falsified, ``not verified`` -> unknown, ``timeout``)."""
+    try:
+        return _STATUS[str(raw)]
+    except KeyError:
+        raise ValueError(f"unknown verification answer {raw!r}; expected one of {', '.join(_STATUS)}") from None
+
+
+def verification(*, method: str, norm: Optional[str], eps: Optional[float], options: Mapping[str, Any],
+                 items: Sequence[str], statuses: Sequence[str], seconds: Sequence[float]) -> VerificationReport:
+    """Verification outcomes per item (an image index or a VNN-COMP instance): ``statuses`` are the
+    verifiers' answers (mapped by :func:`verification_status`), ``seconds`` each item's time."""
+    if not len(items) == len(statuses) == len(seconds):
+        raise ValueError(f"items, statuses and seconds must have one entry per item, got {len(items)}, "
+                         f"{len(statuses)} and {len(seconds)}")
+    status = [verification_status(s) for s in statuses]
+    n = len(status)
+    counts = {s: status.count(s) for s in VERIFICATION_STATUSES}
+    return VerificationReport(
+        method=method, norm=norm, eps=None if eps is None else float(eps), options=_json_native(options),
+        items=[str(i) for i in items], statuses=status, seconds=[_round(float(s)) for s in seconds], counts=counts,
+        verified=metrics.rate_counts(counts["verified"], n), falsified=metrics.rate_counts(counts["falsified"], n),
+        total_seconds=_round(float(sum(seconds))),
+    )
+
+
+def detection_row(record: Mapping[str, Any]) -> DetectionRow:
+    """One row from a detection record (:func:`robustlab.cli.detect.detection_record` plus the
+    detector, attack and adaptive flag): counts -> Rates."""
+    n_correct = int(record["n_correct"])
+    found = int(record["attack_success"])
+    roc = record.get("roc") or {"fpr": [], "tpr": []}
+    detected = fp = None
+    if record.get("detection_rate") is not None:
+        n_adv, n_clean = int(record["n_adversarial"]), int(record["n_clean"])
+        detected = metrics.rate_counts(round(float(record["detection_rate"]) * n_adv), n_adv)
+        fp = metrics.rate_counts(round(float(record["fpr"]) * n_clean), n_clean)
+    return DetectionRow(
+        detector=str(record["detector"]), attack=str(record["attack_name"]), adaptive=bool(record["adaptive"]),
+        detection=detected, false_positive=fp, auc=None if record.get("auc") is None else _round(float(record["auc"])),
+        evasion=metrics.rate_counts(int(record["evaded"]), n_correct), success=metrics.rate_counts(found, n_correct),
+        roc_fpr=[_round(float(v)) for v in roc["fpr"]], roc_tpr=[_round(float(v)) for v in roc["tpr"]],
+        seconds=_round(float(record.get("seconds", 0.0))), config=_json_native(record.get("config", {})),
+        detector_config=_json_native(record.get("detector_config", {})),
+    )
+
+
+def detection(records: Sequence[Mapping[str, Any]], *, target_fpr: float, eps: float,
+              options: Mapping[str, Any]) -> DetectionReport:
+    """The detection section: one :func:`detection_row` per record."""
+    if not records:
+        raise ValueError("a detection section needs at least one record")
+    return DetectionReport(target_fpr=float(target_fpr), eps=float(eps), options=_json_native(options),
+                           rows=[detection_row(r) for r in records])
+
+
+def model_section(command: str, *, name: str, model: Any, data: Any, n: int, settings: Mapping[str, Any],
+                  labels: Optional[Tensor], clean_pred: Optional[Tensor], seed: int = 0, batch_size: int = 0,
+                  device: str = "cpu", seconds: float = 0.0, notes: Sequence[str] = (), **sections: Any) -> ModelReport:
+    """The model section a command writes: ``model`` (the ``nn.Module``, for its class, size and
+    saved metadata; or a ready dict), ``data`` (a :class:`~robustlab.data.Dataset`, or ``None``:
+    VNN-COMP instances, ``n`` of them), the command's ``settings`` (shown where an evaluation shows
+    its suite), the labels and clean predictions of the ``n`` images (``None`` for instances: the
+    clean accuracy is then ``null``) and its sections (``attack_runs``, ``certificates``,
+    ``verification``, ``detection``). No gradient-masking checks run outside ``evaluate``, so the
+    verdict says what the numbers are."""
+    from robustlab.evaluate.run import model_info
+
+    if command not in COMMANDS:
+        raise ValueError(f"command must be one of {', '.join(COMMANDS)}, got {command!r}")
+    info = model if isinstance(model, dict) else model_info(model)
+    if data is None:
+        data_info = DataInfo("VNN-COMP instances", None, int(n), [], [])
+    else:
+        shape = [int(v) for v in data.images.shape[1:]]
+        data_info = DataInfo(str(data.name), getattr(data, "split", None), int(n), shape,
+                             [str(c) for c in getattr(data, "classes", ())])
+    clean: Optional[Rate] = None
+    if labels is not None and clean_pred is not None:
+        clean = metrics.clean_accuracy(labels.cpu(), clean_pred.cpu())
+    verdict = Verdict(False, _VERDICT[command], [])
+    return ModelReport(
+        name=name, model=info, data=data_info, suite={"name": command, **_json_native(settings)}, seed=int(seed),
+        batch_size=int(batch_size), device=str(device), seconds=_round(float(seconds)), clean=clean, threats=[],
+        certificates=list(sections.pop("certificates", [])), checks=[], verdict=verdict, exemplars=[],
+        labels=[] if labels is None else [int(v) for v in labels.tolist()],
+        clean_pred=[] if clean_pred is None else [int(v) for v in clean_pred.tolist()], notes=list(notes),
+        command=command, attack_runs=list(sections.pop("attack_runs", [])),
+        verification=list(sections.pop("verification", [])), detection=sections.pop("detection", None),
+        **_no_more(sections),
+    )
+
+
+_VERDICT = {
+    "evaluate": "",
+    "attack": "One attack's result: an upper bound on the robust accuracy against this attack only, with no "
+              "gradient-masking checks (robustlab evaluate runs a suite and checks it).",
+    "certify": "Certified accuracy: a lower bound on robustness that no attack can break (no attack-based checks apply).",
+    "verify": "Verification outcomes: proofs and counterexamples (no attack-based checks apply).",
+    "detect": "Detection rates of adversarial-example detectors; the adaptive rows are the ones to believe.",
+}
+
+
+def _no_more(sections: Mapping[str, Any]) -> dict:
+    if sections:
+        raise TypeError(f"unknown report sections {sorted(sections)}; expected attack_runs, certificates, "
+                        "verification, detection")
+    return {}
+
+
+def _json_native(value: Any) -> Any:
+    """``value`` with tensors, tuples and non-finite floats made JSON-native (``null`` for nan / inf)."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_native(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_native(v) for v in value]
+    if isinstance(value, Tensor):
+        return _json_native(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "item"):
+        return _json_native(value.item())
+    return str(value)
