@@ -5,9 +5,11 @@
     robustlab attack --model runs/mnist-pgd --attack square --eps 0.3 --queries 5000 --out square.safetensors
 
 Writes ``--out`` (safetensors: ``x_adv``, ``labels``, ``indices``, ``success``, ``clean_correct``,
-``distance``, ``iterations``) and a JSON summary next to it (``<out>`` with suffix ``.json``: success rate,
-robust accuracy, distance percentiles of the successful perturbations, time, iterations), both
-atomically. Minimal-norm attacks (cw-*, deepfool, fmn, ddn) need no ``--eps``: they report the
+``distance``, ``iterations``) and the report (``report.json`` + ``index.html``, schema 4's
+``attack_runs`` section: robust accuracy and success rate with their 95% intervals, distances and
+norms of the adversarial examples found, iterations, queries, the examples' path) into the folder
+``<out>`` without its suffix (``adv.safetensors`` -> ``adv/``), every file atomically. The JSON
+summary ``<out>`` with suffix ``.json`` is still written in its old format, deprecated. Minimal-norm attacks (cw-*, deepfool, fmn, ddn) need no ``--eps``: they report the
 smallest perturbation they found; with ``--eps`` their result is kept inside that ball.
 """
 
@@ -74,7 +76,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=250)
     add_memory_arg(p)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output .safetensors file (the JSON summary goes next to it, suffix .json)")
+    p.add_argument("--out", required=True, help="output .safetensors file; the report (report.json, index.html) goes into the folder of the same "
+                        "name without .safetensors (the deprecated JSON summary next to it, suffix .json)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -96,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from robustlab import __version__, data
+    from robustlab.cli._outputs import DEPRECATED, report_folder
     from robustlab.cli._common import (check_model_data, check_out_file, dataset_name, fit_batch, load_model,
                                        resolve_device)
     from robustlab._io import atomic_write_bytes, atomic_write_text
@@ -110,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     out = check_out_file(args.out, "--out", ".safetensors")  # before any work: a bad --out fails now
     check_out_file(out.with_suffix(".json"), "--out (its .json summary)")
+    folder = report_folder(out)
     device = resolve_device(args.device)
     norm = args.norm or DEFAULT_NORM.get(name, "linf")
     if args.eps is not None:
@@ -173,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
 
     found = res.success & res.clean_correct  # type: ignore[operator]
     correct = int(res.clean_correct.sum())  # type: ignore[union-attr]
-    summary = {
+    summary = {  # deprecated (one more release): report.json's attack_runs section holds the same
         "format": "robustlab-attack-summary", "format_version": 1, "robustlab": __version__,
         "attack": name, "config": attack.config(), "model": str(args.model), "dataset": dataset,
         "split": args.split, "n": n, "norm": res.norm,
@@ -190,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
     }
     summary_path = out.with_suffix(".json")
     atomic_write_text(summary_path, json.dumps(summary, indent=2, default=str) + "\n")
+    report_path = _write_report(args, name, model, images, n, res, x_all, y_all, attack, seconds, out, folder)
 
     dist = summary["distance"]
     print(f"{name} on {dataset} ({args.split}), {n} images, {res.norm}"
@@ -198,5 +204,25 @@ def run(args: argparse.Namespace) -> int:
     if dist:
         print(f"{res.norm} distance of successful perturbations: median {dist['median']:.4g}, "
               f"p10 {dist['p10']:.4g}, p90 {dist['p90']:.4g}, mean {dist['mean']:.4g}")
-    print(f"{seconds:.1f} s ({n / seconds:.1f} images/s); wrote {out} and {summary_path}")
+    print(f"{seconds:.1f} s ({n / seconds:.1f} images/s); wrote {out}, the report {report_path} (and "
+          f"{folder / 'index.html'}) and {summary_path} ({DEPRECATED.format(folder=folder)})")
     return 0
+
+
+def _write_report(args: argparse.Namespace, name: str, model: Any, images: Any, n: int, res: Any, x: Any, y: Any,
+                  attack: Any, seconds: float, out: Path, folder: Path) -> Path:
+    """The report of this run (schema 4's ``attack_runs`` section) into ``folder``."""
+    import os
+
+    from robustlab.cli._outputs import write_report
+    from robustlab.cli.evaluate import model_label
+    from robustlab.evaluate.sections import attack_run, model_section
+    from robustlab.models.metrics import predictions
+
+    section = attack_run(name, res, x, eps=args.eps, config=attack.config(), seconds=seconds,
+                         examples=os.path.relpath(out.resolve(), folder.resolve()))
+    settings = {"attack": name, "norm": res.norm, "eps": args.eps, "split": args.split, "options": dict(args.option)}
+    m = model_section("attack", name=model_label(str(args.model)), model=model, data=images, n=n, settings=settings,
+                      labels=y, clean_pred=predictions(model, (x, y), args.batch_size), seed=args.seed,
+                      batch_size=args.batch_size, device=str(x.device), seconds=seconds, attack_runs=[section])
+    return write_report(m, folder, f"robustlab attack: {name} on {m.name}")

@@ -5,8 +5,10 @@ or PixelDP certificates (Lecuyer et al. 2019) for a model trained with PixelDP n
         --alpha 0.001 --radii 0,0.25,0.5,0.75,1 [--n-images 500] [--adaptive] [--out cert.json]
     robustlab certify --model runs/mnist-pixeldp --method pixeldp --n 1000 --alpha 0.05 --radii 0,0.05,0.1
 
-Prints certified accuracy per radius (with a 95% Wilson interval over the test images) and writes
-JSON (atomically) with the settings, the curve and one record per image.
+Prints certified accuracy per radius (with a 95% Wilson interval over the test images) and writes the
+report (``report.json`` + ``index.html``: a schema-4 model section with the certificate, radii
+``--radii``, the method and its settings) into the folder ``<out>`` without ``.json``, every file
+atomically. ``<out>`` itself still holds the old JSON (settings, curve, one record per image), deprecated.
 """
 
 from __future__ import annotations
@@ -133,13 +135,13 @@ def _run(args: argparse.Namespace, info) -> int:
     from robustlab import data
     from robustlab.cli._common import (check_model_data, check_out_file, dataset_name, fit_batch, load_model,
                                        resolve_device)
+    from robustlab.cli._outputs import DEPRECATED, report_folder
     from robustlab.cli.evaluate import model_label
     from robustlab._io import atomic_write_text
-    from robustlab.certificates import Certificate, certified_accuracy
+    from robustlab.cli._outputs import write_report
+    from robustlab.certificates import Certificate
     from robustlab.defenses.smoothing import Smoothed
     from robustlab.evaluate.shards import config_hash, counting_forwards, run_units, unit_seed
-    from robustlab.stats import wilson
-
 
     for name in ("n_images", "chunk", "n0", "n", "batch_size"):
         if getattr(args, name) < 1:
@@ -162,6 +164,7 @@ def _run(args: argparse.Namespace, info) -> int:
                              "; add --method pixeldp or drop it")
     out = Path(args.out) if args.out else Path("out") / "certify" / (model_label(args.model) + f"-{method}.json")
     check_out_file(out, "--out")  # before any sampling: a bad --out fails now
+    folder = report_folder(out)
     model = load_model(args, device)
     name = dataset_name(args, model)
     images = data.load(name, args.split, args.root)
@@ -216,17 +219,19 @@ def _run(args: argparse.Namespace, info) -> int:
     cert = Certificate.concat(parts)
     if method == "adaptive":
         cert.info["stop"] = {k: sum(p.info["stop"][k] for p in parts) for k in parts[0].info["stop"]}
-    curve = certified_accuracy(cert, y, args.radii).tolist()
-    lo, hi = wilson([round(a * len(y)) for a in curve], len(y), 0.05)
     evals = float(cert.samples.double().mean()) if cert.samples is not None else float(args.n0 + args.n)
+    section = _section(args, method, model, images, cert, seconds, evals, pixeldp_info, device)
+    c = section.certificates[0]
 
     print(f"{name} ({args.split}): {len(y)} images, sigma={args.sigma}, n0={args.n0}, n={args.n}"
           f"{' (n_max)' if method == 'adaptive' else ''}, alpha={args.alpha}, method={method}")
     print(f"{seconds / len(y):.3f} s per image, {evals:.0f} model evaluations per image on average, "
-          f"{float(cert.abstain.double().mean()):.2%} abstained")
+          f"{c.abstain.value:.2%} abstained")
     print(f"{'radius':>8}  {'certified accuracy':>18}  95% interval")
-    for r, acc, a, b in zip(args.radii, curve, lo, hi):
-        print(f"{r:>8.3g}  {acc:>18.4f}  [{a:.4f}, {b:.4f}]")
+    for r, acc in zip(args.radii, c.certified_accuracy):
+        print(f"{r:>8.3g}  {acc.value:>18.4f}  [{acc.ci_low:.4f}, {acc.ci_high:.4f}]")
+    curve = [a.value for a in c.certified_accuracy]
+    lo, hi = [a.ci_low for a in c.certified_accuracy], [a.ci_high for a in c.certified_accuracy]
 
     correct = (cert.prediction == y) & ~cert.abstain
     per_image = [
@@ -248,7 +253,42 @@ def _run(args: argparse.Namespace, info) -> int:
     }
     if method == "pixeldp":
         payload["pixeldp"] = pixeldp_info
-    atomic_write_text(out, json.dumps(payload) + "\n")
+    atomic_write_text(out, json.dumps(payload) + "\n")  # deprecated: report.json holds the same
+    write_report(section, folder, f"robustlab certify: {method} on {section.name}")
     shutil.rmtree(parts_dir, ignore_errors=True)  # the report holds everything the unit files did
-    print(f"wrote {out}" + (f" ({info.world_size} processes)" if info.distributed else ""))
+    print(f"wrote {out}" + (f" ({info.world_size} processes)" if info.distributed else "")
+          + f" and the report {folder / 'report.json'} (and index.html); {out.name}: {DEPRECATED.format(folder=folder)}")
     return 0
+
+
+#: The certify methods -> (the report's method name, what the radius certifies).
+_METHODS = {"cohen": ("smoothing", "smoothed"), "adaptive": ("smoothing-adaptive", "smoothed"),
+            "two-class": ("smoothing-two-class", "smoothed"), "pixeldp": ("pixeldp", "smoothed")}
+
+
+def _section(args: argparse.Namespace, method: str, model: Any, images: Any, cert: Any, seconds: float, evals: float,
+             pixeldp_info: dict, device: Any) -> Any:
+    """The report's model section of this run: the certificate at ``--radii`` with the method's
+    settings, and the base model's clean accuracy on the same images."""
+    from robustlab.cli.evaluate import model_label
+    from robustlab.evaluate.sections import cert_report, model_section
+    from robustlab.models.metrics import predictions
+
+    y = images.labels
+    report_method, certifies = _METHODS[method]
+    options = {"sigma": args.sigma, "n0": args.n0, "n": args.n, "alpha": args.alpha, "seed": args.seed,
+               "evaluations_per_image": evals}
+    if method == "pixeldp":
+        options = {"n": args.n, "alpha": args.alpha, "scores": args.scores, "seed": args.seed,
+                   "evaluations_per_image": evals, **pixeldp_info}
+    if method == "adaptive":
+        options["stop"] = cert.info.get("stop")
+    label = f"{report_method} (sigma {args.sigma:g})" if method != "pixeldp" else f"pixeldp (eps {pixeldp_info['eps']:g})"
+    rep = cert_report(method=report_method, label=label, norm=cert.norm, certifies=certifies, alpha=args.alpha,
+                      options=options, labels=y, prediction=cert.prediction, radius=cert.radius, abstain=cert.abstain,
+                      radii=args.radii, seconds=seconds)
+    x = images.images
+    return model_section("certify", name=model_label(str(args.model)), model=model, data=images, n=len(y),
+                         settings={"method": method, "split": args.split, "n_images": len(y)}, labels=y,
+                         clean_pred=predictions(model, (x, y), args.batch_size), seed=args.seed,
+                         batch_size=args.batch_size, device=str(device), seconds=seconds, certificates=[rep])

@@ -43,10 +43,10 @@ def _round(v: float, digits: int = 6) -> float:
     return float(f"{v:.{digits}g}")
 
 
-def attack_run(result: Any, x: Tensor, *, eps: Optional[float], config: Mapping[str, Any], seconds: float,
-               examples: Optional[str] = None) -> AttackRun:
-    """The section of one attack run: ``result`` (an :class:`~robustlab.attacks.AttackResult` over
-    the clean images ``x``, in order), ``eps`` (``None``: a minimal-norm search), the attack's
+def attack_run(attack: str, result: Any, x: Tensor, *, eps: Optional[float], config: Mapping[str, Any],
+               seconds: float, examples: Optional[str] = None) -> AttackRun:
+    """The section of one run of ``attack``: ``result`` (an :class:`~robustlab.attacks.AttackResult`
+    over the clean images ``x``, in order), ``eps`` (``None``: a minimal-norm search), the attack's
     ``config``, its wall time and the path of the exported examples. Robust: correct and the attack
     failed; success: among the correct images; distances and norms over the examples found on them."""
     correct = result.clean_correct.bool().cpu()
@@ -54,7 +54,7 @@ def attack_run(result: Any, x: Tensor, *, eps: Optional[float], config: Mapping[
     found = correct & success
     norms = metrics.perturbation_norms(result.x_adv.detach().cpu().float(), x.detach().cpu().float())
     row = AttackRow(
-        attack=str(result.info.get("attack", config.get("name", "attack"))),
+        attack=str(attack),
         robust=metrics.robust_accuracy(correct, success), success=metrics.success_rate(correct, success),
         distance=metrics.summary(result.distance.cpu()[found]),
         norms={k: metrics.summary(v[found]) for k, v in norms.items()}, seconds=_round(seconds),

@@ -1,0 +1,34 @@
+"""Where ``attack``, ``certify``, ``verify`` and ``detect`` write the one Report (``report.json`` and
+``index.html``, :mod:`robustlab.report`), next to what they wrote before.
+
+``--out X.json`` (``X.safetensors`` for ``attack``): the Report goes into the folder ``X/``; the
+file ``X.json`` keeps its old private format for one release (deprecated: read ``X/report.json``).
+A folder ``--out`` (``verify --instances``) holds the Report itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+#: Said once per run where a command still writes its old private JSON format.
+DEPRECATED = ("its format is deprecated and goes in the next release; {folder}/report.json holds the same "
+              "results in the one report format (robustlab report / robustlab compare read it)")
+
+
+def report_folder(out: "str | Path") -> Path:
+    """The folder of the Report for a file ``--out``: the same path without its suffix, checked
+    writable before any work (:func:`robustlab.cli._common.check_out_dir`)."""
+    from robustlab.cli._common import check_out_dir
+
+    path = Path(out)
+    return check_out_dir(path.with_suffix("") if path.suffix else path.parent / (path.name + ".report"), "--out (its report folder)")
+
+
+def write_report(section: Any, folder: Path, title: str) -> Path:
+    """Write the Report of one model section (``report.json``, ``index.html``, ``figures/``) into
+    ``folder``, every file atomically; returns the path of ``report.json``."""
+    from robustlab.report import report
+
+    report([section], title).save(folder)
+    return folder / "report.json"
