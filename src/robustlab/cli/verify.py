@@ -287,7 +287,7 @@ def _images_section(args: argparse.Namespace, model, images, units: list, status
                        prediction=torch.where(verified, pred, torch.full_like(pred, -1)),
                        radius=torch.where(verified, torch.full(verified.shape, float(args.eps), dtype=torch.float64), 0.0),
                        abstain=~verified,
-                       radii=[float(args.eps)], seconds=seconds)
+                       radii=[0.0, float(args.eps)], seconds=seconds)
     section = verification(method=args.method, norm=args.norm, eps=args.eps, options=options,
                            items=[str(i) for i in range(len(statuses))], statuses=statuses, seconds=seconds_per)
     return model_section("verify", name=model_label(str(args.model)), model=model, data=images, n=len(statuses),

@@ -82,8 +82,8 @@ def report(models: Sequence[ModelReport], title: str = "robustlab report", notes
 
 
 def combine(reports: Sequence[Report], title: Optional[str] = None) -> Report:
-    """One report over the models of several (for side-by-side comparison); repeated model names
-    get a numeric suffix."""
+    """One report over the models of several (for side-by-side comparison); a repeated model name
+    gets the command that wrote it as a suffix (``mlp (certify)``), else a number."""
     models: list[ModelReport] = []
     seen: dict[str, int] = {}
     for r in reports:
@@ -91,7 +91,10 @@ def combine(reports: Sequence[Report], title: Optional[str] = None) -> Report:
             name = m.name
             if name in seen:
                 seen[name] += 1
-                name = f"{name} ({seen[name]})"
+                name = f"{name} ({m.command})" if m.command != "evaluate" else f"{name} ({seen[name]})"
+                while name in seen:
+                    name = f"{name} ({seen[m.name]})"
+                seen[name] = 1
             else:
                 seen[name] = 1
             models.append(m if name == m.name else ModelReport(**{**m.__dict__, "name": name}))
