@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from robustlab.evaluate import metrics
+from robustlab.evaluate.model_facts import model_info
 from robustlab.report.schema import (
     COMMANDS,
     VERIFICATION_STATUSES,
@@ -167,8 +168,6 @@ def model_section(command: str, *, name: str, model: Any, data: Any, n: int, set
     clean accuracy is then ``null``) and its sections (``attack_runs``, ``certificates``,
     ``verification``, ``detection``). No gradient-masking checks run outside ``evaluate``, so the
     verdict says what the numbers are."""
-    from robustlab.evaluate.run import model_info
-
     if command not in COMMANDS:
         raise ValueError(f"command must be one of {', '.join(COMMANDS)}, got {command!r}")
     info = model if isinstance(model, dict) else model_info(model)
