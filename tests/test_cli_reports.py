@@ -169,3 +169,22 @@ def test_each_verb_page_in_headless_chromium(runs, verb, browser):
         assert rows[0].find_elements("tag name", "td")[2].text.startswith(f"{100 * robust:.1f}%")
     if verb == "detect":
         assert len(rows) == len(m["detection"]["rows"]) and states  # the ROC figure decodes
+
+
+def test_malformed_sections_are_refused_by_name(runs, tmp_path):
+    d = json.loads((runs["verify"] / "report.json").read_text())
+    bad = json.loads(json.dumps(d))
+    bad["models"][0]["verification"][0]["statuses"][0] = "maybe"
+    (tmp_path / "a.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="statuses must be among"):
+        rl.report.load(tmp_path / "a.json")
+    bad = json.loads(json.dumps(d))
+    bad["models"][0]["command"] = "train"
+    (tmp_path / "b.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="command must be one of"):
+        rl.report.load(tmp_path / "b.json")
+    bad = json.loads(json.dumps(d))
+    bad["models"][0]["verification"][0]["surprise"] = 1
+    (tmp_path / "c.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="unknown keys"):
+        rl.report.load(tmp_path / "c.json")

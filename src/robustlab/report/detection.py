@@ -1,5 +1,6 @@
-"""The detection section: a ``robustlab detect`` result (``format: robustlab-detect``) as a table,
-ROC curves and a self-contained HTML page.
+"""The old detection document (``format: robustlab-detect``, deprecated: ``robustlab detect`` now writes
+the one report, whose ``detection`` section :mod:`robustlab.report.html` renders) as a table, ROC
+curves and a self-contained HTML page; kept for one release to read the old files.
 
 Each record of the document is one (detector, attack, adaptive) triple with the detection rate at
 the fitted false-positive rate, the ROC AUC of the adversarial scores against the clean ones (the

@@ -195,6 +195,14 @@ class VerificationReport:
     falsified: Rate
     total_seconds: float
 
+    def __post_init__(self) -> None:
+        bad = sorted(set(self.statuses) - set(VERIFICATION_STATUSES))
+        if bad:
+            raise ValueError(f"VerificationReport.statuses must be among {', '.join(VERIFICATION_STATUSES)}, got {bad}")
+        if not len(self.items) == len(self.statuses) == len(self.seconds):
+            raise ValueError(f"VerificationReport: {len(self.items)} items, {len(self.statuses)} statuses and "
+                             f"{len(self.seconds)} seconds; expected one of each per item")
+
 
 @dataclass
 class DetectionRow:
@@ -218,6 +226,11 @@ class DetectionRow:
     seconds: float
     config: dict[str, Any]
     detector_config: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        if len(self.roc_fpr) != len(self.roc_tpr):
+            raise ValueError(f"DetectionRow.roc_fpr and roc_tpr must have the same length, got {len(self.roc_fpr)} "
+                             f"and {len(self.roc_tpr)}")
 
 
 @dataclass
@@ -347,6 +360,10 @@ class ModelReport:
     attack_runs: list[AttackRun] = field(default_factory=list)
     verification: list[VerificationReport] = field(default_factory=list)
     detection: Optional[DetectionReport] = None
+
+    def __post_init__(self) -> None:
+        if self.command not in COMMANDS:
+            raise ValueError(f"ModelReport.command must be one of {', '.join(COMMANDS)}, got {self.command!r}")
 
 
 @dataclass
