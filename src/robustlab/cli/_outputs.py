@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 #: Said once per run where a command still writes its old private JSON format.
-DEPRECATED = ("its format is deprecated and goes in the next release; {folder}/report.json holds the same "
-              "results in the one report format (robustlab report / robustlab compare read it)")
+DEPRECATED = "old format, deprecated (gone in the next release; {folder}/report.json holds the same)"
 
 
 def report_folder(out: "str | Path") -> Path:

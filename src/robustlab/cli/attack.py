@@ -195,34 +195,40 @@ def run(args: argparse.Namespace) -> int:
     }
     summary_path = out.with_suffix(".json")
     atomic_write_text(summary_path, json.dumps(summary, indent=2, default=str) + "\n")
-    report_path = _write_report(args, name, model, images, n, res, x_all, y_all, attack, seconds, out, folder)
+    section = _write_report(args, model, images, res, attack, seconds, out, folder)
 
-    dist = summary["distance"]
+    clean, run = section.clean, section.attack_runs[0].result  # the printed numbers are the report's
     print(f"{name} on {dataset} ({args.split}), {n} images, {res.norm}"
-          f"{f' eps={args.eps}' if args.eps is not None else ' (minimal norm)'}: clean accuracy {summary['clean_accuracy']:.4f}, "
-          f"robust accuracy {summary['robust_accuracy']:.4f}, success on correct {summary['success_rate_on_correct'] or 0:.4f}")
-    if dist:
-        print(f"{res.norm} distance of successful perturbations: median {dist['median']:.4g}, "
-              f"p10 {dist['p10']:.4g}, p90 {dist['p90']:.4g}, mean {dist['mean']:.4g}")
-    print(f"{seconds:.1f} s ({n / seconds:.1f} images/s); wrote {out}, the report {report_path} (and "
-          f"{folder / 'index.html'}) and {summary_path} ({DEPRECATED.format(folder=folder)})")
+          f"{f' eps={args.eps}' if args.eps is not None else ' (minimal norm)'}: clean accuracy {clean.value:.4f}, "
+          f"robust accuracy {run.robust.value:.4f} [{run.robust.ci_low:.4f}, {run.robust.ci_high:.4f}], "
+          f"success on correct {run.success.value:.4f}")
+    dist = run.distance
+    if dist.count:
+        print(f"{res.norm} distance of successful perturbations: median {dist.median:.4g}, "
+              f"p10 {dist.p10:.4g}, p90 {dist.p90:.4g}, mean {dist.mean:.4g}")
+    print(f"{seconds:.1f} s ({n / seconds:.1f} images/s); wrote {out} and the report {folder / 'report.json'} (and "
+          f"index.html); {summary_path.name}: {DEPRECATED.format(folder=folder)}")
     return 0
 
 
-def _write_report(args: argparse.Namespace, name: str, model: Any, images: Any, n: int, res: Any, x: Any, y: Any,
-                  attack: Any, seconds: float, out: Path, folder: Path) -> Path:
-    """The report of this run (schema 4's ``attack_runs`` section) into ``folder``."""
+def _write_report(args: argparse.Namespace, model: Any, images: Any, res: Any, attack: Any, seconds: float, out: Path,
+                  folder: Path) -> Any:
+    """The report of this run (schema 4's ``attack_runs`` section: the first ``len(res)`` images) into
+    ``folder``; returns its model section."""
     import os
 
     from robustlab.cli._outputs import write_report
     from robustlab.cli.evaluate import model_label
-    from robustlab.evaluate.sections import attack_run, model_section
+    from robustlab.evaluate.sections import CommandRun, Sections, attack_run, model_section
     from robustlab.models.metrics import predictions
 
+    name, n = args.attack.lower(), int(res.success.shape[0])
+    x, y = images.images[:n], images.labels[:n]
     section = attack_run(name, res, x, eps=args.eps, config=attack.config(), seconds=seconds,
                          examples=os.path.relpath(out.resolve(), folder.resolve()))
     settings = {"attack": name, "norm": res.norm, "eps": args.eps, "split": args.split, "options": dict(args.option)}
-    m = model_section("attack", name=model_label(str(args.model)), model=model, data=images, n=n, settings=settings,
-                      labels=y, clean_pred=predictions(model, (x, y), args.batch_size), seed=args.seed,
-                      batch_size=args.batch_size, device=str(x.device), seconds=seconds, attack_runs=[section])
-    return write_report(m, folder, f"robustlab attack: {name} on {m.name}")
+    run = CommandRun("attack", model_label(str(args.model)), model, images, n, settings, seed=args.seed,
+                     batch_size=args.batch_size, device=str(res.x_adv.device), seconds=seconds)
+    m = model_section(run, Sections(attack_runs=[section]), y, predictions(model, (x, y), args.batch_size))
+    write_report(m, folder, f"robustlab attack: {name} on {m.name}")
+    return m

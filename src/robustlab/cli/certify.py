@@ -219,9 +219,9 @@ def _run(args: argparse.Namespace, info) -> int:
     cert = Certificate.concat(parts)
     if method == "adaptive":
         cert.info["stop"] = {k: sum(p.info["stop"][k] for p in parts) for k in parts[0].info["stop"]}
-    evals = float(cert.samples.double().mean()) if cert.samples is not None else float(args.n0 + args.n)
-    section = _section(args, method, model, images, cert, seconds, evals, pixeldp_info, device)
+    section = _section(args, method, model, images, cert, seconds, pixeldp_info, device)
     c = section.certificates[0]
+    evals = c.options["evaluations_per_image"]
 
     print(f"{name} ({args.split}): {len(y)} images, sigma={args.sigma}, n0={args.n0}, n={args.n}"
           f"{' (n_max)' if method == 'adaptive' else ''}, alpha={args.alpha}, method={method}")
@@ -266,16 +266,17 @@ _METHODS = {"cohen": ("smoothing", "smoothed"), "adaptive": ("smoothing-adaptive
             "two-class": ("smoothing-two-class", "smoothed"), "pixeldp": ("pixeldp", "smoothed")}
 
 
-def _section(args: argparse.Namespace, method: str, model: Any, images: Any, cert: Any, seconds: float, evals: float,
+def _section(args: argparse.Namespace, method: str, model: Any, images: Any, cert: Any, seconds: float,
              pixeldp_info: dict, device: Any) -> Any:
     """The report's model section of this run: the certificate at ``--radii`` with the method's
     settings, and the base model's clean accuracy on the same images."""
     from robustlab.cli.evaluate import model_label
-    from robustlab.evaluate.sections import cert_report, model_section
+    from robustlab.evaluate.sections import CommandRun, Sections, cert_report, model_section
     from robustlab.models.metrics import predictions
 
     y = images.labels
     report_method, certifies = _METHODS[method]
+    evals = float(cert.samples.double().mean()) if cert.samples is not None else float(args.n0 + args.n)
     options = {"sigma": args.sigma, "n0": args.n0, "n": args.n, "alpha": args.alpha, "seed": args.seed,
                "evaluations_per_image": evals}
     if method == "pixeldp":
@@ -287,8 +288,7 @@ def _section(args: argparse.Namespace, method: str, model: Any, images: Any, cer
     rep = cert_report(method=report_method, label=label, norm=cert.norm, certifies=certifies, alpha=args.alpha,
                       options=options, labels=y, prediction=cert.prediction, radius=cert.radius, abstain=cert.abstain,
                       radii=args.radii, seconds=seconds)
-    x = images.images
-    return model_section("certify", name=model_label(str(args.model)), model=model, data=images, n=len(y),
-                         settings={"method": method, "split": args.split, "n_images": len(y)}, labels=y,
-                         clean_pred=predictions(model, (x, y), args.batch_size), seed=args.seed,
-                         batch_size=args.batch_size, device=str(device), seconds=seconds, certificates=[rep])
+    run = CommandRun("certify", model_label(str(args.model)), model, images, len(y),
+                     {"method": method, "split": args.split, "n_images": len(y)}, seed=args.seed,
+                     batch_size=args.batch_size, device=str(device), seconds=seconds)
+    return model_section(run, Sections(certificates=[rep]), y, predictions(model, (images.images, y), args.batch_size))

@@ -165,7 +165,7 @@ def run(args: argparse.Namespace, *, model: Optional[Any] = None) -> int:
     from robustlab._io import atomic_write_text
     from robustlab.cli._outputs import DEPRECATED, report_folder, write_report
     from robustlab.cli.evaluate import model_label
-    from robustlab.evaluate.sections import detection, model_section
+    from robustlab.evaluate.sections import CommandRun, Sections, detection, model_section
     from robustlab.models.metrics import predictions
 
     detectors = _names(args.detector, DETECTORS, "detector")
@@ -214,14 +214,14 @@ def run(args: argparse.Namespace, *, model: Optional[Any] = None) -> int:
         "n_fit": args.n_fit, "n_train": args.n_train, "seed": args.seed, "records": records,
     }
     atomic_write_text(args.out, json.dumps(out, indent=1, default=str) + "\n")  # deprecated: report.json holds the same
-    section = model_section(
-        "detect", name=model_label(str(args.model)), model=model, data=test, n=args.n,
-        settings={"detectors": detectors, "attacks": attacks, "adaptive": bool(args.adaptive), "eps": args.eps,
-                  "fpr": args.fpr}, labels=y, clean_pred=predictions(model, (x, y), args.batch_size), seed=args.seed,
-        batch_size=args.batch_size, seconds=time.perf_counter() - t0,
-        detection=detection(records, target_fpr=args.fpr, eps=args.eps,
-                            options={"l2_eps": args.l2_eps, "steps": args.steps, "n": args.n, "n_fit": args.n_fit,
-                                     "n_train": args.n_train}))
+    settings = {"detectors": detectors, "attacks": attacks, "adaptive": bool(args.adaptive), "eps": args.eps,
+                "fpr": args.fpr}
+    run = CommandRun("detect", model_label(str(args.model)), model, test, args.n, settings, seed=args.seed,
+                     batch_size=args.batch_size, seconds=time.perf_counter() - t0)
+    options = {"l2_eps": args.l2_eps, "steps": args.steps, "n": args.n, "n_fit": args.n_fit, "n_train": args.n_train}
+    section = model_section(run, Sections(detection=detection(records, target_fpr=args.fpr, eps=args.eps,
+                                                              options=options)),
+                            y, predictions(model, (x, y), args.batch_size))
     write_report(section, folder, f"robustlab detect: {', '.join(detectors)} on {section.name}")
     print(f"wrote {args.out} and the report {folder / 'report.json'} (and index.html); "
           f"{Path(args.out).name}: {DEPRECATED.format(folder=folder)}")

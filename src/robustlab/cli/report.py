@@ -1,5 +1,6 @@
-"""``robustlab report report.json [--out DIR]`` re-renders a report without rerunning anything;
-``robustlab compare a.json b.json [--out DIR]`` puts several models side by side (HTML + table).
+"""``robustlab report report.json [--out DIR]`` re-renders a report (of any verb: evaluate, attack,
+certify, verify, detect) without rerunning anything; ``robustlab compare a.json b.json [--out DIR]``
+puts the models of several reports side by side (HTML + table), e.g. an evaluation and a certification.
 
 ``register`` adds both subcommands."""
 

@@ -148,7 +148,7 @@ def _run_instances(args: argparse.Namespace) -> int:
 def _instances_report(args: argparse.Namespace, summary: dict, out: Path) -> None:
     """The report of VNN-COMP instances (no labelled images: the clean accuracy is null) into ``out``."""
     from robustlab.cli._outputs import write_report
-    from robustlab.evaluate.sections import model_section, verification
+    from robustlab.evaluate.sections import CommandRun, Sections, model_section, verification
 
     records = summary["records"]
     options = {k: summary.get(k) for k in ("seed", "timeout_scale", "unsound", "per_network")}
@@ -157,10 +157,10 @@ def _instances_report(args: argparse.Namespace, summary: dict, out: Path) -> Non
                            statuses=[r["status"] for r in records], seconds=[r["seconds"] for r in records])
     networks = sorted({Path(r["network"]).name for r in records})
     name = Path(args.onnx).stem if args.onnx else Path(args.instances).stem
-    m = model_section("verify", name=name, model={"class": "ONNX networks", "networks": networks}, data=None,
-                      n=len(records), settings={"method": summary["method"], "instances": len(records)}, labels=None,
-                      clean_pred=None, seed=args.seed, device=str(summary.get("device", "cpu")),
-                      seconds=summary["seconds"], verification=[section])
+    run = CommandRun("verify", name, {"class": "ONNX networks", "networks": networks}, None, len(records),
+                     {"method": summary["method"], "instances": len(records)}, seed=args.seed,
+                     device=str(summary.get("device", "cpu")), seconds=summary["seconds"])
+    m = model_section(run, Sections(verification=[section]))
     write_report(m, out, f"robustlab verify: {name} ({summary['method']})")
 
 
@@ -276,7 +276,7 @@ def _images_section(args: argparse.Namespace, model, images, units: list, status
     import torch
 
     from robustlab.cli.evaluate import model_label
-    from robustlab.evaluate.sections import cert_report, model_section, verification
+    from robustlab.evaluate.sections import CommandRun, Sections, cert_report, model_section, verification
 
     labels = torch.cat([rec["label"].cpu() for rec in units])
     pred = torch.cat([rec["prediction"].cpu() for rec in units])
@@ -290,7 +290,7 @@ def _images_section(args: argparse.Namespace, model, images, units: list, status
                        radii=[0.0, float(args.eps)], seconds=seconds)
     section = verification(method=args.method, norm=args.norm, eps=args.eps, options=options,
                            items=[str(i) for i in range(len(statuses))], statuses=statuses, seconds=seconds_per)
-    return model_section("verify", name=model_label(str(args.model)), model=model, data=images, n=len(statuses),
-                         settings={"method": args.method, "norm": args.norm, "eps": args.eps, "split": args.split},
-                         labels=labels, clean_pred=pred, batch_size=args.batch_size, device=str(device),
-                         seconds=seconds, certificates=[cert], verification=[section])
+    run = CommandRun("verify", model_label(str(args.model)), model, images, len(statuses),
+                     {"method": args.method, "norm": args.norm, "eps": args.eps, "split": args.split},
+                     batch_size=args.batch_size, device=str(device), seconds=seconds)
+    return model_section(run, Sections(certificates=[cert], verification=[section]), labels, pred)

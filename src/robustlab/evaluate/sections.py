@@ -8,12 +8,14 @@ interval method, Wilson's 95% interval).
   certifier: smoothing fixed / adaptive / two-class, PixelDP, IBP / CROWN / alpha-CROWN / LP / MILP);
 - :func:`verification`: per-image or per-instance outcomes -> :class:`VerificationReport`;
 - :func:`detection`: per (detector, attack, adaptive) counts and ROC -> :class:`DetectionReport`;
-- :func:`model_section`: one :class:`ModelReport` holding a command's sections.
+- :func:`model_section`: one :class:`ModelReport` holding a command's :class:`Sections`, for a
+  :class:`CommandRun`.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
@@ -36,8 +38,8 @@ from robustlab.report.schema import (
     Verdict,
 )
 
-__all__ = ["attack_run", "cert_report", "detection", "detection_row", "model_section", "verification",
-           "verification_status"]
+__all__ = ["CommandRun", "Sections", "attack_run", "cert_report", "detection", "detection_row", "model_section",
+           "verification", "verification_status"]
 
 
 def _round(v: float, digits: int = 6) -> float:
@@ -158,38 +160,62 @@ def detection(records: Sequence[Mapping[str, Any]], *, target_fpr: float, eps: f
                            rows=[detection_row(r) for r in records])
 
 
-def model_section(command: str, *, name: str, model: Any, data: Any, n: int, settings: Mapping[str, Any],
-                  labels: Optional[Tensor], clean_pred: Optional[Tensor], seed: int = 0, batch_size: int = 0,
-                  device: str = "cpu", seconds: float = 0.0, notes: Sequence[str] = (), **sections: Any) -> ModelReport:
-    """The model section a command writes: ``model`` (the ``nn.Module``, for its class, size and
-    saved metadata; or a ready dict), ``data`` (a :class:`~robustlab.data.Dataset`, or ``None``:
-    VNN-COMP instances, ``n`` of them), the command's ``settings`` (shown where an evaluation shows
-    its suite), the labels and clean predictions of the ``n`` images (``None`` for instances: the
-    clean accuracy is then ``null``) and its sections (``attack_runs``, ``certificates``,
-    ``verification``, ``detection``). No gradient-masking checks run outside ``evaluate``, so the
-    verdict says what the numbers are."""
-    if command not in COMMANDS:
-        raise ValueError(f"command must be one of {', '.join(COMMANDS)}, got {command!r}")
-    info = model if isinstance(model, dict) else model_info(model)
-    if data is None:
-        data_info = DataInfo("VNN-COMP instances", None, int(n), [], [])
+@dataclass(frozen=True)
+class CommandRun:
+    """What a command ran: ``command`` (one of :data:`~robustlab.report.schema.COMMANDS`), the
+    model's ``name`` and ``model`` (the ``nn.Module``, for its class, size and saved metadata; or a
+    ready dict), ``data`` (a :class:`~robustlab.data.Dataset`, or ``None``: VNN-COMP instances),
+    ``n`` images (or instances), the command's ``settings`` (shown where an evaluation shows its
+    suite), and the seed, batch size, device and wall time of the run."""
+
+    command: str
+    name: str
+    model: Any
+    data: Any
+    n: int
+    settings: Mapping[str, Any]
+    seed: int = 0
+    batch_size: int = 0
+    device: str = "cpu"
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Sections:
+    """The sections a command fills (each empty by default)."""
+
+    certificates: Sequence[CertReport] = ()
+    attack_runs: Sequence[AttackRun] = ()
+    verification: Sequence[VerificationReport] = ()
+    detection: Optional[DetectionReport] = None
+
+
+def model_section(run: CommandRun, sections: Sections, labels: Optional[Tensor] = None,
+                  clean_pred: Optional[Tensor] = None) -> ModelReport:
+    """The model section ``run`` writes: its ``sections``, and the labels and clean predictions of
+    its ``n`` images (``None`` for instances: the clean accuracy is then ``null``). No
+    gradient-masking checks run outside ``evaluate``, so the verdict says what the numbers are."""
+    if run.command not in COMMANDS:
+        raise ValueError(f"command must be one of {', '.join(COMMANDS)}, got {run.command!r}")
+    info = run.model if isinstance(run.model, dict) else model_info(run.model)
+    if run.data is None:
+        data_info = DataInfo("VNN-COMP instances", None, int(run.n), [], [])
     else:
-        shape = [int(v) for v in data.images.shape[1:]]
-        data_info = DataInfo(str(data.name), getattr(data, "split", None), int(n), shape,
-                             [str(c) for c in getattr(data, "classes", ())])
+        data_info = DataInfo(str(run.data.name), getattr(run.data, "split", None), int(run.n),
+                             [int(v) for v in run.data.images.shape[1:]],
+                             [str(c) for c in getattr(run.data, "classes", ())])
     clean: Optional[Rate] = None
     if labels is not None and clean_pred is not None:
         clean = metrics.clean_accuracy(labels.cpu(), clean_pred.cpu())
-    verdict = Verdict(False, _VERDICT[command], [])
     return ModelReport(
-        name=name, model=info, data=data_info, suite={"name": command, **_json_native(settings)}, seed=int(seed),
-        batch_size=int(batch_size), device=str(device), seconds=_round(float(seconds)), clean=clean, threats=[],
-        certificates=list(sections.pop("certificates", [])), checks=[], verdict=verdict, exemplars=[],
+        name=run.name, model=info, data=data_info, suite={"name": run.command, **_json_native(run.settings)},
+        seed=int(run.seed), batch_size=int(run.batch_size), device=str(run.device), seconds=_round(float(run.seconds)),
+        clean=clean, threats=[], certificates=list(sections.certificates), checks=[],
+        verdict=Verdict(False, _VERDICT[run.command], []), exemplars=[],
         labels=[] if labels is None else [int(v) for v in labels.tolist()],
-        clean_pred=[] if clean_pred is None else [int(v) for v in clean_pred.tolist()], notes=list(notes),
-        command=command, attack_runs=list(sections.pop("attack_runs", [])),
-        verification=list(sections.pop("verification", [])), detection=sections.pop("detection", None),
-        **_no_more(sections),
+        clean_pred=[] if clean_pred is None else [int(v) for v in clean_pred.tolist()],
+        command=run.command, attack_runs=list(sections.attack_runs), verification=list(sections.verification),
+        detection=sections.detection,
     )
 
 
@@ -201,13 +227,6 @@ _VERDICT = {
     "verify": "Verification outcomes: proofs and counterexamples (no attack-based checks apply).",
     "detect": "Detection rates of adversarial-example detectors; the adaptive rows are the ones to believe.",
 }
-
-
-def _no_more(sections: Mapping[str, Any]) -> dict:
-    if sections:
-        raise TypeError(f"unknown report sections {sorted(sections)}; expected attack_runs, certificates, "
-                        "verification, detection")
-    return {}
 
 
 def _json_native(value: Any) -> Any:
