@@ -135,6 +135,18 @@ def load(path: "str | os.PathLike[str]") -> Report:
     return loads(p.read_text(), str(p))
 
 
+def moved(rep: Report, source: "str | os.PathLike[str]", target: "str | os.PathLike[str]") -> Report:
+    """``rep`` (read from the folder ``source``) with its relative paths (the attack runs' exported
+    examples) made relative to the folder ``target`` it is about to be written into."""
+    src, dst = Path(source).resolve(), Path(target).resolve()
+    if src != dst:
+        for m in rep.models:
+            for a in m.attack_runs:
+                if a.examples and not Path(a.examples).is_absolute():
+                    a.examples = os.path.relpath(src / a.examples, dst)
+    return rep
+
+
 def slug(name: str) -> str:
     s = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")
     return s or "model"
