@@ -195,3 +195,19 @@ def test_malformed_sections_are_refused_by_name(runs, tmp_path):
     (tmp_path / "c.json").write_text(json.dumps(bad))
     with pytest.raises(ValueError, match="unknown keys"):
         rl.report.load(tmp_path / "c.json")
+
+
+@pytest.mark.browser
+def test_compare_page_in_headless_chromium(runs, browser, tmp_path):
+    out = tmp_path / "compare"
+    assert main(["compare", str(runs["evaluate"]), str(runs["certify"]), str(runs["verify"]), "--out", str(out)]) == 0
+    browser.get((out / "index.html").as_uri())
+    assert [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")] == []
+    states = browser.execute_script("return Array.from(document.images).map(i => [i.complete, i.naturalWidth])")
+    assert states and all(ok and w > 0 for ok, w in states)
+    head = [th.text for th in browser.find_elements("css selector", "#summary table.summary thead th")]
+    assert "worst case, linf eps 0.1" in head and any(h.startswith("certified, l2 r =") for h in head)
+    rows = browser.find_elements("css selector", "#summary table.summary tbody tr")
+    assert [r.find_elements("tag name", "td")[0].text for r in rows] == ["mlp", "mlp (certify)", "mlp (verify)"]
+    for i in (1, 2, 3):
+        assert browser.find_element("id", f"model-{i}").text

@@ -182,6 +182,17 @@ def test_docs_describe_every_check_and_field():
         assert field in doc
 
 
+def test_docs_name_every_field_of_the_verb_sections():
+    import dataclasses
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "report-format.md").read_text()
+    for cls in (schema.ModelReport, schema.AttackRun, schema.VerificationReport, schema.DetectionReport,
+                schema.DetectionRow):
+        missing = [f.name for f in dataclasses.fields(cls) if f'"{f.name}"' not in doc]
+        assert not missing, (cls.__name__, missing)
+
+
 def test_report_package_never_imports_evaluate():
     import ast
     from pathlib import Path
