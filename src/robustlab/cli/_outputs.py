@@ -9,7 +9,7 @@ A folder ``--out`` (``verify --instances``) holds the Report itself.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 #: Said once per run where a command still writes its old private JSON format.
 DEPRECATED = "old format, deprecated (gone in the next release; {folder}/report.json holds the same)"
@@ -31,3 +31,20 @@ def write_report(section: Any, folder: Path, title: str) -> Path:
 
     report([section], title).save(folder)
     return folder / "report.json"
+
+
+def write_outputs(section: Any, folder: Path, title: str, old: Path, payload: dict, *, parts: Optional[Path] = None,
+                  note: str = "") -> None:
+    """Write the deprecated JSON ``old`` (``payload``) and the report of ``section`` into ``folder``,
+    remove the unit files of the run (``parts``: the report holds everything they did), and say where."""
+    import json
+    import shutil
+
+    from robustlab._io import atomic_write_text
+
+    atomic_write_text(old, json.dumps(payload, default=str) + "\n")
+    write_report(section, folder, title)
+    if parts is not None:
+        shutil.rmtree(parts, ignore_errors=True)
+    print(f"wrote {old}{note} and the report {folder / 'report.json'} (and index.html); "
+          f"{old.name}: {DEPRECATED.format(folder=folder)}")

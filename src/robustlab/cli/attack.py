@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from safetensors.torch import save as st_save
     from tqdm.auto import tqdm
 
-    from robustlab import __version__, data
+    from robustlab import data
     from robustlab.cli._outputs import DEPRECATED, report_folder
     from robustlab.cli._common import (check_model_data, check_out_file, dataset_name, fit_batch, load_model,
                                        resolve_device)
@@ -176,23 +176,7 @@ def run(args: argparse.Namespace) -> int:
               "split": args.split, "norm": res.norm}
     atomic_write_bytes(out, st_save(tensors, metadata=header))
 
-    found = res.success & res.clean_correct  # type: ignore[operator]
-    correct = int(res.clean_correct.sum())  # type: ignore[union-attr]
-    summary = {  # deprecated (one more release): report.json's attack_runs section holds the same
-        "format": "robustlab-attack-summary", "format_version": 1, "robustlab": __version__,
-        "attack": name, "config": attack.config(), "model": str(args.model), "dataset": dataset,
-        "split": args.split, "n": n, "norm": res.norm,
-        "threat": threat.to_dict() if isinstance(threat, ThreatModel) else {"norm": threat, "eps": None},
-        "clean_accuracy": correct / n,
-        "robust_accuracy": res.robust_accuracy,
-        "success_rate": res.success_rate,
-        "success_rate_on_correct": (int(found.sum()) / correct) if correct else None,
-        "distance": _percentiles(res.distance[found]),
-        "iterations": {"mean": float(res.iterations.double().mean()), "max": int(res.iterations.max())},
-        "queries": None if res.queries is None else _percentiles(res.queries[res.clean_correct]),  # type: ignore[index]
-        "seconds": seconds, "images_per_s": n / seconds if seconds > 0 else None,
-        "adversarial_examples": out.name,
-    }
+    summary = _old_summary(args, res, attack, threat, dataset, seconds, out)
     summary_path = out.with_suffix(".json")
     atomic_write_text(summary_path, json.dumps(summary, indent=2, default=str) + "\n")
     section = _write_report(args, model, images, res, attack, seconds, out, folder)
@@ -209,6 +193,32 @@ def run(args: argparse.Namespace) -> int:
     print(f"{seconds:.1f} s ({n / seconds:.1f} images/s); wrote {out} and the report {folder / 'report.json'} (and "
           f"index.html); {summary_path.name}: {DEPRECATED.format(folder=folder)}")
     return 0
+
+
+def _old_summary(args: argparse.Namespace, res: Any, attack: Any, threat: Any, dataset: str, seconds: float,
+                 out: Path) -> dict:
+    """The deprecated ``robustlab-attack-summary`` JSON (one more release; report.json's ``attack_runs`` holds the same)."""
+    from robustlab import __version__
+    from robustlab.threat import ThreatModel
+
+    name, n = args.attack.lower(), int(res.success.shape[0])
+    found = res.success & res.clean_correct  # type: ignore[operator]
+    correct = int(res.clean_correct.sum())  # type: ignore[union-attr]
+    return {
+        "format": "robustlab-attack-summary", "format_version": 1, "robustlab": __version__,
+        "attack": name, "config": attack.config(), "model": str(args.model), "dataset": dataset,
+        "split": args.split, "n": n, "norm": res.norm,
+        "threat": threat.to_dict() if isinstance(threat, ThreatModel) else {"norm": threat, "eps": None},
+        "clean_accuracy": correct / n,
+        "robust_accuracy": res.robust_accuracy,
+        "success_rate": res.success_rate,
+        "success_rate_on_correct": (int(found.sum()) / correct) if correct else None,
+        "distance": _percentiles(res.distance[found]),
+        "iterations": {"mean": float(res.iterations.double().mean()), "max": int(res.iterations.max())},
+        "queries": None if res.queries is None else _percentiles(res.queries[res.clean_correct]),  # type: ignore[index]
+        "seconds": seconds, "images_per_s": n / seconds if seconds > 0 else None,
+        "adversarial_examples": out.name,
+    }
 
 
 def _write_report(args: argparse.Namespace, model: Any, images: Any, res: Any, attack: Any, seconds: float, out: Path,

@@ -14,7 +14,6 @@ atomically. ``<out>`` itself still holds the old JSON (settings, curve, one reco
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -128,17 +127,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, info) -> int:
     import contextlib
-    import shutil
 
     from tqdm.auto import tqdm
 
     from robustlab import data
     from robustlab.cli._common import (check_model_data, check_out_file, dataset_name, fit_batch, load_model,
                                        resolve_device)
-    from robustlab.cli._outputs import DEPRECATED, report_folder
+    from robustlab.cli._outputs import report_folder, write_outputs
     from robustlab.cli.evaluate import model_label
-    from robustlab._io import atomic_write_text
-    from robustlab.cli._outputs import write_report
     from robustlab.certificates import Certificate
     from robustlab.defenses.smoothing import Smoothed
     from robustlab.evaluate.shards import config_hash, counting_forwards, run_units, unit_seed
@@ -230,9 +226,19 @@ def _run(args: argparse.Namespace, info) -> int:
     print(f"{'radius':>8}  {'certified accuracy':>18}  95% interval")
     for r, acc in zip(args.radii, c.certified_accuracy):
         print(f"{r:>8.3g}  {acc.value:>18.4f}  [{acc.ci_low:.4f}, {acc.ci_high:.4f}]")
-    curve = [a.value for a in c.certified_accuracy]
-    lo, hi = [a.ci_low for a in c.certified_accuracy], [a.ci_high for a in c.certified_accuracy]
+    payload = _old_payload(args, section, cert, name, seconds, pixeldp_info)
+    write_outputs(section, folder, f"robustlab certify: {method} on {section.name}", out, payload, parts=parts_dir,
+                  note=f" ({info.world_size} processes)" if info.distributed else "")
+    return 0
 
+
+def _old_payload(args: argparse.Namespace, section: Any, cert: Any, name: str, seconds: float,
+                 pixeldp_info: dict) -> dict:
+    """The deprecated ``robustlab-certify`` JSON (one more release): the section's numbers, one record per image."""
+    import torch
+
+    c, method = section.certificates[0], section.suite["method"]
+    y = torch.tensor(section.labels, dtype=torch.int64)
     correct = (cert.prediction == y) & ~cert.abstain
     per_image = [
         {"index": i, "label": int(y[i]), "prediction": int(cert.prediction[i]), "radius": float(cert.radius[i]),
@@ -246,19 +252,15 @@ def _run(args: argparse.Namespace, info) -> int:
         "format": "robustlab-certify", "format_version": 1,
         "model": str(args.model), "dataset": name, "split": args.split, "sigma": args.sigma, "n0": args.n0,
         "n": args.n, "alpha": args.alpha, "method": method, "seed": args.seed, "batch_size": args.batch_size,
-        "device": str(device), "seconds": seconds, "seconds_per_image": seconds / len(y),
-        "evaluations_per_image": evals, "radii": list(args.radii), "certified_accuracy": curve,
-        "certified_accuracy_ci95": [[float(a), float(b)] for a, b in zip(lo, hi)],
+        "device": section.device, "seconds": seconds, "seconds_per_image": seconds / len(y),
+        "evaluations_per_image": c.options["evaluations_per_image"], "radii": list(args.radii),
+        "certified_accuracy": [a.value for a in c.certified_accuracy],
+        "certified_accuracy_ci95": [[a.ci_low, a.ci_high] for a in c.certified_accuracy],
         "per_image": per_image, "certificate": cert.to_dict(),
     }
     if method == "pixeldp":
         payload["pixeldp"] = pixeldp_info
-    atomic_write_text(out, json.dumps(payload) + "\n")  # deprecated: report.json holds the same
-    write_report(section, folder, f"robustlab certify: {method} on {section.name}")
-    shutil.rmtree(parts_dir, ignore_errors=True)  # the report holds everything the unit files did
-    print(f"wrote {out}" + (f" ({info.world_size} processes)" if info.distributed else "")
-          + f" and the report {folder / 'report.json'} (and index.html); {out.name}: {DEPRECATED.format(folder=folder)}")
-    return 0
+    return payload
 
 
 #: The certify methods -> (the report's method name, what the radius certifies).
@@ -285,9 +287,8 @@ def _section(args: argparse.Namespace, method: str, model: Any, images: Any, cer
     if method == "adaptive":
         options["stop"] = cert.info.get("stop")
     label = f"{report_method} (sigma {args.sigma:g})" if method != "pixeldp" else f"pixeldp (eps {pixeldp_info['eps']:g})"
-    rep = cert_report(method=report_method, label=label, norm=cert.norm, certifies=certifies, alpha=args.alpha,
-                      options=options, labels=y, prediction=cert.prediction, radius=cert.radius, abstain=cert.abstain,
-                      radii=args.radii, seconds=seconds)
+    rep = cert_report(cert, y, args.radii, method=report_method, label=label, certifies=certifies, options=options,
+                      seconds=seconds)
     run = CommandRun("certify", model_label(str(args.model)), model, images, len(y),
                      {"method": method, "split": args.split, "n_images": len(y)}, seed=args.seed,
                      batch_size=args.batch_size, device=str(device), seconds=seconds)

@@ -162,8 +162,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, *, model: Optional[Any] = None) -> int:
     from robustlab import __version__, data, models
-    from robustlab._io import atomic_write_text
-    from robustlab.cli._outputs import DEPRECATED, report_folder, write_report
+    from robustlab.cli._outputs import report_folder, write_outputs
     from robustlab.cli.evaluate import model_label
     from robustlab.evaluate.sections import CommandRun, Sections, detection, model_section
     from robustlab.models.metrics import predictions
@@ -213,7 +212,6 @@ def run(args: argparse.Namespace, *, model: Optional[Any] = None) -> int:
         "dataset": dataset, "eps": args.eps, "l2_eps": args.l2_eps, "fpr": args.fpr, "n": args.n,
         "n_fit": args.n_fit, "n_train": args.n_train, "seed": args.seed, "records": records,
     }
-    atomic_write_text(args.out, json.dumps(out, indent=1, default=str) + "\n")  # deprecated: report.json holds the same
     settings = {"detectors": detectors, "attacks": attacks, "adaptive": bool(args.adaptive), "eps": args.eps,
                 "fpr": args.fpr}
     run = CommandRun("detect", model_label(str(args.model)), model, test, args.n, settings, seed=args.seed,
@@ -222,9 +220,7 @@ def run(args: argparse.Namespace, *, model: Optional[Any] = None) -> int:
     section = model_section(run, Sections(detection=detection(records, target_fpr=args.fpr, eps=args.eps,
                                                               options=options)),
                             y, predictions(model, (x, y), args.batch_size))
-    write_report(section, folder, f"robustlab detect: {', '.join(detectors)} on {section.name}")
-    print(f"wrote {args.out} and the report {folder / 'report.json'} (and index.html); "
-          f"{Path(args.out).name}: {DEPRECATED.format(folder=folder)}")
+    write_outputs(section, folder, f"robustlab detect: {', '.join(detectors)} on {section.name}", Path(args.out), out)
     if getattr(args, "html", None):
         from robustlab.report.detection import save_detection
 

@@ -26,7 +26,6 @@ timeout and its time).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -174,15 +173,13 @@ def _print_table(summary: dict) -> None:
 
 
 def _run(args: argparse.Namespace, info) -> int:
-    import shutil
-
     import torch
     from tqdm.auto import tqdm
 
     from robustlab import data
-    from robustlab._io import atomic_write_text, json_tensor, tensor_json
+    from robustlab._io import json_tensor, tensor_json
     from robustlab.cli._common import load_model
-    from robustlab.cli._outputs import DEPRECATED, report_folder, write_report
+    from robustlab.cli._outputs import report_folder, write_outputs
     from robustlab.threat import ThreatModel
     from robustlab.evaluate.shards import config_hash, run_units
     from robustlab.verify import certify
@@ -252,21 +249,25 @@ def _run(args: argparse.Namespace, info) -> int:
     counts = {s: statuses.count(s) for s in sorted(set(statuses))}
     if args.method == "milp":
         print("outcomes: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    payload = {  # deprecated (one more release): report.json holds the same
+    payload = _old_payload(args, section, per_image, counts, name, seconds)
+    write_outputs(section, folder, f"robustlab verify: {args.method} on {section.name}", out, payload, parts=parts_dir,
+                  note=f" ({info.world_size} processes)" if info.distributed else "")
+    return 0
+
+
+def _old_payload(args: argparse.Namespace, section, per_image: list, counts: dict, name: str, seconds: float) -> dict:
+    """The deprecated ``robustlab-verify`` JSON (one more release): the section's numbers, one record per image."""
+    n = len(per_image)
+    clean, ver = section.clean, section.certificates[0].certified_accuracy[0]
+    return {
         "format": "robustlab-verify", "format_version": 1,
         "model": str(args.model), "dataset": name, "split": args.split, "norm": args.norm, "eps": args.eps,
         "method": args.method, "time_limit": args.time_limit if args.method == "milp" else None,
-        "device": str(device), "seconds": seconds, "seconds_per_image": seconds / n, "n": n,
-        "clean_accuracy": clean_rate.value, "clean_accuracy_ci95": [clean_rate.ci_low, clean_rate.ci_high],
-        "verified_accuracy": ver_rate.value, "verified_accuracy_ci95": [ver_rate.ci_low, ver_rate.ci_high],
+        "device": section.device, "seconds": seconds, "seconds_per_image": seconds / n, "n": n,
+        "clean_accuracy": clean.value, "clean_accuracy_ci95": [clean.ci_low, clean.ci_high],
+        "verified_accuracy": ver.value, "verified_accuracy_ci95": [ver.ci_low, ver.ci_high],
         "outcomes": counts, "per_image": per_image,
     }
-    atomic_write_text(out, json.dumps(payload) + "\n")
-    write_report(section, folder, f"robustlab verify: {args.method} on {section.name}")
-    shutil.rmtree(parts_dir, ignore_errors=True)  # the report holds everything the unit files did
-    print(f"wrote {out}" + (f" ({info.world_size} processes)" if info.distributed else "")
-          + f" and the report {folder / 'report.json'} (and index.html); {out.name}: {DEPRECATED.format(folder=folder)}")
-    return 0
 
 
 def _images_section(args: argparse.Namespace, model, images, units: list, statuses: list, seconds_per: list,
@@ -275,6 +276,7 @@ def _images_section(args: argparse.Namespace, model, images, units: list, status
     where verified) and the per-image statuses and times."""
     import torch
 
+    from robustlab.certificates import Certificate
     from robustlab.cli.evaluate import model_label
     from robustlab.evaluate.sections import CommandRun, Sections, cert_report, model_section, verification
 
@@ -282,12 +284,12 @@ def _images_section(args: argparse.Namespace, model, images, units: list, status
     pred = torch.cat([rec["prediction"].cpu() for rec in units])
     verified = torch.cat([rec["verified"].cpu() for rec in units])
     options = {"time_limit": args.time_limit} if args.method == "milp" else {}
-    cert = cert_report(method=args.method, label=f"{args.method} ({args.norm} eps {args.eps:g})", norm=args.norm,
-                       certifies="model", alpha=0.0, options={"eps": args.eps, **options}, labels=labels,
-                       prediction=torch.where(verified, pred, torch.full_like(pred, -1)),
-                       radius=torch.where(verified, torch.full(verified.shape, float(args.eps), dtype=torch.float64), 0.0),
-                       abstain=~verified,
-                       radii=[0.0, float(args.eps)], seconds=seconds)
+    proven = Certificate(torch.where(verified, pred, torch.full_like(pred, -1)),
+                         torch.where(verified, torch.full(verified.shape, float(args.eps), dtype=torch.float64), 0.0),
+                         ~verified, norm=args.norm)  # radius eps where verified
+    cert = cert_report(proven, labels, [0.0, float(args.eps)], method=args.method, certifies="model",
+                       label=f"{args.method} ({args.norm} eps {args.eps:g})", options={"eps": args.eps, **options},
+                       seconds=seconds)
     section = verification(method=args.method, norm=args.norm, eps=args.eps, options=options,
                            items=[str(i) for i in range(len(statuses))], statuses=statuses, seconds=seconds_per)
     run = CommandRun("verify", model_label(str(args.model)), model, images, len(statuses),

@@ -4,7 +4,7 @@ for ``evaluate``, and every rate through :mod:`robustlab.evaluate.metrics` (the 
 interval method, Wilson's 95% interval).
 
 - :func:`attack_run`: an :class:`~robustlab.attacks.AttackResult` -> :class:`AttackRun`;
-- :func:`cert_report`: per-sample certified predictions and radii -> :class:`CertReport` (any
+- :func:`cert_report`: a :class:`~robustlab.certificates.Certificate` -> :class:`CertReport` (any
   certifier: smoothing fixed / adaptive / two-class, PixelDP, IBP / CROWN / alpha-CROWN / LP / MILP);
 - :func:`verification`: per-image or per-instance outcomes -> :class:`VerificationReport`;
 - :func:`detection`: per (detector, attack, adaptive) counts and ROC -> :class:`DetectionReport`;
@@ -21,6 +21,7 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from torch import Tensor
 
+from robustlab.certificates import Certificate
 from robustlab.evaluate import metrics
 from robustlab.evaluate.model_facts import model_info
 from robustlab.report.schema import (
@@ -73,21 +74,21 @@ def attack_run(attack: str, result: Any, x: Tensor, *, eps: Optional[float], con
     )
 
 
-def cert_report(*, method: str, label: str, norm: str, certifies: str, alpha: float, options: Mapping[str, Any],
-                labels: Tensor, prediction: Tensor, radius: Tensor, abstain: Tensor, radii: Sequence[float],
-                seconds: float) -> CertReport:
-    """A certifier's section: certified accuracy (prediction correct, not abstained, radius >= r) at
-    each of ``radii``, the accuracy of the certified predictions, the abstain rate, the radius
-    distribution of the correct certified predictions and the per-sample radii (0 where abstained)
-    and predictions. ``certifies``: ``"model"`` or ``"smoothed"``."""
+def cert_report(cert: Certificate, labels: Tensor, radii: Sequence[float], *, method: str, label: str,
+                certifies: str, options: Mapping[str, Any], seconds: float) -> CertReport:
+    """A certifier's section from its :class:`~robustlab.certificates.Certificate` (norm, alpha,
+    per-sample predictions, radii, abstentions): certified accuracy (prediction correct, not
+    abstained, radius >= r) at each of ``radii``, the accuracy of the certified predictions, the
+    abstain rate, the radius distribution of the correct certified predictions and the per-sample
+    radii (0 where abstained) and predictions. ``certifies``: ``"model"`` or ``"smoothed"``."""
     if certifies not in ("model", "smoothed"):
         raise ValueError(f"certifies must be 'model' or 'smoothed', got {certifies!r}")
-    labels, prediction, radius, abstain = labels.cpu(), prediction.cpu(), radius.cpu(), abstain.bool().cpu()
+    labels, prediction, radius, abstain = labels.cpu(), cert.prediction.cpu(), cert.radius.cpu(), cert.abstain.cpu()
     if not bool(torch.isfinite(radius[~abstain]).all()):  # "every radius asked about": the largest one asked
         radius = torch.where(torch.isinf(radius), torch.full_like(radius, max(map(float, radii), default=0.0)), radius)
     ok = (prediction == labels) & ~abstain
     return CertReport(
-        method=method, label=label, norm=norm, certifies=certifies, alpha=float(alpha), options=_json_native(options),
+        method=method, label=label, norm=cert.norm, certifies=certifies, alpha=cert.alpha, options=_json_native(options),
         radii=[_round(float(r)) for r in radii],
         certified_accuracy=metrics.certified_curve(labels, prediction, radius, abstain, radii),
         accuracy=metrics.rate(ok), abstain=metrics.rate(abstain), radius=metrics.summary(radius[ok]),

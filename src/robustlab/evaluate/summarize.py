@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 import torch
 
+from robustlab.certificates import Certificate
 from robustlab.evaluate import checks, metrics
 from robustlab.evaluate.sections import cert_report
 from robustlab.evaluate.records import UNBOUNDED, Records, black_box_success, white_box_success
@@ -199,10 +200,9 @@ def _cert_reports(suite: "Suite", records: "Records") -> list[tuple[Any, CertRep
 
             top = max(top, float(opts["sigma"] * _norm.ppf(opts["alpha"] ** (1.0 / opts["n"]))))
         radii = metrics.radius_grid(top if top > 0 else 1.0)
-        rep = cert_report(method=spec.method, label=spec.label, norm=entry.norm, certifies=entry.certifies,
-                          alpha=float(opts.get("alpha", 0.0)), options=opts, labels=labels, prediction=pred,
-                          radius=radius, abstain=abstain, radii=radii,
-                          seconds=records.times.get(f"cert|{i}|seconds", 0.0))
+        cert = Certificate(pred, radius, abstain.bool(), norm=entry.norm, alpha=float(opts.get("alpha", 0.0)))
+        rep = cert_report(cert, labels, radii, method=spec.method, label=spec.label, certifies=entry.certifies,
+                          options=opts, seconds=records.times.get(f"cert|{i}|seconds", 0.0))
         out.append((spec, rep, entry))
     return out
 
