@@ -224,7 +224,8 @@ _VERDICT = {
     "evaluate": "",
     "attack": "One attack's result: an upper bound on the robust accuracy against this attack only, with no "
               "gradient-masking checks (robustlab evaluate runs a suite and checks it).",
-    "certify": "Certified accuracy: a lower bound on robustness that no attack can break (no attack-based checks apply).",
+    "certify": "Certified accuracy: a lower bound on robustness (randomized smoothing and PixelDP certify the noisy "
+               "classifier, with probability at least 1 - alpha); no attack-based checks apply.",
     "verify": "Verification outcomes: proofs and counterexamples (no attack-based checks apply).",
     "detect": "Detection rates of adversarial-example detectors; the adaptive rows are the ones to believe.",
 }
