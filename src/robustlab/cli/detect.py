@@ -15,10 +15,11 @@ reference features of another class so that the neighbours and the classifier ag
 :class:`robustlab.attacks.DetectorAwarePGD` against the detector's differentiable score (Carlini
 & Wagner 2017, arXiv:1705.07263; CW-L2: on the CW margin); FGSM as one DetectorAwarePGD step.
 
-Writes ``--out`` (JSON, atomically): ``format: robustlab-detect``, one record per (detector,
-attack, adaptive) with the numbers above and the ROC curve. The report can take this file as a
-detection section (its records are self-describing); ``robustlab.cli.detect.evaluate_detector``
-is the Python entry point.
+Writes the report (``report.json`` + ``index.html``: schema 4's ``detection`` section, every rate
+with the report's 95% interval, the ROC curves) into the folder ``<out>`` without ``.json``, every
+file atomically. ``--out`` itself still holds the old JSON (``format: robustlab-detect``, one
+record per (detector, attack, adaptive)), deprecated, and ``--html DIR`` its old page;
+``robustlab.cli.detect.evaluate_detector`` is the Python entry point.
 """
 
 from __future__ import annotations
@@ -112,10 +113,11 @@ def detection_record(detector: Any, res: Any, x: Any, *, batch_size: int = 100) 
 
     found = res.success & res.clean_correct
     record: dict = {"n": int(res.success.numel()), "clean_accuracy": float(res.clean_correct.float().mean()),
-                    "attack_success": int(found.sum())}
+                    "attack_success": int(found.sum()), "n_correct": int(res.clean_correct.sum())}
     with torch.no_grad():
         flagged = torch.cat([detector.flag(c) for c in res.x_adv.split(batch_size)])
-    record["evasion_rate"] = float((found & ~flagged).float().sum() / res.clean_correct.float().sum().clamp_min(1))
+    record["evaded"] = int((found & ~flagged).sum())
+    record["evasion_rate"] = record["evaded"] / max(record["n_correct"], 1)
     if int(found.sum()) == 0:
         record.update(detection_rate=None, auc=None, fpr=None, roc=None)
         return record
@@ -151,7 +153,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--root", default=None, help="dataset folder")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output JSON file")
+    p.add_argument("--out", required=True, help="output JSON file (deprecated format); the report (report.json, "
+                                                "index.html) goes into the folder of the same name without .json")
     p.add_argument("--html", default=None, metavar="DIR",
                    help="also write the detection page (table and ROC curves: detection.html, detection_roc.png) into DIR")
     p.set_defaults(func=run)
@@ -159,7 +162,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, *, model: Optional[Any] = None) -> int:
     from robustlab import __version__, data, models
-    from robustlab._io import atomic_write_text
+    from robustlab.cli._outputs import report_folder, write_outputs
+    from robustlab.cli.evaluate import model_label
+    from robustlab.evaluate.sections import CommandRun, Sections, detection, model_section
+    from robustlab.models.metrics import predictions
 
     detectors = _names(args.detector, DETECTORS, "detector")
     attacks = _names(args.attacks, ATTACKS, "attacks")
@@ -184,6 +190,8 @@ def run(args: argparse.Namespace, *, model: Optional[Any] = None) -> int:
     fit_x = test.images[args.n : args.n + args.n_fit]
     tr_x, tr_y = train.images[: args.n_train], train.labels[: args.n_train]
 
+    folder = report_folder(args.out)  # before any work: an unwritable report folder fails now
+    t0 = time.perf_counter()
     records = []
     for dname in detectors:
         det = build_detector(dname, model, tr_x, tr_y, seed=args.seed).fit(fit_x, fpr=args.fpr, batch_size=args.batch_size)
@@ -204,8 +212,15 @@ def run(args: argparse.Namespace, *, model: Optional[Any] = None) -> int:
         "dataset": dataset, "eps": args.eps, "l2_eps": args.l2_eps, "fpr": args.fpr, "n": args.n,
         "n_fit": args.n_fit, "n_train": args.n_train, "seed": args.seed, "records": records,
     }
-    atomic_write_text(args.out, json.dumps(out, indent=1, default=str) + "\n")
-    print(f"wrote {args.out}")
+    settings = {"detectors": detectors, "attacks": attacks, "adaptive": bool(args.adaptive), "eps": args.eps,
+                "fpr": args.fpr}
+    run = CommandRun("detect", model_label(str(args.model)), model, test, args.n, settings, seed=args.seed,
+                     batch_size=args.batch_size, seconds=time.perf_counter() - t0)
+    options = {"l2_eps": args.l2_eps, "steps": args.steps, "n": args.n, "n_fit": args.n_fit, "n_train": args.n_train}
+    section = model_section(run, Sections(detection=detection(records, target_fpr=args.fpr, eps=args.eps,
+                                                              options=options)),
+                            y, predictions(model, (x, y), args.batch_size))
+    write_outputs(section, folder, f"robustlab detect: {', '.join(detectors)} on {section.name}", Path(args.out), out)
     if getattr(args, "html", None):
         from robustlab.report.detection import save_detection
 

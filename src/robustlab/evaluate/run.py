@@ -45,6 +45,7 @@ from robustlab._checks import check_images, check_labels, check_logits, check_po
 from robustlab._io import atomic_write_text
 from robustlab.evaluate import checks as checks_mod
 from robustlab.evaluate.batch import BatchProgress, BatchRunner
+from robustlab.evaluate.model_facts import model_info
 from robustlab.evaluate.records import RECORDS_VERSION, Records
 from robustlab.evaluate.shards import (CRASH_ENV, LOCK_NAME, OutputLock, check_writable, config_hash,  # noqa: F401
                                        release_memory, run_units, UnitFiles, write_manifest)
@@ -106,28 +107,6 @@ def _fingerprint(model: nn.Module, images: Tensor, labels: Tensor) -> dict[str, 
     d.update(images[: min(64, images.shape[0])].cpu().contiguous().numpy().tobytes())
     d.update(str(tuple(images.shape)).encode())
     return {"model": h.hexdigest(), "data": d.hexdigest()}
-
-
-def _jsonable(d: Mapping[str, Any]) -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        try:
-            json.dumps(v, allow_nan=False)
-        except (TypeError, ValueError):
-            continue
-        out[str(k)] = v
-    return out
-
-
-def model_info(model: nn.Module) -> dict[str, Any]:
-    """What a report says about a model: its class and parameter count, and its saved metadata
-    (architecture, dataset, training configuration, metrics) without the per-epoch history."""
-    meta = getattr(model, "metadata", None) or {}
-    info = {"class": type(model).__name__, "parameters": int(sum(p.numel() for p in model.parameters()))}
-    keep = ("architecture", "dataset", "training", "metrics", "created", "robustlab_version", "weights_sha256",
-            "description", "url", "homepage", "paper", "source")  # the page escapes them and links only http(s)
-    info.update(_jsonable({k: meta[k] for k in keep if k in meta}))
-    return info
 
 
 # -- the public entry point ------------------------------------------------------------------------

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 import torch
 
+from robustlab.certificates import Certificate
 from robustlab.evaluate import checks, metrics
+from robustlab.evaluate.sections import cert_report
 from robustlab.evaluate.records import UNBOUNDED, Records, black_box_success, white_box_success
 from robustlab.report.build import report
 from robustlab.report.schema import (
@@ -234,16 +236,9 @@ def _cert_reports(suite: "Suite", records: "Records") -> list[tuple[Any, CertRep
 
             top = max(top, float(opts["sigma"] * _norm.ppf(opts["alpha"] ** (1.0 / opts["n"]))))
         radii = metrics.radius_grid(top if top > 0 else 1.0)
-        rep = CertReport(
-            method=spec.method, label=spec.label, norm=entry.norm, certifies=entry.certifies,
-            alpha=float(opts.get("alpha", 0.0)), options={k: v for k, v in opts.items()},
-            radii=[_round(r) for r in radii],
-            certified_accuracy=metrics.certified_curve(labels, pred, radius, abstain, radii),
-            accuracy=metrics.rate(ok), abstain=metrics.rate(abstain.bool()),
-            radius=metrics.summary(radius[ok]), seconds=_round(records.times.get(f"cert|{i}|seconds", 0.0)),
-            per_sample_radius=[_round(v) for v in torch.where(abstain, torch.zeros_like(radius), radius).tolist()],
-            per_sample_prediction=[int(v) for v in pred.tolist()],
-        )
+        cert = Certificate(pred, radius, abstain.bool(), norm=entry.norm, alpha=float(opts.get("alpha", 0.0)))
+        rep = cert_report(cert, labels, radii, method=spec.method, label=spec.label, certifies=entry.certifies,
+                          options=opts, seconds=records.times.get(f"cert|{i}|seconds", 0.0))
         out.append((spec, rep, entry))
     return out
 

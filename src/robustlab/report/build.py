@@ -19,7 +19,9 @@ from robustlab._io import atomic_write_bytes, atomic_write_text
 from robustlab.report.schema import (
     SCHEMA,
     SCHEMA_VERSION,
+    AttackRun,
     ModelReport,
+    Rate,
     Report,
     TransferMatrix,
     from_dict,
@@ -80,8 +82,8 @@ def report(models: Sequence[ModelReport], title: str = "robustlab report", notes
 
 
 def combine(reports: Sequence[Report], title: Optional[str] = None) -> Report:
-    """One report over the models of several (for side-by-side comparison); repeated model names
-    get a numeric suffix."""
+    """One report over the models of several (for side-by-side comparison); a repeated model name
+    gets the command that wrote it as a suffix (``mlp (certify)``), else a number."""
     models: list[ModelReport] = []
     seen: dict[str, int] = {}
     for r in reports:
@@ -89,7 +91,10 @@ def combine(reports: Sequence[Report], title: Optional[str] = None) -> Report:
             name = m.name
             if name in seen:
                 seen[name] += 1
-                name = f"{name} ({seen[name]})"
+                name = f"{name} ({m.command})" if m.command != "evaluate" else f"{name} ({seen[name]})"
+                while name in seen:
+                    name = f"{name} ({seen[m.name]})"
+                seen[name] = 1
             else:
                 seen[name] = 1
             models.append(m if name == m.name else ModelReport(**{**m.__dict__, "name": name}))
@@ -115,7 +120,9 @@ def loads(text: str, where: str = "report") -> Report:
     if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
         raise ValueError(f"{where} has schema_version {version!r}; this robustlab reads versions 1..{SCHEMA_VERSION} "
                          "(a newer robustlab wrote it?)")
-    return from_dict(Report, data, where)
+    rep = from_dict(Report, data, where)
+    rep.schema_version = SCHEMA_VERSION  # an older file is read with the defaults of the newer keys: now a current one
+    return rep
 
 
 def load(path: "str | os.PathLike[str]") -> Report:
@@ -126,6 +133,18 @@ def load(path: "str | os.PathLike[str]") -> Report:
     if not p.is_file():
         raise FileNotFoundError(f"no report at {p}")
     return loads(p.read_text(), str(p))
+
+
+def moved(rep: Report, source: "str | os.PathLike[str]", target: "str | os.PathLike[str]") -> Report:
+    """``rep`` (read from the folder ``source``) with its relative paths (the attack runs' exported
+    examples) made relative to the folder ``target`` it is about to be written into."""
+    src, dst = Path(source).resolve(), Path(target).resolve()
+    if src != dst:
+        for m in rep.models:
+            for a in m.attack_runs:
+                if a.examples and not Path(a.examples).is_absolute():
+                    a.examples = os.path.relpath(src / a.examples, dst)
+    return rep
 
 
 def slug(name: str) -> str:
@@ -155,8 +174,10 @@ def table(rep: Report) -> str:
     """A plain-text summary: per model and threat model, clean and robust accuracy per eps."""
     lines = []
     for m in rep.models:
-        lines.append(f"{m.name}: clean accuracy {m.clean.value:.4f} [{m.clean.ci_low:.4f}, {m.clean.ci_high:.4f}] "
-                     f"(n={m.clean.n})")
+        lines.append(f"{m.name}: " + ("no labelled images (clean accuracy n/a)" if m.clean is None else
+                                      f"clean accuracy {m.clean.value:.4f} [{m.clean.ci_low:.4f}, "
+                                      f"{m.clean.ci_high:.4f}] (n={m.clean.n})")
+                     + ("" if m.command == "evaluate" else f" (robustlab {m.command})"))
         for t in m.threats:
             sources = list(dict.fromkeys(s for row in t.rows for s in row.transfer))
             extra = (["noise"] if t.rows and t.rows[0].noise is not None else []) + [f"transfer:{s}" for s in sources]
@@ -170,33 +191,58 @@ def table(rep: Report) -> str:
                 cells = "".join(f"{'-' if v is None else f'{v:.4f}':>{w}}" for v, w in zip(values, widths))
                 lines.append(f"  {row.eps:>12.4g}{cells}")
         for c in m.certificates:
-            pts = [0, len(c.radii) // 4, len(c.radii) // 2, 3 * len(c.radii) // 4, len(c.radii) - 1]
+            pts = sorted({0, len(c.radii) // 4, len(c.radii) // 2, 3 * len(c.radii) // 4, len(c.radii) - 1})
             lines.append(f"  certified ({c.label}, {c.norm}): " +
-                         ", ".join(f"r={c.radii[i]:.3g}: {c.certified_accuracy[i].value:.4f}" for i in pts))
+                         ", ".join(f"r={c.radii[i]:.3g}: {c.certified_accuracy[i].value:.4f}" for i in pts if i >= 0))
+        lines += [_run_line(a) for a in m.attack_runs]
+        for v in m.verification:
+            lines.append(f"  verification ({v.method}): " + ", ".join(f"{k} {n}" for k, n in v.counts.items())
+                         + f" of {len(v.statuses)} ({v.total_seconds:.1f} s)")
+        if m.detection is not None:
+            for r in m.detection.rows:
+                det = "n/a" if r.detection is None else f"{r.detection.value:.4f}"
+                auc = "n/a" if r.auc is None else f"{r.auc:.3f}"
+                lines.append(f"  detection ({r.detector}, {r.attack}{', adaptive' if r.adaptive else ''}): detected "
+                             f"{det}, AUC {auc}, evasion {r.evasion.value:.4f}")
         if m.checks:
             lines.append(f"  checks: {m.verdict.summary}")
     return "\n".join(lines)
 
 
+def _run_line(a: AttackRun) -> str:
+    threat = f"{a.norm} " + ("minimal norm" if a.eps is None else f"eps {a.eps:g}")
+    med = a.result.distance.median
+    return (f"  attack ({a.result.attack}, {threat}): robust {a.result.robust.value:.4f} [{a.result.robust.ci_low:.4f}, "
+            f"{a.result.robust.ci_high:.4f}], success on correct {a.result.success.value:.4f}, median distance "
+            f"{'-' if med is None else f'{med:.4g}'}" + (f", examples {a.examples}" if a.examples else ""))
+
+
 def compare_table(rep: Report) -> str:
-    """Models side by side: clean and worst-case robust accuracy at each eps of each threat model."""
-    cols: list[tuple[str, Optional[float]]] = [("clean", None)]
+    """Models side by side: clean accuracy, worst-case robust accuracy at each eps of each threat
+    model, each attack run's robust accuracy, and certified accuracy at each radius of each certifier
+    (``-`` where a model has no such number)."""
+    cols: dict[str, dict[str, Optional[Rate]]] = {"clean": {m.name: m.clean for m in rep.models}}
     for m in rep.models:
         for t in m.threats:
-            for e in t.eps:
-                if (t.norm, e) not in cols:
-                    cols.append((t.norm, e))  # type: ignore[arg-type]
+            for row in t.rows:
+                cols.setdefault(f"{t.norm} {row.eps:g}", {})[m.name] = row.worst_case
+        for a in m.attack_runs:
+            key = f"{a.result.attack} {a.norm} " + ("min" if a.eps is None else f"{a.eps:g}")
+            cols.setdefault(key, {})[m.name] = a.result.robust
+        for c in m.certificates:
+            for r, acc in zip(c.radii, c.certified_accuracy):
+                if len(c.radii) <= 6 or r in (c.radii[0], c.radii[len(c.radii) // 4], c.radii[len(c.radii) // 2]):
+                    cols.setdefault(f"cert {c.method} {c.norm} {r:.3g}", {})[m.name] = acc
     width = max(12, *(len(m.name) + 2 for m in rep.models))
-    head = f"{'model':<{width}}" + "".join(f"{('clean' if e is None else f'{n} {e:g}'):>14}" for n, e in cols) + "  trusted"
+    widths = [max(9, len(k) + 2) for k in cols]
+    head = f"{'model':<{width}}" + "".join(f"{k:>{w}}" for k, w in zip(cols, widths)) + "  trusted"
     lines = [head]
     for m in rep.models:
         cells = []
-        for norm, e in cols:
-            if e is None:
-                cells.append(f"{100 * m.clean.value:>13.1f}%")
-                continue
-            v = next((row.worst_case.value for t in m.threats if t.norm == norm for row in t.rows if row.eps == e), None)
-            cells.append(f"{'-':>14}" if v is None else f"{100 * v:>13.1f}%")
-        trusted = "yes" if m.verdict.trusted else ("no" if m.checks else "unchecked")
+        for (key, col), w in zip(cols.items(), widths):
+            r = col.get(m.name)
+            cells.append(f"{'-':>{w}}" if r is None else f"{100 * r.value:>{w - 1}.1f}%")
+        trusted = "yes" if m.verdict.trusted else ("no" if m.checks else "unchecked" if m.command == "evaluate"
+                                                   else m.command)
         lines.append(f"{m.name:<{width}}" + "".join(cells) + f"  {trusted}")
     return "\n".join(lines)
