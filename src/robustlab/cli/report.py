@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_report(args: argparse.Namespace) -> int:
     from robustlab.cli._common import check_out_dir
     from robustlab.report import load
-    from robustlab.report.build import moved
+    from robustlab.report.assemble import moved
 
     src = Path(args.report)
     folder = src if src.is_dir() else src.parent
@@ -43,7 +43,7 @@ def run_report(args: argparse.Namespace) -> int:
 def run_compare(args: argparse.Namespace) -> int:
     from robustlab.cli._common import check_out_dir
     from robustlab.report import combine, compare_table, load
-    from robustlab.report.build import moved
+    from robustlab.report.assemble import moved
 
     if len(args.reports) < 2:
         raise ValueError(f"compare needs at least two reports, got {len(args.reports)}")

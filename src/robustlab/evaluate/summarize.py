@@ -19,7 +19,7 @@ from robustlab.certificates import Certificate
 from robustlab.evaluate import checks, metrics
 from robustlab.evaluate.sections import cert_report
 from robustlab.evaluate.records import UNBOUNDED, Records, black_box_success, white_box_success
-from robustlab.report.build import report
+from robustlab.report.assemble import report
 from robustlab.report.schema import (
     AttackRow,
     CertReport,

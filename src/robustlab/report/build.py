@@ -1,155 +1,20 @@
-"""Assembling, combining, saving and loading reports.
-
-:func:`report` wraps one or more :class:`~robustlab.report.schema.ModelReport` (made from the
-records by :func:`robustlab.evaluate.summarize.model_report`), adding the transfer matrices between
-them; :func:`save` writes ``report.json``, the PNG figures and ``index.html`` atomically;
-:func:`load` reads a report back, strictly. Nothing here imports ``robustlab.evaluate``.
+"""Writing and printing reports: :func:`save` writes ``report.json`` (the report's own JSON), the
+PNG figures and ``index.html`` atomically; :func:`table` and :func:`compare_table` print them as
+text. Reports are only read here (their types are :mod:`robustlab.report.schema`'s, assembled by
+:mod:`robustlab.report.assemble`); nothing here imports ``robustlab.evaluate``.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional
 
 from robustlab._io import atomic_write_bytes, atomic_write_text
-from robustlab.report.schema import (
-    SCHEMA,
-    SCHEMA_VERSION,
-    AttackRun,
-    ModelReport,
-    Rate,
-    Report,
-    TransferMatrix,
-    from_dict,
-    to_dict,
-)
+from robustlab.report.paths import slug
 
-
-def transfer_matrices(models: Sequence[ModelReport]) -> list[TransferMatrix]:
-    """Matrices over the models of a report: entry (target, source) is the target's robust accuracy
-    against the source's transfer examples; the diagonal is the target's own white-box result for the
-    transfer attack. Built per (norm, eps) where at least one off-diagonal entry exists."""
-    names = [m.name for m in models]
-    out = []
-    keys: dict[tuple[str, float], None] = {}
-    for m in models:
-        for t in m.threats:
-            for row in t.rows:
-                if row.transfer:
-                    keys[(t.norm, row.eps)] = None
-    for norm, eps in keys:
-        attack = next((m.suite.get("transfer_attack", "pgd") for m in models if m.suite.get("transfer")), "pgd")
-        sources = list(names)
-        for m in models:
-            for t in m.threats:
-                if t.norm == norm:
-                    for row in t.rows:
-                        if row.eps == eps:
-                            sources += [s for s in row.transfer if s not in sources]
-        table = []
-        for m in models:
-            line: list = [None] * len(sources)
-            for t in m.threats:
-                if t.norm != norm:
-                    continue
-                for row in t.rows:
-                    if row.eps != eps:
-                        continue
-                    for j, s in enumerate(sources):
-                        if s == m.name:
-                            line[j] = next((a.robust for a in row.attacks if a.attack == attack), None)
-                        elif s in row.transfer:
-                            line[j] = row.transfer[s]
-            table.append(line)
-        out.append(TransferMatrix(norm, eps, attack, sources, names, table))
-    return out
-
-
-def report(models: Sequence[ModelReport], title: str = "robustlab report", notes: Sequence[str] = ()) -> Report:
-    """A report over ``models`` (names must differ), with their transfer matrices."""
-    names = [m.name for m in models]
-    if len(set(names)) != len(names):
-        raise ValueError(f"model names in a report must differ, got {names}")
-    from robustlab import __version__
-
-    return Report(title=title, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                  robustlab_version=__version__, models=list(models), transfer=transfer_matrices(models),
-                  notes=list(notes))
-
-
-def combine(reports: Sequence[Report], title: Optional[str] = None) -> Report:
-    """One report over the models of several (for side-by-side comparison); a repeated model name
-    gets the command that wrote it as a suffix (``mlp (certify)``), else a number."""
-    models: list[ModelReport] = []
-    seen: dict[str, int] = {}
-    for r in reports:
-        for m in r.models:
-            name = m.name
-            if name in seen:
-                seen[name] += 1
-                name = f"{name} ({m.command})" if m.command != "evaluate" else f"{name} ({seen[name]})"
-                while name in seen:
-                    name = f"{name} ({seen[m.name]})"
-                seen[name] = 1
-            else:
-                seen[name] = 1
-            models.append(m if name == m.name else ModelReport(**{**m.__dict__, "name": name}))
-    notes = [n for r in reports for n in r.notes]
-    return report(models, title or "robustlab comparison: " + " vs ".join(m.name for m in models), notes)
-
-
-# -- files ---------------------------------------------------------------------------------------------
-
-
-def dumps(rep: Report) -> str:
-    return json.dumps(to_dict(rep), indent=1, allow_nan=False) + "\n"
-
-
-def loads(text: str, where: str = "report") -> Report:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{where} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise ValueError(f"{where} is not a robustlab report (expected \"schema\": \"{SCHEMA}\")")
-    version = data.get("schema_version")
-    if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
-        raise ValueError(f"{where} has schema_version {version!r}; this robustlab reads versions 1..{SCHEMA_VERSION} "
-                         "(a newer robustlab wrote it?)")
-    rep = from_dict(Report, data, where)
-    rep.schema_version = SCHEMA_VERSION  # an older file is read with the defaults of the newer keys: now a current one
-    return rep
-
-
-def load(path: "str | os.PathLike[str]") -> Report:
-    """Read a report from ``report.json`` (or a folder holding one)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "report.json"
-    if not p.is_file():
-        raise FileNotFoundError(f"no report at {p}")
-    return loads(p.read_text(), str(p))
-
-
-def moved(rep: Report, source: "str | os.PathLike[str]", target: "str | os.PathLike[str]") -> Report:
-    """``rep`` (read from the folder ``source``) with its relative paths (the attack runs' exported
-    examples) made relative to the folder ``target`` it is about to be written into."""
-    src, dst = Path(source).resolve(), Path(target).resolve()
-    if src != dst:
-        for m in rep.models:
-            for a in m.attack_runs:
-                if a.examples and not Path(a.examples).is_absolute():
-                    a.examples = os.path.relpath(src / a.examples, dst)
-    return rep
-
-
-def slug(name: str) -> str:
-    s = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")
-    return s or "model"
+if TYPE_CHECKING:
+    from robustlab.report.schema import AttackRun, Rate, Report
 
 
 def save(rep: Report, out: "str | os.PathLike[str]", *, html: bool = True) -> Path:
@@ -160,7 +25,7 @@ def save(rep: Report, out: "str | os.PathLike[str]", *, html: bool = True) -> Pa
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    text = dumps(rep)  # raises before anything is written if a value is not JSON
+    text = rep.to_json()  # raises before anything is written if a value is not JSON
     if html:
         figs = figures.render(rep)
         for fname, png in figs.items():  # names hold model names and norms from the report: keep them to one file

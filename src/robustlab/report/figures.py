@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 import matplotlib
 
@@ -16,17 +16,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from robustlab.report.schema import (  # noqa: E402
-    AttackRun,
-    CertReport,
-    DetectionReport,
-    Exemplar,
-    ModelReport,
-    Rate,
-    Report,
-    ThreatReport,
-    TransferMatrix,
-)
+from robustlab.report.paths import slug  # noqa: E402
+
+if TYPE_CHECKING:
+    from robustlab.report.schema import (AttackRun, CertReport, DetectionReport, Exemplar, ModelReport, Rate, Report,
+                                         ThreatReport, TransferMatrix)
 
 DPI = 110
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
@@ -355,7 +349,6 @@ def model_figures(m: ModelReport, prefix: str) -> dict[str, bytes]:
 
 def render(report: Report) -> dict[str, bytes]:
     """Every figure of the report: comparisons (several models), transfer matrices, per-model figures."""
-    from robustlab.report.build import slug
 
     out: dict[str, bytes] = {}
     if len(report.models) > 1:

@@ -12,14 +12,17 @@ import base64
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 from urllib.parse import urlsplit
 
 import jinja2
 from markupsafe import Markup
 
 from robustlab.report.explain import CHECKS
-from robustlab.report.schema import AttackRun, ModelReport, Rate, Report
+from robustlab.report.paths import slug
+
+if TYPE_CHECKING:
+    from robustlab.report.schema import AttackRun, ModelReport, Rate, Report
 
 CSS = """
 :root{--fg:#1d2330;--muted:#5f6b7a;--line:#dfe3ea;--bg:#f6f7f9;--ok:#1b7f3a;--okbg:#e7f5ec;--warn:#a15c00;
@@ -208,7 +211,6 @@ def _facts(m: ModelReport) -> list[tuple[str, str]]:
 
 
 def _model(i: int, m: ModelReport, figs: Mapping[str, bytes]) -> dict[str, Any]:
-    from robustlab.report.build import slug
 
     prefix = f"{i + 1}-{slug(m.name)}"
     info = m.model if isinstance(m.model, dict) else {}

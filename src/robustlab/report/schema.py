@@ -402,8 +402,6 @@ class Report:
     @staticmethod
     def load(path: "str | os.PathLike[str]") -> "Report":
         """Read ``report.json`` (or the folder holding it); refuses malformed or newer files."""
-        from robustlab.report.build import load
-
         return load(path)
 
     def to_dict(self) -> dict:
@@ -411,9 +409,11 @@ class Report:
 
     @staticmethod
     def from_dict(data: dict) -> "Report":
-        from robustlab.report.build import loads
-
         return loads(json.dumps(data))
+
+    def to_json(self) -> str:
+        """The report as its JSON text (``report.json``); raises if a value is not JSON (NaN, ...)."""
+        return dumps(self)
 
     def model(self, name: str) -> "ModelReport":
         for m in self.models:
@@ -426,6 +426,41 @@ class Report:
         from robustlab.report.build import table
 
         return table(self)
+
+
+# --------------------------------------------------------------------------------------------
+# JSON in and out
+# --------------------------------------------------------------------------------------------
+
+
+def dumps(rep: Report) -> str:
+    return json.dumps(to_dict(rep), indent=1, allow_nan=False) + "\n"
+
+
+def loads(text: str, where: str = "report") -> Report:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise ValueError(f"{where} is not a robustlab report (expected \"schema\": \"{SCHEMA}\")")
+    version = data.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
+        raise ValueError(f"{where} has schema_version {version!r}; this robustlab reads versions 1..{SCHEMA_VERSION} "
+                         "(a newer robustlab wrote it?)")
+    rep = from_dict(Report, data, where)
+    rep.schema_version = SCHEMA_VERSION  # an older file is read with the defaults of the newer keys: now a current one
+    return rep
+
+
+def load(path: "str | os.PathLike[str]") -> Report:
+    """Read a report from ``report.json`` (or a folder holding one)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "report.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"no report at {p}")
+    return loads(p.read_text(), str(p))
 
 
 # --------------------------------------------------------------------------------------------
