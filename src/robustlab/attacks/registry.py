@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
+from robustlab.attacks.adaptive import DetectorAwarePGD, KNNFeaturePGD
 from robustlab.attacks.apgd import APGD, APGDT
 from robustlab.attacks.base import Attack
 from robustlab.attacks.cw import CarliniWagner, CarliniWagnerL0, CarliniWagnerLinf
@@ -93,6 +94,11 @@ _BUILT_IN: dict[str, Entry] = {
     "square": Entry(lambda tm, **kw: Square(tm, **kw), "Square attack, score-based, 5000 queries, linf/l2 (Andriushchenko et al. 2020)"),
     "nattack": Entry(lambda tm, **kw: NATTACK(tm, **kw), "NATTACK, NES on a Gaussian in tanh space, scores only, linf/l2 (Li et al. 2019)"),
     "onepixel": Entry(lambda tm, **kw: OnePixel(tm, **kw), "few-pixel attack (l0, eps = pixels) by differential evolution (Su et al. 2019)"),
+    "detector-aware-pgd": Entry(lambda tm, **kw: DetectorAwarePGD(tm, **kw), "PGD on the classifier's loss while a "
+                                "detector's differentiable score stays below its threshold; needs detector= (Carlini & "
+                                "Wagner 2017)"),
+    "knn-feature-pgd": Entry(lambda tm, **kw: KNNFeaturePGD(tm, **kw), "PGD pulling the features toward another class's "
+                             "nearest references, against kNN detectors; needs detector= (Sitawarin & Wagner 2019)"),
     "hopskipjump": Entry(lambda tm, **kw: HopSkipJump(tm, **kw), "HopSkipJump, labels only, l2/linf, 5000 queries (Chen et al. 2020)", True),
     "standard": Entry(_standard("standard"), "AutoAttack-style worst case per sample, each member on the samples "
                       "still robust: APGD-CE (100 steps, 5 restarts), APGD-T (100 steps, 9 targets, DLR), FMN (100 "

@@ -132,7 +132,7 @@ def verification(*, method: str, norm: Optional[str], eps: Optional[float], opti
 
 
 def detection_row(record: Mapping[str, Any]) -> DetectionRow:
-    """One row from a detection record (:func:`robustlab.cli.detect.detection_record` plus the
+    """One row from a detection record (:func:`robustlab.evaluate.detection.detection_record` plus the
     detector, attack and adaptive flag): counts -> Rates."""
     n_correct = int(record["n_correct"])
     found = int(record["attack_success"])
