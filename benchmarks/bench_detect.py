@@ -58,7 +58,7 @@ from robustlab.attacks import BPDA, EOT, PGD, CarliniWagner  # noqa: E402
 from robustlab.evaluate import detection as detect_cli  # noqa: E402
 from robustlab.evaluate.detection import build_detector, detection_record, run_attack  # noqa: E402
 from robustlab.defenses import transforms as T  # noqa: E402
-from robustlab.defenses.distillation import Distillation, Temperature  # noqa: E402
+from robustlab.training.distillation import Distillation, Temperature  # noqa: E402
 from robustlab.defenses.ensemble import Ensemble  # noqa: E402
 
 
@@ -306,7 +306,7 @@ def _trained(folder: Path, make, train, adversary, epochs: int, seed: int, **set
     if (folder / "metadata.json").is_file():
         return rl.models.load(folder).eval()
     model = make(seed)
-    rl.defenses.train(model, train, adversary=adversary, epochs=epochs, seed=seed, progress=False, **settings)
+    rl.training.train(model, train, adversary=adversary, epochs=epochs, seed=seed, progress=False, **settings)
     rl.models.save(model, folder)
     return model.eval()
 

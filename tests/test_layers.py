@@ -1,6 +1,6 @@
 """The import graph follows the layers and has no loop inside a package.
 
-Layers (DESIGN.md): data -> models -> attacks / defenses / verify -> evaluate -> report -> cli; a
+Layers (DESIGN.md): data -> models -> attacks / verify -> training / defenses -> evaluate -> report -> cli; a
 package may import its own layer's siblings (acyclically: tests/test_import_cycles.py) and the
 layers below it, never one above. Top-level modules (``robustlab.threat``, ``robustlab.losses``,
 ``robustlab.model_ops``, ...) are the foundation every layer may use. ``report/`` holds the
@@ -21,10 +21,13 @@ FORBIDDEN = {
                        "robustlab.evaluate", "robustlab.report", "robustlab.cli"},
     "robustlab.models": {"robustlab.attacks", "robustlab.defenses", "robustlab.verify", "robustlab.evaluate",
                          "robustlab.report", "robustlab.cli"},
-    "robustlab.attacks": {"robustlab.defenses", "robustlab.verify", "robustlab.evaluate", "robustlab.report",
-                          "robustlab.cli"},
-    "robustlab.verify": {"robustlab.evaluate", "robustlab.report", "robustlab.cli"},
+    "robustlab.attacks": {"robustlab.defenses", "robustlab.training", "robustlab.verify", "robustlab.evaluate",
+                          "robustlab.report", "robustlab.cli"},
+    "robustlab.verify": {"robustlab.training", "robustlab.defenses", "robustlab.evaluate", "robustlab.report",
+                         "robustlab.cli"},
     "robustlab.defenses": {"robustlab.evaluate", "robustlab.report", "robustlab.cli"},
+    # the training family never needs a defended model (PixelDP registers its adversary from defenses/)
+    "robustlab.training": {"robustlab.defenses", "robustlab.evaluate", "robustlab.report", "robustlab.cli"},
     "robustlab.report": {"robustlab.evaluate", "robustlab.cli", "robustlab.attacks", "robustlab.defenses",
                          "robustlab.verify", "robustlab.models"},
     "robustlab.evaluate": {"robustlab.cli"},

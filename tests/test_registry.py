@@ -8,7 +8,7 @@ import torch
 import robustlab as rl
 from robustlab.attacks.registry import ATTACKS
 from robustlab.data import DATASETS
-from robustlab.defenses.adversaries import ADVERSARIES
+from robustlab.training.adversaries import ADVERSARIES
 from robustlab.defenses.transforms import DEFENSES
 from robustlab.evaluate import CERTIFIERS
 from robustlab.models.registry import ARCHITECTURES

@@ -46,7 +46,7 @@ def _numbers(path: Path):
 def runs(tmp_path_factory, digits_train):
     root = tmp_path_factory.mktemp("dist-eval")
     model_dir = root / "digits-mlp"
-    rl.defenses.train(rl.models.create("mlp", digits_train, seed=0), digits_train, epochs=3, out=model_dir,
+    rl.training.train(rl.models.create("mlp", digits_train, seed=0), digits_train, epochs=3, out=model_dir,
                       progress=False)
     one = _evaluate(root, model_dir, "one")
     assert one.returncode == 0, one.stderr[-3000:]

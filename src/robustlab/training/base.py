@@ -39,8 +39,8 @@ Adversaries are registered by name in :data:`ADVERSARIES` (with the parameters t
 which is what ``robustlab train --adversary NAME`` offers: :func:`register_adversary` adds one
 without touching the CLI, :func:`from_args` builds one from keyword values or parsed arguments.
 
-Imports point one way: :mod:`robustlab.defenses.adversarial` (FGSM, PGD, TRADES, MART) and
-:mod:`robustlab.defenses.adversaries` (the built-in ones and their registration) build on this
+Imports point one way: :mod:`robustlab.training.adversarial` (FGSM, PGD, TRADES, MART) and
+:mod:`robustlab.training.adversaries` (the built-in ones and their registration) build on this
 module; a new adversary module imports :class:`Adversary` and :func:`register_adversary` from here.
 """
 
