@@ -148,7 +148,8 @@ def test_main_refuses_bad_values_before_any_work(tmp_path, capsys):
                         (["evaluate", "--model", "m", "--eps", "0.1,-0.3"], "argument --eps"),
                         (["train", "--dataset", "digits", "--arch", "mlp", "--adversary", "pgd", "--eps", "0.1",
                           "--steps", "0"], "argument --steps"),
-                        (["detect", "--model", "m", "--detector", "knn", "--eps", "0.3", "--fpr", "0"], "argument --fpr")]:
+                        (["detect", "--model", "m", "--detector", "knn", "--eps", "0.3", "--fpr", "0"],
+                         "argument --fpr")]:
         with pytest.raises(SystemExit) as exc:
             main([*argv, "--out", str(out)])
         assert exc.value.code == 2

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from robustlab.cli.options import float_list, key_value, memory_size, nonnegative_int, positive_float, positive_int, positive_list
+from robustlab.cli.options import (float_list, key_value, memory_size, nonnegative_int, positive_float, positive_int,
+                                   positive_list)
 
 MODEL_HELP = ("a saved robustlab model (folder or .safetensors), catalog:NAME (robustlab models list), a TorchScript "
               "(.pt) or ONNX (.onnx) file, or your own factory 'package.module:attr' / 'path/to/file.py:attr' returning "

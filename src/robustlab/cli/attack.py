@@ -29,8 +29,6 @@ DEFAULT_NORM = {"cw-l2": "l2", "cw-linf": "linf", "cw-l0": "l0", "deepfool": "l2
 #: Black-box attacks whose per-image model-query budget ``--queries`` sets (one-pixel: population x generations).
 QUERY_ATTACKS = ("square", "nattack", "hopskipjump")
 
-parse_option = key_value  # the name this module offered before robustlab.cli.options
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from robustlab.attacks import registry

@@ -14,8 +14,8 @@ import json
 import math
 from typing import Any, Callable
 
-__all__ = ["TYPED", "float_list", "key_value", "memory_size", "nonnegative_float", "nonnegative_int", "nonnegative_list",
-           "positive_float", "positive_int", "positive_list", "probability", "unit_interval"]
+__all__ = ["TYPED", "float_list", "key_value", "memory_size", "nonnegative_float", "nonnegative_int",
+           "nonnegative_list", "positive_float", "positive_int", "positive_list", "probability", "unit_interval"]
 
 
 def _number(text: str, integer: bool) -> float:
