@@ -392,8 +392,10 @@ def test_cli_train_with_a_held_out_validation_split_and_resume(tmp_path, capsys)
     # Resuming a finished run changes nothing.
     assert main(argv + ["--resume"]) == 0
     assert rl.models.load_metadata(out)["history"] == meta["history"]
-    assert main(["train", "--dataset", "digits", "--arch", "mlp", "--out", str(out), "--val-split", "1.5"]) == 2
-    assert "--val-split must be in (0, 1)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # refused by argparse, naming the option
+        main(["train", "--dataset", "digits", "--arch", "mlp", "--out", str(out), "--val-split", "1.5"])
+    assert exit_.value.code == 2
+    assert "argument --val-split: must be a probability in (0, 1), got '1.5'" in capsys.readouterr().err
 
 
 # ---- bad input before any epoch, mixed precision and channels_last ---------------------------
