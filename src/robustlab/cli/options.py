@@ -1,6 +1,6 @@
 """Typed command-line values: every numeric option is parsed and checked by argparse itself, so a bad
 value is refused before any work with a message naming the option as the user typed it
-(``argument --n/--n-images: must be an integer >= 1, got '0'``), never a library message about an
+(``argument --n-images/--n: must be an integer >= 1, got '0'``), never a library message about an
 internal parameter name.
 
 Each parser is a plain function usable as ``type=`` in ``add_argument``; its ``__name__`` is what
