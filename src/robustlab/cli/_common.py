@@ -67,7 +67,8 @@ SHARED: dict[str, Option] = {
 
 class _Store(argparse.Action):
     """argparse's ``store``, with a note when an old spelling (``deprecated``) is used: on stderr
-    (``<prog>: warning: ...``) and as a :class:`DeprecationWarning`, once per parse."""
+    (``<prog>: warning: ...``) and as a :class:`DeprecationWarning`, once per parser (and so once per
+    command line: :func:`robustlab.cli.main` builds its parser afresh)."""
 
     def __init__(self, option_strings: Sequence[str], dest: str, deprecated: Sequence[str] = (), **kwargs: Any):
         super().__init__(option_strings, dest, **kwargs)
@@ -115,10 +116,9 @@ def add_option(p: "argparse.ArgumentParser | argparse._ArgumentGroup", dest: str
     return p.add_argument(*flags, **kwargs)
 
 
-def add_data_args(p: argparse.ArgumentParser, *, split: bool = True, dataset_note: str = "default: the dataset in "
-                  "the model's metadata") -> None:
-    """``--dataset``, ``--split`` (default test) and ``--root``."""
-    add_option(p, "dataset", default=None, note=dataset_note)
+def add_data_args(p: argparse.ArgumentParser, *, split: bool = True) -> None:
+    """``--dataset`` (default: the model's), ``--split`` (default test) and ``--root``."""
+    add_option(p, "dataset", default=None, note="default: the dataset in the model's metadata")
     if split:
         add_option(p, "split", default="test", note="default test")
     add_option(p, "root", default=None)
