@@ -373,8 +373,9 @@ def test_certify_checks_the_recorded_pixeldp_training(trained_pixeldp, digits_tr
     assert doc["pixeldp"]["L"] == 0.2 and doc["pixeldp"]["trained_with_pixeldp"] and not doc["pixeldp"]["warnings"]
     assert doc["sigma"] == pytest.approx(gaussian_sigma(1.0, 0.05, 0.2))
     # the same values spelled out are accepted (--eps is the old spelling of --dp-eps)
-    assert main(["certify", "--model", str(path), "--method", "pixeldp", "--eps", "1", "--delta", "0.05", "--L", "0.2",
-                 "--out", str(out), *common]) == 0
+    with pytest.warns(DeprecationWarning, match="--eps is deprecated"):
+        assert main(["certify", "--model", str(path), "--method", "pixeldp", "--eps", "1", "--delta", "0.05", "--L",
+                     "0.2", "--out", str(out), *common]) == 0
     capsys.readouterr()
     for flag, value, field in (("--dp-eps", "0.5", "pixeldp.eps"), ("--L", "0.1", "pixeldp.L"),
                                ("--delta", "0.01", "pixeldp.delta"), ("--norm", "l1", "pixeldp.norm")):
