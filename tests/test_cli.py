@@ -29,7 +29,7 @@ def test_train_evaluate_certify_on_digits(tmp_path, capsys):
                  "--out", str(out), "--resume", "--no-progress"]) == 0
     assert json.loads((out / "report.json").read_text())["models"][0]["threats"] == report["models"][0]["threats"]
     cert_file = tmp_path / "cert.json"
-    assert main(["certify", "--model", str(model), "--sigma", "0.25", "--n0", "20", "--n", "200", "--n-images", "5",
+    assert main(["certify", "--model", str(model), "--sigma", "0.25", "--n0", "20", "--samples", "200", "--n-images", "5",
                  "--radii", "0,0.1", "--out", str(cert_file)]) == 0
     cert = json.loads(cert_file.read_text())
     assert len(cert["certificate"]["radius"]) == 5 and cert["certified_accuracy"][0] >= cert["certified_accuracy"][1]

@@ -91,7 +91,7 @@ def test_option_of_the_wrong_type_is_an_argparse_error(capsys):
               "--steps", "abc"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert "argument --steps: invalid int value: 'abc'" in err and "Traceback" not in err
+    assert "argument --steps: must be an integer, got 'abc'" in err and "Traceback" not in err
 
 
 def test_attack_option_of_the_wrong_type(saved_mlp, tmp_path, capsys):

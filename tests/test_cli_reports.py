@@ -28,7 +28,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     argv = {
         "attack": ["--attack", "pgd", "--eps", "0.1", "--n", "40", "-o", "steps=10", "--out", str(root / "adv.safetensors")],
         "evaluate": ["--attack", "fgsm,pgd", "--eps", "0.05,0.1", "--n", "40", "--out", str(root / "evaluate")],
-        "certify": ["--sigma", "0.25", "--n0", "20", "--n", "200", "--n-images", "30", "--radii", "0,0.1,0.3",
+        "certify": ["--sigma", "0.25", "--n0", "20", "--samples", "200", "--n-images", "30", "--radii", "0,0.1,0.3",
                     "--out", str(root / "certify.json")],
         "verify": ["--method", "crown", "--eps", "0.01", "--n", "30", "--out", str(root / "verify.json")],
         "detect": ["--detector", "squeeze", "--attacks", "fgsm", "--adaptive", "--eps", "0.3", "--steps", "5",

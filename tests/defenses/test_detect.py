@@ -173,8 +173,8 @@ def test_detect_cli_attacks_knn_in_feature_space(digits_model, tmp_path):
 
     out = tmp_path / "detect.json"
     args = argparse.Namespace(model="digits-model", detector="knn", attacks="pgd", adaptive=True, eps=0.3,
-                              l2_eps=2.0, steps=10, fpr=0.05, n=40, n_fit=200, n_train=600, dataset="digits", root=None,
-                              batch_size=100, seed=0, out=str(out))
+                              l2_eps=2.0, steps=10, fpr=0.05, n_images=40, n_fit=200, n_train=600,
+                              dataset="digits", root=None, batch_size=100, seed=0, out=str(out))
     assert cli.run(args, model=digits_model) == 0
     plain, adaptive = json.loads(out.read_text())["records"]
     assert adaptive["adaptive"] and adaptive["config"]["attack"] == "KNNFeaturePGD"
@@ -222,8 +222,8 @@ def test_detect_cli_writes_json_with_plain_and_adaptive_records(digits_model, tm
 
     out = tmp_path / "detect.json"
     args = argparse.Namespace(model="digits-model", detector="squeeze", attacks="fgsm", adaptive=True, eps=0.3,
-                              l2_eps=2.0, steps=5, fpr=0.1, n=40, n_fit=200, n_train=300, dataset="digits", root=None,
-                              batch_size=100, seed=0, out=str(out))
+                              l2_eps=2.0, steps=5, fpr=0.1, n_images=40, n_fit=200, n_train=300,
+                              dataset="digits", root=None, batch_size=100, seed=0, out=str(out))
     assert cli.run(args, model=digits_model) == 0
     doc = json.loads(out.read_text())
     assert doc["format"] == "robustlab-detect"

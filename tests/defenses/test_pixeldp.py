@@ -272,12 +272,12 @@ def test_certify_cli_pixeldp(pixeldp_digits, tmp_path, capsys):
     path = tmp_path / "pdp"
     rl.models.save(pixeldp_digits.base, path, metadata={"dataset": "digits", "pixeldp": pixeldp_digits.record()})
     out = tmp_path / "cert.json"
-    assert main(["certify", "--model", str(path), "--method", "pixeldp", "--eps", "1", "--delta", "0.05", "--L", "0.1",
-                 "--n", "200", "--n-images", "6", "--radii", "0,0.05", "--out", str(out), "--no-progress"]) == 0
+    assert main(["certify", "--model", str(path), "--method", "pixeldp", "--dp-eps", "1", "--delta", "0.05", "--L", "0.1",
+                 "--samples", "200", "--n-images", "6", "--radii", "0,0.05", "--out", str(out), "--no-progress"]) == 0
     payload = json.loads(out.read_text())
     assert payload["method"] == "pixeldp" and payload["certificate"]["info"]["method"] == "pixeldp"
     assert len(payload["per_image"]) == 6
-    assert main(["certify", "--model", str(path), "--method", "pixeldp", "--eps", "2", "--n", "10",
+    assert main(["certify", "--model", str(path), "--method", "pixeldp", "--dp-eps", "2", "--samples", "10",
                  "--n-images", "2", "--out", str(tmp_path / "x.json"), "--no-progress"]) != 0
     assert "eps" in capsys.readouterr().err
 
@@ -365,7 +365,7 @@ def test_certify_checks_the_recorded_pixeldp_training(trained_pixeldp, digits_tr
 
     _, path = trained_pixeldp
     out = tmp_path / "cert.json"
-    common = ["--n", "100", "--n-images", "4", "--alpha", "0.05", "--radii", "0,0.05", "--no-progress"]
+    common = ["--samples", "100", "--n-images", "4", "--alpha", "0.05", "--radii", "0,0.05", "--no-progress"]
     assert main(["certify", "--model", str(path), "--method", "pixeldp", "--out", str(out), *common]) == 0
     text = capsys.readouterr().out
     assert "after net.0.0" in text and "as saved" in text
@@ -373,8 +373,9 @@ def test_certify_checks_the_recorded_pixeldp_training(trained_pixeldp, digits_tr
     assert doc["pixeldp"]["L"] == 0.2 and doc["pixeldp"]["trained_with_pixeldp"] and not doc["pixeldp"]["warnings"]
     assert doc["sigma"] == pytest.approx(gaussian_sigma(1.0, 0.05, 0.2))
     # the same values spelled out are accepted (--eps is the old spelling of --dp-eps)
-    assert main(["certify", "--model", str(path), "--method", "pixeldp", "--eps", "1", "--delta", "0.05", "--L", "0.2",
-                 "--out", str(out), *common]) == 0
+    with pytest.warns(DeprecationWarning, match="--eps is deprecated"):
+        assert main(["certify", "--model", str(path), "--method", "pixeldp", "--eps", "1", "--delta", "0.05", "--L",
+                     "0.2", "--out", str(out), *common]) == 0
     capsys.readouterr()
     for flag, value, field in (("--dp-eps", "0.5", "pixeldp.eps"), ("--L", "0.1", "pixeldp.L"),
                                ("--delta", "0.01", "pixeldp.delta"), ("--norm", "l1", "pixeldp.norm")):

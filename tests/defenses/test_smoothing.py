@@ -405,7 +405,7 @@ def test_certify_command_prints_the_table_and_writes_per_image_json(noisy_digits
     path = tmp_path / "digits-noise"
     rl.models.save(noisy_digits_model, path, metadata={"dataset": "digits"})
     out = tmp_path / "cert.json"
-    argv = ["certify", "--model", str(path), "--sigma", "0.25", "--n0", "20", "--n", "500", "--n-images", "12",
+    argv = ["certify", "--model", str(path), "--sigma", "0.25", "--n0", "20", "--samples", "500", "--n-images", "12",
             "--radii", "0,0.25,0.5", "--chunk", "5", "--no-progress", "--out", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -422,12 +422,13 @@ def test_certify_command_prints_the_table_and_writes_per_image_json(noisy_digits
     adaptive = json.loads((tmp_path / "adaptive.json").read_text())
     assert adaptive["method"] == "adaptive" and adaptive["evaluations_per_image"] < 520
     capsys.readouterr()
-    assert main(["certify", "--model", str(path), "--sigma", "0.25", "--n", "5", "--no-progress",
+    assert main(["certify", "--model", str(path), "--sigma", "0.25", "--samples", "5", "--no-progress",
                  "--out", str(tmp_path / "x.json")]) == 2
     err = capsys.readouterr().err
     assert "use n >= 10" in err and "Traceback" not in err
-    assert main(["certify", "--model", str(path), "--sigma", "-1", "--no-progress"]) == 2
-    assert "sigma must be > 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # refused by argparse, naming the option
+        main(["certify", "--model", str(path), "--sigma", "-1", "--no-progress"])
+    assert exit_.value.code == 2 and "argument --sigma: must be a number > 0, got '-1'" in capsys.readouterr().err
 
 
 def test_optimized_copy_follows_weight_updates(digits_test):

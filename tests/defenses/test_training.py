@@ -392,8 +392,10 @@ def test_cli_train_with_a_held_out_validation_split_and_resume(tmp_path, capsys)
     # Resuming a finished run changes nothing.
     assert main(argv + ["--resume"]) == 0
     assert rl.models.load_metadata(out)["history"] == meta["history"]
-    assert main(["train", "--dataset", "digits", "--arch", "mlp", "--out", str(out), "--val-split", "1.5"]) == 2
-    assert "--val-split must be in (0, 1)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # refused by argparse, naming the option
+        main(["train", "--dataset", "digits", "--arch", "mlp", "--out", str(out), "--val-split", "1.5"])
+    assert exit_.value.code == 2
+    assert "argument --val-split: must be a probability in (0, 1), got '1.5'" in capsys.readouterr().err
 
 
 # ---- bad input before any epoch, mixed precision and channels_last ---------------------------
@@ -454,8 +456,6 @@ def test_cli_refuses_bad_adversary_settings_in_one_line(tmp_path, capsys):
 
     base = ["train", "--dataset", "digits", "--arch", "mlp", "--out", str(tmp_path / "m"), "--adversary", "pgd"]
     for extra, message in [(["--eps", "1.5"], "eps=1.5 is larger than the input range"),
-                           (["--eps", "0.1", "--steps", "0"], "steps must be > 0"),
-                           (["--eps", "0.1", "--step-size", "-0.01"], "step_size must be > 0"),
                            (["--eps", "0.1", "--norm", "l3"], "norm must be one of"),
                            (["--eps", "0.1", "--fast", "fp16"], "fast must be one of 'off', 'on', 'bf16'"),
                            (["--eps", "0.1", "--sigma", "0.5"],
@@ -466,6 +466,12 @@ def test_cli_refuses_bad_adversary_settings_in_one_line(tmp_path, capsys):
         assert main(base + extra) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1 and err.startswith("robustlab train: error:")
+    for extra, message in [(["--eps", "0.1", "--steps", "0"], "argument --steps: must be an integer >= 1, got '0'"),
+                           (["--eps", "0.1", "--step-size", "-0.01"], "argument --step-size: must be a number > 0"),
+                           (["--eps", "nan"], "argument --eps: must be a finite number, got 'nan'")]:
+        with pytest.raises(SystemExit) as exit_:  # refused by argparse, naming the flag
+            main(base + extra)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "m").exists()  # nothing was trained or written
 
 

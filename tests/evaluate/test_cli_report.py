@@ -33,7 +33,7 @@ def saved_model(tmp_path_factory, digits_train):
 def test_cli_evaluate_report_compare(saved_model, tmp_path, capsys):
     out = tmp_path / "ev"
     assert _cli(["evaluate", "--model", str(saved_model), "--attack", "fgsm,pgd", "--eps", "0.05,0.2", "--n", "24",
-                 "--out", str(out), "--no-progress", "--smoothing", "0.25", "--smoothing-n", "100"]) == 0
+                 "--out", str(out), "--no-progress", "--smoothing", "0.25", "--samples", "100"]) == 0
     printed = capsys.readouterr().out
     rep = rl.report.load(out / "report.json")
     m = rep.models[0]

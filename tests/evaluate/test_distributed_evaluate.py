@@ -17,7 +17,7 @@ from robustlab.evaluate.shards import CRASH_ENV
 # 5 batches of 16 images: rank 0 does batches 0, 2, 4 and rank 1 batches 1, 3; the check probes
 # (dealt to both ranks after the records are shared) and a smoothing certifier are part of the report.
 ARGS = ["--attack", "fgsm,pgd", "--eps", "0.05,0.2", "--n-images", "80", "--batch-size", "16", "--smoothing", "0.25",
-        "--smoothing-n", "64", "--seed", "5", "--no-html"]
+        "--samples", "64", "--seed", "5", "--no-html"]
 
 
 def _evaluate(cwd: Path, model: Path, out: str, *args: str, ranks: int = 1, env: dict | None = None):

@@ -18,8 +18,9 @@ def detect_doc(digits_model, tmp_path_factory) -> dict:
 
     out = tmp_path_factory.mktemp("detect") / "detect.json"
     args = argparse.Namespace(model="digits-model", detector="squeeze,magnet", attacks="fgsm,pgd", adaptive=True, eps=0.3,
-                              l2_eps=2.0, steps=5, fpr=0.05, n=40, n_fit=200, n_train=300, dataset="digits", root=None,
-                              batch_size=100, seed=0, out=str(out), html=str(out.parent / "page"))
+                              l2_eps=2.0, steps=5, fpr=0.05, n_images=40, n_fit=200, n_train=300,
+                              dataset="digits", root=None, batch_size=100, seed=0, out=str(out),
+                              html=str(out.parent / "page"))
     assert cli.run(args, model=digits_model) == 0
     assert (out.parent / "page" / "detection.html").is_file()  # --html: the page next to the JSON
     return json.loads(out.read_text())

@@ -1,44 +1,142 @@
-"""What several subcommands share: the model options (a saved model or your own), the device, the
-output paths (checked before any work is spent) and the model/data fit (checked before any attack).
+"""What several subcommands share: the options of one vocabulary (:data:`SHARED`: one spelling, one
+type, one meaning, one help text in every subcommand that has them), the model options (a saved
+model or your own), the device, the output paths (checked before any work is spent) and the
+model/data fit (checked before any attack).
 
 Every error is a ``ValueError`` / ``FileNotFoundError`` naming the argument, its value and what
-was expected; :func:`robustlab.cli.main` prints it as one line and exits with status 2.
+was expected; :func:`robustlab.cli.main` prints it as one line and exits with status 2. Bad option
+values (a count of 0, a negative radius, NaN) are refused by argparse itself
+(:mod:`robustlab.cli.options`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
-from robustlab.cli.evaluate import parse_floats
+from robustlab.cli.options import (float_list, key_value, memory_size, nonnegative_int, positive_float, positive_int,
+                                   positive_list)
 
 MODEL_HELP = ("a saved robustlab model (folder or .safetensors), catalog:NAME (robustlab models list), a TorchScript "
               "(.pt) or ONNX (.onnx) file, or your own factory 'package.module:attr' / 'path/to/file.py:attr' returning "
               "an nn.Module (with --weights)")
 
 
-def parse_model_option(text: str) -> tuple[str, Any]:
-    from robustlab.cli.attack import parse_option
+@dataclass(frozen=True)
+class Option:
+    """One option of the shared vocabulary: its flags (the spelling first), how its value is parsed
+    and what it means (the start of its help in every subcommand)."""
 
-    return parse_option(text)
+    flags: tuple[str, ...]
+    help: str
+    type: Optional[Callable[[str], Any]] = None
+    action: Optional[str] = None
+    choices: Optional[tuple[str, ...]] = None
+    metavar: Optional[str] = None
+
+
+#: The shared options (issue 21, "one vocabulary"), by argparse dest. A subcommand adds one with
+#: :func:`add_option`, which may only set its default, append a note to the help, keep an old
+#: alias or mark an old spelling deprecated; tests/test_cli_options.py walks the parsers against it.
+SHARED: dict[str, Option] = {
+    "model": Option(("--model",), MODEL_HELP),
+    "dataset": Option(("--dataset",), "a dataset name, a .npz file, an image folder (one sub-folder per class) or "
+                                      "CIFAR-10/100 binary files"),
+    "split": Option(("--split",), "dataset split", choices=("train", "test")),
+    "root": Option(("--root",), "folder to look for the dataset in first (default $ROBUSTLAB_DATA, then the cache "
+                                "and offline sources)"),
+    "n_images": Option(("--n-images",), "use the first N images of the split", type=positive_int, metavar="N"),
+    "samples": Option(("--samples",), "Monte Carlo noise samples per image", type=positive_int, metavar="N"),
+    "dp_eps": Option(("--dp-eps",), "PixelDP epsilon, in (0, 1] for Gaussian noise", type=positive_float),
+    "device": Option(("--device",), "cpu, cuda, cuda:1, mps, ... (default cpu; under torchrun cuda means "
+                                    "cuda:LOCAL_RANK)"),
+    "batch_size": Option(("--batch-size",), "batch size", type=positive_int, metavar="N"),
+    "seed": Option(("--seed",), "seed of every random draw (noise, random starts, sampling)", type=nonnegative_int),
+    "resume": Option(("--resume",), "continue an interrupted run with the same arguments from what it left in --out",
+                     action="store_true"),
+    "no_progress": Option(("--no-progress",), "no progress bar", action="store_true"),
+    "out": Option(("--out",), "where the results go"),
+}
+
+
+class _Store(argparse.Action):
+    """argparse's ``store``, with a note when an old spelling (``deprecated``) is used: on stderr
+    (``<prog>: warning: ...``) and as a :class:`DeprecationWarning`, once per parser (and so once per
+    command line: :func:`robustlab.cli.main` builds its parser afresh)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, deprecated: Sequence[str] = (), **kwargs: Any):
+        super().__init__(option_strings, dest, **kwargs)
+        self.deprecated = tuple(deprecated)
+        self._noted = False
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: Optional[str] = None) -> None:
+        if option_string in self.deprecated and not self._noted:
+            self._noted = True
+            note = (f"{option_string} is deprecated and will be removed in the next release; write "
+                    f"{self.option_strings[0]}")
+            print(f"{parser.prog}: warning: {note}", file=sys.stderr)
+            warnings.warn(note, DeprecationWarning, stacklevel=2)
+        setattr(namespace, self.dest, values)
+
+
+_UNSET: Any = object()
+
+
+def add_option(p: "argparse.ArgumentParser | argparse._ArgumentGroup", dest: str, *, default: Any = _UNSET,
+               required: bool = False, note: str = "", aliases: Sequence[str] = (),
+               deprecated: Sequence[str] = ()) -> argparse.Action:
+    """Add the shared option ``dest`` (:data:`SHARED`) to ``p``, the same way in every subcommand.
+
+    ``note`` is appended to the shared help (the subcommand's default, what exactly it writes);
+    ``aliases`` are other spellings that keep working (``--n`` for ``--n-images``); ``deprecated``
+    ones work for one more release with a note on stderr."""
+    opt = SHARED[dest]
+    help_text = opt.help + (f" ({note})" if note else "")
+    if aliases:
+        help_text += (f" [{', '.join(aliases)}: the same; under torchrun write {opt.flags[0]}, torchrun reads a "
+                      f"bare --n as an option of its own]" if "--n" in aliases else f" [also {', '.join(aliases)}]")
+    if deprecated:
+        help_text += f" [{', '.join(deprecated)}: old spelling, deprecated]"
+    flags = (*opt.flags, *aliases, *deprecated)
+    if opt.action == "store_true":
+        return p.add_argument(*flags, dest=dest, action="store_true", help=help_text)
+    kwargs: dict[str, Any] = {"dest": dest, "help": help_text, "type": opt.type, "choices": opt.choices,
+                              "metavar": opt.metavar, "required": required}
+    if default is not _UNSET:
+        kwargs["default"] = default
+    if deprecated:
+        kwargs.update(action=_Store, deprecated=tuple(deprecated))
+    return p.add_argument(*flags, **kwargs)
+
+
+def add_data_args(p: argparse.ArgumentParser, *, split: bool = True) -> None:
+    """``--dataset`` (default: the model's), ``--split`` (default test) and ``--root``."""
+    add_option(p, "dataset", default=None, note="default: the dataset in the model's metadata")
+    if split:
+        add_option(p, "split", default="test", note="default test")
+    add_option(p, "root", default=None)
 
 
 def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     """``--model`` and the bring-your-own-model options."""
-    p.add_argument("--model", required=required, help=MODEL_HELP)
+    add_option(p, "model", required=required)
     byo = p.add_argument_group("your own model (docs/byo.md)")
     byo.add_argument("--weights", default=None,
                      help="state dict for a factory --model: .safetensors, or a torch.save(state_dict) file read "
                           "with torch.load(weights_only=True); other pickles are refused")
-    byo.add_argument("--mean", type=parse_floats, default=None,
+    byo.add_argument("--mean", type=float_list, default=None,
                      help="per-channel mean the network expects its inputs standardised with (pixel units in [0, 1], "
                           "e.g. 0.4914,0.4822,0.4465); wraps the model in robustlab's Normalize. Omit it when the "
                           "network normalises inside")
-    byo.add_argument("--std", type=parse_floats, default=None, help="per-channel std, with --mean")
-    byo.add_argument("--model-option", type=parse_model_option, action="append", default=[], metavar="KEY=VALUE",
+    byo.add_argument("--std", type=positive_list, default=None, help="per-channel std, with --mean")
+    byo.add_argument("--model-option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                      help="keyword argument of the factory, e.g. --model-option num_classes=10 (repeatable)")
 
 
@@ -49,7 +147,7 @@ MEMORY_CHECK_FROM = 64 * 64 * 3
 
 def add_memory_arg(p: argparse.ArgumentParser) -> None:
     """``--max-memory``: caps the batch size (robustlab.memory)."""
-    p.add_argument("--max-memory", default=None, metavar="SIZE",
+    p.add_argument("--max-memory", type=memory_size, default=None, metavar="SIZE",
                    help="memory budget for a batch, e.g. 8G: the batch size is lowered to what fits, measured with a "
                         "probe pass (default: half the machine's memory, 80%% of a GPU's; checked for images from "
                         "64x64x3 up, or whenever this is given)")

@@ -21,26 +21,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from robustlab.cli.options import key_value, nonnegative_float, positive_int
+
 #: The norm a minimal-norm attack measures when --norm is not given.
 DEFAULT_NORM = {"cw-l2": "l2", "cw-linf": "linf", "cw-l0": "l0", "deepfool": "l2", "fmn": "l2", "ddn": "l2",
                 "hopskipjump": "l2", "onepixel": "l0"}
 #: Black-box attacks whose per-image model-query budget ``--queries`` sets (one-pixel: population x generations).
 QUERY_ATTACKS = ("square", "nattack", "hopskipjump")
-
-
-def parse_option(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` with VALUE read as JSON when it parses (numbers, true/false), else a string."""
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, raw = text.split("=", 1)
-    key = key.strip().replace("-", "_")
-    if not key.isidentifier():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with a parameter name as KEY, got {text!r}")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return key, value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,34 +38,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Attack the first N images of a dataset and save the adversarial examples (safetensors) "
                     "with a JSON summary. Attacks: " + ", ".join(registry.available()) + ".",
     )
-    from robustlab.cli._common import add_memory_arg, add_model_args
+    from robustlab.cli._common import add_data_args, add_memory_arg, add_model_args, add_option
 
     add_model_args(p)
     p.add_argument("--attack", required=True, help="attack name (see robustlab.attacks.available())")
-    p.add_argument("--eps", type=float, default=None,
+    p.add_argument("--eps", type=nonnegative_float, default=None,
                    help="radius of the threat model (required for fixed-budget attacks)")
     p.add_argument("--norm", default=None, help="linf, l2, l1 or l0 (default: linf, or the attack's own norm)")
-    p.add_argument("--queries", type=int, default=None,
+    p.add_argument("--queries", type=positive_int, default=None,
                    help="model queries per image for the black-box attacks (" + ", ".join(QUERY_ATTACKS) + ")")
     p.add_argument("--fast", default=None, choices=("bf16", "fp32", "compile"),
                    help="the fast path of fgsm, bim, pgd and apgd-* (robustlab.attacks.FastPath): bf16 autocast (or "
                         "fp32), channels_last, success checked every 8 steps, 'compile' adds torch.compile; success "
                         "is still judged by the model in fp32 (default: off)")
-    p.add_argument("--option", "-o", type=parse_option, action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--option", "-o", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="attack hyperparameter, e.g. -o steps=100 -o restarts=5 (repeatable)")
-    p.add_argument("--dataset", default=None,
-                   help="a dataset name, a .npz file, an image folder or CIFAR binary files (default: the dataset in "
-                        "the model's metadata)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default cpu)")
-    p.add_argument("--split", default="test", choices=("train", "test"))
-    p.add_argument("--root", default=None, help="dataset folder")
-    p.add_argument("--n", type=int, default=500, help="attack the first N images (default 500)")
-    p.add_argument("--batch-size", type=int, default=250)
+    add_data_args(p)
+    add_option(p, "device", default=None)
+    add_option(p, "n_images", default=500, aliases=("--n",), note="default 500")
+    add_option(p, "batch_size", default=250, note="images per batch; default 250")
     add_memory_arg(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output .safetensors file; the report (report.json, index.html) goes into the folder of the same "
-                        "name without .safetensors (the deprecated JSON summary next to it, suffix .json)")
-    p.add_argument("--no-progress", action="store_true")
+    add_option(p, "seed", default=0)
+    add_option(p, "out", required=True,
+               note="a .safetensors file; the report (report.json, index.html) goes into the folder of the same name "
+                    "without .safetensors, the deprecated JSON summary next to it, suffix .json")
+    add_option(p, "no_progress")
     p.set_defaults(func=run)
 
 
@@ -108,8 +92,8 @@ def run(args: argparse.Namespace) -> int:
 
     name = args.attack.lower()
     registry.describe(name)  # unknown names fail before any work
-    if args.n < 1:
-        raise ValueError(f"--n must be >= 1, got {args.n}")
+    if args.n_images < 1:
+        raise ValueError(f"--n-images must be >= 1, got {args.n_images}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     out = check_out_file(args.out, "--out", ".safetensors")  # before any work: a bad --out fails now
@@ -144,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     images = data.load(dataset, args.split, args.root)
     check_model_data(model, images, device)  # channels, size, classes: named before any attack
     args.batch_size = fit_batch(args, model, images.shape, device)
-    n = min(args.n, len(images.labels))
+    n = min(args.n_images, len(images.labels))
     x_all, y_all = images.images[:n].to(device), images.labels[:n].to(device)
 
     parts = []

@@ -1,9 +1,12 @@
 """``robustlab certify``: randomized-smoothing L2 certificates (Cohen et al. 2019) for a saved model,
 or PixelDP certificates (Lecuyer et al. 2019) for a model trained with PixelDP noise.
 
-    robustlab certify --model runs/mnist-small-cnn-noise0.25 --sigma 0.25 --n 100000 --n0 100 \\
+    robustlab certify --model runs/mnist-small-cnn-noise0.25 --sigma 0.25 --samples 100000 --n0 100 \\
         --alpha 0.001 --radii 0,0.25,0.5,0.75,1 [--n-images 500] [--adaptive] [--out cert.json]
-    robustlab certify --model runs/mnist-pixeldp --method pixeldp --n 1000 --alpha 0.05 --radii 0,0.05,0.1
+    robustlab certify --model runs/mnist-pixeldp --method pixeldp --samples 1000 --alpha 0.05 --radii 0,0.05,0.1
+
+(``--n`` for ``--samples`` and ``--eps`` for ``--dp-eps`` are the old spellings: they work for one
+more release, with a note.)
 
 Prints certified accuracy per radius (with a 95% Wilson interval over the test images) and writes the
 report (``report.json`` + ``index.html``: a schema-4 model section with the certificate, radii
@@ -18,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from robustlab.cli.evaluate import parse_floats
+from robustlab.cli.options import nonnegative_list, positive_float, positive_int, probability, unit_interval
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,23 +30,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Certify a model with randomized smoothing (Cohen, Rosenfeld, Kolter 2019): print certified "
                     "accuracy per L2 radius and write per-image results as JSON.",
     )
-    from robustlab.cli._common import add_memory_arg, add_model_args
+    from robustlab.cli._common import add_data_args, add_memory_arg, add_model_args, add_option
 
     add_model_args(p)  # a saved robustlab model (trained with Gaussian noise) or your own
-    p.add_argument("--sigma", type=float, default=None,
+    p.add_argument("--sigma", type=positive_float, default=None,
                    help="smoothing noise standard deviation in [0, 1] pixel units (required for smoothing)")
     p.add_argument("--method", choices=("smoothing", "pixeldp"), default="smoothing",
                    help="randomized smoothing (default) or PixelDP (Lecuyer et al. 2019): noise after the model's "
-                        "normalised first layer, Proposition 1 with --n draws")
+                        "normalised first layer, Proposition 1 with --samples draws")
     dp = p.add_argument_group(
         "PixelDP (--method pixeldp)",
         "The model must have been trained with PixelDP noise (robustlab train --adversary pixeldp): the "
         "construction below defaults to the one its metadata records, and a different value is refused (the "
         "certificate would be for another classifier) unless --force-pixeldp.")
-    dp.add_argument("--dp-eps", "--eps", dest="dp_eps", type=float, default=None,
-                    help="DP epsilon, in (0, 1] for Gaussian noise (default: recorded; --eps is the old spelling)")
-    dp.add_argument("--delta", type=float, default=None, help="DP delta (default: recorded; 0 for Laplace)")
-    dp.add_argument("--L", type=float, default=None, help="construction attack size L in pixel units (default: recorded)")
+    add_option(dp, "dp_eps", default=None, deprecated=("--eps",), note="default: recorded")
+    dp.add_argument("--delta", type=unit_interval, default=None, help="DP delta (default: recorded; 0 for Laplace)")
+    dp.add_argument("--L", type=positive_float, default=None,
+                    help="construction attack size L in pixel units (default: recorded)")
     dp.add_argument("--mechanism", choices=("gaussian", "laplace"), default=None, help="default: recorded")
     dp.add_argument("--norm", choices=("l2", "l1"), default=None, help="attack norm (default: recorded)")
     dp.add_argument("--scores", choices=("softmax", "argmax"), default="softmax",
@@ -53,34 +56,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "certificate is then for the network with its first layer rescaled to sensitivity <= 1 and "
                          "the noise added, not for the saved classifier (defaults: eps 1, delta 0.05, L 0.1, l2, "
                          "gaussian)")
-    p.add_argument("--n0", type=int, default=100, help="samples to select the class (default 100)")
-    p.add_argument("--n", "--samples", dest="n", type=int, default=100_000,
-                   help="samples to estimate pA (n_max with --adaptive; --samples under torchrun)")
-    p.add_argument("--alpha", type=float, default=0.001, help="failure probability per image (default 0.001)")
-    p.add_argument("--radii", type=parse_floats, default=(0.0, 0.25, 0.5, 0.75, 1.0),
+    p.add_argument("--n0", type=positive_int, default=100, help="samples to select the class (default 100)")
+    add_option(p, "samples", default=100_000, deprecated=("--n",),
+               note="to estimate pA; n_max with --adaptive; default 100000")
+    p.add_argument("--alpha", type=probability, default=0.001, help="failure probability per image (default 0.001)")
+    p.add_argument("--radii", type=nonnegative_list, default=(0.0, 0.25, 0.5, 0.75, 1.0),
                    help="L2 radii of the table (and radii of interest with --adaptive)")
     method = p.add_mutually_exclusive_group()
     method.add_argument("--adaptive", action="store_true",
                         help="stop sampling per image once its radius is settled (union bound over looks)")
     method.add_argument("--two-class", action="store_true",
                         help="two-class radius sigma/2 (Phi^-1(pA) - Phi^-1(pB)) with simultaneous bounds")
-    p.add_argument("--dataset", default=None,
-                   help="a dataset name, a .npz file, an image folder or CIFAR binary files (default: the dataset in "
-                        "the model's metadata)")
-    p.add_argument("--split", default="test", choices=("train", "test"), help="dataset split (default test)")
-    p.add_argument("--root", default=None, help="dataset folder")
-    p.add_argument("--n-images", type=int, default=100, help="certify the first N images (default 100)")
-    p.add_argument("--batch-size", type=int, default=1000, help="(image, noise) rows per forward pass")
+    add_data_args(p)
+    add_option(p, "n_images", default=100, note="default 100")
+    add_option(p, "batch_size", default=1000, note="(image, noise) rows per forward pass; default 1000")
     add_memory_arg(p)
-    p.add_argument("--chunk", type=int, default=100, help="images per certify call (progress granularity)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default cpu)")
+    p.add_argument("--chunk", type=positive_int, default=100, help="images per certify call (progress granularity)")
+    add_option(p, "seed", default=0)
+    add_option(p, "device", default=None)
     p.add_argument("--autocast", action="store_true", help="bf16 autocast fast path (off by default)")
     p.add_argument("--channels-last", action="store_true", help="channels_last inputs (fast path for convolutions)")
-    p.add_argument("--out", default=None, help="JSON file (default out/certify/<model>.json)")
-    p.add_argument("--resume", action="store_true",
-                   help="reuse the finished chunks of an interrupted run with the same arguments (kept in <out>.parts/)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_option(p, "out", default=None, note="a JSON file; default out/certify/<model>-<method>.json")
+    add_option(p, "resume", note="the finished chunks are kept in <out>.parts/")
+    add_option(p, "no_progress")
     p.set_defaults(func=run)
 
 
@@ -139,7 +137,7 @@ def _run(args: argparse.Namespace, info) -> int:
     from robustlab.defenses.smoothing import Smoothed
     from robustlab.evaluate.shards import UnitFiles, config_hash, counting_forwards, run_units, unit_seed
 
-    for name in ("n_images", "chunk", "n0", "n", "batch_size"):
+    for name in ("n_images", "chunk", "n0", "samples", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if any(r < 0 for r in args.radii):
@@ -183,13 +181,13 @@ def _run(args: argparse.Namespace, info) -> int:
         x = x_all[chunks[u] : chunks[u] + args.chunk].to(device)
         seed = unit_seed(args.seed, u)
         if method == "pixeldp":
-            c = smoothed.certify(x, args.n, args.alpha, scores=args.scores, seed=seed)
+            c = smoothed.certify(x, args.samples, args.alpha, scores=args.scores, seed=seed)
         elif method == "adaptive":
-            c = smoothed.certify_adaptive(x, args.n0, args.n, args.alpha, radius=args.radii, seed=seed)
+            c = smoothed.certify_adaptive(x, args.n0, args.samples, args.alpha, radius=args.radii, seed=seed)
         elif method == "two-class":
-            c = smoothed.certify_two_class(x, args.n0, args.n, args.alpha, seed=seed)
+            c = smoothed.certify_two_class(x, args.n0, args.samples, args.alpha, seed=seed)
         else:
-            c = smoothed.certify(x, args.n0, args.n, args.alpha, seed=seed)
+            c = smoothed.certify(x, args.n0, args.samples, args.alpha, seed=seed)
         return c.to_tensors()
 
     config = {k: v for k, v in vars(args).items() if k not in ("func", "no_progress", "resume", "out", "device")}
@@ -219,7 +217,7 @@ def _run(args: argparse.Namespace, info) -> int:
     c = section.certificates[0]
     evals = c.options["evaluations_per_image"]
 
-    print(f"{name} ({args.split}): {len(y)} images, sigma={args.sigma}, n0={args.n0}, n={args.n}"
+    print(f"{name} ({args.split}): {len(y)} images, sigma={args.sigma}, n0={args.n0}, n={args.samples}"
           f"{' (n_max)' if method == 'adaptive' else ''}, alpha={args.alpha}, method={method}")
     print(f"{seconds / len(y):.3f} s per image, {evals:.0f} model evaluations per image on average, "
           f"{c.abstain.value:.2%} abstained")
@@ -251,7 +249,7 @@ def _old_payload(args: argparse.Namespace, section: Any, cert: Any, name: str, s
     payload = {
         "format": "robustlab-certify", "format_version": 1,
         "model": str(args.model), "dataset": name, "split": args.split, "sigma": args.sigma, "n0": args.n0,
-        "n": args.n, "alpha": args.alpha, "method": method, "seed": args.seed, "batch_size": args.batch_size,
+        "n": args.samples, "alpha": args.alpha, "method": method, "seed": args.seed, "batch_size": args.batch_size,
         "device": section.device, "seconds": seconds, "seconds_per_image": seconds / len(y),
         "evaluations_per_image": c.options["evaluations_per_image"], "radii": list(args.radii),
         "certified_accuracy": [a.value for a in c.certified_accuracy],
@@ -278,11 +276,11 @@ def _section(args: argparse.Namespace, method: str, model: Any, images: Any, cer
 
     y = images.labels
     report_method, certifies = _METHODS[method]
-    evals = float(cert.samples.double().mean()) if cert.samples is not None else float(args.n0 + args.n)
-    options = {"sigma": args.sigma, "n0": args.n0, "n": args.n, "alpha": args.alpha, "seed": args.seed,
+    evals = float(cert.samples.double().mean()) if cert.samples is not None else float(args.n0 + args.samples)
+    options = {"sigma": args.sigma, "n0": args.n0, "n": args.samples, "alpha": args.alpha, "seed": args.seed,
                "evaluations_per_image": evals}
     if method == "pixeldp":
-        options = {"n": args.n, "alpha": args.alpha, "scores": args.scores, "seed": args.seed,
+        options = {"n": args.samples, "alpha": args.alpha, "scores": args.scores, "seed": args.seed,
                    "evaluations_per_image": evals, **pixeldp_info}
     if method == "adaptive":
         options["stop"] = cert.info.get("stop")

@@ -12,22 +12,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("data", help="fetch datasets into the cache, show what they hold",
                               description="Fetch datasets into the user cache and show what they hold.")
     sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    from robustlab.cli._common import add_option
 
     f = sub.add_parser("fetch", help="put a dataset into the user cache and say where it came from")
     f.add_argument("name", help=_NAMES)
-    f.add_argument("--root", default=None, help="folder to look in first (default $ROBUSTLAB_DATA)")
+    add_option(f, "root", default=None)
     f.add_argument("--no-download", action="store_true", help="never download; use local sources only")
-    f.add_argument("--no-progress", action="store_true", help="no download progress bar")
+    add_option(f, "no_progress", note="of the download")
     f.set_defaults(func=_fetch)
 
     i = sub.add_parser("info", help="size, shape, classes and source of a dataset")
     i.add_argument("name", help=_NAMES)
-    i.add_argument("--root", default=None, help="folder to look in first (default $ROBUSTLAB_DATA)")
+    add_option(i, "root", default=None)
     i.add_argument("--no-download", action="store_true", help="never download; use local sources only")
     i.set_defaults(func=_info)
 
     ls = sub.add_parser("list", help="the datasets robustlab knows and where each would be read from")
-    ls.add_argument("--root", default=None, help="folder to look in first (default $ROBUSTLAB_DATA)")
+    add_option(ls, "root", default=None)
     ls.set_defaults(func=_list)
 
 

@@ -83,8 +83,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true",
                    help="the models of the quick recipe (10k training images, shorter training), the quick suite on "
                         "200 test images, fewer noise samples (< 30 s)")
-    p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
-    p.add_argument("--n", type=int, default=None, help="test images to evaluate (default 500; quick 200)")
+    from robustlab.cli._common import add_option
+
+    add_option(p, "out", default="out/demo", note="a folder: the report and each model's evaluation; default out/demo")
+    add_option(p, "n_images", default=None, aliases=("--n",), note="of MNIST's test split; default 500, quick 200")
     p.add_argument("--models", default=None,
                    help="use the models trained in this folder (training those missing or of another configuration) "
                         "instead of the shipped ones; with --retrain, where they go (default <cache>/models)")
@@ -92,8 +94,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="train the three models afresh with the demo's recipe (minutes) instead of using the shipped ones")
     p.add_argument("--export", default=None, metavar="DIR",
                    help="also write the models used into DIR in the shipped form (<name>.safetensors and SHA256SUMS)")
-    p.add_argument("--resume", action="store_true", help="reuse finished evaluation batches in --out")
-    p.add_argument("--no-progress", action="store_true")
+    add_option(p, "resume", note="the finished evaluation batches")
+    add_option(p, "no_progress")
     p.set_defaults(func=run)
 
 
@@ -268,12 +270,12 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     t_start = time.perf_counter()
     out = check_out_dir(args.out)  # a file, or an unwritable place, fails before any training
-    if args.n is not None and args.n < 1:
-        raise ValueError(f"--n must be >= 1, got {args.n}")
+    if args.n_images is not None and args.n_images < 1:
+        raise ValueError(f"--n-images must be >= 1, got {args.n_images}")
     quick = args.quick
     shipped = not args.retrain and args.models is None
     export = check_out_dir(args.export, "--export") if args.export else None
-    n_eval = args.n or (200 if quick else 500)
+    n_eval = args.n_images or (200 if quick else 500)
     progress = not args.no_progress
     print(f"robustlab demo{' --quick' if quick else ''}: MNIST, offline")
     test_set = data.load("mnist", "test")

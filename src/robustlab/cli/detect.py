@@ -4,7 +4,7 @@
 
 For each detector: it is built on the first ``--n-train`` training images (kNN/LID reference,
 MagNet's auto-encoder), fitted at ``--fpr`` on ``--n-fit`` held-out test images, and judged on the
-first ``--n`` test images (disjoint from the fitting ones): per attack, the detection rate (the
+first ``--n-images`` test images (disjoint from the fitting ones): per attack, the detection rate (the
 fraction of successful adversarial examples flagged) at the fitted threshold, the achieved false
 positive rate on the clean versions, and the ROC AUC of adversarial vs clean scores. With
 ``--adaptive`` each attack is rerun in its adaptive form: PGD with ``--steps`` steps, CW-L2 as
@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from robustlab.cli.options import nonnegative_float, positive_float, positive_int, probability
 from robustlab.evaluate.detection import (DETECTION_ATTACKS as ATTACKS, DETECTORS, build_detector,  # noqa: F401
                                           detection_record, evaluate_detector, make_attack, run_attack)
 
@@ -47,30 +48,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "detect", help="detection rate and ROC AUC of adversarial-example detectors, non-adaptive and adaptive",
         description=__doc__.split("\n\n")[1] if __doc__ else None,
     )
-    p.add_argument("--model", required=True, help="a saved robustlab model (directory or .safetensors)")
+    from robustlab.cli._common import add_data_args, add_model_args, add_option
+
+    add_model_args(p)
     p.add_argument("--detector", required=True, help="comma-separated: " + ", ".join(DETECTORS))
     p.add_argument("--attacks", default="fgsm,pgd,cw-l2", help="comma-separated: " + ", ".join(ATTACKS))
     p.add_argument("--adaptive", action="store_true", help="also run the detector-aware version of each attack")
-    p.add_argument("--eps", type=float, required=True, help="linf radius of FGSM and PGD")
-    p.add_argument("--l2-eps", type=float, default=3.0, help="L2 radius of the adaptive CW-L2 attack (default 3.0)")
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--fpr", type=float, default=0.05, help="false-positive rate the threshold is fitted at")
-    p.add_argument("--n", type=int, default=200, help="attacked test images (default 200)")
-    p.add_argument("--n-fit", type=int, default=500, help="held-out clean test images for the threshold")
-    p.add_argument("--n-train", type=int, default=5000, help="training images for references / the auto-encoder")
-    p.add_argument("--dataset", default=None, help="default: the dataset in the model's metadata")
-    p.add_argument("--root", default=None, help="dataset folder")
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output JSON file (deprecated format); the report (report.json, "
-                                                "index.html) goes into the folder of the same name without .json")
+    p.add_argument("--eps", type=nonnegative_float, required=True, help="linf radius of FGSM and PGD")
+    p.add_argument("--l2-eps", type=positive_float, default=3.0,
+                   help="L2 radius of the adaptive CW-L2 attack (default 3.0)")
+    p.add_argument("--steps", type=positive_int, default=40)
+    p.add_argument("--fpr", type=probability, default=0.05, help="false-positive rate the threshold is fitted at")
+    add_option(p, "n_images", default=200, aliases=("--n",), note="of the test split, attacked; default 200")
+    p.add_argument("--n-fit", type=positive_int, default=500, help="held-out clean test images for the threshold")
+    p.add_argument("--n-train", type=positive_int, default=5000,
+                   help="training images for references / the auto-encoder")
+    add_data_args(p, split=False)
+    add_option(p, "batch_size", default=100, note="images per batch; default 100")
+    add_option(p, "seed", default=0)
+    add_option(p, "out", required=True, note="a JSON file of the deprecated format; the report (report.json, "
+                                              "index.html) goes into the folder of the same name without .json")
     p.add_argument("--html", default=None, metavar="DIR",
                    help="also write the detection page (table and ROC curves: detection.html, detection_roc.png) into DIR")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, *, model: Optional[Any] = None) -> int:
-    from robustlab import __version__, data, models
+    from robustlab import __version__, data
+    from robustlab.cli._common import dataset_name, load_model
     from robustlab.cli._outputs import report_folder, write_outputs
     from robustlab.cli.evaluate import model_label
     from robustlab.evaluate.sections import CommandRun, Sections, detection, model_section
@@ -78,25 +83,22 @@ def run(args: argparse.Namespace, *, model: Optional[Any] = None) -> int:
 
     detectors = _names(args.detector, DETECTORS, "detector")
     attacks = _names(args.attacks, ATTACKS, "attacks")
-    for flag in ("n", "n_fit", "n_train", "steps", "batch_size"):
+    for flag in ("n_images", "n_fit", "n_train", "steps", "batch_size"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if not 0.0 < args.fpr < 1.0:
         raise ValueError(f"--fpr must be in (0, 1), got {args.fpr}")
     if model is None:
-        if not Path(args.model).exists():
-            raise FileNotFoundError(f"no model at {args.model}")
-        model = models.load(args.model)
+        model = load_model(args)
     model = model.eval()
-    dataset = args.dataset or getattr(model, "metadata", {}).get("dataset")
-    if not dataset:
-        raise ValueError(f"{args.model} records no dataset; pass --dataset")
+    dataset = dataset_name(args, model)
     test = data.load(dataset, "test", args.root)
     train = data.load(dataset, "train", args.root)
-    if args.n + args.n_fit > len(test.labels):
-        raise ValueError(f"--n + --n-fit = {args.n + args.n_fit} exceeds the {len(test.labels)} test images")
-    x, y = test.images[: args.n], test.labels[: args.n]
-    fit_x = test.images[args.n : args.n + args.n_fit]
+    n = args.n_images
+    if n + args.n_fit > len(test.labels):
+        raise ValueError(f"--n-images + --n-fit = {n + args.n_fit} exceeds the {len(test.labels)} test images")
+    x, y = test.images[:n], test.labels[:n]
+    fit_x = test.images[n : n + args.n_fit]
     tr_x, tr_y = train.images[: args.n_train], train.labels[: args.n_train]
 
     folder = report_folder(args.out)  # before any work: an unwritable report folder fails now
@@ -118,14 +120,14 @@ def run(args: argparse.Namespace, *, model: Optional[Any] = None) -> int:
                       f"({rec['attack_success']} adversarial of {rec['n']})")
     out = {
         "format": "robustlab-detect", "format_version": 1, "robustlab": __version__, "model": str(args.model),
-        "dataset": dataset, "eps": args.eps, "l2_eps": args.l2_eps, "fpr": args.fpr, "n": args.n,
+        "dataset": dataset, "eps": args.eps, "l2_eps": args.l2_eps, "fpr": args.fpr, "n": n,
         "n_fit": args.n_fit, "n_train": args.n_train, "seed": args.seed, "records": records,
     }
     settings = {"detectors": detectors, "attacks": attacks, "adaptive": bool(args.adaptive), "eps": args.eps,
                 "fpr": args.fpr}
-    run = CommandRun("detect", model_label(str(args.model)), model, test, args.n, settings, seed=args.seed,
+    run = CommandRun("detect", model_label(str(args.model)), model, test, n, settings, seed=args.seed,
                      batch_size=args.batch_size, seconds=time.perf_counter() - t0)
-    options = {"l2_eps": args.l2_eps, "steps": args.steps, "n": args.n, "n_fit": args.n_fit, "n_train": args.n_train}
+    options = {"l2_eps": args.l2_eps, "steps": args.steps, "n": n, "n_fit": args.n_fit, "n_train": args.n_train}
     section = model_section(run, Sections(detection=detection(records, target_fpr=args.fpr, eps=args.eps,
                                                               options=options)),
                             y, predictions(model, (x, y), args.batch_size))

@@ -7,15 +7,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-
-def parse_floats(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return values
+from robustlab.cli.options import nonnegative_list, positive_float
 
 
 def parse_names(text: str) -> tuple[str, ...]:
@@ -30,41 +22,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluate", help="robust accuracy per eps, gradient-masking checks, JSON + HTML report",
         description="Evaluate a model (saved by robustlab, or your own: docs/byo.md) with a suite of attacks (and certifiers), print clean and robust "
                     "accuracy per eps and write report.json and a self-contained index.html.")
-    from robustlab.cli._common import add_memory_arg, add_model_args
+    from robustlab.cli._common import add_data_args, add_memory_arg, add_model_args, add_option
 
     add_model_args(p)
     p.add_argument("--suite", default="quick", help="quick, standard or a .toml file (default quick)")
     p.add_argument("--attack", type=parse_names, default=None, help="comma-separated attack names, replacing the suite's")
     p.add_argument("--norm", default=None, help="linf, l2, l1 or l0 (presets only; default linf)")
-    p.add_argument("--eps", type=parse_floats, default=None, help="comma-separated radii, e.g. 0.1,0.2,0.3")
+    p.add_argument("--eps", type=nonnegative_list, default=None, help="comma-separated radii, e.g. 0.1,0.2,0.3")
     p.add_argument("--transfer", type=parse_names, default=None,
                    help="comma-separated saved models whose adversarial examples are tried on this one")
-    p.add_argument("--smoothing", type=float, default=None, metavar="SIGMA",
+    p.add_argument("--smoothing", type=positive_float, default=None, metavar="SIGMA",
                    help="also certify with randomized smoothing at this sigma (L2)")
-    p.add_argument("--smoothing-n", type=int, default=1000, help="noise samples per image for --smoothing")
+    add_option(p, "samples", default=1000, deprecated=("--smoothing-n",), note="for --smoothing; default 1000")
     p.add_argument("--no-checks", action="store_true", help="skip the gradient-masking checks")
     p.add_argument("--defense", default=None, metavar="NAME[:VALUE]",
                    help="evaluate the model behind an input transformation: bit-depth:BITS, threshold:T, median:K, "
                         "blur:SIGMA or jpeg:QUALITY (robustlab.defenses.transforms). Adaptively: forward passes are "
                         "the defended model's, gradients of the non-differentiable ones go through BPDA's "
                         "straight-through surrogate")
-    p.add_argument("--dataset", default=None,
-                   help="a dataset name, a .npz file (images, labels), an image folder (one sub-folder per class) or "
-                        "CIFAR-10/100 binary files (default: the dataset in the model's metadata)")
-    p.add_argument("--split", default="test", choices=("train", "test"))
-    p.add_argument("--root", default=None, help="dataset folder")
-    p.add_argument("--n", "--n-images", dest="n", type=int, default=None,
-                   help="evaluate the first N images (default all; under torchrun write --n-images: torchrun reads --n "
-                        "as an ambiguous option of its own)")
-    p.add_argument("--batch-size", type=int, default=256)
+    add_data_args(p)
+    add_option(p, "n_images", default=None, aliases=("--n",), note="default all")
+    add_option(p, "batch_size", default=256, note="images per batch; default 256")
     add_memory_arg(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: where the model loads, cpu)")
+    add_option(p, "seed", default=0)
+    add_option(p, "device", default=None)
     p.add_argument("--name", default=None, help="the model's name in the report (default: its folder name)")
-    p.add_argument("--out", default=None, help="output folder (default out/evaluate/<model name>)")
-    p.add_argument("--resume", action="store_true", help="reuse the finished batches in --out")
+    add_option(p, "out", default=None, note="a folder: report.json and index.html; default out/evaluate/<model name>")
+    add_option(p, "resume")
     p.add_argument("--no-html", action="store_true", help="write report.json only")
-    p.add_argument("--no-progress", action="store_true")
+    add_option(p, "no_progress")
     p.set_defaults(func=run)
 
 
@@ -81,7 +67,7 @@ def build_suite(args: argparse.Namespace, dataset: str):
                        name=f"{suite.name}: {', '.join(args.attack)}")
     if args.smoothing is not None:
         changes["certifiers"] = (*suite.certifiers, evaluate.CertifierSpec(
-            "smoothing", {"sigma": args.smoothing, "n": args.smoothing_n}))
+            "smoothing", {"sigma": args.smoothing, "n": args.samples}))
     if args.transfer:
         changes["transfer"] = {**suite.transfer, **{Path(p).name.replace(".safetensors", ""): p for p in args.transfer}}
     if args.no_checks:
@@ -126,7 +112,7 @@ def _run(args: argparse.Namespace, info) -> int:
     test = data.load(name, args.split, args.root)
     check_model_data(model, test, device)
     batch_size = fit_batch(args, model, test.shape, device)
-    report = evaluate.run(model, test, suite, n=args.n, batch_size=batch_size, out=out, resume=args.resume,
+    report = evaluate.run(model, test, suite, n=args.n_images, batch_size=batch_size, out=out, resume=args.resume,
                           seed=args.seed, progress=not args.no_progress, name=model_name, html=not args.no_html,
                           device=device)
     if not info.is_main:

@@ -11,16 +11,18 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from robustlab.cli._common import add_option
+
     p = subparsers.add_parser("report", help="re-render a report.json as HTML (no rerun)",
                               description="Read a report.json and write index.html and the figures again.")
     p.add_argument("report", help="a report.json (or the folder holding it)")
-    p.add_argument("--out", default=None, help="output folder (default: the report's folder)")
+    add_option(p, "out", default=None, note="a folder: index.html and the figures; default the report's folder")
     p.set_defaults(func=run_report)
 
     c = subparsers.add_parser("compare", help="several reports side by side (HTML + terminal table)",
                               description="Combine the models of several report.json files into one comparison page.")
     c.add_argument("reports", nargs="+", help="two or more report.json files (or their folders)")
-    c.add_argument("--out", default="out/compare", help="output folder (default out/compare)")
+    add_option(c, "out", default="out/compare", note="a folder: index.html and the figures; default out/compare")
     c.add_argument("--title", default=None)
     c.set_defaults(func=run_compare)
 

@@ -19,7 +19,25 @@ the last checkpoint, also after a torchrun ``--max-restarts`` restart. See ``doc
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Callable
+
+from robustlab.cli.options import (nonnegative_float, nonnegative_int, positive_float, positive_int, probability,
+                                   unit_interval)
+
+#: How ``robustlab train`` parses the adversaries' numeric parameters (robustlab.defenses.base.Param):
+#: by name, else by type (counts >= 1, other numbers >= 0), so a bad value is an error naming the flag.
+PARAM_TYPES: dict[str, Callable[[str], Any]] = {
+    "eps": nonnegative_float, "steps": positive_int, "step_size": positive_float, "beta": nonnegative_float,
+    "sigma": positive_float, "alpha": unit_interval, "kappa_start": unit_interval, "kappa_end": unit_interval,
+    "warmup": unit_interval, "ramp": unit_interval, "max_norm": positive_float, "temperature": positive_float,
+    "dp_eps": positive_float, "delta": unit_interval, "L": positive_float,
+}
+_BY_TYPE: dict[Any, Callable[[str], Any]] = {int: positive_int, float: nonnegative_float}
+
+
+def param_type(param: Any) -> Callable[[str], Any]:
+    """The command-line parser of an adversary parameter (its own ``type`` when not a number)."""
+    return PARAM_TYPES.get(param.name) or _BY_TYPE.get(param.type, param.type)
 
 
 def register(subparsers: "argparse._SubParsersAction[Any]") -> None:
@@ -36,50 +54,58 @@ def register(subparsers: "argparse._SubParsersAction[Any]") -> None:
     from robustlab.training.augment import AUGMENTATIONS
     from robustlab.models.registry import architectures
 
+    from robustlab.cli._common import SHARED, add_option
+
     p.add_argument("--recipe", default=None,
                    help=f"a published recipe ({', '.join(recipes.names())}) or a TOML file of these options "
                         "(src/robustlab/recipes/); options given here win over it")
-    p.add_argument("--dataset", default=None,
-                   help="digits, mnist, fashion-mnist, cifar10, or a path: a .npz with x_train/y_train/x_test/y_test, "
-                        "an image folder with train/ and test/, CIFAR-10/100 binary files (required without --recipe)")
+    add_option(p, "dataset", default=None,
+               note="with both splits: a .npz with x_train/y_train/x_test/y_test, an image folder with train/ and "
+                    "test/, the CIFAR binary files of both; required without --recipe")
     p.add_argument("--arch", default=None, help=f"{', '.join(architectures())} (required without --recipe)")
-    p.add_argument("--out", required=True, help="output directory (final model, checkpoint/, best/)")
-    p.add_argument("--epochs", type=int, default=None, help="default 2")
-    p.add_argument("--batch-size", type=int, default=None, help="default 128")
+    add_option(p, "out", required=True, note="a folder: the final model, checkpoint/, best/")
+    p.add_argument("--epochs", type=positive_int, default=None, help="default 2")
+    add_option(p, "batch_size", default=None, note="the global batch under torchrun; default 128")
     p.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default=None,
                    help="adam (default; lr 1e-3, no weight decay) or sgd (lr 0.1, Nesterov momentum, weight decay 5e-4)")
-    p.add_argument("--lr", type=float, default=None, help="base learning rate (default per optimizer)")
-    p.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0.9)")
-    p.add_argument("--weight-decay", type=float, default=None, help="default per optimizer")
+    p.add_argument("--lr", type=positive_float, default=None, help="base learning rate (default per optimizer)")
+    p.add_argument("--momentum", type=unit_interval, default=None, help="SGD momentum (default 0.9)")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=None, help="default per optimizer")
     p.add_argument("--schedule", choices=SCHEDULES, default=None, help="learning-rate schedule, per step (default cosine)")
     p.add_argument("--augment", choices=AUGMENTATIONS, default=None,
                    help="crop-flip: 4-pixel padded random crops and horizontal flips (the CIFAR standard)")
-    p.add_argument("--seed", type=int, default=0, help="seeds initialisation, shuffling, noise and the validation split")
+    add_option(p, "seed", default=0, note="also of the validation split; default 0")
     adv = p.add_argument_group("adversary (registry: robustlab.training.adversaries.ADVERSARIES)")
     adv.add_argument("--adversary", choices=tuple(ADVERSARIES), default=None,
                      help="; ".join(f"{name}: {e.help}" for name, e in ADVERSARIES.items()))
     for param in cli_params().values():
-        adv.add_argument(param.flag, dest=param.name, type=param.type, default=None,
-                         help=f"{param.help} [{_defaults(ADVERSARIES, param.name)}]")
-    adv.add_argument("--eps-warmup", type=float, default=None, help="epochs of linear eps warm-up from 0 (default 0)")
+        defaults = _defaults(ADVERSARIES, param.name)
+        if param.name in SHARED:  # the one spelling, type and help of the shared vocabulary (--dp-eps)
+            add_option(adv, param.name, default=None, note=defaults)
+        else:
+            adv.add_argument(param.flag, dest=param.name, type=param_type(param), default=None,
+                             help=f"{param.help} [{defaults}]")
+    adv.add_argument("--eps-warmup", type=nonnegative_float, default=None,
+                     help="epochs of linear eps warm-up from 0 (default 0)")
     val = p.add_mutually_exclusive_group()
-    val.add_argument("--val-n", type=int, default=None, help="hold out N training images for validation")
-    val.add_argument("--val-split", type=float, default=None, help="hold out this fraction of the training images")
-    p.add_argument("--robust-val", type=int, default=None, metavar="N",
+    val.add_argument("--val-n", type=positive_int, default=None, help="hold out N training images for validation")
+    val.add_argument("--val-split", type=probability, default=None,
+                     help="hold out this fraction of the training images")
+    p.add_argument("--robust-val", type=nonnegative_int, default=None, metavar="N",
                    help="adversarial training: PGD robust accuracy on the first N validation images after every "
                         "epoch picks the best epoch and stops on catastrophic overfitting (0: off; default 500)")
-    p.add_argument("--robust-val-steps", type=int, default=10, help="PGD steps of the robust validation")
-    p.add_argument("--train-n", type=int, default=None, help="train on the first N training images (default all)")
-    p.add_argument("--root", default=None, help="dataset folder (default: $ROBUSTLAB_DATA, cache, offline sources)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default cpu; under torchrun cuda means "
-                                                   "cuda:LOCAL_RANK)")
+    p.add_argument("--robust-val-steps", type=positive_int, default=10, help="PGD steps of the robust validation")
+    p.add_argument("--train-n", type=positive_int, default=None,
+                   help="train on the first N training images (default all)")
+    add_option(p, "root", default=None)
+    add_option(p, "device", default=None)
     p.add_argument("--amp", choices=("bf16",), default=None,
                    help="bfloat16 autocast for the training passes (GPU speed-up; works on CPU, slowly)")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format (GPU convolutions)")
     p.add_argument("--sync-bn", action="store_true",
                    help="distributed CUDA runs: SyncBatchNorm, batch statistics over the global batch")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_option(p, "resume", note="from the last checkpoint in --out; with none, a fresh start")
+    add_option(p, "no_progress")
     p.set_defaults(func=run)
 
 

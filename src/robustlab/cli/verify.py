@@ -2,7 +2,7 @@
 
 Of a model on test images (IBP, CROWN, alpha-CROWN, LP, MILP)::
 
-    robustlab verify --model runs/mnist-ibp --eps 0.1 --method crown [--n 1000] [--norm linf] \\
+    robustlab verify --model runs/mnist-ibp --eps 0.1 --method crown [--n-images 1000] [--norm linf] \\
         [--time-limit 60] [--out verify.json]
 
 prints clean and verified accuracy (with the report's 95% Wilson intervals over the test images) and
@@ -29,6 +29,8 @@ import argparse
 import time
 from pathlib import Path
 
+from robustlab.cli.options import nonnegative_float, positive_float
+
 METHODS = ("ibp", "crown", "alpha-crown", "lp", "crown-ibp", "milp")
 
 
@@ -39,7 +41,7 @@ def _property_methods() -> tuple:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from robustlab.cli._common import add_model_args
+    from robustlab.cli._common import add_data_args, add_model_args, add_option
 
     p = subparsers.add_parser(
         "verify", help="deterministic verification: IBP, CROWN, alpha-CROWN, LP dual, complete MILP; VNN-COMP instances",
@@ -49,36 +51,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "instances.csv (--instances).",
     )
     add_model_args(p, required=False)
-    p.add_argument("--eps", type=float, default=None, help="radius to verify, in [0, 1] pixel units (with --model)")
+    p.add_argument("--eps", type=nonnegative_float, default=None,
+                   help="radius to verify, in [0, 1] pixel units (with --model)")
     p.add_argument("--method", default=None,
                    help=f"with --model: a bound method, one of {', '.join(METHODS)} (default crown); with --onnx or "
                         "--instances: a method of robustlab.verify.methods.PROPERTY_METHODS: ibp, crown, alpha-crown, "
                         "lp (a search, then bounds: incomplete) or milp (complete; the default)")
     p.add_argument("--norm", default="linf", choices=("linf", "l2", "l1"), help="threat model norm (default linf)")
-    p.add_argument("--n", "--n-images", dest="n", type=int, default=1000,
-                   help="verify the first N test images (default 1000; --n-images under torchrun)")
-    p.add_argument("--dataset", default=None, help="default: the dataset in the model's metadata")
-    p.add_argument("--split", default="test", help="dataset split (default test)")
-    p.add_argument("--batch-size", type=int, default=50, help="images per bound computation (default 50)")
-    p.add_argument("--time-limit", type=float, default=60.0, help="MILP seconds per image (default 60)")
+    add_option(p, "n_images", default=1000, aliases=("--n",), note="default 1000")
+    add_data_args(p)
+    add_option(p, "batch_size", default=50, note="images per bound computation; default 50")
+    p.add_argument("--time-limit", type=positive_float, default=60.0, help="MILP seconds per image (default 60)")
     vnn = p.add_argument_group("VNN-COMP instances")
     vnn.add_argument("--onnx", default=None, help="an ONNX network (with --vnnlib)")
     vnn.add_argument("--vnnlib", default=None, help="a VNNLIB property of the --onnx network")
     vnn.add_argument("--instances", default=None,
                      help="a benchmark's instances CSV (rows: network, property, timeout; paths relative to the file)")
-    vnn.add_argument("--timeout", type=float, default=None,
+    vnn.add_argument("--timeout", type=positive_float, default=None,
                      help="seconds per instance (--onnx: default 300; --instances: replaces every row's timeout)")
-    vnn.add_argument("--timeout-scale", type=float, default=1.0,
+    vnn.add_argument("--timeout-scale", type=positive_float, default=1.0,
                      help="multiply every instance's timeout (default 1; e.g. 0.1 for a quick pass)")
-    vnn.add_argument("--seed", type=int, default=0, help="seed of the falsification searches (default 0)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default cpu)")
-    p.add_argument("--out", default=None,
-                   help="with --model: JSON file (default out/verify/<model>-<method>.json); with --onnx or "
-                        "--instances: a folder (default out/verify/<name>)")
-    p.add_argument("--resume", action="store_true",
-                   help="reuse the finished batches (--model; kept in <out>.parts/) or instances (kept in "
-                        "<out>/instances/) of an interrupted run with the same arguments")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_option(vnn, "seed", default=0, note="of the falsification searches; default 0")
+    add_option(p, "device", default=None)
+    add_option(p, "out", default=None,
+               note="with --model: a JSON file, default out/verify/<model>-<method>.json; with --onnx or --instances: "
+                    "a folder, default out/verify/<name>")
+    add_option(p, "resume", note="--model: the finished batches, kept in <out>.parts/; --onnx or --instances: the "
+                                 "finished instances, kept in <out>/instances/")
+    add_option(p, "no_progress")
     p.set_defaults(func=run)
 
 
@@ -185,7 +185,7 @@ def _run(args: argparse.Namespace, info) -> int:
     from robustlab.verify import certify
 
 
-    for name in ("n", "batch_size"):
+    for name in ("n_images", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not args.time_limit > 0:
@@ -200,8 +200,8 @@ def _run(args: argparse.Namespace, info) -> int:
     name = args.dataset or getattr(model, "metadata", {}).get("dataset")
     if not name:
         raise ValueError(f"{args.model} records no dataset; pass --dataset")
-    images = data.load(name, args.split)
-    images = images.subset(min(args.n, len(images.labels)))
+    images = data.load(name, args.split, args.root)
+    images = images.subset(min(args.n_images, len(images.labels)))
     x_all, y_all = images.images, images.labels
     n = len(y_all)
     t0 = time.perf_counter()
