@@ -24,7 +24,7 @@ from typing import Any, Callable
 from robustlab.cli.options import (nonnegative_float, nonnegative_int, positive_float, positive_int, probability,
                                    unit_interval)
 
-#: How ``robustlab train`` parses the adversaries' numeric parameters (robustlab.defenses.base.Param):
+#: How ``robustlab train`` parses the adversaries' numeric parameters (robustlab.training.base.Param):
 #: by name, else by type (counts >= 1, other numbers >= 0), so a bad value is an error naming the flag.
 PARAM_TYPES: dict[str, Callable[[str], Any]] = {
     "eps": nonnegative_float, "steps": positive_int, "step_size": positive_float, "beta": nonnegative_float,
