@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 from robustlab.cli.options import nonnegative_list, positive_float, positive_int, probability, unit_interval
 
@@ -123,20 +123,18 @@ def run(args: argparse.Namespace) -> int:
     return run_distributed(args, _run)  # under torchrun: the images shared out over the processes
 
 
-def _run(args: argparse.Namespace, info) -> int:
-    import contextlib
+#: How each method certifies one chunk ``x`` of images: ``(smoothed, x, args, seed) -> Certificate``.
+_CERTIFY_CHUNK: dict[str, Callable[..., Any]] = {
+    "cohen": lambda s, x, a, seed: s.certify(x, a.n0, a.samples, a.alpha, seed=seed),
+    "adaptive": lambda s, x, a, seed: s.certify_adaptive(x, a.n0, a.samples, a.alpha, radius=a.radii, seed=seed),
+    "two-class": lambda s, x, a, seed: s.certify_two_class(x, a.n0, a.samples, a.alpha, seed=seed),
+    "pixeldp": lambda s, x, a, seed: s.certify(x, a.samples, a.alpha, scores=a.scores, seed=seed),
+}
 
-    from tqdm.auto import tqdm
 
-    from robustlab import data
-    from robustlab.cli._common import (check_model_data, check_out_file, dataset_name, fit_batch, load_model,
-                                       resolve_device)
-    from robustlab.cli._outputs import report_folder, write_outputs
-    from robustlab.cli.evaluate import model_label
-    from robustlab.certificates import Certificate
-    from robustlab.defenses.smoothing import Smoothed
-    from robustlab.evaluate.shards import UnitFiles, config_hash, counting_forwards, run_units, unit_seed
-
+def _method(args: argparse.Namespace) -> str:
+    """The certification method the options ask for (cohen, adaptive, two-class or pixeldp), after
+    refusing options that belong to another one."""
     for name in ("n_images", "chunk", "n0", "samples", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -144,7 +142,6 @@ def _run(args: argparse.Namespace, info) -> int:
         raise ValueError(f"--radii must be >= 0, got {','.join(str(r) for r in args.radii)}")
     if not 0.0 < args.alpha < 1.0:
         raise ValueError(f"--alpha must be a probability in (0, 1), got {args.alpha}")
-    device = info.device if info.distributed else resolve_device(args.device)
     method = "pixeldp" if args.method == "pixeldp" else "adaptive" if args.adaptive else \
         "two-class" if args.two_class else "cohen"
     if method == "pixeldp" and (args.adaptive or args.two_class):
@@ -156,6 +153,20 @@ def _run(args: argparse.Namespace, info) -> int:
         if given:
             raise ValueError(f"{', '.join(given)} {'is a PixelDP option' if len(given) == 1 else 'are PixelDP options'}"
                              "; add --method pixeldp or drop it")
+    return method
+
+
+def _run(args: argparse.Namespace, info) -> int:
+    from robustlab import data
+    from robustlab.cli._common import (check_model_data, check_out_file, dataset_name, fit_batch, load_model,
+                                       resolve_device)
+    from robustlab.cli._outputs import report_folder, write_outputs
+    from robustlab.cli.evaluate import model_label
+    from robustlab.certificates import Certificate
+    from robustlab.defenses.smoothing import Smoothed
+
+    method = _method(args)
+    device = info.device if info.distributed else resolve_device(args.device)
     out = Path(args.out) if args.out else Path("out") / "certify" / (model_label(args.model) + f"-{method}.json")
     check_out_file(out, "--out")  # before any sampling: a bad --out fails now
     folder = report_folder(out)
@@ -165,7 +176,6 @@ def _run(args: argparse.Namespace, info) -> int:
     check_model_data(model, images, device)
     args.batch_size = fit_batch(args, model, images.shape, device, grad=False)  # (image, noise) rows that fit
     images = images.subset(min(args.n_images, len(images.labels)))
-    x_all, y = images.images, images.labels
     pixeldp_info: dict = {}
     if method == "pixeldp":
         smoothed, pixeldp_info = _pixeldp(args, model, verbose=info.is_main)
@@ -174,25 +184,42 @@ def _run(args: argparse.Namespace, info) -> int:
         smoothed = Smoothed(model, args.sigma, batch_size=args.batch_size, seed=args.seed, autocast=args.autocast,
                             channels_last=args.channels_last)
     t0 = time.perf_counter()
+    parts_dir = out.parent / (out.name + ".parts")
+    units = _certify_units(args, info, method, model, smoothed, images, device, parts_dir)
+    if units is None:
+        return 0
+    seconds = time.perf_counter() - t0
+    parts = [Certificate.from_tensors(t) for t in units]
+    cert = Certificate.concat(parts)
+    if method == "adaptive":
+        cert.info["stop"] = {k: sum(p.info["stop"][k] for p in parts) for k in parts[0].info["stop"]}
+    section = _section(args, method, model, images, cert, seconds, pixeldp_info, device)
+    _print_summary(args, method, name, section, seconds)
+    payload = _old_payload(args, section, cert, name, seconds, pixeldp_info)
+    write_outputs(section, folder, f"robustlab certify: {method} on {section.name}", out, payload, parts=parts_dir,
+                  note=f" ({info.world_size} processes)" if info.distributed else "")
+    return 0
+
+
+def _certify_units(args: argparse.Namespace, info: Any, method: str, model: Any, smoothed: Any, images: Any,
+                   device: Any, parts_dir: Path) -> Optional[list]:
+    """Every chunk's certificate tensors through the engine (rank 0; None on the other ranks), with
+    a progress bar that counts the model's forward passes inside a long chunk."""
+    import contextlib
+
+    from tqdm.auto import tqdm
+
+    from robustlab.evaluate.shards import UnitFiles, config_hash, counting_forwards, run_units, unit_seed
+
+    x_all, y = images.images, images.labels
     chunks = list(range(0, len(y), args.chunk))
 
-    def certify_chunk(u: int) -> dict:
-        # chunk u's noise is seeded from (seed, u): the same on 1 or N processes
+    def certify_chunk(u: int) -> dict:  # chunk u's noise is seeded from (seed, u): the same on 1 or N processes
         x = x_all[chunks[u] : chunks[u] + args.chunk].to(device)
-        seed = unit_seed(args.seed, u)
-        if method == "pixeldp":
-            c = smoothed.certify(x, args.samples, args.alpha, scores=args.scores, seed=seed)
-        elif method == "adaptive":
-            c = smoothed.certify_adaptive(x, args.n0, args.samples, args.alpha, radius=args.radii, seed=seed)
-        elif method == "two-class":
-            c = smoothed.certify_two_class(x, args.n0, args.samples, args.alpha, seed=seed)
-        else:
-            c = smoothed.certify(x, args.n0, args.samples, args.alpha, seed=seed)
-        return c.to_tensors()
+        return _CERTIFY_CHUNK[method](smoothed, x, args, unit_seed(args.seed, u)).to_tensors()
 
     config = {k: v for k, v in vars(args).items() if k not in ("func", "no_progress", "resume", "out", "device")}
     config.update(method=method, weights=getattr(model, "metadata", {}).get("weights_sha256"), n_images=len(y))
-    parts_dir = out.parent / (out.name + ".parts")
     bar = tqdm(total=len(y), unit="img", desc="certify", disable=args.no_progress or not info.is_main)
     forwards = [0, 0.0]  # forward passes so far, last postfix time: progress inside a long chunk
 
@@ -206,28 +233,19 @@ def _run(args: argparse.Namespace, info) -> int:
         units = run_units(len(chunks), certify_chunk, UnitFiles(parts_dir, config_hash(config), args.resume),
                           done=lambda u: bar.update(min(args.chunk, len(y) - chunks[u])))
     bar.close()
-    if not info.is_main:
-        return 0
-    seconds = time.perf_counter() - t0
-    parts = [Certificate.from_tensors(t) for t in units]
-    cert = Certificate.concat(parts)
-    if method == "adaptive":
-        cert.info["stop"] = {k: sum(p.info["stop"][k] for p in parts) for k in parts[0].info["stop"]}
-    section = _section(args, method, model, images, cert, seconds, pixeldp_info, device)
-    c = section.certificates[0]
-    evals = c.options["evaluations_per_image"]
+    return units if info.is_main else None
 
-    print(f"{name} ({args.split}): {len(y)} images, sigma={args.sigma}, n0={args.n0}, n={args.samples}"
+
+def _print_summary(args: argparse.Namespace, method: str, name: str, section: Any, seconds: float) -> None:
+    c = section.certificates[0]
+    n = len(section.labels)
+    print(f"{name} ({args.split}): {n} images, sigma={args.sigma}, n0={args.n0}, n={args.samples}"
           f"{' (n_max)' if method == 'adaptive' else ''}, alpha={args.alpha}, method={method}")
-    print(f"{seconds / len(y):.3f} s per image, {evals:.0f} model evaluations per image on average, "
-          f"{c.abstain.value:.2%} abstained")
+    print(f"{seconds / n:.3f} s per image, {c.options['evaluations_per_image']:.0f} model evaluations per image on "
+          f"average, {c.abstain.value:.2%} abstained")
     print(f"{'radius':>8}  {'certified accuracy':>18}  95% interval")
     for r, acc in zip(args.radii, c.certified_accuracy):
         print(f"{r:>8.3g}  {acc.value:>18.4f}  [{acc.ci_low:.4f}, {acc.ci_high:.4f}]")
-    payload = _old_payload(args, section, cert, name, seconds, pixeldp_info)
-    write_outputs(section, folder, f"robustlab certify: {method} on {section.name}", out, payload, parts=parts_dir,
-                  note=f" ({info.world_size} processes)" if info.distributed else "")
-    return 0
 
 
 def _old_payload(args: argparse.Namespace, section: Any, cert: Any, name: str, seconds: float,
