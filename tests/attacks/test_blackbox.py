@@ -229,9 +229,12 @@ def test_square_rejects_unsupported_norms():
 
 def test_standard_preset_includes_square_for_linf_and_l2_only():
     for norm, eps in (("linf", 0.3), ("l2", 2.0)):
-        names = [a.name for a in rl.attacks.standard(_tm(norm, eps)).attacks]
+        names = [a.name for a in rl.attacks.standard(_tm(norm, eps), budget="full").attacks]
         assert names == ["APGD", "APGDT", "FMN", "Square"]
-    assert "Square" not in [a.name for a in rl.attacks.standard(_tm("l1", 8.0)).attacks]
+        # the adaptive default: APGD-CE's first run, then (after the triage) its other restarts
+        assert [a.name for a in rl.attacks.standard(_tm(norm, eps)).attacks] == ["APGD", "APGD", "APGDT", "FMN", "Square"]
+    for budget in ("adaptive", "full"):
+        assert "Square" not in [a.name for a in rl.attacks.standard(_tm("l1", 8.0), budget=budget).attacks]
     assert rl.attacks.get("square", _tm("linf", 0.3), queries=10).queries == 10
     assert rl.attacks.STANDARD["standard"][-1][0] == "square"
 
