@@ -117,6 +117,8 @@ def evaluate_model(key: str, args) -> dict:
                                              "standard[full]": (full & ~ref).nonzero().squeeze(1).tolist()},
         "broken_here_robust_to_autoattack": {"standard": (~ours & ref).nonzero().squeeze(1).tolist(),
                                              "standard[full]": (~full & ref).nonzero().squeeze(1).tolist()},
+        # the triage's margin ratio of the images AutoAttack broke and standard left robust
+        "margin_ratio_of_those": [round(float(v), 4) for v in res.info["margin_ratio"][ours & ~ref]],
         "robust_to_standard_broken_by_full": (ours & ~full).nonzero().squeeze(1).tolist(),
         "broken_by_standard_robust_to_full": (~ours & full).nonzero().squeeze(1).tolist(),
     }

@@ -75,7 +75,7 @@ ATTACKS: dict[str, Entry] = {
     "onepixel": Entry(lambda tm, **kw: OnePixel(tm, **kw), "few-pixel attack (l0, eps = pixels) by differential evolution (Su et al. 2019)"),
     "hopskipjump": Entry(lambda tm, **kw: HopSkipJump(tm, **kw), "HopSkipJump, labels only, l2/linf, 5000 queries (Chen et al. 2020)", True),
     "standard": Entry(_standard("standard"), "APGD-CE (5 restarts), APGD-T, FMN, Square: worst case per sample (AutoAttack protocol), "
-                      "budget on the images with a small margin after the first APGD-CE run (budget=full: on all)"),
+                      "gradient budget on the images with a small margin after the first APGD-CE run (budget=full: on all)"),
     "standard-quick": Entry(_standard("quick"), "APGD-CE and APGD-T (3 targets), 50 steps each: worst case per sample"),
 }
 
@@ -147,14 +147,15 @@ STANDARD: dict[str, list[tuple[str, dict[str, Any]]]] = {
 }
 
 #: The ``budget="adaptive"`` form of a preset (the default of :func:`standard`): its members and the
-#: :class:`~robustlab.attacks.ensemble.Triage` after which only the images not settled go on. A
-#: member named twice draws other random starts (seed + 1). Presets without an entry have one form.
-#: ``standard``: the full preset's members in its order, APGD-CE's first run on every image, then
-#: the triage; the images left (margin ratio <= 0.3: close to the boundary, or >= 0.9: APGD barely
-#: moved them, as under a masked gradient) get APGD-CE's 4 other restarts, APGD-T over 9 targets,
-#: FMN and Square with AutoAttack's 5000 queries. On the PGD-trained MNIST and Fashion-MNIST cnns
-#: (first 200 test images) every image a later member broke had a ratio <= 0.17 after the first run,
-#: and the band (0.3, 0.9) settled 80-88% of the images still robust (docs/benchmarks/standard.md).
+#: :class:`~robustlab.attacks.ensemble.Triage` after which the images it settles skip the gradient
+#: members. A member named twice draws other random starts (seed + 1). Presets without an entry
+#: have one form. ``standard``: the full preset's members in its order, APGD-CE's first run on every
+#: image, then the triage; the images left (margin ratio <= 0.3: close to the boundary, or >= 0.9:
+#: APGD barely moved them, as under a masked gradient) get APGD-CE's 4 other restarts, APGD-T over
+#: 9 targets and FMN; Square (SQUARE_QUERIES, as in the full preset) runs on every image still
+#: robust, settled or not. On the PGD-trained MNIST and Fashion-MNIST cnns (first 200 test images)
+#: every image a later member broke had a ratio <= 0.17 after the first run, and the band (0.3, 0.9)
+#: settled 80-88% of the images still robust (docs/benchmarks/standard.md).
 ADAPTIVE: dict[str, tuple[list[tuple[str, dict[str, Any]]], Triage]] = {
     "standard": (
         [
@@ -162,7 +163,7 @@ ADAPTIVE: dict[str, tuple[list[tuple[str, dict[str, Any]]], Triage]] = {
             ("apgd-ce", {"steps": 100, "restarts": 4}),
             ("apgd-t", {"steps": 100, "n_target_classes": 9}),
             ("fmn", {"steps": 100}),
-            ("square", {"queries": 5000}),
+            ("square", {}),
         ],
         Triage(after=0, low=0.3, high=0.9),
     ),
@@ -202,10 +203,11 @@ def standard(threat: ThreatModel, *, seed: int = 0, version: str = "standard", s
     and the black-box Square (linf and l2 only) (``version="standard"``), or APGD-CE and APGD-T
     with fewer steps and targets (``"quick"``); each only on the samples still robust.
 
-    ``budget="adaptive"`` (default) spends the budget where the margin is small (:data:`ADAPTIVE`:
-    after APGD-CE's first run, the images whose margin it shrank but left above 30% of the clean
-    one stop; the others get every member, Square with 5000 queries); ``budget="full"`` runs every
-    member on every image still robust (:data:`STANDARD`). ``quick`` has one form.
+    ``budget="adaptive"`` (default) spends the gradient budget where the margin is small
+    (:data:`ADAPTIVE`: after APGD-CE's first run, the images whose margin it shrank but left above
+    30% of the clean one skip the other gradient members; Square still runs on every image still
+    robust); ``budget="full"`` runs every member on every image still robust (:data:`STANDARD`).
+    ``quick`` has one form.
 
     ``strength`` k > 1 spends about k^2 x the compute on the same members (:func:`strengthened`:
     k x the steps and restarts of each gradient member, APGD-T over every other class, k x Square's
