@@ -15,6 +15,10 @@ images a backward pass went through. Robust accuracy is recomputed here for ever
 (correct on x, x_adv inside the ball, still correct on x_adv); wall and CPU seconds of the process.
 Per image, the script also lists the images one evaluation broke and the other left robust.
 
+``--l2-n N`` adds the L2 lesson of docs/benchmarks/blackbox.md for both budgets (no AutoAttack):
+the linf-PGD-trained MNIST model at l2 eps 2.0, where Square breaks images the gradient members
+leave at a large margin, so the triage must not keep Square from the settled images.
+
 Run it under the heavy-job lock, one thread (``--threads 1``), e.g.
 
     flock /tmp/robustlab-heavy.lock env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_standard.py \\
@@ -129,6 +133,32 @@ def evaluate_model(key: str, args) -> dict:
     return out
 
 
+def l2_lesson(args) -> dict:
+    path, dataset, _ = MODELS["mnist"]
+    model = rl.models.load(path).eval()
+    test = rl.data.load(dataset, "test")
+    x, y = test.images[: args.l2_n].clone(), test.labels[: args.l2_n].clone()
+    tm = rl.ThreatModel("l2", 2.0)
+    rows = {}
+    for budget in ("adaptive", "full"):
+        atk = rl.attacks.standard(tm, seed=0, budget=budget)
+        res, row = None, {}
+
+        def run(m, atk=atk):
+            nonlocal res
+            res = atk.attack(m, x, y)
+            return res.x_adv
+
+        _, row = measured(run, model)
+        row["robust_accuracy"] = res.robust_accuracy
+        row["broken_by_members"] = {f"{i}: {a.name}": int((res.info["broken_by"] == i).sum()) for i, a in enumerate(atk.attacks)}
+        if "settled" in res.info:
+            row["settled_by_triage"] = int(res.info["settled"].sum())
+        rows[budget] = row
+        print(f"l2/{budget}: {100 * row['robust_accuracy']:.2f}% ({row['cpu_seconds']:.1f} s CPU)", flush=True)
+    return {"model": path, "norm": "l2", "eps": 2.0, "n": len(y), "budgets": rows}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="mnist,fmnist")
@@ -137,6 +167,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=1000, help="first n test images")
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--l2-n", type=int, default=0, help="images for the L2 lesson (both budgets; 0: skip)")
     ap.add_argument("--json", default="benchmarks/results/standard.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -151,6 +182,10 @@ def main() -> int:
             print(f"{key}: {MODELS[key][0]} not found; skipped (train it: see docs/benchmarks/standard.md)", flush=True)
             continue
         out["models"][key] = evaluate_model(key, args)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=2) + "\n")
+    if args.l2_n > 0:
+        out["l2_lesson"] = l2_lesson(args)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(out, indent=2) + "\n")
     return 0
