@@ -65,72 +65,78 @@ def measured(fn, model) -> tuple[torch.Tensor, dict]:
     return x_adv, row
 
 
-def evaluate_model(key: str, args) -> dict:
-    from pyautoattack import AutoAttack
+EVALUATIONS = ("robustlab standard", "pyautoattack standard", "robustlab standard[full]")
 
-    path, dataset, eps = MODELS[key]
-    model = rl.models.load(path).eval()
-    test = rl.data.load(dataset, "test")
-    x, y = test.images[: args.n].clone(), test.labels[: args.n].clone()
-    tm = rl.ThreatModel("linf", eps)
-    bs = args.batch_size
-    info: dict = {}
 
-    def robustlab_run(budget: str):
-        def run(m):
-            atk = rl.attacks.standard(tm, seed=0, budget=budget)
+class ModelBench:
+    """One model's images and the evaluations run on them so far (:meth:`summary` after each)."""
+
+    def __init__(self, key: str, args) -> None:
+        self.key = key
+        self.path, self.dataset, self.eps = MODELS[key]
+        self.model = rl.models.load(self.path).eval()
+        test = rl.data.load(self.dataset, "test")
+        self.x, self.y = test.images[: args.n].clone(), test.labels[: args.n].clone()
+        self.bs = args.batch_size
+        self.rows: dict = {}
+        self.robust: dict = {}
+        self.results: dict = {}
+
+    def run(self, name: str) -> None:
+        x, y, bs, eps = self.x, self.y, self.bs, self.eps
+
+        def robustlab_run(m):
+            atk = rl.attacks.standard(rl.ThreatModel("linf", eps), seed=0,
+                                      budget="full" if name.endswith("[full]") else "adaptive")
             res = rl.attacks.AttackResult.concat([atk.attack(m, x[i : i + bs], y[i : i + bs]) for i in range(0, len(y), bs)])
-            info[budget] = res
+            self.results[name] = res
             return res.x_adv
-        return run
 
-    def autoattack(m):
-        aa = AutoAttack(m, norm="Linf", eps=eps, version="standard", seed=0, device="cpu")
-        aa.verbose = False
-        return aa.run_standard_evaluation(x, y, batch_size=bs)[0]
+        def autoattack(m):
+            from pyautoattack import AutoAttack
 
-    runs = {"robustlab standard": robustlab_run("adaptive"), "pyautoattack standard": autoattack,
-            "robustlab standard[full]": robustlab_run("full")}
-    rows, robust = {}, {}
-    for name, fn in runs.items():
-        x_adv, row = measured(fn, model)
-        robust[name] = robust_mask(model, x, y, x_adv, eps)
-        row["robust_accuracy"] = float(robust[name].float().mean())
-        rows[name] = row
-        print(f"{key}/{name}: {100 * row['robust_accuracy']:.2f}% in {row['seconds']:.1f} s "
+            aa = AutoAttack(m, norm="Linf", eps=eps, version="standard", seed=0, device="cpu")
+            aa.verbose = False
+            return aa.run_standard_evaluation(x, y, batch_size=bs)[0]
+
+        x_adv, row = measured(autoattack if name.startswith("pyautoattack") else robustlab_run, self.model)
+        self.robust[name] = robust_mask(self.model, x, y, x_adv, eps)
+        row["robust_accuracy"] = float(self.robust[name].float().mean())
+        self.rows[name] = row
+        print(f"{self.key}/{name}: {100 * row['robust_accuracy']:.2f}% in {row['seconds']:.1f} s "
               f"({row['cpu_seconds']:.1f} s CPU), {row['forward_rows']} forward / {row['backward_rows']} backward rows",
               flush=True)
-    aa = rows["pyautoattack standard"]
-    for row in rows.values():
-        row["time_vs_autoattack"] = row["seconds"] / aa["seconds"]
-        row["cpu_vs_autoattack"] = row["cpu_seconds"] / aa["cpu_seconds"]
-        row["forward_vs_autoattack"] = row["forward_rows"] / max(aa["forward_rows"], 1)
-        row["backward_vs_autoattack"] = row["backward_rows"] / max(aa["backward_rows"], 1)
-        row["points_above_autoattack"] = 100 * (row["robust_accuracy"] - aa["robust_accuracy"])
-    ours, full, ref = robust["robustlab standard"], robust["robustlab standard[full]"], robust["pyautoattack standard"]
-    res = info["adaptive"]
-    out = {
-        "model": path, "dataset": dataset, "eps": eps, "n": len(y),
-        "clean_accuracy": float(res.clean_correct.float().mean()),
-        "evaluations": rows,
-        "settled_by_triage": int(res.info["settled"].sum()),
-        "reached_triage": int((~res.info["margin_ratio"].isnan()).sum()),
-        "broken_by_members": {f"{i}: {name}": int((res.info["broken_by"] == i).sum()) for i, name in enumerate(res.info["attacks"])},
+
+    def summary(self) -> dict:
+        rows, robust = self.rows, self.robust
+        out: dict = {"model": self.path, "dataset": self.dataset, "eps": self.eps, "n": len(self.y), "evaluations": rows}
+        aa = rows.get("pyautoattack standard")
+        if aa is not None:
+            for row in rows.values():
+                row["time_vs_autoattack"] = row["seconds"] / aa["seconds"]
+                row["cpu_vs_autoattack"] = row["cpu_seconds"] / aa["cpu_seconds"]
+                row["forward_vs_autoattack"] = row["forward_rows"] / max(aa["forward_rows"], 1)
+                row["backward_vs_autoattack"] = row["backward_rows"] / max(aa["backward_rows"], 1)
+                row["points_above_autoattack"] = 100 * (row["robust_accuracy"] - aa["robust_accuracy"])
+        res = self.results.get("robustlab standard")
+        if res is not None:
+            out["clean_accuracy"] = float(res.clean_correct.float().mean())
+            out["settled_by_triage"] = int(res.info["settled"].sum())
+            out["reached_triage"] = int((~res.info["margin_ratio"].isnan()).sum())
+            out["broken_by_members"] = {f"{i}: {a}": int((res.info["broken_by"] == i).sum()) for i, a in enumerate(res.info["attacks"])}
+        ours, full, ref = (robust.get(k) for k in EVALUATIONS)
         # Per image: robust to one evaluation, broken by the other.
-        "robust_here_broken_by_autoattack": {"standard": (ours & ~ref).nonzero().squeeze(1).tolist(),
-                                             "standard[full]": (full & ~ref).nonzero().squeeze(1).tolist()},
-        "broken_here_robust_to_autoattack": {"standard": (~ours & ref).nonzero().squeeze(1).tolist(),
-                                             "standard[full]": (~full & ref).nonzero().squeeze(1).tolist()},
-        # the triage's margin ratio of the images AutoAttack broke and standard left robust
-        "margin_ratio_of_those": [round(float(v), 4) for v in res.info["margin_ratio"][ours & ~ref]],
-        "robust_to_standard_broken_by_full": (ours & ~full).nonzero().squeeze(1).tolist(),
-        "broken_by_standard_robust_to_full": (~ours & full).nonzero().squeeze(1).tolist(),
-    }
-    r = out["evaluations"]["robustlab standard"]
-    print(f"{key}: standard {100 * r['robust_accuracy']:.2f}% ({r['points_above_autoattack']:+.2f} points vs AutoAttack) "
-          f"at {r['time_vs_autoattack']:.3f}x its time ({r['cpu_vs_autoattack']:.3f}x CPU); settled "
-          f"{out['settled_by_triage']} of {out['reached_triage']} at the triage", flush=True)
-    return out
+        if ref is not None:
+            for label, mine in (("standard", ours), ("standard[full]", full)):
+                if mine is not None:
+                    out.setdefault("robust_here_broken_by_autoattack", {})[label] = (mine & ~ref).nonzero().squeeze(1).tolist()
+                    out.setdefault("broken_here_robust_to_autoattack", {})[label] = (~mine & ref).nonzero().squeeze(1).tolist()
+            if res is not None:  # the triage's margin ratio of the images AutoAttack broke and standard left robust
+                out["margin_ratio_of_those"] = [round(float(v), 4) for v in res.info["margin_ratio"][ours & ~ref]]
+        if ours is not None and full is not None:
+            out["robust_to_standard_broken_by_full"] = (ours & ~full).nonzero().squeeze(1).tolist()
+            out["broken_by_standard_robust_to_full"] = (~ours & full).nonzero().squeeze(1).tolist()
+        return out
 
 
 def l2_lesson(args) -> dict:
@@ -177,13 +183,25 @@ def main() -> int:
     out: dict = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "hardware": hardware(),
                  "command": " ".join(sys.argv), "models": {}}
     path = Path(args.json)
+    benches = {}
     for key in [k.strip() for k in args.models.split(",") if k.strip()]:
         if not (Path(MODELS[key][0]) / "metadata.json").is_file():
             print(f"{key}: {MODELS[key][0]} not found; skipped (train it: see docs/benchmarks/standard.md)", flush=True)
             continue
-        out["models"][key] = evaluate_model(key, args)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(out, indent=2) + "\n")
+        benches[key] = ModelBench(key, args)
+    # The comparison with AutoAttack on every model first, then the full preset (the "before"):
+    # every evaluation's numbers are written as soon as it ends.
+    for names in (EVALUATIONS[:2], EVALUATIONS[2:]):
+        for key, bench in benches.items():
+            for name in names:
+                bench.run(name)
+                out["models"][key] = bench.summary()
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(out, indent=2) + "\n")
+            r = out["models"][key]["evaluations"]["robustlab standard"]
+            if names == EVALUATIONS[:2]:
+                print(f"{key}: standard {100 * r['robust_accuracy']:.2f}% ({r['points_above_autoattack']:+.2f} points vs "
+                      f"AutoAttack) at {r['time_vs_autoattack']:.3f}x its time ({r['cpu_vs_autoattack']:.3f}x CPU)", flush=True)
     if args.l2_n > 0:
         out["l2_lesson"] = l2_lesson(args)
         path.parent.mkdir(parents=True, exist_ok=True)
