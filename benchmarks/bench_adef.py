@@ -127,7 +127,7 @@ def part_patch(args, x, y) -> None:
     xt = train.images[: args.n_fit]
     rows = []
     for side in (int(v) for v in args.patch_sides.split(",")):
-        ap = AdversarialPatch(side, steps=args.patch_steps, batch_size=64, lr=0.05, seed=0)
+        ap = AdversarialPatch(side, steps=args.patch_steps, batch_size=64, step_size=0.05, seed=0)
         t0 = time.perf_counter()
         patch = ap.fit(model, xt, args.target)
         secs = time.perf_counter() - t0

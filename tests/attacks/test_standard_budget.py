@@ -9,7 +9,7 @@ import torch
 import robustlab as rl
 from robustlab.attacks import APGD, APGDT, FMN, Square, Triage, WorstCase, standard
 from robustlab.attacks.ensemble import success_margin
-from robustlab.attacks.registry import ADAPTIVE, SQUARE_QUERIES, STANDARD, get
+from robustlab.attacks.registry import ADAPTIVE, SQUARE_QUERIES, STANDARD, STANDARD_NORM_OPTIONS, get
 from robustlab.testing import check_attack
 
 EPS = 0.08
@@ -95,7 +95,9 @@ def test_full_budget_is_the_preset_before_the_triage_bit_for_bit(model, images):
     plain WorstCase, no triage): same candidates, successes, breakers and queries."""
     x, y = images[0][:8], images[1][:8]
     tm = _tm()
-    before = WorstCase([get(name, tm, **{"seed": 3, **({"queries": SQUARE_QUERIES["linf"]} if name == "square" else {}), **opts})
+    per_norm = STANDARD_NORM_OPTIONS["linf"]
+    before = WorstCase([get(name, tm, **{"seed": 3, **({"queries": SQUARE_QUERIES["linf"]} if name == "square" else {}),
+                                         **per_norm.get(name, {}), **opts})
                         for name, opts in STANDARD["standard"]])
     full = standard(tm, seed=3, budget="full")
     assert full.triage is None and full.name == "standard[full]"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import robustlab as rl
-from robustlab.evaluate.run import CRASH_ENV
+from robustlab.evaluate.shards import CRASH_ENV
 
 # 5 batches of 16 images: rank 0 does batches 0, 2, 4 and rank 1 batches 1, 3; the check probes
 # (dealt to both ranks after the records are shared) and a smoothing certifier are part of the report.

@@ -262,7 +262,8 @@ def run(args: argparse.Namespace) -> int:
     from robustlab import data, demo_models, evaluate
     from robustlab.cli._common import check_out_dir
     from robustlab.data.sources import cache_dir
-    from robustlab.report import build
+    from robustlab.report import assemble
+    from robustlab.report.build import compare_table
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     t_start = time.perf_counter()
@@ -331,9 +332,9 @@ def run(args: argparse.Namespace) -> int:
                         "200 noise samples per certificate. The numbers are indicative only; run `robustlab demo` for "
                         "the full evaluation.")
     title = "robustlab demo: standard vs adversarial training on MNIST" + (" (quick)" if quick else "")
-    report = build.report(parts, title, notes)
+    report = assemble.report(parts, title, notes)
     report.save(out)
     print()
-    print(build.compare_table(report))
+    print(compare_table(report))
     print(f"\nwrote {out / 'index.html'} and {out / 'report.json'} ({time.perf_counter() - t_start:.0f} s in all)")
     return 0

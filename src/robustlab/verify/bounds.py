@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from robustlab._checks import check_images, check_labels
 from robustlab.threat import ThreatModel
 from robustlab.verify.network import Affine, Network, ReLUOp, trace
+from robustlab.verify.tolerance import TAU, check_tau
 
 METHODS = ("ibp", "crown", "alpha-crown", "lp", "crown-ibp")
 SPECS = ("logits", "margin")
@@ -354,26 +355,30 @@ def _prepare(model: nn.Module, x: Tensor, tm: ThreatModel, method: str, spec: st
     return net, spec_matrix(spec, labels, x.shape[0], k, x)
 
 
-def _detached(net: Network) -> Network:
+def _detached(net: Network, dtype: Optional[torch.dtype] = None) -> Network:
     """A copy of the ops whose tensors are detached from the model's autograd graph (also inside
-    composite ops such as a residual block's paths)."""
-    return Network([_detached_op(op) for op in net.ops], net.in_shape)
+    composite ops such as a residual block's paths); with ``dtype`` their floating-point tensors
+    are cast to it (the MILP reads the network in float64)."""
+    return Network([_detached_op(op, dtype) for op in net.ops], net.in_shape)
 
 
-def _detached_op(op: object) -> object:
+def _detached_op(op: object, dtype: Optional[torch.dtype] = None) -> object:
     import copy
 
     op = copy.copy(op)
     for key, value in vars(op).items():
         if isinstance(value, Tensor):
-            setattr(op, key, value.detach())
+            value = value.detach()
+            setattr(op, key, value.to(dtype) if dtype is not None and value.is_floating_point() else value)
         elif isinstance(value, list) and value and all(hasattr(v, "forward") for v in value):
-            setattr(op, key, [_detached_op(v) for v in value])
+            setattr(op, key, [_detached_op(v, dtype) for v in value])
     return op
 
 
-def verified(lower_margin: Tensor, labels: Tensor) -> Tensor:
-    """Bool (N,): every margin ``z_y - z_j`` (j != y) has a positive lower bound."""
+def verified(lower_margin: Tensor, labels: Tensor, tau: float = TAU) -> Tensor:
+    """Bool (N,): every margin ``z_y - z_j`` (j != y) has a lower bound above ``tau`` (verified up
+    to tau, :mod:`robustlab.verify.tolerance`)."""
+    tau = check_tau(tau)
     keep = torch.ones_like(lower_margin, dtype=torch.bool)
     keep[torch.arange(labels.shape[0], device=labels.device), labels] = False
-    return torch.where(keep, lower_margin, torch.full_like(lower_margin, float("inf"))).amin(dim=1) > 0
+    return torch.where(keep, lower_margin, torch.full_like(lower_margin, float("inf"))).amin(dim=1) > tau
