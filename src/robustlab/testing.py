@@ -28,16 +28,29 @@ MakeAttack = Callable[[int], Attack]
 
 class CountingModel(nn.Module):
     """``model`` that counts the rows (images) it evaluates in ``rows``, whoever calls it: exact
-    query counts for attacks of any library (tests, benchmarks)."""
+    query counts for attacks of any library (tests, benchmarks).
+
+    ``backward_rows`` counts the rows a backward pass went through: a hook on the output of each
+    gradient-enabled call adds its rows when autograd runs through it (once per backward pass, so a
+    forward whose graph is never differentiated counts as a forward pass only)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
         self.rows = 0
+        self.backward_rows = 0
 
     def forward(self, x: Tensor) -> Tensor:
         self.rows += x.shape[0]
-        return self.model(x)
+        out = self.model(x)
+        if out.requires_grad:
+            rows = x.shape[0]
+
+            def count(grad: Tensor) -> None:
+                self.backward_rows += rows
+
+            out.register_hook(count)
+        return out
 
 
 def _state(model: nn.Module) -> dict[str, Tensor]:

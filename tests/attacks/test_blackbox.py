@@ -252,9 +252,12 @@ def test_square_rejects_unsupported_norms():
 
 def test_standard_preset_includes_square_for_linf_and_l2_only():
     for norm, eps in (("linf", 0.3), ("l2", 2.0)):
-        names = [a.name for a in rl.attacks.standard(_tm(norm, eps)).attacks]
+        names = [a.name for a in rl.attacks.standard(_tm(norm, eps), budget="full").attacks]
         assert names == ["APGD", "APGDT", "FMN", "Square"]
-    assert "Square" not in [a.name for a in rl.attacks.standard(_tm("l1", 8.0)).attacks]
+        # the adaptive default: APGD-CE's first run, then (after the triage) its other restarts
+        assert [a.name for a in rl.attacks.standard(_tm(norm, eps)).attacks] == ["APGD", "APGD", "APGDT", "FMN", "Square"]
+    for budget in ("adaptive", "full"):
+        assert "Square" not in [a.name for a in rl.attacks.standard(_tm("l1", 8.0), budget=budget).attacks]
     assert rl.attacks.get("square", _tm("linf", 0.3), queries=10).queries == 10
     assert rl.attacks.STANDARD["standard"][-1][0] == "square"
     for norm, eps in (("linf", 0.3), ("l2", 2.0)):  # the budget and the p-schedule the docs state
@@ -269,7 +272,7 @@ def test_standard_preset_includes_square_for_linf_and_l2_only():
 @pytest.mark.parametrize("norm,eps", [("linf", 0.3), ("l2", 2.0), ("l1", 8.0)])
 def test_standard_preset_is_what_its_docstring_states(norm, eps):
     """registry.standard's docstring and describe("standard"), member by member and option by option."""
-    apgd, apgdt, fmn, *square = rl.attacks.standard(_tm(norm, eps), seed=3).attacks
+    apgd, apgdt, fmn, *square = rl.attacks.standard(_tm(norm, eps), seed=3, budget="full").attacks
     assert (type(apgd).__name__, apgd.steps, apgd.restarts, apgd.loss) == ("APGD", 100, 5, "ce")
     assert (type(apgdt).__name__, apgdt.steps, apgdt.restarts, apgdt.n_target_classes, apgdt.loss) == \
         ("APGDT", 100, 1, 9, "dlr")
@@ -277,7 +280,14 @@ def test_standard_preset_is_what_its_docstring_states(norm, eps):
     assert (type(fmn).__name__, fmn.steps) == ("FMN", 100)  # in place of FAB-T
     expected = {"linf": [(1000, 0.8, "rescaled")], "l2": [(5000, 0.8, "absolute")], "l1": []}[norm]
     assert [(sq.queries, sq.p_init, sq.schedule) for sq in square] == expected
-    assert all(a.seed == 3 for a in rl.attacks.standard(_tm(norm, eps), seed=3).attacks)
+    assert all(a.seed == 3 for a in rl.attacks.standard(_tm(norm, eps), seed=3, budget="full").attacks)
+    # The adaptive default (issue 24): the same members, APGD-CE's 5 runs split 1 + 4 around the triage
+    # (the second part with seed + 1: other random starts), every other member as in the full preset.
+    first, rest, *others = rl.attacks.standard(_tm(norm, eps), seed=3).attacks
+    assert (first.restarts, first.seed, rest.restarts, rest.seed) == (1, 3, 4, 4)
+    assert first.large_eps == rest.large_eps == (norm == "l1")
+    full = [apgdt, fmn, *square]
+    assert [a.config() for a in others] == [a.config() for a in full]
 
 
 def test_standard_reports_the_square_queries(model, digits_test):

@@ -399,9 +399,13 @@ def test_apgd_l1_large_eps_is_at_least_as_strong_on_digits(model, digits200, eps
 
 
 def test_standard_l1_runs_apgd_with_the_large_eps_schedule_and_linf_l2_without():
-    l1 = rl.attacks.standard(rl.ThreatModel("l1", 8.0))
+    l1 = rl.attacks.standard(rl.ThreatModel("l1", 8.0), budget="full")
     assert [(a.name, getattr(a, "large_eps", None)) for a in l1.attacks] == [
         ("APGD", True), ("APGDT", True), ("FMN", None)]
+    # the adaptive default: APGD-CE's first run and its other restarts both with the schedule
+    adaptive = rl.attacks.standard(rl.ThreatModel("l1", 8.0))
+    assert [(a.name, getattr(a, "large_eps", None)) for a in adaptive.attacks] == [
+        ("APGD", True), ("APGD", True), ("APGDT", True), ("FMN", None)]
     for norm, eps in (("linf", 0.3), ("l2", 2.0)):
         assert [getattr(a, "large_eps", None) for a in rl.attacks.standard(rl.ThreatModel(norm, eps)).attacks][:2] == [
             False, False]

@@ -23,12 +23,12 @@ from robustlab.attacks.base import (
 )
 from robustlab.attacks.cw import CarliniWagner, CarliniWagnerL0, CarliniWagnerLinf
 from robustlab.attacks.deepfool import DeepFool
-from robustlab.attacks.ensemble import WorstCase
+from robustlab.attacks.ensemble import Triage, WorstCase
 from robustlab.attacks.eot import EOT, BPDAWrapper
 from robustlab.attacks.fgsm import FGSM
 from robustlab.attacks.minnorm import DDN, FMN
 from robustlab.attacks.pgd import BIM, PGD
-from robustlab.attacks.registry import STANDARD, available, describe, get, register, standard
+from robustlab.attacks.registry import ADAPTIVE, STANDARD, available, describe, get, register, standard
 from robustlab.attacks.square import Square
 from robustlab.attacks.hopskipjump import HopSkipJump
 from robustlab.attacks.nattack import NATTACK
@@ -42,6 +42,7 @@ __all__ = [
 __all__ += ["HopSkipJump", "NATTACK", "OnePixel", "Square"]  # black-box attacks (issue 13)
 __all__ += ["BPDA", "DetectorAwarePGD", "bpda_view"]  # adaptive attacks (issue 14)
 __all__ += ["KNNFeaturePGD"]  # the adaptive attack on kNN detectors (issue 20)
+__all__ += ["ADAPTIVE", "Triage"]  # the budget of `standard` follows the images (issue 24)
 
 # Deformation, spatial, patch and universal attacks (issue 13).
 from robustlab.attacks.adef import ADef, DeformationThreat, deform, field_norm  # noqa: E402
