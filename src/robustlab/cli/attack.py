@@ -77,29 +77,13 @@ def _percentiles(values: "Any") -> dict:
             "mean": float(values.double().mean()), "min": float(values.min()), "max": float(values.max())}
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
-    from safetensors.torch import save as st_save
-    from tqdm.auto import tqdm
-
-    from robustlab import data
-    from robustlab.cli._outputs import DEPRECATED, report_folder
-    from robustlab.cli._common import (check_model_data, check_out_file, dataset_name, fit_batch, load_model,
-                                       resolve_device)
-    from robustlab._io import atomic_write_bytes, atomic_write_text
-    from robustlab.attacks import AttackResult, registry
+def _build_attack(args: argparse.Namespace) -> tuple[str, Any, Any]:
+    """``(name, threat, attack)`` from the options; every problem is named before any work."""
+    from robustlab.attacks import registry
     from robustlab.threat import ThreatModel
 
     name = args.attack.lower()
     registry.describe(name)  # unknown names fail before any work
-    if args.n_images < 1:
-        raise ValueError(f"--n-images must be >= 1, got {args.n_images}")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    out = check_out_file(args.out, "--out", ".safetensors")  # before any work: a bad --out fails now
-    check_out_file(out.with_suffix(".json"), "--out (its .json summary)")
-    folder = report_folder(out)
-    device = resolve_device(args.device)
     norm = args.norm or DEFAULT_NORM.get(name, "linf")
     if args.eps is not None:
         threat: "ThreatModel | str" = ThreatModel(norm, args.eps)
@@ -114,15 +98,46 @@ def run(args: argparse.Namespace) -> int:
     if args.queries is not None:
         if name not in QUERY_ATTACKS:
             raise ValueError(f"--queries applies to the query-based attacks {', '.join(QUERY_ATTACKS)}, not {name!r}")
-        if args.queries < 1:
-            raise ValueError(f"--queries must be >= 1, got {args.queries}")
         options.setdefault("queries", args.queries)
     try:
-        attack = registry.get(name, threat, **options)
+        return name, threat, registry.get(name, threat, **options)
     except (TypeError, ValueError) as exc:
         given = " ".join(f"-o {k}={v!r}" for k, v in args.option) or "no options"
         raise ValueError(f"attack {name!r} with {given}: {exc}") from None
 
+
+def _examples(res: Any, y_all: Any, n: int) -> dict:
+    """The exported tensors: adversarial images, labels, indices, success, distances, iterations
+    (and which ensemble member broke each image, queries spent by black-box attacks)."""
+    import torch
+
+    tensors = {
+        "x_adv": res.x_adv, "labels": y_all, "indices": torch.arange(n, dtype=torch.int64), "success": res.success,
+        "clean_correct": res.clean_correct, "distance": res.distance, "iterations": res.iterations,
+    }
+    if isinstance(res.info.get("broken_by"), torch.Tensor):
+        tensors["broken_by"] = res.info["broken_by"]  # index of the ensemble member that succeeded
+    if res.queries is not None:
+        tensors["queries"] = res.queries  # model queries spent per image (black-box attacks)
+    return {k: v.cpu().contiguous() for k, v in tensors.items()}
+
+
+def run(args: argparse.Namespace) -> int:
+    from safetensors.torch import save as st_save
+    from tqdm.auto import tqdm
+
+    from robustlab import data
+    from robustlab.cli._outputs import DEPRECATED, report_folder
+    from robustlab.cli._common import (check_model_data, check_out_file, dataset_name, fit_batch, load_model,
+                                       resolve_device)
+    from robustlab._io import atomic_write_bytes, atomic_write_text
+    from robustlab.attacks import AttackResult
+
+    out = check_out_file(args.out, "--out", ".safetensors")  # before any work: a bad --out fails now
+    check_out_file(out.with_suffix(".json"), "--out (its .json summary)")
+    folder = report_folder(out)
+    device = resolve_device(args.device)
+    name, threat, attack = _build_attack(args)
     model = load_model(args, device)
     dataset = dataset_name(args, model)
     images = data.load(dataset, args.split, args.root)
@@ -141,25 +156,9 @@ def run(args: argparse.Namespace) -> int:
     bar.close()
     seconds = time.perf_counter() - t0
     res = AttackResult.concat(parts)
-
-    tensors = {
-        "x_adv": res.x_adv.contiguous(),
-        "labels": y_all.contiguous(),
-        "indices": torch.arange(n, dtype=torch.int64),
-        "success": res.success.contiguous(),
-        "clean_correct": res.clean_correct.contiguous(),  # type: ignore[union-attr]
-        "distance": res.distance.contiguous(),
-        "iterations": res.iterations.contiguous(),
-    }
-    if isinstance(res.info.get("broken_by"), torch.Tensor):
-        tensors["broken_by"] = res.info["broken_by"].contiguous()  # index of the ensemble member that succeeded
-    if res.queries is not None:
-        tensors["queries"] = res.queries.contiguous()  # model queries spent per image (black-box attacks)
-    tensors = {k: v.cpu().contiguous() for k, v in tensors.items()}
     header = {"format": "robustlab-attack", "attack": name, "model": str(args.model), "dataset": dataset,
               "split": args.split, "norm": res.norm}
-    atomic_write_bytes(out, st_save(tensors, metadata=header))
-
+    atomic_write_bytes(out, st_save(_examples(res, y_all, n), metadata=header))
     summary = _old_summary(args, res, attack, threat, dataset, seconds, out)
     summary_path = out.with_suffix(".json")
     atomic_write_text(summary_path, json.dumps(summary, indent=2, default=str) + "\n")

@@ -258,9 +258,29 @@ def _models_note(shipped: bool, metas: list[dict], split: tuple[int, int], n_eva
             "all 10,000.")
 
 
-def run(args: argparse.Namespace) -> int:
+def _suites(quick: bool, trained: dict) -> dict:
+    """The demo's suite per model: the preset (quick or standard) at linf 0.1 / 0.2 / 0.3, transfer
+    between the standard and the robust model, IBP's robustness interval for the robust model and
+    randomized smoothing's certificates for the noise model."""
     import dataclasses
 
+    from robustlab import evaluate
+
+    base = evaluate.preset("quick" if quick else "standard", "linf", EPS_GRID)
+    base = dataclasses.replace(base, checks=dataclasses.replace(base.checks, n=50 if quick else 100))
+    standard, robust, _ = (trained[s.name] for s in MODELS)
+    return {
+        "mnist-standard": dataclasses.replace(base, transfer={"mnist-robust": robust}, transfer_eps=(0.1, 0.2, 0.3)),
+        # The robustness interval: the largest linf radius IBP proves (bisection) next to the smallest
+        # one the attacks break; PGD training leaves most of it unproven (the lecture's point).
+        "mnist-robust": dataclasses.replace(base, transfer={"mnist-standard": standard}, transfer_eps=(0.1, 0.2, 0.3),
+                                            certifiers=(evaluate.CertifierSpec("ibp", {"eps": 0.3, "search_steps": 8}),)),
+        "mnist-noise": dataclasses.replace(base, certifiers=(evaluate.CertifierSpec(
+            "smoothing", {"sigma": SIGMA, "n0": 50 if quick else 100, "n": 200 if quick else 1000, "alpha": 0.001}),)),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
     from robustlab import data, demo_models, evaluate
     from robustlab.cli._common import check_out_dir
     from robustlab.data.sources import cache_dir
@@ -297,18 +317,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  exported {demo_models.write(trained[spec.name], name, export)}")
     t_train = time.perf_counter() - t_start
 
-    base = evaluate.preset("quick" if quick else "standard", "linf", EPS_GRID)
-    base = dataclasses.replace(base, checks=dataclasses.replace(base.checks, n=50 if quick else 100))
-    standard, robust, noise = (trained[s.name] for s in MODELS)
-    suites = {
-        "mnist-standard": dataclasses.replace(base, transfer={"mnist-robust": robust}, transfer_eps=(0.1, 0.2, 0.3)),
-        # The robustness interval: the largest linf radius IBP proves (bisection) next to the smallest
-        # one the attacks break; PGD training leaves most of it unproven (the lecture's point).
-        "mnist-robust": dataclasses.replace(base, transfer={"mnist-standard": standard}, transfer_eps=(0.1, 0.2, 0.3),
-                                            certifiers=(evaluate.CertifierSpec("ibp", {"eps": 0.3, "search_steps": 8}),)),
-        "mnist-noise": dataclasses.replace(base, certifiers=(evaluate.CertifierSpec(
-            "smoothing", {"sigma": SIGMA, "n0": 50 if quick else 100, "n": 200 if quick else 1000, "alpha": 0.001}),)),
-    }
+    suites = _suites(quick, trained)
     parts = []
     t_eval: dict[str, float] = {}
     for spec in MODELS:
