@@ -15,6 +15,7 @@ TM = rl.ThreatModel("linf", 0.1)
     (lambda: PGD(TM, 7, 0.01), lambda: PGD(TM, steps=7, step_size=0.01)),
     (lambda: BIM(TM, 5), lambda: BIM(TM, steps=5)),
     (lambda: Square(TM, 300), lambda: Square(TM, queries=300)),
+    (lambda: rl.attacks.APGD(TM, 20), lambda: rl.attacks.APGD(TM, steps=20)),
     (lambda: FGSM(TM, random_start=True, step=0.05), lambda: FGSM(TM, random_start=True, step_size=0.05)),
     (lambda: CarliniWagner("l2", lr=0.05), lambda: CarliniWagner("l2", step_size=0.05)),
     (lambda: NATTACK(TM, 3000, lr=0.05), lambda: NATTACK(TM, queries=3000, step_size=0.05)),

@@ -52,6 +52,7 @@ from robustlab.attacks.base import Attack, RawResult, predict
 from robustlab.attacks.fastpath import FastPath, FastSpec, SettledStop, exact_model
 from robustlab.losses import LossFn, get_loss, is_adversarial, margin
 from robustlab.threat import ThreatModel
+from robustlab.attacks.spelling import spellings
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -121,11 +122,12 @@ class APGD(Attack):
             by the model in its own precision.
     """
 
+    @spellings(positional=("steps",))
     def __init__(
         self,
         threat: ThreatModel,
-        steps: int = 100,
         *,
+        steps: int = 100,
         loss: "str | LossFn" = "ce",
         restarts: int = 1,
         rho: float = 0.75,
@@ -372,11 +374,12 @@ class APGDT(APGD):
     (where the targeted DLR is undefined) get the targeted CW margin instead.
     """
 
+    @spellings(positional=("steps",))
     def __init__(
         self,
         threat: ThreatModel,
-        steps: int = 100,
         *,
+        steps: int = 100,
         n_target_classes: int = 9,
         loss: "str | LossFn" = "dlr",
         restarts: int = 1,
@@ -387,7 +390,7 @@ class APGDT(APGD):
         fast: FastSpec = None,
         large_eps: bool = False,
     ) -> None:
-        super().__init__(threat, steps, loss=loss, restarts=restarts, rho=rho, momentum=momentum,
+        super().__init__(threat, steps=steps, loss=loss, restarts=restarts, rho=rho, momentum=momentum,
                          random_start=random_start, seed=seed, fast=fast, large_eps=large_eps)
         self.n_target_classes = int(check_positive(n_target_classes, "n_target_classes", integer=True))
 
