@@ -59,9 +59,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_option(p, "batch_size", default=250, note="images per batch; default 250")
     add_memory_arg(p)
     add_option(p, "seed", default=0)
-    add_option(p, "out", required=True,
-               note="a .safetensors file; the report (report.json, index.html) goes into the folder of the same name "
-                    "without .safetensors, the deprecated JSON summary next to it, suffix .json")
+    add_option(p, "out", default=None,
+               note="a .safetensors file (default out/attack/<model>-<attack>.safetensors); the report (report.json, "
+                    "index.html) goes into the folder of the same name without .safetensors, the deprecated JSON "
+                    "summary next to it, suffix .json")
     add_option(p, "no_progress")
     p.set_defaults(func=run)
 
@@ -133,7 +134,10 @@ def run(args: argparse.Namespace) -> int:
     from robustlab._io import atomic_write_bytes, atomic_write_text
     from robustlab.attacks import AttackResult
 
-    out = check_out_file(args.out, "--out", ".safetensors")  # before any work: a bad --out fails now
+    from robustlab.cli.evaluate import model_label
+
+    default = Path("out") / "attack" / f"{model_label(str(args.model))}-{args.attack.lower()}.safetensors"
+    out = check_out_file(args.out or default, "--out", ".safetensors")  # before any work: a bad --out fails now
     check_out_file(out.with_suffix(".json"), "--out (its .json summary)")
     folder = report_folder(out)
     device = resolve_device(args.device)
