@@ -104,13 +104,14 @@ class _Domains:
     beta: list
     lb: Tensor
     depth: Tensor
+    stall: Tensor  # (N,) int8: consecutive generations whose bound did not improve on the parent's
 
     LISTS = (("split", 0), ("lower", 0), ("upper", 0), ("alpha", 1), ("beta", 1))
 
     def index(self, idx: Tensor) -> "_Domains":
         """The domains ``idx`` (copies)."""
         out = {name: [t.index_select(dim, idx) for t in getattr(self, name)] for name, dim in self.LISTS}
-        return _Domains(lb=self.lb[idx], depth=self.depth[idx], **out)
+        return _Domains(lb=self.lb[idx], depth=self.depth[idx], stall=self.stall[idx], **out)
 
     def relax(self, dtype: torch.dtype) -> list:
         return [relax(lo, hi, sp, dtype) for lo, hi, sp in zip(self.lower, self.upper, self.split)]
@@ -126,12 +127,12 @@ class _Queue:
         self.key = torch.zeros(0, dtype=torch.float64)
         sizes = [t.shape[1] for t in like.split]
         s = like.lb.shape[1]
-        self.bytes_per_domain = sum(sizes) * (1 + 4 + 4 + 8 * s) + 8 * s + 16
+        self.bytes_per_domain = sum(sizes) * (1 + 4 + 4 + 8 * s) + 8 * s + 17
 
     def _tensors(self) -> list[tuple[Tensor, int, str, int]]:
         st = self.store
         out = [(t, dim, name, k) for name, dim in _Domains.LISTS for k, t in enumerate(getattr(st, name))]
-        return out + [(st.lb, 0, "lb", -1), (st.depth, 0, "depth", -1)]
+        return out + [(st.lb, 0, "lb", -1), (st.depth, 0, "depth", -1), (st.stall, 0, "stall", -1)]
 
     def _set(self, name: str, k: int, t: Tensor) -> None:
         if k < 0:
@@ -197,7 +198,8 @@ def _group_values(lb: Tensor, row_group: Tensor, groups: int) -> Tensor:
 def verify_property(net: Network, prop: Property, *, timeout: float, seed: int = 0, batch_size: int = 1024,
                     branching: str = "fsb", candidates: int = 5, reduce: str = "min", steps: int = 20,
                     lr_alpha: float = 0.05, lr_beta: float = 0.05, root_steps: int = 50, intermediate_steps: int = 20,
-                    refresh_depth: int = 8, attack_restarts: int = 64, attack_steps: int = 50) -> BaBResult:
+                    refresh_depth: int = 8, stall_steps: int = 60, attack_restarts: int = 64,
+                    attack_steps: int = 50) -> BaBResult:
     """Decide ``prop`` for ``net`` within ``timeout`` seconds: ``unsat``, ``sat`` (with a
     counterexample), ``timeout`` or ``unknown``.
 
@@ -212,6 +214,8 @@ def verify_property(net: Network, prop: Property, *, timeout: float, seed: int =
         steps, lr_alpha, lr_beta: Adam steps and step sizes of each batch's beta-CROWN.
         root_steps, intermediate_steps: alpha-CROWN steps at the root (final rows, intermediate bounds).
         refresh_depth: domains up to this depth get their intermediate bounds recomputed after a split.
+        stall_steps: a child whose bound is no better than its parent's gets this many more steps,
+            with 10 x ``lr_beta`` (0: never).
         attack_restarts, attack_steps: PGD before branch and bound.
 
     The disjuncts left open by the root bounds are searched one after the other, those with the
@@ -221,7 +225,7 @@ def verify_property(net: Network, prop: Property, *, timeout: float, seed: int =
     _check(net, prop, timeout, batch_size, branching, reduce)
     run = _Run(net, prop, float(timeout), int(seed), dict(
         batch_size=batch_size, branching=branching, candidates=candidates, reduce=reduce, steps=steps,
-        lr_alpha=lr_alpha, lr_beta=lr_beta, refresh_depth=refresh_depth))
+        lr_alpha=lr_alpha, lr_beta=lr_beta, refresh_depth=refresh_depth, stall_steps=stall_steps))
     with run.clock("attack"):  # a quick attack on every disjunct
         found = run.attack(max(1, attack_restarts // 8), attack_steps, None, 0.1)
     if found is not None:
@@ -279,7 +283,7 @@ class _Run:
         self.dtype = _net_dtype(net)
         self.clock = _Clock()
         self.domains, self.max_depth, self.unstable, self.leaves = 0, 0, 0, 0
-        self.open_bound, self.open_domains, self.rounds = float("nan"), 0, 0
+        self.open_bound, self.open_domains, self.rounds, self.stalled = float("nan"), 0, 0, 0
         self.lo, self.hi = inner_box(prop, self.dtype)
         with torch.no_grad():
             y_center = self.forward(((self.lo + self.hi) / 2).unsqueeze(0))
@@ -300,7 +304,7 @@ class _Run:
         res.domains_per_second = self.domains / max(seconds, 1e-9)
         res.info.update({"tau": self.tau, "seconds_by_phase": dict(self.clock.totals), "unstable": self.unstable,
                          "leaves": self.leaves, "open_bound": self.open_bound, "open_domains": self.open_domains,
-                         "rounds": self.rounds})
+                         "rounds": self.rounds, "stalled": self.stalled})
         return res
 
     def attack(self, restarts: int, steps: int, groups: Optional[list], share: float,
@@ -317,7 +321,8 @@ class _Run:
         sub = Property(self.prop.lower, self.prop.upper, (self.prop.groups[group],), self.prop.label, self.prop.name)
         bounds = [outward(layer.lower[None], layer.upper[None]) for layer in engine.relus]
         root = _Domains([torch.zeros(1, layer.m, dtype=torch.int8) for layer in engine.relus], [b[0] for b in bounds],
-                        [b[1] for b in bounds], alpha, beta, lb.t(), torch.zeros(1, dtype=torch.long))
+                        [b[1] for b in bounds], alpha, beta, lb.t(), torch.zeros(1, dtype=torch.long),
+                        torch.zeros(1, dtype=torch.int8))
         queue = _Queue(root)
         max_domains = max(1024, _MEMORY_BYTES // queue.bytes_per_domain)
         queue.push(root, root.lb.amax(1))
@@ -375,6 +380,26 @@ class _Run:
                 new_lb, kids.alpha, kids.beta, _, coeffs = engine.bound(
                     rows, kids.lower, kids.upper, kids.split, kids.alpha, kids.beta, steps=o["steps"],
                     lr_alpha=o["lr_alpha"], lr_beta=o["lr_beta"], done=closed)
+                # A child no better than its parent, twice in a row: the ascent, restarted from the parent's
+                # optimum, gets nowhere in a few steps. Typical of split constraints that contradict each other
+                # (the bound then tends to +inf along growing multipliers). A longer, bolder ascent.
+                flat_now = (new_lb <= floor + 1e-3 * floor.abs() + 1e-6).all(0) & (new_lb.amax(0) <= tau)
+                kids.stall = torch.where(flat_now, kids.stall + 1, torch.zeros_like(kids.stall))
+                stalled = (kids.stall >= 2).nonzero().squeeze(1)
+                if o["stall_steps"] and stalled.numel():
+                    self.stalled += stalled.numel()
+                    part = kids.index(stalled)
+                    part.alpha, part.beta = [a[:, stalled] for a in kids.alpha], [b[:, stalled] for b in kids.beta]
+                    lb2, a2, b2, _, co2 = engine.bound(rows, part.lower, part.upper, part.split, part.alpha,
+                                                       part.beta, steps=o["stall_steps"], lr_alpha=o["lr_alpha"],
+                                                       lr_beta=10 * o["lr_beta"])
+                    better = lb2.amax(0) > new_lb[:, stalled].amax(0)
+                    take = stalled[better]
+                    new_lb[:, take] = lb2[:, better]
+                    coeffs[:, take] = co2[:, better]
+                    kids.stall[take] = 0
+                    for k in range(len(kids.alpha)):
+                        kids.alpha[k][:, take], kids.beta[k][:, take] = a2[k][:, better], b2[k][:, better]
             kids.lb = torch.maximum(floor, new_lb).t()  # (2N, S)
             self.domains += kids.lb.shape[0]
             self.max_depth = max(self.max_depth, int(kids.depth.max()))

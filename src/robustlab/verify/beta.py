@@ -70,6 +70,7 @@ class ReluLayer:
     upper: Tensor
     bias: Tensor = field(default_factory=lambda: torch.zeros(0))
     spec_alpha: Optional[list] = None
+    leading: bool = False  # the unstable neurons are 0..m-1 and every other one has slope 1
 
     @property
     def m(self) -> int:
@@ -212,7 +213,8 @@ class BetaCrown:
 
     def compress(self) -> None:
         """Drop the ReLUs that are inactive on the whole box (``u <= 0``: their output is 0) from a
-        dense chain: their rows of the affine map before and their columns of the one after. The
+        dense chain, their rows of the affine map before and their columns of the one after, and
+        put the unstable ones first (the backward pass then slices instead of gathering). The
         network computes the same function on the box, with smaller matrices."""
         ops64, ops32 = self.nets[torch.float64].ops, self.nets[torch.float32].ops
         saved = {layer.op: layer.spec_alpha for layer in self.relus}
@@ -225,15 +227,18 @@ class BetaCrown:
                 continue
             lo, hi = self.pre[i]
             mask = torch.ones_like(lo, dtype=torch.bool) if op.mask is None else op.mask.reshape(-1)
-            keep = (~((hi <= 0) & mask)).nonzero().squeeze(1)
-            if keep.numel() == lo.numel() or keep.numel() == 0:
+            dead = (hi <= 0) & mask
+            unstable = (lo < 0) & (hi > 0) & mask
+            order = torch.cat([unstable.nonzero().squeeze(1), (~unstable & ~dead).nonzero().squeeze(1)])
+            if order.numel() == 0 or torch.equal(order, torch.arange(lo.numel())):
                 continue
             changed = True
             for ops in (ops64, ops32):
-                ops[i - 1] = _linear(ops[i - 1].weight[keep], ops[i - 1].bias[keep], ops[i - 1].name, ops[i - 1].in_shape)
-                ops[i] = ReLUOp(op.name, None if op.mask is None else mask[keep], (keep.numel(),), (keep.numel(),))
-                ops[i + 1] = _linear(ops[i + 1].weight[:, keep], ops[i + 1].bias, ops[i + 1].name, (keep.numel(),))
-            self.pre[i] = (lo[keep], hi[keep])
+                ops[i - 1] = _linear(ops[i - 1].weight[order], ops[i - 1].bias[order], ops[i - 1].name,
+                                     ops[i - 1].in_shape)
+                ops[i] = ReLUOp(op.name, None if op.mask is None else mask[order], (order.numel(),), (order.numel(),))
+                ops[i + 1] = _linear(ops[i + 1].weight[:, order], ops[i + 1].bias, ops[i + 1].name, (order.numel(),))
+            self.pre[i] = (lo[order], hi[order])
         if changed:
             self._build_layers()
             for layer in self.relus:
@@ -257,6 +262,7 @@ class BetaCrown:
             slope = torch.where(unstable, torch.zeros_like(slope), slope)
             idx = unstable.nonzero().squeeze(1)
             layer = ReluLayer(i, shape, n, idx, _both(slope), lo[idx], hi[idx], self._segment_bias(i)[idx])
+            layer.leading = bool(torch.equal(idx, torch.arange(idx.numel())) and (slope[idx.numel():] == 1).all())
             if i in old and old[i].spec_alpha is not None and torch.equal(old[i].unstable, idx):
                 layer.spec_alpha = old[i].spec_alpha
             self.relus.append(layer)
@@ -405,10 +411,9 @@ class BetaCrown:
                 k = by_op[i]
                 layer = layers[k]
                 flat = lam.reshape(s_, n_, -1)
-                out = flat * layer.slope[dtype]
                 if layer.m:
                     r = rx[k]
-                    lam_u = flat.index_select(2, layer.unstable)
+                    lam_u = flat[..., : layer.m] if layer.leading else flat.index_select(2, layer.unstable)
                     if record:
                         records[k] = lam_u.detach()
                     a_lo = torch.where(r.free, alpha[k].to(dtype), r.a_up)
@@ -417,7 +422,12 @@ class BetaCrown:
                     if beta is not None:
                         new = new - beta[k].to(dtype) * r.sign
                     bias = bias + (neg * r.b_up).sum(-1)
-                    out = out.index_copy(2, layer.unstable, new)
+                    if layer.leading:
+                        out = torch.cat([new, flat[..., layer.m :].expand(new.shape[0], -1, -1)], 2)
+                    else:
+                        out = (flat * layer.slope[dtype]).index_copy(2, layer.unstable, new)
+                else:
+                    out = flat * layer.slope[dtype]
                 lam = out.reshape(s_, n_, *layer.shape)
             elif i in acts:
                 a_lo, b_lo, a_up, b_up = acts[i].lines[dtype]
@@ -510,21 +520,35 @@ class BetaCrown:
 
 def ascend(value: Callable[[list, Tensor], Tensor], params: list, lrs: list, limits: list, steps: int, *,
            done: Optional[Callable[[Tensor, Tensor], Tensor]] = None, check_every: int = 4,
-           decay: float = 0.98) -> tuple[list, Tensor]:
+           decay: float = 0.98) -> tuple[list, Optional[Tensor]]:
     """Projected Adam ascent (Kingma & Ba 2015, arXiv:1412.6980) of ``value(params, idx)`` (S, N_active)
     over parameters (S, N, ...) clamped to ``limits`` after each step, step size ``lr * decay^t``;
     per (row, domain) the best parameters seen are kept. Every ``check_every`` steps the domains that
     ``done`` marks leave the batch (their best so far is final). Returns the best parameters and values."""
     n = params[0].shape[1]
-    idx = torch.arange(n)
     if not any(lr > 0 for lr in lrs):
-        steps = 0
+        return [p.detach().clone() for p in params], None
+    idx = torch.arange(n)
+    out = [p.detach().clone() for p in params]  # the final best of every domain, written when it leaves
+    out_v: Optional[Tensor] = None
     cur = [p.detach().clone() for p in params]
-    best = [p.detach().clone() for p in params]
+    best = [p.detach().clone() for p in params]  # the best of the active domains
     m1 = [torch.zeros_like(p) for p in cur]
     m2 = [torch.zeros_like(p) for p in cur]
     best_v: Optional[Tensor] = None
     b1, b2, eps = 0.9, 0.999, 1e-8
+
+    def retire(keep: Optional[Tensor]) -> None:
+        """Write the best of the active domains that leave (all when ``keep`` is None) to ``out``."""
+        nonlocal out_v
+        gone = idx if keep is None else idx[~keep]
+        sel = slice(None) if keep is None else (~keep).nonzero().squeeze(1)
+        for o, b in zip(out, best):
+            o.index_copy_(1, gone, b[:, sel])
+        if out_v is None:
+            out_v = torch.full((best_v.shape[0], n), float("-inf"), dtype=best_v.dtype)
+        out_v.index_copy_(1, gone, best_v[:, sel])
+
     for t in range(1, steps + 1):
         with torch.enable_grad():
             live = [c.requires_grad_(True) for c in cur]
@@ -538,22 +562,22 @@ def ascend(value: Callable[[list, Tensor], Tensor], params: list, lrs: list, lim
             if best_v is None:
                 best_v = val.clone()
             else:
-                old = best_v[:, idx]
-                improved = val > old
-                best_v[:, idx] = torch.where(improved, val, old)
+                improved = val > best_v
+                best_v = torch.where(improved, val, best_v)
                 for b, c in zip(best, cur):
-                    mask = improved.reshape(*improved.shape, *([1] * (c.dim() - 2)))
-                    b[:, idx] = torch.where(mask, c, b[:, idx])
+                    b.copy_(torch.where(improved.reshape(*improved.shape, *([1] * (c.dim() - 2))), c, b))
             if t == steps:
                 break
             if done is not None and t % check_every == 0:
-                finished = done(best_v[:, idx], idx)
+                finished = done(best_v, idx)
                 if bool(finished.any()):
                     keep = ~finished
+                    retire(keep)
                     idx = idx[keep]
                     if idx.numel() == 0:
-                        break
+                        return out, out_v
                     cur, m1, m2 = [c[:, keep] for c in cur], [x[:, keep] for x in m1], [x[:, keep] for x in m2]
+                    best, best_v = [b[:, keep] for b in best], best_v[:, keep]
                     grad = [None if g is None else g[:, keep] for g in grad]
             scale = decay ** t / (1 - b1 ** t)
             for c, g, a, v, lr, (lo, hi) in zip(cur, grad, m1, m2, lrs, limits):
@@ -563,4 +587,6 @@ def ascend(value: Callable[[list, Tensor], Tensor], params: list, lrs: list, lim
                 v.mul_(b2).addcmul_(g, g, value=1 - b2)
                 c.addcdiv_(a, (v / (1 - b2 ** t)).sqrt_().add_(eps), value=lr * scale)
                 c.clamp_(min=lo, max=hi)
-    return best, best_v
+    if best_v is not None:
+        retire(None)
+    return out, out_v
