@@ -18,7 +18,11 @@ Sections (``--sections``, comma-separated; each is saved as soon as it finishes)
 - ``detectors``: squeeze, magnet, knn, lid: detection rate at 5% FPR, achieved FPR, ROC AUC and
   evasion rate vs FGSM, PGD, CW-L2, non-adaptive and adaptive (``robustlab.cli.detect``).
 - ``detectors_strong``: on ``--strong-detectors`` (squeeze, knn), detector-aware PGD with 5x the
-  steps at each ``--strong-lam``, and for knn the feature-space attack.
+  steps at each ``--strong-lam``, and for knn the feature-space attack
+  (:class:`robustlab.attacks.KNNFeaturePGD`) with 5x the steps.
+
+``detectors`` and ``detectors_strong`` keep the earlier records of the detectors not rerun in
+``--out`` (``--detectors knn`` replaces the knn records only).
 - ``mmd``: the MMD two-sample test (Grosse et al. 2017) on batches of ``--mmd-batch`` images against
   random clean training images: the share of adversarial batches rejected at p < 0.05, of the clean
   batches of the same images and of random held-out clean batches rejected (false-positive rates),
@@ -265,51 +269,11 @@ def section_mmd(model, x, y, args, train, test) -> list:
     return recs
 
 
-def knn_feature_attack(model, det, x, y, eps: float, steps: int, guides: int = 10, batch: int = 100):
-    """Feature-space attack on the kNN detector (the idea of Sitawarin & Wagner 2019, "On the
-    Robustness of Deep K-Nearest Neighbors"): pick the class ``t != y`` of the reference point nearest to
-    the input's features, then linf-PGD (step ``2.5 eps / steps``) that pulls the features towards
-    the ``guides`` nearest reference features of class ``t``: the neighbours then vote ``t`` and the
-    classifier follows. Each input keeps its first iterate that is misclassified and not flagged.
-    Returns a result with ``x_adv``, ``success`` and ``clean_correct`` (as ``detection_record`` reads)."""
-    from types import SimpleNamespace
-
-    from robustlab.defenses.detect import tap
-
-    tm = rl.ThreatModel("linf", eps)
-    step = 2.5 * eps / steps
-    outs = []
-    for xb, yb in zip(x.split(batch), y.split(batch)):
-        with torch.no_grad():
-            _, (f0,) = tap(model, xb, [det.layer], inputs=True)
-            d = torch.cdist(f0, det.ref_points)
-            t = det.ref_labels[d.masked_fill(det.ref_labels[None, :] == yb[:, None], float("inf")).argmin(1)]
-            near = d.masked_fill(det.ref_labels[None, :] != t[:, None], float("inf")).topk(guides, 1, largest=False)
-            g = det.ref_points[near.indices]  # (B, guides, D)
-        xa, best = xb.clone(), xb.clone()
-        done = torch.zeros(xb.shape[0], dtype=torch.bool)
-        for i in range(steps + 1):
-            xr = xa.detach().requires_grad_(True)
-            logits, (f,) = tap(model, xr, [det.layer], inputs=True)
-            (grad,) = torch.autograd.grad((f[:, None, :] - g).pow(2).sum(2).mean(1).sum(), xr)
-            with torch.no_grad():
-                hit = (logits.argmax(1) != yb) & ~det.flag(xa) & ~done
-                best[hit] = xa[hit]
-                done |= hit
-            if i == steps or bool(done.all()):
-                break
-            xa = tm.project(xa.detach() - step * tm.ascent(grad, xa), xb)
-        best[~done] = xa[~done].detach()
-        outs.append(best)
-    x_adv = torch.cat(outs)
-    with torch.no_grad():
-        return SimpleNamespace(x_adv=x_adv, success=model(x_adv).argmax(1) != y, clean_correct=model(x).argmax(1) == y)
-
-
 def section_detectors_strong(model, x, y, args, train, test) -> list:
     """A stronger detector-aware PGD (5x the steps, penalty weight ``--strong-lam``) on the
-    detectors the default one did not evade."""
-    from robustlab.attacks import DetectorAwarePGD
+    detectors the default one did not evade, and for knn the library's feature-space attack
+    (:class:`robustlab.attacks.KNNFeaturePGD`, the adaptive attack of ``robustlab detect``) with 5x the steps."""
+    from robustlab.attacks import DetectorAwarePGD, KNNFeaturePGD
 
     fit_x = test.images[args.n : args.n + args.n_fit]
     recs = []
@@ -325,13 +289,13 @@ def section_detectors_strong(model, x, y, args, train, test) -> list:
             print({k: rec.get(k) for k in ("detector", "lam", "attack_success", "detection_rate", "auc", "evasion_rate",
                                            "seconds")}, flush=True)
             recs.append(rec)
-        if dname == "knn" and det.space == "feature":
-            t0 = time.perf_counter()
-            res = knn_feature_attack(model, det, x, y, args.eps, 5 * args.steps)
+        if dname == "knn":
+            attack = KNNFeaturePGD(rl.ThreatModel("linf", args.eps), det, steps=5 * args.steps)
+            res, seconds = run_attack(model, attack, x, y)
             rec = detection_record(det, res, x)
             rec.pop("roc", None)
             rec.update(detector=dname, attack_name="knn-feature-pgd", adaptive=True, steps=5 * args.steps, lam=None,
-                       fit_fpr=det.fit_fpr, seconds=time.perf_counter() - t0)
+                       config=attack.config(), fit_fpr=det.fit_fpr, seconds=seconds)
             print({k: rec.get(k) for k in ("detector", "attack_name", "attack_success", "detection_rate", "auc",
                                            "evasion_rate", "seconds")}, flush=True)
             recs.append(rec)
@@ -445,10 +409,13 @@ def main() -> int:
     x, y = test.images[: args.n], test.labels[: args.n]
     out_path = Path(args.out)
     doc = json.loads(out_path.read_text()) if out_path.is_file() else {}
+    run = {"args": {k: v for k, v in vars(args).items() if k != "dataset_tag"},
+           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "hardware": hardware()}
     doc.update({"format": "robustlab-bench-detect", "model": args.model, "dataset": dataset, "eps": args.eps,
-                "n": args.n, "steps": args.steps, "hardware": hardware(), "machine_shared": True,
-                "args": {k: v for k, v in vars(args).items() if k != "dataset_tag"},
-                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                "n": args.n, "steps": args.steps, "machine_shared": True})
+    for key in ("args", "date", "hardware"):  # the first invocation's; every invocation is in "invocations"
+        doc.setdefault(key, run[key])
+    doc.setdefault("invocations", []).append(run)
     for section in args.sections.split(","):
         t0 = time.perf_counter()
         if section == "threshold":
@@ -469,6 +436,9 @@ def main() -> int:
             res = section_ensembles(model, x, y, args, train)
         else:
             raise SystemExit(f"unknown section {section!r}")
+        if section in ("detectors", "detectors_strong") and isinstance(doc.get(section), list):
+            rerun = {r["detector"] for r in res}
+            res = [r for r in doc[section] if r.get("detector") not in rerun] + res  # other detectors' records kept
         doc[section] = res
         doc.setdefault("seconds", {})[section] = time.perf_counter() - t0
         print(section, json.dumps(res, default=str)[:2000], flush=True)

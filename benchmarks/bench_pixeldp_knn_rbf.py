@@ -39,7 +39,7 @@ from torch import nn
 import robustlab as rl
 from robustlab.certificates import certified_accuracy
 from robustlab.defenses.knn import BoundaryWalk, NearestNeighbor, SurrogatePGD
-from robustlab.defenses.pixeldp import PixelDP
+from robustlab.defenses.pixeldp import PixelDP, PixelDPNoise, check_recorded
 from robustlab.defenses.adversaries import Adversary
 from robustlab.models.rbf import RBFHead, rbf_confidence, rbf_nll, with_rbf_head
 
@@ -75,9 +75,11 @@ def part_pixeldp(args: argparse.Namespace) -> None:
 
     t0 = time.perf_counter()
     base_dp = rl.models.create("small-cnn", train, seed=args.seed)
-    pdp = PixelDP(base_dp, eps=eps, delta=delta, L=L, seed=args.seed)
-    rl.defenses.train(pdp, train, epochs=args.epochs, batch_size=128, lr=3e-3, progress=False, seed=args.seed)
-    pdp.eval()
+    # trained as `robustlab train --adversary pixeldp` trains: the noise from the loop's seeded generator
+    rl.defenses.train(base_dp, train, adversary=PixelDPNoise(eps, delta, L), epochs=args.epochs, batch_size=128,
+                      lr=3e-3, progress=False, seed=args.seed)
+    params, _ = check_recorded(base_dp.metadata, {})  # the construction the model records
+    pdp = PixelDP(base_dp, **params.to_dict(), seed=args.seed).eval()
     out["pixeldp_train_seconds"] = time.perf_counter() - t0
     assert abs(pdp.noise_scale - sigma) < 1e-9
     t0 = time.perf_counter()
@@ -86,6 +88,7 @@ def part_pixeldp(args: argparse.Namespace) -> None:
     out["pixeldp_clean_accuracy"] = float((pdp.predict(x, n=300, seed=args.seed + 1) == y).double().mean())
     out["pixeldp_certified_accuracy"] = certified_accuracy(cert, y, radii).tolist()
     out["pixeldp_sensitivity"] = cert.info["sensitivity"]
+    out["pixeldp_sensitivity_saved_weights"] = cert.info["sensitivity_saved_weights"]
     out["pixeldp_radius_max"] = float(cert.radius.max())
     print("pixeldp", out["pixeldp_certified_accuracy"], flush=True)
 

@@ -1,11 +1,12 @@
 """Randomized-smoothing certification: robustlab vs ART's RandomizedSmoothing (a port of Cohen et
 al.'s code), same models, same images, one process, interleaved so both see the same CPU load.
 
-    python benchmarks/bench_smoothing.py [--models runs/mnist-small-cnn-noise0.25:0.25,...]
+    python benchmarks/bench_smoothing.py [--models runs/mnist-small-cnn-noise0.25:0.25,demo:mnist-noise:0.25,...]
         [--n-images 100] [--n0 100] [--n 10000] [--alpha 0.001] [--batch-size 1000]
         [--chunk 10] [--threads 1] [--no-art] [--art-batch-sizes 1000,32] [--fast]
         [--out benchmarks/results/smoothing_cpu.json]
 
+``demo:NAME`` is a model shipped for the demo (:mod:`robustlab.demo_models`, e.g. ``mnist-noise``).
 For every model: certified accuracy at radii 0, 0.25, 0.5, 0.75, 1.0 and seconds per image of
 ART's ``certify`` (at its default batch size 32 and at robustlab's), robustlab's ``certify``
 (fixed n, Cohen's CERTIFY), optionally its bf16 fast path, and robustlab's ``certify_adaptive``
@@ -16,6 +17,7 @@ turn, so that load from other processes affects them alike.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -51,8 +53,17 @@ def art_certificate(pred: np.ndarray, radius: np.ndarray, alpha: float) -> Certi
     return Certificate(p, r.clamp_min(0), abstain, "l2", alpha)
 
 
+def load_model(path: str) -> torch.nn.Module:
+    """A saved robustlab model, or ``demo:NAME``, a model shipped for the demo."""
+    if path.startswith("demo:"):
+        from robustlab import demo_models
+
+        return demo_models.load(path[len("demo:"):]).eval()
+    return rl.models.load(path).eval()
+
+
 def run_model(path: str, sigma: float, args: argparse.Namespace) -> dict:
-    model = rl.models.load(path).eval()
+    model = load_model(path)
     dataset = model.metadata.get("dataset", "mnist")
     test = rl.data.load(dataset, "test")
     x, y = test.images[: args.n_images].clone(), test.labels[: args.n_images].clone()
@@ -91,6 +102,10 @@ def run_model(path: str, sigma: float, args: argparse.Namespace) -> dict:
         evals = float(cert.samples.double().mean()) if cert.samples is not None else float(args.n0 + args.n)
         out["methods"][name] = {
             "certified_accuracy": [round(v, 4) for v in certified_accuracy(cert, y, RADII).tolist()],
+            # predictions and the counts of the predicted class: equal digests = the same votes (across versions)
+            "votes_sha256": hashlib.sha256(cert.prediction.cpu().numpy().tobytes()
+                                           + cert.count.cpu().numpy().tobytes()).hexdigest()
+            if cert.count is not None else None,
             "seconds_per_image": seconds[name] / len(y),
             "evaluations_per_image": evals,
             "abstain": float(cert.abstain.double().mean()),

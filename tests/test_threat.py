@@ -220,3 +220,14 @@ def test_exact_l2_projection_beats_rescale_then_clip():
     # radius goes to the second: sqrt(0.25 - 0.01).
     assert torch.allclose(exact, torch.tensor([[1.0, 0.5 + math.sqrt(0.24)]], dtype=torch.float64), atol=1e-9)
     assert ThreatModel("l2", 0.5, exact=True).with_eps(0.3).exact
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1", "l0"])
+def test_empty_batches_pass_through_every_operation(norm):
+    # A worst case over attacks projects the candidates of the samples still robust, which may be none
+    # (an l1 `standard` run crashed reshaping 0 elements).
+    tm = ThreatModel(norm, 2.0 if norm != "linf" else 0.1)
+    x = torch.rand(0, 1, 8, 8)
+    assert tm.project(x.clone(), x).shape == (0, 1, 8, 8)
+    assert tm.distance(x, x).shape == (0,)
+    assert tm.contains(x, x).shape == (0,)

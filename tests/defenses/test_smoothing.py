@@ -440,3 +440,30 @@ def test_optimized_copy_follows_weight_updates(digits_test):
         model[1].bias.copy_(torch.arange(10.0) * 100)  # now class 9 always wins
     after = sm.sample_counts(x, 200, torch.Generator().manual_seed(0))
     assert not torch.equal(before, after) and after[:, 9].tolist() == [200] * 4
+
+
+def test_prepacked_convolutions_cast_the_same_votes(digits_test, monkeypatch):
+    """On a CPU, a Sequential CNN's votes are counted through prepacked oneDNN convolutions
+    (robustlab.attacks.prepacked): the same draws and votes as the model's own forward."""
+    from robustlab.attacks.prepacked import PrepackedForward
+
+    cnn = rl.models.create("small-cnn", "digits", seed=0).eval()
+    x = digits_test.images[:7]
+    fast = Smoothed(cnn, 0.5, batch_size=300, seed=1)
+    counts = fast.sample_counts(x, 230)  # slices straddle inputs: partial, whole and partial inputs per slice
+    assert fast._prepacked and next(iter(fast._prepacked.values()))._verified
+    monkeypatch.setattr(PrepackedForward, "applies", lambda self, b: False)
+    plain = Smoothed(cnn, 0.5, batch_size=300, seed=1).sample_counts(x, 230)
+    assert torch.equal(counts, plain) and int((counts > 0).sum()) > 7
+
+
+@pytest.mark.parametrize("start,m,num", [(0, 10, 3), (2, 10, 3), (5, 4, 100), (99, 3, 100), (7, 1, 1), (4, 9, 1),
+                                         (0, 12, 4), (3, 30, 7)])
+def test_rows_get_their_own_input_added(start, m, num):
+    from robustlab.defenses.smoothing import _add_owners
+
+    x = torch.randn(20, 2, 3, 3)
+    rows = torch.randn(m, 2, 3, 3)
+    want = rows + x[torch.arange(start, start + m) // num]
+    _add_owners(rows, x, start, num)
+    assert torch.equal(rows, want)

@@ -84,3 +84,4 @@ class Misleading(nn.Module):
 @pytest.fixture(scope="session")
 def misleading(digits_model) -> nn.Module:
     return Misleading(digits_model).eval()
+

@@ -173,3 +173,35 @@ def test_load_to_a_device_and_metadata_must_be_json(tmp_path):
     with pytest.raises(TypeError, match="JSON serialisable"):
         rl.models.save(m, tmp_path / "bad", {"thing": object()})
     assert not (tmp_path / "bad" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("architecture.num_classes", "b", "an integer >= 2"),
+    ("architecture.in_channels", 0, "an integer >= 1"),
+    ("architecture.input_size", [8], "a list of two integers"),
+    ("architecture.mean", ["x"], "a list of 1 finite number"),
+    ("architecture.std", [0.0], "a list of 1 finite positive number"),
+    ("architecture.name", 3, "a string"),
+    ("dataset", 7, "a string"),
+    ("training", "pgd", "an object"),
+    ("metrics.test_accuracy", "high", "a finite number"),
+    ("weights_sha256", 12, "a string"),
+])
+def test_every_metadata_field_of_the_wrong_type_is_named(field, value, expected, tmp_path):
+    # A hand-edited metadata.json: one message naming the file, the field, the value and what was expected,
+    # never "invalid literal for int()" from deep inside the code that first reads the field.
+    model = rl.models.create("mlp", num_classes=10, in_channels=1, input_size=8, seed=0)
+    rl.models.save(model, tmp_path / "m", metadata={"dataset": "digits"})
+    path = tmp_path / "m" / "metadata.json"
+    meta = json.loads(path.read_text())
+    meta.setdefault("metrics", {})
+    node, *rest = field.split(".")
+    if rest:
+        meta.setdefault(node, {})[rest[0]] = value
+    else:
+        meta[node] = value
+    path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError) as err:
+        rl.models.load(tmp_path / "m")
+    msg = str(err.value)
+    assert str(path) in msg and repr(field) in msg and expected in msg and repr(value) in msg, msg

@@ -153,19 +153,26 @@ def test_torchscript_file_loads_and_attacks_like_the_original(reference, tmp_pat
     assert torch.equal(a.success, b.success)
 
 
-def test_onnx_without_a_working_onnx2torch_says_how_to_install_it(tmp_path, monkeypatch):
+def test_onnx_without_the_onnx_package_says_how_to_install_it(tmp_path, monkeypatch):
     import builtins
 
     real_import = builtins.__import__
 
-    def no_onnx2torch(name, *args, **kwargs):
-        if name == "onnx2torch":
-            raise ImportError("No module named 'onnx2torch'")
+    def no_onnx(name, *args, **kwargs):
+        if name == "onnx":
+            raise ImportError("No module named 'onnx'")
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", no_onnx2torch)
+    monkeypatch.setattr(builtins, "__import__", no_onnx)
     (tmp_path / "m.onnx").write_bytes(b"\x08\x07")
     with pytest.raises(ImportError, match=r"robustlab\[onnx\]"):
+        load_external(tmp_path / "m.onnx")
+
+
+def test_onnx_file_that_is_no_network_is_a_clear_error(tmp_path):
+    pytest.importorskip("onnx")
+    (tmp_path / "m.onnx").write_bytes(b"\x08\x07")  # a valid but empty ModelProto
+    with pytest.raises(ValueError, match="operator set|inputs"):
         load_external(tmp_path / "m.onnx")
 
 

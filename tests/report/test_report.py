@@ -106,13 +106,51 @@ def test_page_is_self_contained_and_holds_the_numbers(two_model_report):
     imgs = re.findall(r'<img [^>]*src="([^"]+)"', page)
     assert len(imgs) >= 10 and all(s.startswith("data:image/png;base64,") for s in imgs)
     figs = sorted(p.name for p in (out / "figures").glob("*.png"))
-    assert "compare-linf.png" in figs and "transfer-linf-0.1.png" in figs and "1-honest-certified.png" in figs
+    assert "compare-linf.png" in figs and "transfer-linf-0.1.png" in figs and "1-honest-certified-l2.png" in figs
     for m in report.models:
         assert f"{100 * m.clean.value:.1f}%" in page
         for row in m.threats[0].rows:
             assert f'data-value="{row.worst_case.value:.6f}"' in page
         for f in m.checks:
             assert f'href="#check-{f.name}"' in page and f'id="check-{f.name}"' in page
+
+
+def test_certified_columns_and_axes_never_mix_norms(fixed_report, tmp_path):
+    # The demo's mix: one model certified in linf (IBP), another in l2 (smoothing). Each model's
+    # certified accuracy is read at radii of its own norm, under a header naming the norm, and the
+    # curves of different norms never share an axis.
+    import copy
+    import dataclasses
+
+    from robustlab.report import figures, html
+
+    report = copy.deepcopy(fixed_report)
+    honest, masked = report.models
+    smooth = honest.certificates[0]
+    assert smooth.norm == "l2"
+    ibp = dataclasses.replace(smooth, method="ibp", label="ibp", norm="linf", certifies="model", alpha=0.0,
+                              radii=[r / 100 for r in smooth.radii])
+    masked.certificates = [ibp]
+    figs = figures.render(report)
+    assert {"compare-certified-l2.png", "compare-certified-linf.png", "1-honest-certified-l2.png",
+            "2-masked-certified-linf.png"} <= set(figs)
+    assert not any(name.endswith("-certified.png") for name in figs)
+    summary = html._summary(report, figs)
+    head = summary["head"]
+    l2_cols = [i for i, h in enumerate(head) if h.startswith("certified, l2 r = ")]
+    linf_cols = [i for i, h in enumerate(head) if h.startswith("certified, linf r = ")]
+    assert l2_cols and linf_cols and not any(h.startswith("certified, r") for h in head)
+    rows = {r["name"]: r["cells"] for r in summary["rows"]}
+    # cells start after "model": cell j is column j + 1
+    assert all(rows["masked"][i - 1] is None for i in l2_cols)  # no l2 certificate: nothing read at l2 radii
+    assert all(rows["honest"][i - 1] is None for i in linf_cols)
+    assert [rows["masked"][i - 1] for i in linf_cols] == [ibp.certified_accuracy[j] for j in sorted(
+        {0, len(ibp.radii) // 4, len(ibp.radii) // 2})]
+    with pytest.raises(ValueError, match="one norm per axis"):
+        figures.certified_curves([("a", smooth), ("b", ibp)])
+    report.save(tmp_path)
+    page = (tmp_path / "index.html").read_text()
+    assert "certified accuracy vs linf radius" in page and "certified accuracy vs l2 radius" in page
 
 
 def test_combine_renames_repeated_models(two_model_report):
@@ -210,18 +248,27 @@ def test_safe_url(url, ok):
     assert safe_url(url) == (url.strip() if ok else "#")
 
 
-def test_schema_2_reads_version_1_files(fixed_report, tmp_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_schema_3_reads_older_files(version, fixed_report, tmp_path):
     d = json.loads(json.dumps(fixed_report.to_dict()))
-    assert d["schema_version"] == 2 == schema.SCHEMA_VERSION
-    d["schema_version"] = 1
+    assert d["schema_version"] == 3 == schema.SCHEMA_VERSION
+    d["schema_version"] = version
     for m in d["models"]:
-        for f in m["checks"]:
-            del f["norm"]
+        del m["verdict"]["uninformative"]
         for t in m["threats"]:
-            del t["verdict"], t["black_box"]
-    (tmp_path / "v1.json").write_text(json.dumps(d))
-    old = rl.report.load(tmp_path / "v1.json")
-    assert old.models[0].threats[0].verdict is None and old.models[0].checks[0].norm is None
+            del t["black_box_members"]
+            if t["verdict"] is not None:
+                del t["verdict"]["uninformative"]
+        if version == 1:
+            for f in m["checks"]:
+                del f["norm"]
+            for t in m["threats"]:
+                del t["verdict"], t["black_box"]
+    (tmp_path / "old.json").write_text(json.dumps(d))
+    old = rl.report.load(tmp_path / "old.json")
+    assert old.models[0].verdict.uninformative == [] and old.models[0].threats[0].black_box_members == []
+    if version == 1:
+        assert old.models[0].threats[0].verdict is None and old.models[0].checks[0].norm is None
     assert "<html" in __import__("robustlab.report.html", fromlist=["render"]).render(old, {})
 
 

@@ -52,3 +52,38 @@ def tiny_net(kind: str, seed: int, dtype: torch.dtype = torch.float32) -> nn.Mod
 def tiny_inputs(n: int, seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, 1, 4, 4, generator=g).to(dtype)
+
+
+def onnx_mlp(path, seed: int, sizes: tuple = (9, 12, 8, 3), input_shape: tuple = (1, 3, 3)) -> None:
+    """Write a random ReLU MLP (Flatten, Gemm, Relu, ..., Gemm) as an ONNX file with batch 1."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("Flatten", ["x"], ["h0"])]
+    inits = []
+    for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        inits += [numpy_helper.from_array((rng.standard_normal((b, a)) / np.sqrt(a)).astype(np.float32), f"w{k}"),
+                  numpy_helper.from_array((rng.standard_normal(b) * 0.1).astype(np.float32), f"b{k}")]
+        last = k == len(sizes) - 2
+        nodes.append(helper.make_node("Gemm", [f"h{k}", f"w{k}", f"b{k}"], ["y" if last else f"z{k}"], transB=1))
+        if not last:
+            nodes.append(helper.make_node("Relu", [f"z{k}"], [f"h{k + 1}"]))
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, *input_shape])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, sizes[-1]])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    save(model, str(path))
+
+
+def robustness_vnnlib(path, centre, eps: float, label: int, num_classes: int) -> None:
+    """Write the VNNLIB robustness property of ``label`` on the linf ball of ``eps`` around
+    ``centre`` intersected with [0, 1]."""
+    flat = centre.flatten().tolist()
+    lines = [f"(declare-const X_{i} Real)" for i in range(len(flat))]
+    lines += [f"(declare-const Y_{j} Real)" for j in range(num_classes)]
+    for i, v in enumerate(flat):
+        lines += [f"(assert (<= X_{i} {min(1.0, v + eps)!r}))", f"(assert (>= X_{i} {max(0.0, v - eps)!r}))"]
+    lines.append("(assert (or " + " ".join(f"(and (>= Y_{j} Y_{label}))" for j in range(num_classes)
+                                           if j != label) + "))")
+    path.write_text("\n".join(lines) + "\n")

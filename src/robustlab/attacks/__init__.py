@@ -10,7 +10,7 @@ Fixed budget (a :class:`robustlab.ThreatModel`): :class:`FGSM`, :class:`BIM`, :c
 Every attack here passes :func:`robustlab.testing.check_attack`.
 """
 
-from robustlab.attacks.adaptive import BPDA, DetectorAwarePGD, bpda_view
+from robustlab.attacks.adaptive import BPDA, DetectorAwarePGD, KNNFeaturePGD, bpda_view
 from robustlab.attacks.apgd import APGD, APGDT
 from robustlab.attacks.base import (
     Attack,
@@ -41,6 +41,7 @@ __all__ = [
 ]
 __all__ += ["HopSkipJump", "NATTACK", "OnePixel", "Square"]  # black-box attacks (issue 13)
 __all__ += ["BPDA", "DetectorAwarePGD", "bpda_view"]  # adaptive attacks (issue 14)
+__all__ += ["KNNFeaturePGD"]  # the adaptive attack on kNN detectors (issue 20)
 
 # Deformation, spatial, patch and universal attacks (issue 13).
 from robustlab.attacks.adef import ADef, DeformationThreat, deform, field_norm  # noqa: E402

@@ -35,6 +35,12 @@ Factory = Callable[..., Attack]
 SQUARE_QUERIES: dict[str, int] = {"linf": 1000, "l2": 5000}
 
 
+class UnknownOption(ValueError):
+    """An attack was given a keyword it does not take (e.g. ``random_start`` for Square): a
+    ``ValueError`` naming the attack and the keyword, told apart from a bad value so that callers
+    that try an option where it exists can fall back precisely."""
+
+
 class Entry(NamedTuple):
     factory: Factory
     description: str
@@ -43,7 +49,7 @@ class Entry(NamedTuple):
 
 def _standard(version: str) -> Factory:
     def make(tm: ThreatModel, **kw: Any) -> Attack:
-        return standard(tm, version=version, **kw)
+        return standard(tm, version=version, **kw)  # options: seed, strength
 
     return make
 
@@ -115,7 +121,7 @@ def get(name: str, threat: "ThreatModel | str", **overrides: Any) -> Attack:
         return entry.factory(threat, **overrides)
     except TypeError as exc:
         if "unexpected keyword argument" in str(exc):
-            raise ValueError(f"attack {name!r}: {exc}") from exc
+            raise UnknownOption(f"attack {name!r}: {exc}") from exc
         raise
 
 
@@ -143,19 +149,47 @@ STANDARD: dict[str, list[tuple[str, dict[str, Any]]]] = {
 PRESET_NORMS: dict[str, tuple[str, ...]] = {"square": ("linf", "l2")}
 
 
-def standard(threat: ThreatModel, *, seed: int = 0, version: str = "standard") -> WorstCase:
+#: ``n_target_classes`` of APGD-T meaning every class but the true one (APGD-T takes ``min(n, K - 1)``).
+ALL_TARGETS = 1_000_000
+
+
+def strengthened(name: str, options: dict[str, Any], strength: int) -> dict[str, Any]:
+    """The options of preset member ``name`` at ``strength`` k: k x the steps and k x the restarts
+    of an iterative member (APGD-T then over every other class), k x the queries of a query-based
+    one. ``strength=1`` returns ``options`` unchanged."""
+    if strength == 1:
+        return dict(options)
+    out = dict(options)
+    probe = get(name, ThreatModel("linf", 0.1) if not minimal(name) else "linf", **options)
+    for opt in ("steps", "restarts", "queries"):
+        value = getattr(probe, opt, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            out[opt] = value * strength
+    if hasattr(probe, "n_target_classes"):
+        out["n_target_classes"] = ALL_TARGETS
+    return out
+
+
+def standard(threat: ThreatModel, *, seed: int = 0, version: str = "standard", strength: int = 1) -> WorstCase:
     """The default evaluation for ``threat`` (linf, l2 or l1): APGD-CE (5 restarts), APGD-T, FMN
     and the black-box Square (linf and l2 only) (``version="standard"``), or APGD-CE and APGD-T
-    with fewer steps and targets (``"quick"``); each only on the samples still robust."""
+    with fewer steps and targets (``"quick"``); each only on the samples still robust.
+
+    ``strength`` k > 1 spends about k^2 x the compute on the same members (:func:`strengthened`:
+    k x the steps and restarts of each gradient member, APGD-T over every other class, k x Square's
+    queries): the probe of the "more steps" gradient-masking check."""
     if not isinstance(threat, ThreatModel):
         raise TypeError(f"threat must be a robustlab.ThreatModel, got {type(threat).__name__}")
     if version not in STANDARD:
         raise ValueError(f"version must be one of {', '.join(STANDARD)}, got {version!r}")
+    if isinstance(strength, bool) or not isinstance(strength, int) or strength < 1:
+        raise ValueError(f"strength must be an integer >= 1, got {strength!r}")
     members = [(name, opts) for name, opts in STANDARD[version] if threat.norm in PRESET_NORMS.get(name, (threat.norm,))]
     members = [(name, {"queries": SQUARE_QUERIES[threat.norm], **opts} if name == "square" else opts)
                for name, opts in members]
-    attacks = [get(name, threat, **{"seed": seed, **opts}) for name, opts in members]
-    return WorstCase(attacks, label=f"standard[{version}]" if version != "standard" else "standard")
+    attacks = [get(name, threat, **{"seed": seed, **strengthened(name, opts, strength)}) for name, opts in members]
+    label = f"standard[{version}]" if version != "standard" else "standard"
+    return WorstCase(attacks, label=label if strength == 1 else f"{label} x{strength}")
 
 
 # -- Deformation attacks (issue 13) -------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 from robustlab import __version__
 
 #: Subcommand modules, in the order ``robustlab --help`` lists them.
-COMMANDS = ("demo", "data", "train", "attack", "evaluate", "certify", "verify", "detect", "report")
+COMMANDS = ("demo", "data", "models", "train", "attack", "evaluate", "certify", "verify", "detect", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,8 +15,9 @@ from typing import Any, Optional
 
 from robustlab.cli.evaluate import parse_floats
 
-MODEL_HELP = ("a saved robustlab model (folder or .safetensors), a TorchScript (.pt) or ONNX (.onnx) file, or your "
-              "own factory 'package.module:attr' / 'path/to/file.py:attr' returning an nn.Module (with --weights)")
+MODEL_HELP = ("a saved robustlab model (folder or .safetensors), catalog:NAME (robustlab models list), a TorchScript "
+              "(.pt) or ONNX (.onnx) file, or your own factory 'package.module:attr' / 'path/to/file.py:attr' returning "
+              "an nn.Module (with --weights)")
 
 
 def parse_model_option(text: str) -> tuple[str, Any]:
@@ -25,9 +26,9 @@ def parse_model_option(text: str) -> tuple[str, Any]:
     return parse_option(text)
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     """``--model`` and the bring-your-own-model options."""
-    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--model", required=required, help=MODEL_HELP)
     byo = p.add_argument_group("your own model (docs/byo.md)")
     byo.add_argument("--weights", default=None,
                      help="state dict for a factory --model: .safetensors, or a torch.save(state_dict) file read "
@@ -39,6 +40,37 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     byo.add_argument("--std", type=parse_floats, default=None, help="per-channel std, with --mean")
     byo.add_argument("--model-option", type=parse_model_option, action="append", default=[], metavar="KEY=VALUE",
                      help="keyword argument of the factory, e.g. --model-option num_classes=10 (repeatable)")
+
+
+#: Images with at least this many values get their batch size checked against the memory budget even
+#: without --max-memory (a 64x64 colour image; MNIST and CIFAR batches are far below any machine's memory).
+MEMORY_CHECK_FROM = 64 * 64 * 3
+
+
+def add_memory_arg(p: argparse.ArgumentParser) -> None:
+    """``--max-memory``: caps the batch size (robustlab.memory)."""
+    p.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="memory budget for a batch, e.g. 8G: the batch size is lowered to what fits, measured with a "
+                        "probe pass (default: half the machine's memory, 80%% of a GPU's; checked for images from "
+                        "64x64x3 up, or whenever this is given)")
+
+
+def fit_batch(args: argparse.Namespace, model: Any, shape: "tuple[int, ...]", device: Any, *, grad: bool = True) -> int:
+    """``--batch-size`` lowered to what ``--max-memory`` (or the default budget) holds, with a note on stderr."""
+    import math
+    import sys
+
+    from robustlab.memory import optional_fit, parse_size
+
+    budget = getattr(args, "max_memory", None)
+    if budget is not None:
+        parse_size(budget)  # a malformed size is an error even where no probe runs
+    if budget is None and math.prod(shape) < MEMORY_CHECK_FROM:
+        return int(args.batch_size)
+    size, note = optional_fit(model, tuple(shape), int(args.batch_size), budget, grad=grad, device=device)
+    if note:
+        print(f"robustlab: {note}", file=sys.stderr)
+    return size
 
 
 def resolve_device(value: Optional[str], arg: str = "--device") -> "Any":

@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Attack the first N images of a dataset and save the adversarial examples (safetensors) "
                     "with a JSON summary. Attacks: " + ", ".join(registry.available()) + ".",
     )
-    from robustlab.cli._common import add_model_args
+    from robustlab.cli._common import add_memory_arg, add_model_args
 
     add_model_args(p)
     p.add_argument("--attack", required=True, help="attack name (see robustlab.attacks.available())")
@@ -72,6 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--root", default=None, help="dataset folder")
     p.add_argument("--n", type=int, default=500, help="attack the first N images (default 500)")
     p.add_argument("--batch-size", type=int, default=250)
+    add_memory_arg(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output .safetensors file (the JSON summary goes next to it, suffix .json)")
     p.add_argument("--no-progress", action="store_true")
@@ -95,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from robustlab import __version__, data
-    from robustlab.cli._common import check_model_data, check_out_file, dataset_name, load_model, resolve_device
+    from robustlab.cli._common import (check_model_data, check_out_file, dataset_name, fit_batch, load_model,
+                                       resolve_device)
     from robustlab._io import atomic_write_bytes, atomic_write_text
     from robustlab.attacks import AttackResult, registry
     from robustlab.threat import ThreatModel
@@ -136,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = dataset_name(args, model)
     images = data.load(dataset, args.split, args.root)
     check_model_data(model, images, device)  # channels, size, classes: named before any attack
+    args.batch_size = fit_batch(args, model, images.shape, device)
     n = min(args.n, len(images.labels))
     x_all, y_all = images.images[:n].to(device), images.labels[:n].to(device)
 

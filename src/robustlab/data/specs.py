@@ -2,12 +2,16 @@
 
 One place for class names, image shape and the normalisation statistics (the standard
 per-channel mean / std of each training set), used by the loaders and by
-``robustlab.models.create(arch, dataset=...)``.
+``robustlab.models.create(arch, dataset=...)``. The ``*-sample`` sets (:mod:`robustlab.data.samples`)
+are 20 test images of their data set and carry its classes and statistics (ImageNet: the usual
+(0.485, 0.456, 0.406) / (0.229, 0.224, 0.225)).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from robustlab.data.classes import CIFAR100_FINE, imagenet_classes
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,12 @@ class DatasetSpec:
         return len(self.classes)
 
 
+_CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+_CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+_CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+_IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+_IMAGENET_CLASSES = imagenet_classes()
+
 _SPECS = {
     # digits: mean / std of the 1,437 training images (pixel / 16), computed by the tests.
     "digits": DatasetSpec("digits", tuple(str(i) for i in range(10)), (1, 8, 8), (0.3049,), (0.3758,)),
@@ -36,13 +46,11 @@ _SPECS = {
         (0.2860,),
         (0.3530,),
     ),
-    "cifar10": DatasetSpec(
-        "cifar10",
-        ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
-        (3, 32, 32),
-        (0.4914, 0.4822, 0.4465),
-        (0.2470, 0.2435, 0.2616),
-    ),
+    "cifar10": DatasetSpec("cifar10", _CIFAR10_CLASSES, (3, 32, 32), *_CIFAR10_STATS),
+    "cifar10-sample": DatasetSpec("cifar10-sample", _CIFAR10_CLASSES, (3, 32, 32), *_CIFAR10_STATS),
+    "cifar100-sample": DatasetSpec("cifar100-sample", CIFAR100_FINE, (3, 32, 32), *_CIFAR100_STATS),
+    "imagenet-sample": DatasetSpec("imagenet-sample", _IMAGENET_CLASSES, (3, 224, 224), *_IMAGENET_STATS),
+    "imagenet-sample-512": DatasetSpec("imagenet-sample-512", _IMAGENET_CLASSES, (3, 512, 512), *_IMAGENET_STATS),
 }
 
 _ALIASES = {
@@ -51,6 +59,10 @@ _ALIASES = {
     "fmnist": "fashion-mnist",
     "cifar-10": "cifar10",
     "cifar_10": "cifar10",
+    "cifar10_sample": "cifar10-sample",
+    "cifar100_sample": "cifar100-sample",
+    "imagenet_sample": "imagenet-sample",
+    "imagenet_sample_512": "imagenet-sample-512",
 }
 
 

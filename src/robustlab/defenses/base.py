@@ -25,6 +25,12 @@ Contract (every adversary, built-in or a user's):
   al. 2020, arXiv:1906.06316) override it or read ``self.progress`` in ``loss``. The value is
   the same on every distributed rank and replays exactly on resume (it depends on the step only).
 - ``config() -> dict``: ``name`` and the hyperparameters, recorded in the model's metadata.
+- optionally ``model_metadata(model) -> dict``: entries the trained model's metadata must carry
+  beyond the configuration, computed on the final model (PixelDP: its noise layer and
+  calibration, which certification checks). Default: none.
+- optionally ``evaluation_model(model) -> nn.Module``: the classifier the weights make, as the
+  loop's validation and final test accuracy measure it (default ``model``; PixelDP: the noisy
+  network's expected-softmax prediction, not the bare network).
 - optionally ``loss_and_logits(...) -> (loss, logits or None)``: the logits of the inputs the
   loss was computed on, which the loop uses for the running training accuracy at no extra cost
   (the default returns None and the epoch's ``train_accuracy`` is left out).
@@ -76,6 +82,14 @@ class Adversary(abc.ABC):
     def config(self) -> dict:
         """``name`` and hyperparameters (JSON-serialisable), recorded in the model metadata."""
         return {"name": self.name}
+
+    def model_metadata(self, model: nn.Module) -> dict:
+        """Top-level metadata entries of the trained ``model`` (JSON-serialisable); default none."""
+        return {}
+
+    def evaluation_model(self, model: nn.Module) -> nn.Module:
+        """The classifier validation and test accuracy are measured on; default ``model`` itself."""
+        return model
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")

@@ -14,6 +14,7 @@ import torch
 
 from robustlab._checks import check_positive
 from robustlab.defenses.adversaries import Standard
+from robustlab.defenses.augment import AUGMENTATIONS
 from robustlab.defenses.base import Adversary
 
 #: Optimizers and their default (learning rate, weight decay).
@@ -42,6 +43,8 @@ class TrainConfig:
             validation stays float32). Default None (float32).
         channels_last: model and batches in ``torch.channels_last`` memory format.
         sync_batchnorm: CUDA only: in a distributed run, BatchNorm -> ``torch.nn.SyncBatchNorm``.
+        augment: ``"crop-flip"`` (:mod:`robustlab.defenses.augment`: 4-pixel padded random crops
+            and horizontal flips, the CIFAR standard) applied to every training batch; None: none.
     """
 
     adversary: Optional[Adversary] = None
@@ -60,6 +63,7 @@ class TrainConfig:
     amp: Optional[str] = None
     channels_last: bool = False
     sync_batchnorm: bool = False
+    augment: Optional[str] = None
 
     def __post_init__(self) -> None:
         check_positive(self.epochs, "epochs", integer=True)
@@ -81,6 +85,8 @@ class TrainConfig:
             adversary = Standard()
         if not isinstance(adversary, Adversary):
             raise TypeError(f"adversary must be a robustlab.defenses.Adversary, got {type(adversary).__name__}")
+        if self.augment is not None and self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be None or one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
         if self.amp not in (None, "bf16"):
             hint = " (float16 needs loss scaling; bfloat16 does not)" if self.amp in ("fp16", "float16") else ""
             raise ValueError(f"amp must be None or 'bf16', got {self.amp!r}{hint}")
@@ -113,5 +119,6 @@ class TrainConfig:
             "optimizer": self.optimizer, "lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay,
             "schedule": self.schedule, "seed": self.seed, "eps_warmup_epochs": float(self.eps_warmup_epochs),
             "select_best": bool(self.select_best), "amp": self.amp, "channels_last": bool(self.channels_last),
+            **({"augment": self.augment} if self.augment is not None else {}),  # absent when off: older runs resume
             **run,
         }

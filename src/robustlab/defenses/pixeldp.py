@@ -40,12 +40,22 @@ Sec. III-B): for any input change ``alpha`` with ``||alpha||_p <= L`` and every 
   (smoothing: 1.282), pA = 0.99 gives 0.555, and the radius saturates at
   ``1 / sqrt(2 ln(1.25 (1 + e))) = 0.5705`` as pA -> 1. Laplace: ``eps' = ln(pA_lb / pB_ub) / 2``,
   ``L' = b eps' / Delta``.
+
+Training and the saved model. :class:`PixelDPNoise` is the training adversary of the one loop
+(``robustlab train --adversary pixeldp --dp-eps 1 --delta 0.05 --L 0.1``): each batch's loss is
+the cross-entropy of the network with the rescaled first layer and one noise draw (from the loop's
+seeded generator) after it. The saved model holds the raw weights; its metadata records the noise
+layer and its calibration under ``"pixeldp"`` (:meth:`PixelDP.record`), and
+:func:`check_recorded` refuses to certify with other settings (or a model trained without the
+noise): :class:`PixelDP` on any other model is a *different* classifier from the saved one
+(rescaled first layer, noise), so its certificate would not be about the saved classifier.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import torch
@@ -55,10 +65,17 @@ from torch import Tensor, nn
 from robustlab._checks import check_images, check_positive, check_probability
 from robustlab.attacks.base import eval_mode
 from robustlab.certificates import Certificate
+from robustlab.defenses.base import Adversary, Param, register_adversary
+from robustlab.defenses.parallel import RouteDDP
 from robustlab.stats import clopper_pearson
 
 __all__ = [
+    "ExpectedScores",
     "PixelDP",
+    "PixelDPNoise",
+    "PixelDPParams",
+    "check_noise_layer",
+    "check_recorded",
     "gaussian_sigma",
     "hoeffding_bounds",
     "laplace_scale",
@@ -169,6 +186,55 @@ def hoeffding_bounds(mean: Tensor, n: int, alpha: float) -> tuple[Tensor, Tensor
 
 
 # ------------------------------------------------------------------------------------------
+# The construction: (eps, delta) at size L in a norm, with a noise mechanism
+
+
+@dataclass(frozen=True)
+class PixelDPParams:
+    """A PixelDP noise layer's construction (validated): ``(eps, delta)``-DP for input changes of
+    size ``L`` in ``norm`` (pixel units), with ``mechanism`` noise of scale :attr:`noise_scale`
+    after a first layer of sensitivity at most 1. ``delta`` None means 0.05 (Gaussian) / 0 (Laplace)."""
+
+    eps: float = 1.0
+    delta: Optional[float] = None
+    L: float = 0.1
+    norm: str = "l2"
+    mechanism: str = "gaussian"
+
+    def __post_init__(self) -> None:
+        if self.mechanism not in MECHANISMS:
+            raise ValueError(f"mechanism must be one of {', '.join(MECHANISMS)}, got {self.mechanism!r}")
+        if self.norm not in ("l1", "l2"):
+            raise ValueError(f"norm must be 'l1' or 'l2', got {self.norm!r}")
+        if self.norm == "l2" and self.mechanism == "laplace":
+            raise ValueError("norm='l2' needs mechanism='gaussian' (Delta_{2,1} is not bounded here)")
+        object.__setattr__(self, "eps", _check_eps(self.eps, self.mechanism))
+        if self.mechanism == "laplace":
+            if self.delta not in (None, 0, 0.0):
+                raise ValueError(f"delta must be 0 (or None) for the Laplace mechanism, got {self.delta!r}")
+            delta = 0.0
+        else:
+            delta = check_probability(0.05 if self.delta is None else self.delta, "delta")
+        object.__setattr__(self, "delta", float(delta))
+        object.__setattr__(self, "L", float(check_positive(self.L, "L")))
+
+    @property
+    def out_norm(self) -> str:
+        """The norm the noise is calibrated in after the first layer: l2 (Gaussian), l1 (Laplace)."""
+        return "l2" if self.mechanism == "gaussian" else "l1"
+
+    @property
+    def noise_scale(self) -> float:
+        """Gaussian ``sigma`` or Laplace ``b`` for sensitivity 1 (Sec. III-C)."""
+        if self.mechanism == "gaussian":
+            return gaussian_sigma(self.eps, float(self.delta or 0.0), self.L)
+        return laplace_scale(self.eps, self.L)
+
+    def to_dict(self) -> dict:
+        return {"eps": self.eps, "delta": self.delta, "L": self.L, "norm": self.norm, "mechanism": self.mechanism}
+
+
+# ------------------------------------------------------------------------------------------
 # Sensitivity of the first layer
 
 
@@ -235,8 +301,9 @@ class PixelDP(nn.Module):
         seed: seeds the module's noise streams (eval forward, predict, certify).
 
     ``forward`` in training mode adds one noise draw per input (drawn like dropout from the global
-    RNG, which :func:`robustlab.defenses.train` seeds per epoch) and returns its logits: train with
-    the noise on through the one training loop, ``train(pixeldp, data)``. In eval mode it returns
+    RNG) and returns its logits. To train a model to save and certify, use the training adversary
+    :class:`PixelDPNoise` (``train(model, data, adversary=PixelDPNoise(...), out=...)``): it draws
+    from the loop's seeded generator and records :meth:`record` in the model's metadata. In eval mode it returns
     ``log E[softmax]`` over ``n_forward`` fresh draws (a differentiable surrogate for attacks, as
     :class:`~robustlab.defenses.Smoothed`). :meth:`predict` and :meth:`certify` are the paper's.
     """
@@ -247,24 +314,11 @@ class PixelDP(nn.Module):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if mechanism not in MECHANISMS:
-            raise ValueError(f"mechanism must be one of {', '.join(MECHANISMS)}, got {mechanism!r}")
-        if norm not in ("l1", "l2"):
-            raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
-        if norm == "l2" and mechanism == "laplace":
-            raise ValueError("norm='l2' needs mechanism='gaussian' (Delta_{2,1} is not bounded here)")
-        self.mechanism, self.norm = mechanism, norm
-        self.eps = _check_eps(eps, mechanism)
-        if mechanism == "laplace":
-            if delta not in (None, 0, 0.0):
-                raise ValueError(f"delta must be 0 (or None) for the Laplace mechanism, got {delta!r}")
-            self.delta = 0.0
-        else:
-            self.delta = check_probability(0.05 if delta is None else delta, "delta")
-        self.L = float(check_positive(L, "L"))
-        self.out_norm = "l2" if mechanism == "gaussian" else "l1"
-        self.noise_scale = (gaussian_sigma(self.eps, self.delta, self.L) if mechanism == "gaussian"
-                            else laplace_scale(self.eps, self.L))
+        self.params = PixelDPParams(eps=eps, delta=delta, L=L, norm=norm, mechanism=mechanism)
+        self.mechanism, self.norm = self.params.mechanism, self.params.norm
+        self.eps, self.delta, self.L = self.params.eps, float(self.params.delta or 0.0), self.params.L
+        self.out_norm = self.params.out_norm
+        self.noise_scale = self.params.noise_scale
         self.n_forward = int(check_positive(n_forward, "n_forward", integer=True))
         self.batch_size = int(check_positive(batch_size, "batch_size", integer=True))
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -288,6 +342,7 @@ class PixelDP(nn.Module):
                                              or layer.padding_mode != "zeros" or isinstance(layer.padding, str)):
             raise TypeError("PixelDP's first Conv2d must have groups=1, dilation=1 and numeric zero padding")
         self.__dict__.update(_prefix=layers[:first], _layer=layer, _rest=layers[first + 1 :])
+        self.noise_layer = next(name for name, m in model.named_modules() if m is layer)
         self._streams: dict[tuple[str, int], torch.Generator] = {}
 
     def extra_repr(self) -> str:
@@ -330,17 +385,38 @@ class PixelDP(nn.Module):
         std = self._input_std(w)
         return sensitivity(w if std is None else w / std, self._layer, self.norm, self.out_norm)
 
+    def saved_sensitivity(self) -> Tensor:
+        """``Delta_{p,q}`` bound of the model's first layer as saved, before PixelDP rescales it, in
+        input-pixel units: of ``W / std`` when a Normalize is in front (``x -> (x - mean) / std``
+        scales a pixel change by ``1 / std``). Above 1 the certified network's first layer is this
+        one divided by it (see :meth:`normalized_weight`)."""
+        return sensitivity(self.effective_weight(), self._layer, self.norm, self.out_norm)
+
+    def record(self) -> dict:
+        """The noise layer and its calibration, as the trained model's metadata records them
+        (``metadata["pixeldp"]``; :func:`check_recorded` compares against it)."""
+        with torch.no_grad():
+            saved = float(self.saved_sensitivity())
+            used = float(self.layer_sensitivity())
+        return {**self.params.to_dict(), "noise_layer": self.noise_layer, "noise_layer_type": type(self._layer).__name__,
+                "noise_scale": self.noise_scale, "out_norm": self.out_norm, "sensitivity_bound": 1.0,
+                "sensitivity_saved_weights": saved, "sensitivity": used, "units": "input pixels in [0, 1]"}
+
+    def first_layer(self, h: Tensor) -> Tensor:
+        """The rescaled first layer on its own input ``h`` (the standardised, flattened image)."""
+        w = self.normalized_weight()
+        if isinstance(self._layer, nn.Conv2d):
+            c = self._layer
+            return F.conv2d(h, w, c.bias, c.stride, c.padding)
+        return F.linear(h, w, self._layer.bias)
+
     def pre_noise(self, x: Tensor) -> Tensor:
         """The first layer's output (the noise is added to it)."""
         if self._std_module is not None:
             x = (x - self._std_module.mean) / self._std_module.std
         for m in self._prefix:
             x = m(x)
-        w = self.normalized_weight()
-        if isinstance(self._layer, nn.Conv2d):
-            c = self._layer
-            return F.conv2d(x, w, c.bias, c.stride, c.padding)
-        return F.linear(x, w, self._layer.bias)
+        return self.first_layer(x)
 
     def post_noise(self, h: Tensor) -> Tensor:
         for m in self._rest:
@@ -442,7 +518,8 @@ class PixelDP(nn.Module):
         info = {"method": "pixeldp", "mechanism": self.mechanism, "eps": self.eps, "delta": self.delta, "L": self.L,
                 "noise_scale": self.noise_scale, "n": n, "scores": scores,
                 "bound": "hoeffding" if scores == "softmax" else "clopper-pearson",
-                "sensitivity": float(self.layer_sensitivity().detach())}
+                "noise_layer": self.noise_layer, "sensitivity": float(self.layer_sensitivity().detach()),
+                "sensitivity_saved_weights": float(self.saved_sensitivity().detach())}
         return Certificate(prediction, radius, abstain, self.norm, alpha,
                            samples=torch.full_like(top, n), count=counts.gather(1, top[:, None]).squeeze(1),
                            p_lower=p_low, p_upper=p_up, info=info)
@@ -452,3 +529,173 @@ class PixelDP(nn.Module):
         or at another admissible pair of the same noise)."""
         return ~cert.abstain & (cert.radius >= self.L)
 
+
+
+# ------------------------------------------------------------------------------------------
+# Training with the noise layer, and what the saved model records
+
+
+def _unwrap_route(model: nn.Module) -> nn.Module:
+    """The bare model behind the distributed loop's :class:`RouteDDP` (the model itself otherwise)."""
+    if isinstance(model, RouteDDP):
+        ddp = model._modules.get("ddp")
+        return ddp.module if ddp is not None else model
+    return model
+
+
+class ExpectedScores(nn.Module):
+    """``log E[softmax]`` of a :class:`PixelDP` network over ``n`` seeded noise draws per input
+    (:meth:`PixelDP.expected_scores`, memory bounded by its ``batch_size``; no gradient): its
+    prediction is the PixelDP prediction (Sec. III-E). What training validates and tests."""
+
+    def __init__(self, pdp: PixelDP, n: int = 8, seed: int = 0) -> None:
+        super().__init__()
+        self.pdp = pdp
+        self.n = int(check_positive(n, "n", integer=True))
+        self.seed = seed
+
+    def forward(self, x: Tensor) -> Tensor:
+        mean, _ = self.pdp.expected_scores(x, self.n, seed=self.seed)
+        return mean.clamp_min(1e-12).log().to(x.dtype)
+
+
+class PixelDPNoise(Adversary):
+    """Training adversary of PixelDP (Lecuyer et al. 2019, arXiv:1802.03471, Sec. III-D): the loss
+    is ``CE(g(W~ x + b + z), y)`` with ``W~`` the first layer rescaled to sensitivity <= 1 in pixel
+    units (:meth:`PixelDP.normalized_weight`) and ``z`` one draw of the calibrated noise per input
+    (:class:`PixelDPParams`), from the loop's seeded generator.
+
+    The noise goes in through a forward hook on the model's first weighted layer for the duration
+    of the forward pass, so the pass runs through the model itself (and through DDP in a
+    distributed run: the rescaling is differentiable and the gradients reach the raw weights). The
+    saved model holds the raw weights; :meth:`model_metadata` adds ``"pixeldp"``
+    (:meth:`PixelDP.record`), which ``robustlab certify --method pixeldp`` checks. Validation and
+    test accuracy are those of the PixelDP prediction (``eval_draws`` noise draws per image, an
+    :class:`ExpectedScores`), not of the bare network."""
+
+    name = "pixeldp"
+
+    def __init__(self, eps: float = 1.0, delta: Optional[float] = None, L: float = 0.1, norm: str = "l2",
+                 mechanism: str = "gaussian", *, eval_draws: int = 8) -> None:
+        self.params = PixelDPParams(eps=eps, delta=delta, L=L, norm=norm, mechanism=mechanism)
+        self.eval_draws = int(check_positive(eval_draws, "eval_draws", integer=True))
+
+    def view(self, model: nn.Module) -> PixelDP:
+        """The PixelDP network over ``model``'s parameters (shared, not copied)."""
+        return PixelDP(_unwrap_route(model), **self.params.to_dict())
+
+    def loss_and_logits(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator,
+                        eps_scale: float = 1.0) -> tuple[Tensor, Optional[Tensor]]:
+        view = self.view(model)
+
+        def noisy(_layer: nn.Module, args: tuple, _out: Tensor) -> Tensor:
+            h = view.first_layer(args[0])
+            return h + view._noise(h.shape, h, generator)
+
+        handle = view._layer.register_forward_hook(noisy)
+        try:
+            logits = model(x)
+        finally:
+            handle.remove()
+        return F.cross_entropy(logits, y), logits
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator, eps_scale: float = 1.0) -> Tensor:
+        return self.loss_and_logits(model, x, y, generator=generator, eps_scale=eps_scale)[0]
+
+    def config(self) -> dict:
+        return {"name": self.name, **self.params.to_dict(), "noise_scale": self.params.noise_scale,
+                "eval_draws": self.eval_draws}
+
+    def model_metadata(self, model: nn.Module) -> dict:
+        return {"pixeldp": self.view(model).record()}
+
+    def evaluation_model(self, model: nn.Module) -> nn.Module:
+        return ExpectedScores(self.view(model), self.eval_draws)
+
+
+#: What :func:`check_recorded` compares: the construction and where the noise goes.
+CHECKED = ("eps", "delta", "L", "norm", "mechanism")
+
+
+def check_recorded(metadata: Optional[Mapping[str, Any]], given: Mapping[str, Any], *, model: str = "the model",
+                   force: bool = False, flags: Optional[Mapping[str, str]] = None,
+                   override: str = "pass force=True") -> tuple[PixelDPParams, list[str]]:
+    """The PixelDP construction to certify ``model`` with, checked against its training record.
+
+    ``given`` maps ``eps``, ``delta``, ``L``, ``norm``, ``mechanism`` to the caller's values (None:
+    not given, take the recorded one). Raises ValueError when the model's metadata has no
+    ``"pixeldp"`` entry (it was not trained with the noise layer) or a given value differs from the
+    recorded one (naming the field), unless ``force``; then the given values (or the defaults) are
+    used and the reasons come back as warnings. A malformed record is always an error naming the
+    field. ``flags`` names the caller's options in the messages (``{"eps": "--dp-eps"}``), ``override``
+    how to force (``"pass --force-pixeldp"``).
+    Returns ``(params, warnings)``."""
+    flags = dict(flags or {})
+    chosen = {k: v for k, v in given.items() if k in CHECKED and v is not None}
+    record = (metadata or {}).get("pixeldp")
+    if record is None:
+        why = (f"{model} was not trained with PixelDP noise (its metadata has no 'pixeldp' entry): PixelDP would "
+               "rescale its first layer and add noise after it, and certify that classifier, not the saved one")
+        if not force:
+            raise ValueError(f"{why}; train one with `robustlab train --adversary pixeldp ...`, or {override} to "
+                             "certify that classifier anyway")
+        return PixelDPParams(**chosen), [why]
+    if not isinstance(record, Mapping):
+        raise ValueError(f"{model}: metadata field 'pixeldp' must be an object, got {type(record).__name__}")
+    recorded: dict = {}
+    for key in CHECKED:
+        value = record.get(key)
+        want = str if key in ("norm", "mechanism") else float
+        ok = isinstance(value, str) if want is str else (isinstance(value, (int, float)) and not isinstance(value, bool))
+        if not ok:
+            raise ValueError(f"{model}: metadata field 'pixeldp.{key}' must be a "
+                             f"{'string' if want is str else 'number'}, got {value!r}")
+        recorded[key] = want(value)
+    try:
+        PixelDPParams(**recorded)
+    except ValueError as exc:
+        raise ValueError(f"{model}: metadata field 'pixeldp' holds an invalid construction: {exc}") from None
+    warnings: list[str] = []
+    for key, value in chosen.items():
+        same = value == recorded[key] if isinstance(value, str) else math.isclose(float(value), recorded[key],
+                                                                                   rel_tol=1e-9, abs_tol=1e-12)
+        if not same:
+            msg = (f"{flags.get(key, key)} {value!r} differs from the PixelDP training of {model}, whose metadata "
+                   f"records pixeldp.{key} = {recorded[key]!r}: the certificate would be for another classifier")
+            if not force:
+                raise ValueError(f"{msg}; drop {flags.get(key, key)} to use the recorded value, or {override} to "
+                                 "certify anyway")
+            warnings.append(msg)
+    return PixelDPParams(**{**recorded, **chosen}), warnings
+
+
+def check_noise_layer(pdp: PixelDP, metadata: Optional[Mapping[str, Any]], *, model: str = "the model",
+                      force: bool = False, override: str = "pass force=True") -> list[str]:
+    """The recorded noise layer and noise scale against the network :class:`PixelDP` builds
+    (ValueError naming the field on a mismatch unless ``force``; then warnings)."""
+    record = (metadata or {}).get("pixeldp")
+    if not isinstance(record, Mapping):
+        return []
+    problems = []
+    if record.get("noise_layer") != pdp.noise_layer:
+        problems.append(f"metadata field 'pixeldp.noise_layer' of {model} is {record.get('noise_layer')!r}, but the "
+                        f"noise would go after {pdp.noise_layer!r}")
+    scale = record.get("noise_scale")
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isclose(float(scale), pdp.noise_scale,
+                                                                                            rel_tol=1e-6):
+        problems.append(f"metadata field 'pixeldp.noise_scale' of {model} is {scale!r}, but the construction gives "
+                        f"{pdp.noise_scale!r}")
+    if problems and not force:
+        raise ValueError("; ".join(problems) + f"; {override} to certify anyway")
+    return problems
+
+
+register_adversary(
+    "pixeldp", lambda dp_eps, delta, L, norm, mechanism: PixelDPNoise(dp_eps, delta, L, norm, mechanism),
+    (Param("dp_eps", float, "PixelDP epsilon, in (0, 1] for Gaussian noise", 1.0),
+     Param("delta", float, "PixelDP delta (default 0.05; 0 for Laplace)"),
+     Param("L", float, "PixelDP construction attack size L in pixel units", 0.1),
+     Param("norm", str, "threat model norm for adversarial training (linf, l2, l1)", "l2"),
+     Param("mechanism", str, "PixelDP noise: gaussian or laplace", "gaussian")),
+    "PixelDP noise layer after the rescaled first layer (Lecuyer et al. 2019), for certify --method pixeldp",
+)

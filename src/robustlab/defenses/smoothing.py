@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from robustlab._checks import check_images, check_logits, check_positive, check_probability
 from robustlab.attacks.base import eval_mode, model_device
 from robustlab.attacks.fastpath import FastPath, FastSpec
+from robustlab.attacks.prepacked import PrepackedForward
 from robustlab.certificates import Certificate
 from robustlab.defenses.smoothing_adaptive import REASONS, AdaptivePlan, radius_from_p
 from robustlab.stats import clopper_pearson
@@ -142,6 +143,23 @@ def _split_normalize(model: nn.Module) -> tuple[nn.Module, Optional[nn.Module]]:
     return model, None
 
 
+def _add_owners(rows: Tensor, x: Tensor, start: int, num: int) -> None:
+    """``rows[r] += x[(start + r) // num]`` for every row ``r`` of a slice (``num`` consecutive rows
+    per input, the slice beginning at overall row ``start``), in place, in at most three broadcast
+    additions (a partial first input, the whole inputs, a partial last one) instead of a gather."""
+    m, r, i = rows.shape[0], 0, start // num
+    if start % num:  # the slice starts inside input i
+        r = min(m, (i + 1) * num - start)
+        rows[:r].add_(x[i])
+        i += 1
+    whole = (m - r) // num
+    if whole:  # (whole, num, C, H, W) += (whole, 1, C, H, W)
+        rows[r : r + whole * num].view(whole, num, *x.shape[1:]).add_(x[i : i + whole].unsqueeze(1))
+        r, i = r + whole * num, i + whole
+    if r < m:  # the slice ends inside input i
+        rows[r:].add_(x[i])
+
+
 def _derive_seed(seed: int, stream: int) -> int:
     return (int(seed) * 1_000_003 + stream) % (2**63 - 1)
 
@@ -222,6 +240,7 @@ class Smoothed(nn.Module):
             raise ValueError("optimize=True traces the fp32 model; it cannot be combined with autocast=True")
         self._streams: dict[tuple[str, int], torch.Generator] = {}
         self._optimized: dict[tuple, nn.Module] = {}
+        self._prepacked: dict[int, PrepackedForward] = {}
 
     def extra_repr(self) -> str:
         return f"sigma={self.sigma}, batch_size={self.batch_size}, seed={self.seed}, n_forward={self.n_forward}"
@@ -301,9 +320,8 @@ class Smoothed(nn.Module):
             return counts.reshape(n, k)
         rows = min(bs, total)
         fmt = torch.channels_last if (self.channels_last and x.dim() == 4) else torch.contiguous_format
-        # Two buffers reused by every slice: fresh allocations cost page faults on the CPU.
+        # One buffer reused by every slice: fresh allocations cost page faults on the CPU.
         buf = torch.empty((rows, *x.shape[1:]), device=dev, dtype=x.dtype).contiguous(memory_format=fmt)
-        xbuf = torch.empty((rows, *x.shape[1:]), device=dev, dtype=x.dtype)
         ones = torch.ones(rows, dtype=torch.long, device=dev)
         net, norm = _split_normalize(self.base)
         # On a CPU the slice goes through the model in pieces of about CPU_FORWARD_VALUES input
@@ -314,8 +332,8 @@ class Smoothed(nn.Module):
             forward: Callable[[Tensor], Tensor] = lambda b: self._optimized_net(net, b)  # noqa: E731
         elif self.fast is not None and self.fast.compile:
             forward = partial(self.fast.compiled_call, net)
-        else:
-            forward = net
+        else:  # prepacked oneDNN convolutions where they apply (CPU, fp32): bitwise the same logits, faster
+            forward = self._prepacked_net(net)
         with eval_mode(self.base), torch.no_grad(), self._fast_path(dev):
             for start in range(0, total, rows):
                 m = min(rows, total - start)
@@ -323,7 +341,7 @@ class Smoothed(nn.Module):
                 owner = torch.arange(start, start + m, device=dev).div_(num, rounding_mode="floor")
                 noisy = buf[:m]
                 torch.randn(noisy.shape, generator=gen, out=noisy)
-                noisy.mul_(self.sigma).add_(torch.index_select(x, 0, owner, out=xbuf[:m]))  # x_i + sigma * delta
+                _add_owners(noisy.mul_(self.sigma), x, start, num)  # x_i + sigma * delta
                 if norm is not None:  # Normalize's (x - mean) / std, in place: the same values as base(noisy)
                     noisy.sub_(norm.mean).div_(norm.std)
                 logits = forward(noisy) if m <= cpu_rows else torch.cat([forward(p) for p in noisy.split(cpu_rows)])
@@ -333,6 +351,14 @@ class Smoothed(nn.Module):
                         raise ValueError(f"the base model returns {logits.shape[1]} classes but num_classes={k}")
                 counts.index_add_(0, owner * k + logits.argmax(dim=1), ones[:m])
         return counts.reshape(n, k)
+
+    def _prepacked_net(self, net: nn.Module) -> PrepackedForward:
+        """The :class:`~robustlab.attacks.prepacked.PrepackedForward` of ``net`` (one kept)."""
+        fwd = self._prepacked.get(id(net))
+        if fwd is None or fwd.net is not net:
+            fwd = PrepackedForward(net)
+            self._prepacked = {id(net): fwd}
+        return fwd
 
     def _optimized_net(self, net: nn.Module, batch: Tensor) -> Tensor:
         """Logits of the traced, frozen copy of ``net``; built (and checked against the eager

@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from robustlab.attacks.base import eval_mode
 from robustlab.defenses import preflight
+from robustlab.defenses.augment import augment
 from robustlab.defenses.base import Adversary
 from robustlab.defenses.checkpointing import (  # noqa: F401  (re-exported: the checkpoint API's old home)
     BEST,
@@ -258,6 +259,8 @@ def run_epoch(model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, im
             idx = idx.to(images.device)
             x = images[idx].to(device, non_blocking=True)
             y = labels[idx].to(device, non_blocking=True)
+            if cfg.augment is not None:
+                x = augment(x, cfg.augment, gen)
             if cfg.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             step_lr = lr * lr_factor(cfg.schedule, epoch * steps_per_epoch + i, total_steps)
@@ -384,7 +387,7 @@ def train(
     Args:
         config: the settings (:class:`~robustlab.defenses.config.TrainConfig`: adversary,
             epochs, batch_size, optimizer, lr, momentum, weight_decay, schedule, select_best,
-            seed, eps_warmup_epochs, progress, device, amp, channels_last, sync_batchnorm).
+            seed, eps_warmup_epochs, progress, device, amp, channels_last, sync_batchnorm, augment).
         **settings: the same settings as keywords (``train(model, data, epochs=5, adversary=...)``),
             used when ``config`` is None; giving both is an error.
         val_data: evaluated after every epoch (clean accuracy) and passed to ``evaluate_fn``.
@@ -559,11 +562,13 @@ def _train_epoch(net: nn.Module, model: nn.Module, opt: torch.optim.Optimizer, c
         record: dict[str, Any] = {"epoch": epoch + 1}
         record.update(run_epoch(net, opt, cfg, run.images, run.labels, epoch=epoch, device=run.device,
                                 progress=cfg.progress and run.is_main, rank=run.rank, world=run.world))
+        assert cfg.adversary is not None
+        judged = cfg.adversary.evaluation_model(model)  # the classifier the weights make (PixelDP: with its noise)
         if run.world == 1:
-            evaluated, control = evaluate_epoch(model, val_data, evaluate_fn)
+            evaluated, control = evaluate_epoch(judged, val_data, evaluate_fn)
         else:
             # Rank 0 evaluates (evaluate_fn may keep state); every rank gets its answer.
-            done = evaluate_epoch(model, val_data, evaluate_fn) if run.rank == 0 else None
+            done = evaluate_epoch(judged, val_data, evaluate_fn) if run.rank == 0 else None
             evaluated, control = distributed.broadcast_object(done)
     record.update(evaluated)
     record["seconds"] = time.perf_counter() - t0
@@ -576,6 +581,7 @@ def _finish(model: nn.Module, cfg: TrainConfig, run: _Run, state: _Progress, rec
     """Select the best epoch, compute the final metrics, write the model and its metadata."""
     from robustlab import distributed
 
+    assert cfg.adversary is not None
     history = state.history
     selected = len(history)
     if cfg.select_best and state.best_epoch >= 1:
@@ -589,13 +595,15 @@ def _finish(model: nn.Module, cfg: TrainConfig, run: _Run, state: _Progress, rec
         if test_data is val_data and "val_accuracy" in metrics:
             metrics["test_accuracy"] = metrics["val_accuracy"]
         else:
-            test_acc = accuracy(model, test_data) if run.rank == 0 else None
+            test_acc = accuracy(cfg.adversary.evaluation_model(model), test_data) if run.rank == 0 else None
             metrics["test_accuracy"] = distributed.broadcast_object(test_acc)
     model.eval()
     run_meta = dict(metadata or {})
+    run_meta.update(cfg.adversary.model_metadata(model))  # e.g. PixelDP's noise layer, which certify checks
     run_meta.update(training=record_cfg, history=history, metrics=metrics, best_epoch=selected,
                     stopped_early=stopped_early)
-    known = getattr(model, "metadata", None) or {}
+    # A PixelDP record describes the training that made the weights: a new run without the noise drops it.
+    known = {k: v for k, v in (getattr(model, "metadata", None) or {}).items() if k != "pixeldp"}
     run_meta.setdefault("dataset", known.get("dataset") or record_cfg["dataset"])
     model.metadata = {**known, **run_meta}
     if out_dir is not None and run.is_main:

@@ -7,7 +7,8 @@ functional metrics and ``checks`` the gradient-masking checks.
 
 from robustlab.evaluate import certifiers as _certifiers  # noqa: F401  (registers ibp, crown, ..., milp)
 from robustlab.evaluate import checks, metrics, summarize
-from robustlab.evaluate.run import Records, run
+from robustlab.evaluate.records import Records
+from robustlab.evaluate.run import run
 from robustlab.evaluate.summarize import model_report
 from robustlab.evaluate.suite import (
     CERTIFIERS,

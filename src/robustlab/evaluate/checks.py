@@ -28,18 +28,21 @@ from torch import Tensor, nn
 
 from robustlab.attacks import registry
 from robustlab.attacks.base import Attack, eval_mode, input_gradient
+from robustlab.attacks.ensemble import WorstCase
+from robustlab.attacks.registry import UnknownOption
+from robustlab.evaluate.records import UNBOUNDED, Records
 from robustlab.evaluate.shards import release_memory
-from robustlab.losses import cross_entropy
+from robustlab.losses import cross_entropy, cw_margin
 from robustlab.report.explain import CHECKS
 from robustlab.report.schema import Finding, Rate, Verdict
 from robustlab.threat import ThreatModel
 
 if TYPE_CHECKING:
-    from robustlab.evaluate.run import Records
     from robustlab.evaluate.suite import Suite, Threat
 
 __all__ = [
-    "BLACK_BOX_MAX", "CHECKS", "MONOTONE_SLACK", "PATH_MIN_INCREASED", "PROBES_VERSION", "SINGLE_STEP_MAX",
+    "BLACK_BOX_MAX", "CHECKS", "DETERMINISM_RTOL", "MONOTONE_SLACK", "PATH_MIN_INCREASED", "PRESET_STRENGTH",
+    "PROBES_VERSION", "SINGLE_STEP_MAX",
     "SQUARE_QUERIES_PER_DRAW", "STRONGER_MAX_DROP", "UNBOUNDED_MAX", "ZERO_GRAD_MAX", "black_box_method",
     "check_black_box", "check_deterministic", "check_gradients", "check_monotone", "check_path", "check_single_step",
     "check_stronger", "check_unbounded", "model_findings", "path_stats", "probe", "threat_findings", "verdict",
@@ -64,8 +67,14 @@ PATH_MIN_INCREASED = 0.9
 ZERO_GRAD_MAX = 0.01
 #: The black-box baseline's Square attack spends this many queries per noise draw of the suite.
 SQUARE_QUERIES_PER_DRAW = 25
+#: Two forward passes may differ by this fraction of the largest logit (non-bitwise kernels, large logits).
+DETERMINISM_RTOL = 1e-4
+#: A worst case over members (the ``standard`` preset) is strengthened to this ``strength`` by the
+#: "more steps" probe (:func:`robustlab.attacks.registry.standard`: 2 x the steps, restarts and queries
+#: of every member, APGD-T over every other class).
+PRESET_STRENGTH = 2
 #: The layout of :func:`probe`'s output (a cached probe of another layout is recomputed).
-PROBES_VERSION = 2
+PROBES_VERSION = 3
 
 
 def _finding(name: str, status: str, evidence: str, values: Mapping[str, Any], norm: Optional[str] = None) -> Finding:
@@ -85,10 +94,9 @@ def black_box_method(norm: str) -> str:
 # -- the model probes --------------------------------------------------------------------------------
 
 
-def _union_success(records: "Records", suite: "Suite", t: "Threat", e: float) -> Tensor:
-    """Per image: some white-box attack of the suite found an adversarial example within ``e``."""
-    from robustlab.evaluate.run import UNBOUNDED
-
+def _union_success(records: Records, suite: "Suite", t: "Threat", e: float) -> Tensor:
+    """Per image: some attack of the suite (gradient or query-based, fixed-budget at ``e`` or
+    minimal-norm within ``e``) found an adversarial example: what the reported worst case rests on."""
     hit = torch.zeros_like(records.correct)
     for a in suite.attacks_for(t):
         hit |= records.get("attack", t.norm, e, a, "success")
@@ -98,8 +106,8 @@ def _union_success(records: "Records", suite: "Suite", t: "Threat", e: float) ->
     return hit
 
 
-def _check_eps(records: "Records", suite: "Suite", t: "Threat") -> float:
-    """The eps of ``t`` where the white-box worst case is closest to 1/2 (where a stronger attack
+def _check_eps(records: Records, suite: "Suite", t: "Threat") -> float:
+    """The eps of ``t`` where the suite's worst case is closest to 1/2 (where a stronger attack
     can change the most)."""
     correct = records.correct
     best, best_gap = t.eps[0], math.inf
@@ -111,10 +119,47 @@ def _check_eps(records: "Records", suite: "Suite", t: "Threat") -> float:
 
 
 def _iterative(attack: Attack) -> bool:
+    """An attack with steps and restarts to increase, or a worst case with such a member."""
+    if isinstance(attack, WorstCase):
+        return any(_iterative(a) for a in attack.attacks)
     return isinstance(getattr(attack, "steps", None), int) and isinstance(getattr(attack, "restarts", None), int)
 
 
-def _success(model: nn.Module, x: Tensor, y: Tensor, suite: "Suite", records: "Records", t: "Threat", e: float,
+def describe_budget(attack: Attack) -> str:
+    """The compute an attack spends, in words: ``APGD 200 steps x 10 restarts, ..., Square 2000 queries``."""
+    if isinstance(attack, WorstCase):
+        return ", ".join(describe_budget(a) for a in attack.attacks)
+    parts = []
+    steps, restarts = getattr(attack, "steps", None), getattr(attack, "restarts", None)
+    if isinstance(steps, int):
+        parts.append(f"{steps} steps" + (f" x {restarts} restart(s)" if isinstance(restarts, int) else ""))
+    targets = getattr(attack, "n_target_classes", None)
+    if isinstance(targets, int):
+        parts.append("over every other class" if targets >= registry.ALL_TARGETS else f"over {targets} target classes")
+    queries = getattr(attack, "queries", None)
+    if isinstance(queries, int):
+        parts.append(f"{queries} queries")
+    return f"{attack.name} " + " ".join(parts) if parts else attack.name
+
+
+def _stronger_attack(suite: "Suite", name: str, tm: ThreatModel, seed: int) -> tuple[Optional[Attack], str]:
+    """Attack ``name`` with more compute, or None and why not. A worst-case preset (``standard``)
+    is rebuilt at :data:`PRESET_STRENGTH`; an iterative attack gets 2 x the steps and
+    ``checks.strength / 2`` x the restarts (different seed: other random starts)."""
+    base = suite.build_attack(name, tm, seed)
+    if not _iterative(base):
+        return None, f"{name} has no steps, restarts or iterative member to increase"
+    if isinstance(base, WorstCase):
+        try:
+            return suite.build_attack(name, tm, seed + 1, strength=PRESET_STRENGTH), ""
+        except UnknownOption:
+            return None, f"{name} is a worst case without a strength option"
+    k = suite.checks.strength
+    steps, restarts = (base.steps * 2 if k > 1 else base.steps), base.restarts * max(1, k // 2)
+    return suite.build_attack(name, tm, seed + 1, steps=steps, restarts=restarts), ""
+
+
+def _success(model: nn.Module, x: Tensor, y: Tensor, suite: "Suite", records: Records, t: "Threat", e: float,
              name: str, seed: int) -> Tensor:
     """Success of attack ``name`` at ``e`` on ``x``: from the records where the suite ran it."""
     if name in suite.attacks_for(t):
@@ -122,29 +167,45 @@ def _success(model: nn.Module, x: Tensor, y: Tensor, suite: "Suite", records: "R
     return suite.build_attack(name, ThreatModel(t.norm, e), seed).attack(model, x, y).success
 
 
-def _probe_stronger(model: nn.Module, x: Tensor, y: Tensor, correct: Tensor, suite: "Suite", records: "Records",
+def _probe_stronger(model: nn.Module, x: Tensor, y: Tensor, correct: Tensor, suite: "Suite", records: Records,
                     t: "Threat", e: float, seed: int) -> dict[str, Any]:
-    """The strongest iterative attack of the suite at ``e`` (the one with the most successes; the
-    suite's check attack if none is iterative), with more steps and restarts, judged on the union."""
+    """The attack the worst case rests on at ``e`` (the suite's attack with the most successes; the
+    next one with something to strengthen, else the check attack), with more compute
+    (:func:`_stronger_attack`), on the images robust to every attack of the suite: how many it breaks.
+    Not run (``skipped``) when too few images are robust for the check to be able to warn."""
     n = int(x.shape[0])
     tm = ThreatModel(t.norm, e)
     union = _union_success(records, suite, t, e)[:n].to(x.device)
+    robust = correct & ~union
+    base_robust = int(robust.sum())
     ranked = sorted(suite.attacks_for(t), key=lambda a: -int(records.get("attack", t.norm, e, a, "success").sum()))
     worst = ranked[0] if ranked else suite.checks.attack
-    name = next((a for a in ranked if _iterative(suite.build_attack(a, tm, seed))), suite.checks.attack)
-    base = suite.build_attack(name, tm, seed)
-    out: dict[str, Any] = {"attack": name, "worst_attack": worst, "eps": e, "n": n,
-                           "base_robust": int((correct & ~union).sum())}
-    if not _iterative(base):
-        out["skipped"] = f"attack {name!r} has no steps/restarts to increase"
+    out: dict[str, Any] = {"attack": worst, "worst_attack": worst, "eps": e, "n": n, "base_robust": base_robust}
+    strong, why = None, ""
+    for name in [*ranked, *([suite.checks.attack] if suite.checks.attack not in ranked else [])]:
+        strong, why_not = _stronger_attack(suite, name, tm, seed)
+        if strong is not None:
+            out["attack"] = name
+            break
+        why = why or why_not
+    if strong is None:
+        out["skipped"] = f"no attack of the suite has steps or restarts to increase ({why})"
         return out
-    attack_success = _success(model, x, y, suite, records, t, e, name, seed)
-    steps, restarts, k = base.steps, base.restarts, suite.checks.strength
-    more_steps, more_restarts = (steps * 2 if k > 1 else steps), restarts * max(1, k // 2)
-    strong = suite.build_attack(name, tm, seed + 1, steps=more_steps, restarts=more_restarts).attack(model, x, y).success
-    out.update(steps=more_steps, restarts=more_restarts, base_steps=steps, base_restarts=restarts,
-               attack_robust=int((correct & ~attack_success).sum()), robust=int((correct & ~strong).sum()),
-               both_robust=int((correct & ~strong & ~union).sum()))
+    need = max(1.0, STRONGER_MAX_DROP * n)
+    out.update(probe=strong.name, budget=describe_budget(strong),
+               base_budget=describe_budget(suite.build_attack(out["attack"], tm, seed)))
+    if out["attack"] in suite.attacks_for(t):
+        out["attack_robust"] = int((correct & ~records.get("attack", t.norm, e, out["attack"], "success")[:n]
+                                    .to(x.device)).sum())
+    if base_robust <= need:
+        out["skipped"] = (f"only {base_robust} of the {n} probed images are robust to every attack of the suite at eps "
+                          f"{e:g}: too few for a stronger attack to show anything (a warning needs more than "
+                          f"{need:g} newly broken)")
+        return out
+    idx = robust.nonzero().squeeze(1)
+    broken = strong.attack(model, x[idx], y[idx]).success
+    out.update(newly_broken=int(broken.sum()), both_robust=base_robust - int(broken.sum()),
+               images=[int(i) for i in idx[broken].tolist()][:20])
     return out
 
 
@@ -158,19 +219,21 @@ def _probe_unbounded(model: nn.Module, x: Tensor, y: Tensor, correct: Tensor, su
     tm = ThreatModel(t.norm, big)
     try:
         attack, random_start = suite.build_attack(name, tm, seed, random_start=False), False
-    except TypeError:  # an attack without a random start option runs as it is
+    except UnknownOption:  # an attack without a random start option (Square, a worst case, ...) runs as it is
         attack, random_start = suite.build_attack(name, tm, seed), None
     res = attack.attack(model, x, y)
     return {"attack": name, "eps": big, "robust": int((correct & ~res.success).sum()), "n": int(x.shape[0]),
             "random_start": random_start}
 
 
-def _probe_single_step(model: nn.Module, x: Tensor, y: Tensor, correct: Tensor, suite: "Suite", records: "Records",
+def _probe_single_step(model: nn.Module, x: Tensor, y: Tensor, correct: Tensor, suite: "Suite", records: Records,
                        t: "Threat", seed: int) -> dict[str, Any]:
-    """Per eps of ``t``: images FGSM breaks while the suite's iterative check attack does not."""
+    """Per eps of ``t``: images FGSM breaks while the suite's iterative check attack does not
+    (``[eps, FGSM only, FGSM, correct, robust to the iterative attack]``)."""
     name = suite.checks.attack
-    if not _iterative(suite.build_attack(name, ThreatModel(t.norm, t.eps[0]), seed)):
-        return {"skipped": f"the check attack {name!r} is not iterative"}
+    check = suite.build_attack(name, ThreatModel(t.norm, t.eps[0]), seed)
+    if not _iterative(check) or check.query_based and not isinstance(check, WorstCase):
+        return {"skipped": f"the check attack {name!r} is not an iterative gradient attack"}
     per_eps = []
     for e in t.eps:
         try:
@@ -178,7 +241,8 @@ def _probe_single_step(model: nn.Module, x: Tensor, y: Tensor, correct: Tensor, 
         except ValueError as exc:  # FGSM has no step for this norm
             return {"skipped": f"FGSM does not run for {t.norm}: {exc}"}
         it = _success(model, x, y, suite, records, t, e, name, seed)
-        per_eps.append([e, int((correct & fgsm & ~it).sum()), int((correct & fgsm).sum()), int(correct.sum())])
+        per_eps.append([e, int((correct & fgsm & ~it).sum()), int((correct & fgsm).sum()), int(correct.sum()),
+                        int((correct & ~it).sum())])
     return {"attack": name, "per_eps": per_eps}
 
 
@@ -201,8 +265,11 @@ def path_stats(trace: Tensor) -> dict[str, Any]:
 
 
 def _probe_path(model: nn.Module, xc: Tensor, yc: Tensor, t: "Threat", e: float, steps: int) -> dict[str, Any]:
-    """The cross-entropy along a traced projected ascent from the clean images (no random start,
-    no early stop), step ``2.5 eps / steps`` (1 pixel for l0)."""
+    """The Carlini-Wagner margin ``max_{j != y} z_j - z_y`` along a traced projected ascent on it
+    from the clean images (no random start, no early stop), step ``2.5 eps / steps`` (1 pixel for
+    l0). The margin, not the cross-entropy: in float32 the cross-entropy of a confident image is
+    exactly 0 once its logit gap exceeds about 17 while its gradient is not, so an honest, confident
+    model's traced loss would look flat."""
     m = int(xc.shape[0])
     path: dict[str, Any] = {"eps": e, "steps": steps, "n": m}
     if not m:
@@ -212,7 +279,7 @@ def _probe_path(model: nn.Module, xc: Tensor, yc: Tensor, t: "Threat", e: float,
     xa, losses = xc.clone(), []
     with eval_mode(model):
         for s in range(steps + 1):
-            loss, _, g = input_gradient(model, xa, lambda z: cross_entropy(z, yc))
+            loss, _, g = input_gradient(model, xa, lambda z: cw_margin(z, yc))
             losses.append(loss.detach())
             if s < steps:
                 xa = tm.project(xa + step * tm.ascent(g, xa), xc)
@@ -251,6 +318,7 @@ def probe(model: nn.Module, x: Tensor, y: Tensor, suite: "Suite", records: "Reco
         second = model(x)
     correct = first.argmax(dim=1) == y
     out["deterministic"] = {"max_abs_diff": float((first - second).abs().max()),
+                            "max_abs_logit": float(first.abs().max()),
                             "same_predictions": bool(torch.equal(first.argmax(1), second.argmax(1)))}
     xc, yc = x[correct], y[correct]
     grads: dict[str, Any] = {"n": int(xc.shape[0])}
@@ -337,27 +405,31 @@ def check_unbounded(u: Mapping[str, Any], norm: Optional[str] = None) -> Finding
 
 
 def check_stronger(stronger: Mapping[str, Any], norm: Optional[str] = None) -> Finding:
-    """Warn when the stronger attack breaks more than :data:`STRONGER_MAX_DROP` of the images (and
-    more than one) that every attack of the suite left robust: ``base_robust - both_robust``, the
-    images it newly breaks (not the net change of its own robust count, which hides a stronger attack
-    that breaks 6 new images while missing 6 others)."""
-    if "skipped" in stronger:
-        return _finding("more-steps", "skip", stronger["skipped"], {}, norm)
-    n = stronger["n"]
-    base, both = stronger["base_robust"], stronger["both_robust"]
-    new = base - both
-    frac = new / n if n else 0.0
-    values = {"eps": stronger["eps"], "attack": stronger["attack"], "base": base / n if n else 0.0,
-              "both": both / n if n else 0.0, "newly_broken": new, "n": n, "steps": stronger["steps"],
-              "restarts": stronger["restarts"]}
-    probed = stronger["attack"]
+    """Warn when the stronger attack breaks more than :data:`STRONGER_MAX_DROP` of the probed images
+    (and more than one) that every attack of the suite left robust (``newly_broken``: judged on the
+    union, not on the net change of one attack's robust count, which hides a stronger attack that
+    breaks 6 new images while missing 6 others). The finding names what was probed and its budget."""
+    probed = stronger.get("attack", "?")
     rests = stronger.get("worst_attack", probed)
-    which = (f"probed {probed} (the worst case rests on {rests}, which has no steps/restarts)"
-             if rests != probed else f"probed {probed}, the strongest attack at this eps")
-    text = (f"{which}, at eps {stronger['eps']:g} on {n} images: {stronger['base_steps']} steps x "
-            f"{stronger['base_restarts']} restart(s) leave {stronger['attack_robust']} robust, "
-            f"{stronger['steps']} steps x {stronger['restarts']} restarts leave {stronger['robust']}; "
-            f"of the {base} robust to every attack of the suite, the stronger attack breaks {new}")
+    which = (f"probed {probed} (the worst case rests on {rests}, which has nothing to strengthen)"
+             if rests != probed else f"probed {probed}, the attack the worst case rests on")
+    if "budget" in stronger:
+        which += f": {stronger['base_budget']} -> {stronger['budget']}"
+    if "skipped" in stronger:
+        return _finding("more-steps", "skip", (which + "; " if "budget" in stronger else "") + stronger["skipped"],
+                        {"eps": stronger.get("eps"), "attack": probed}, norm)
+    n = stronger["n"]
+    base = stronger["base_robust"]
+    new = stronger.get("newly_broken", base - stronger.get("both_robust", base))
+    frac = new / n if n else 0.0
+    values = {"eps": stronger["eps"], "attack": probed, "probe": stronger.get("probe", probed),
+              "base": base / n if n else 0.0, "both": (base - new) / n if n else 0.0, "newly_broken": new, "n": n,
+              "images": list(stronger.get("images", []))}
+    own = (f"; {probed} alone leaves {stronger['attack_robust']} robust" if "attack_robust" in stronger else "")
+    text = (f"{which}, at eps {stronger['eps']:g} on {n} images{own}; of the {base} robust to every attack of the "
+            f"suite, the stronger attack breaks {new}")
+    if new and stronger.get("images"):
+        text += " (images " + ", ".join(str(i) for i in stronger["images"][:10]) + (", ..." if new > 10 else "") + ")"
     if frac > STRONGER_MAX_DROP and new > 1:
         return _finding("more-steps", "warn", text + f" (-{100 * frac:.1f} points): the suite's attacks have not "
                         "converged", values, norm)
@@ -366,48 +438,68 @@ def check_stronger(stronger: Mapping[str, Any], norm: Optional[str] = None) -> F
 
 def check_single_step(single: Mapping[str, Any], norm: Optional[str] = None) -> Finding:
     """Warn when FGSM breaks more than :data:`SINGLE_STEP_MAX` of the correct probed images (and more
-    than one) that the iterative attack leaves robust, at some eps."""
+    than one) that the iterative attack leaves robust, at some eps. Not informative (``skip``) when
+    the iterative attack leaves too few images robust at every eps for that to happen."""
     if "skipped" in single:
         return _finding("single-step", "skip", single["skipped"], {}, norm)
-    per = single["per_eps"]
-    bad = [(e, k, n) for e, k, _, n in per if k > max(1, SINGLE_STEP_MAX * n)]
-    values = {"attack": single["attack"], "max_images": max((k for _, k, _, _ in per), default=0),
-              "per_eps": [list(p) for p in per]}
-    desc = ", ".join(f"{k} of {f} at eps {e:g}" for e, k, f, _ in per)
+    per = [list(p) for p in single["per_eps"]]
+    bad = [(p[0], p[1], p[3]) for p in per if p[1] > max(1, SINGLE_STEP_MAX * p[3])]
+    values = {"attack": single["attack"], "max_images": max((p[1] for p in per), default=0), "per_eps": per}
+    desc = ", ".join(f"{p[1]} of {p[2]} at eps {p[0]:g}" for p in per)
     text = f"images FGSM breaks but {single['attack']} does not (of those FGSM breaks): {desc}"
     if bad:
         return _finding("single-step", "warn", text + ": the iterative attack is led astray (a masking signature)",
                         values, norm)
+    if all(len(p) > 4 and p[4] <= max(1, SINGLE_STEP_MAX * p[3]) for p in per):
+        return _finding("single-step", "skip", f"{single['attack']} leaves at most "
+                        f"{max(p[4] for p in per)} correct image(s) robust at every eps: nothing FGSM could beat it on",
+                        values, norm)
     return _finding("single-step", "pass", text, values, norm)
 
 
-def check_black_box(name: str, what: str, per_eps: Sequence[tuple[float, int, int]], norm: Optional[str] = None
-                    ) -> Finding:
-    """``per_eps``: (eps, images broken by ``what`` but by no white-box attack, correct images).
-    Warn when that exceeds :data:`BLACK_BOX_MAX` of the correct images at some eps."""
+def check_black_box(name: str, what: str, per_eps: Sequence[Sequence[Any]], norm: Optional[str] = None) -> Finding:
+    """``per_eps``: ``(eps, k, n)`` or ``(eps, k, n, details)``: ``k`` correct images broken by
+    ``what`` but by no gradient (white-box) attack, of ``n`` correct ones; ``details`` may give
+    ``white_robust`` (correct images every gradient attack left robust: what ``what`` could break),
+    ``sources`` (per black-box method, its images) and ``images`` (their indices).
+    Warn when ``k`` exceeds :data:`BLACK_BOX_MAX` of the correct images (and one image) at some eps;
+    not informative when too few images are left robust by the gradient attacks at every eps."""
     if not per_eps:
         return _finding(name, "skip", f"no {what} in this suite", {}, norm)
-    bad = [(e, k, n) for e, k, n in per_eps if k > max(1, BLACK_BOX_MAX * n)]
-    total = sum(k for _, k, _ in per_eps)
-    values = {"max_fraction": max((k / n if n else 0.0) for _, k, n in per_eps), "images": total, "method": what}
+    rows = [(float(p[0]), int(p[1]), int(p[2]), dict(p[3]) if len(p) > 3 else {}) for p in per_eps]
+    bad = [(e, k, n, d) for e, k, n, d in rows if k > max(1, BLACK_BOX_MAX * n)]
+    total = sum(k for _, k, _, _ in rows)
+    values = {"max_fraction": max((k / n if n else 0.0) for _, k, n, _ in rows), "images": total, "method": what,
+              "per_eps": [{"eps": e, "images": k, "correct": n, **d} for e, k, n, d in rows]}
+
+    def detail(e: float, k: int, n: int, d: Mapping[str, Any]) -> str:
+        src = d.get("sources") or {}
+        by = "; ".join(f"{s}: {c}" for s, c in src.items() if c)
+        idx = d.get("indices") or []
+        shown = (" (images " + ", ".join(str(i) for i in idx[:10]) + (", ..." if k > 10 else "") + ")") if idx else ""
+        return f"{k} of {n} images at eps {e:g}" + (f" [{by}]" if by and len(src) > 1 else "") + shown
+
     if bad:
-        desc = "; ".join(f"{k} of {n} images at eps {e:g}" for e, k, n in bad)
-        return _finding(name, "warn", f"{what} fools the model where every white-box attack fails: {desc}", values, norm)
-    desc = ", ".join(f"{k} at eps {e:g}" for e, k, _ in per_eps)
-    return _finding(name, "pass", f"images broken by {what} but by no white-box attack: {desc}", values, norm)
+        desc = "; ".join(detail(*b) for b in bad)
+        return _finding(name, "warn", f"{what} fools the model where every gradient attack fails: {desc}", values, norm)
+    if all("white_robust" in d and d["white_robust"] <= max(1, BLACK_BOX_MAX * n) for _, _, n, d in rows):
+        return _finding(name, "skip", f"the gradient attacks leave at most {max(d['white_robust'] for *_, d in rows)} "
+                        f"correct image(s) robust at every eps: nothing left for {what} to find", values, norm)
+    desc = ", ".join(f"{k} at eps {e:g}" for e, k, _, _ in rows)
+    return _finding(name, "pass", f"images broken by {what} but by no gradient attack: {desc}", values, norm)
 
 
 def check_path(path: Mapping[str, Any], norm: Optional[str] = None) -> Finding:
     """Warn when fewer than :data:`PATH_MIN_INCREASED` of the traced attacks show a sustained rise
-    (final loss above the start and a positive trend, see :func:`path_stats`)."""
+    of the CW margin (final value above the start and a positive trend, see :func:`path_stats`)."""
     if not path.get("n"):
         return _finding("loss-path", "skip", "no correctly classified image to trace", {}, norm)
     sus = path["sustained"]
     values = {"sustained": sus, "final_above": path["final_above"], "trend": path["trend"],
               "increased": path["increased"], "start": path["start"], "end": path["end"], "n": path["n"],
               "eps": path["eps"]}
-    text = (f"{path['steps']}-step projected ascent on the cross-entropy at eps {path['eps']:g} on {path['n']} images: "
-            f"final loss above the start for {_pct(path['final_above'])}, mean rank trend {path['trend']:.2f}, "
+    text = (f"{path['steps']}-step projected ascent on the CW margin at eps {path['eps']:g} on {path['n']} images: "
+            f"final margin above the start for {_pct(path['final_above'])}, mean rank trend {path['trend']:.2f}, "
             f"sustained rise for {_pct(sus)} (mean {path['start']:.3g} -> {path['end']:.3g})")
     return _finding("loss-path", "warn" if sus < PATH_MIN_INCREASED else "pass", text, values, norm)
 
@@ -424,20 +516,26 @@ def check_gradients(grads: Mapping[str, Any]) -> Finding:
 
 
 def check_deterministic(det: Mapping[str, Any]) -> Finding:
+    """Warn when two forward passes change a prediction or differ by more than
+    :data:`DETERMINISM_RTOL` of the largest logit (a relative tolerance: models with large logits
+    and GPU kernels that are not bitwise reproducible differ by rounding, a randomised model by far more)."""
     diff = det["max_abs_diff"]
-    ok = det["same_predictions"] and diff <= 1e-4
-    text = f"two forward passes differ by at most {diff:.3g} in the logits" + ("" if det["same_predictions"] else
-                                                                                 " and change predictions")
+    scale = det.get("max_abs_logit", 1.0)
+    tol = DETERMINISM_RTOL * scale
+    ok = det["same_predictions"] and diff <= tol
+    text = (f"two forward passes differ by at most {diff:.3g} in the logits ({diff / scale if scale else 0.0:.2g} of "
+            f"the largest logit, {scale:.3g}; tolerance {DETERMINISM_RTOL:g})"
+            + ("" if det["same_predictions"] else " and change predictions"))
     return _finding("deterministic", "pass" if ok else "warn", text + ("" if ok else ": use EOT (robustlab.attacks.eot)"),
-                    {"max_abs_diff": diff})
+                    {"max_abs_diff": diff, "max_abs_logit": scale, "rtol": DETERMINISM_RTOL})
 
 
 def threat_findings(probe_t: Optional[Mapping[str, Any]], curves: Mapping[str, Sequence[Rate]], eps: Sequence[float],
-                    norm: str, black_box: Sequence[tuple[float, int, int]], transfer: Sequence[tuple[float, int, int]],
+                    norm: str, black_box: Sequence[Sequence[Any]], transfer: Sequence[Sequence[Any]],
                     union: Optional[Sequence[Rate]] = None, black_box_name: str = "random noise") -> list[Finding]:
     """The findings of one threat model: ``curves`` the per-attack robust accuracy over ``eps`` and
-    ``union`` the per-eps white-box union; ``black_box`` / ``transfer``: per eps, images they alone
-    break (see :func:`check_black_box`); ``probe_t``: that threat model's part of :func:`probe`."""
+    ``union`` the per-eps union of the suite's attacks; ``black_box`` / ``transfer``: per eps, images
+    they alone break (see :func:`check_black_box`); ``probe_t``: that threat model's part of :func:`probe`."""
     out = [check_monotone(eps, curves, norm, union)]
     if probe_t is not None:
         out += [check_unbounded(probe_t["unbounded"], norm), check_stronger(probe_t["stronger"], norm),
@@ -457,23 +555,32 @@ def model_findings(probes: Optional[Mapping[str, Any]]) -> list[Finding]:
 
 
 def verdict(found: Sequence[Finding]) -> Verdict:
-    """Trusted when no check warns; the summary says what the numbers mean either way (and, where the
-    findings span several threat models, which ones warn)."""
+    """Trusted when no check warns; the summary says what the numbers mean either way, which
+    threat models warn where the findings span several, and which checks were not informative on
+    this run (``skip``: they could not have warned, e.g. no image left robust for a stronger attack
+    to break; they are listed, never counted as passed)."""
     warns = [f for f in found if f.status == "warn"]
     ran = [f for f in found if f.status != "skip"]
     notes = [f for f in found if f.status == "note"]
+    norms = sorted({f.norm for f in found if f.norm is not None})
+
+    def label(f: Finding) -> str:
+        return f.name + (f" ({f.norm})" if f.norm and len(norms) > 1 else "")
+
+    idle = list(dict.fromkeys(label(f) for f in found if f.status == "skip"))
+    idle_text = (f" Not informative on this run (could not have warned; see each finding): {', '.join(idle)}."
+                 if idle else "")
     if not ran:
-        return Verdict(False, "No gradient-masking check ran: the robust accuracy is an upper bound of unknown "
-                              "tightness.", [])
+        return Verdict(False, "No gradient-masking check could be informative: the robust accuracy is an upper bound "
+                              "of unknown tightness." + idle_text, [], idle)
     if not warns:
         extra = (f" ({len(notes)} note(s): single attacks are fooled, stronger ones are not)" if notes else "")
-        return Verdict(True, f"All {len(ran)} gradient-masking checks pass{extra}: no sign that the attacks as a whole "
-                             "were fooled, so the worst-case robust accuracy is a credible (empirical) upper bound on "
-                             "the true robustness.", [])
+        return Verdict(True, f"All {len(ran)} informative gradient-masking checks pass{extra}: no sign that the attacks "
+                             "as a whole were fooled, so the worst-case robust accuracy is a credible (empirical) upper "
+                             "bound on the true robustness." + idle_text, [], idle)
     names = list(dict.fromkeys(f.name for f in warns))
-    norms = sorted({f.norm for f in found if f.norm is not None})
     titles = "; ".join(dict.fromkeys(f.title.lower() + (f" ({f.norm})" if f.norm and len(norms) > 1 else "")
                                      for f in warns))
-    return Verdict(False, f"{len(warns)} of {len(ran)} checks warn (not met: {titles}): the attacks may be fooled by "
-                          "the model and the robust accuracy may overstate its robustness. Use adaptive attacks (BPDA, "
-                          "EOT, margin losses) before trusting these numbers.", names)
+    return Verdict(False, f"{len(warns)} of {len(ran)} informative checks warn (not met: {titles}): the attacks may be "
+                          "fooled by the model and the robust accuracy may overstate its robustness. Use adaptive "
+                          "attacks (BPDA, EOT, margin losses) before trusting these numbers." + idle_text, names, idle)

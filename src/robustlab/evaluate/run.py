@@ -40,13 +40,16 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from robustlab._checks import check_images, check_labels, check_logits, check_positive, explain_input_mismatch
 from robustlab import distributed
 from robustlab._io import atomic_write_bytes, atomic_write_text
 from robustlab.attacks.base import eval_mode, model_device
+from robustlab.attacks.registry import UnknownOption
 from robustlab.evaluate import checks as checks_mod
 from robustlab.evaluate.metrics import perturbation_norms
+from robustlab.evaluate.records import RECORDS_VERSION, UNBOUNDED, Records, attack_kind, key  # noqa: F401
 from robustlab.evaluate.shards import counting_forwards, read_record, release_memory
 from robustlab.evaluate.summarize import model_report
 from robustlab.evaluate.summarize import report as make_report
@@ -56,21 +59,10 @@ from robustlab.report.schema import Report
 from robustlab.threat import ThreatModel
 
 log = logging.getLogger("robustlab.evaluate")
-RECORDS_VERSION = 2
 LOCK_NAME = ".robustlab.lock"
-UNBOUNDED = None  # the eps key of minimal-norm attacks
 #: Test hook: ``RANK:BATCHES`` makes process ``RANK`` exit hard (``os._exit(17)``) after writing
 #: ``BATCHES`` batch files (only in a first attempt, not in a torchrun restart).
 CRASH_ENV = "ROBUSTLAB_TEST_EVAL_CRASH"
-
-
-def eps_key(eps: Optional[float]) -> str:
-    return "unbounded" if eps is None else repr(float(eps))
-
-
-def key(kind: str, norm: str, eps: Optional[float], name: str, what: str) -> str:
-    """Record key ``kind|norm|eps|name|field`` (kind: attack, minimal, noise, transfer)."""
-    return f"{kind}|{norm}|{eps_key(eps)}|{name}|{what}"
 
 
 def black_box_label(method: str) -> str:
@@ -86,48 +78,6 @@ def display_sources(suite: Suite) -> list[str]:
         names.append(black_box_label(checks_mod.black_box_method(t.norm)))
     names += [f"transfer from {s}" for s in suite.transfer]
     return names
-
-
-@dataclass
-class Records:
-    """Every per-sample result of a run: tensors keyed as :func:`key` (and ``clean|*``,
-    ``cert|<i>|*``), per-batch seconds (``time|*``, summed) and exemplar candidates (``ex|*``)."""
-
-    tensors: dict[str, Tensor]
-    times: dict[str, float] = field(default_factory=dict)
-    exemplars: dict[str, Tensor] = field(default_factory=dict)
-
-    @staticmethod
-    def concat(batches: list[dict[str, Tensor]]) -> "Records":
-        keys = list(batches[0])
-        tensors, times, ex = {}, {}, {}
-        for k in keys:
-            parts = [b[k] for b in batches]
-            if k.startswith("time|"):
-                times[k[5:]] = float(sum(float(p.sum()) for p in parts))
-            elif k.startswith("ex|"):
-                ex[k] = torch.cat(parts)
-            else:
-                tensors[k] = torch.cat(parts)
-        return Records(tensors, times, ex)
-
-    def get(self, kind: str, norm: str, eps: Optional[float], name: str, what: str) -> Tensor:
-        return self.tensors[key(kind, norm, eps, name, what)]
-
-    def seconds(self, kind: str, norm: str, eps: Optional[float], name: str) -> float:
-        return self.times.get(key(kind, norm, eps, name, "seconds"), 0.0)
-
-    @property
-    def labels(self) -> Tensor:
-        return self.tensors["clean|label"]
-
-    @property
-    def clean_pred(self) -> Tensor:
-        return self.tensors["clean|pred"]
-
-    @property
-    def correct(self) -> Tensor:
-        return self.clean_pred == self.labels
 
 
 # -- the per-batch work ----------------------------------------------------------------------------
@@ -242,6 +192,11 @@ class _Runner:
                         self.transfer[(t.norm, e, s)] = _transfer_attack(suite, tm, seed)
             for a in suite.minimal:
                 self.minimal[(t.norm, a)] = suite.build_minimal(a, t.norm, shape, seed)
+        self.kinds = {t.norm: {a: attack_kind(self.attacks[(t.norm, t.eps[0], a)])
+                               for a in suite.attacks_for(t)} for t in suite.threats}
+        for t in suite.threats:
+            for a in suite.minimal:
+                self.kinds[t.norm].setdefault(a, attack_kind(self.minimal[(t.norm, a)]))
         self.certs = [(i, spec, certifier(spec.method), spec.resolved()) for i, spec in enumerate(suite.certifiers)]
         self.sources_names = display_sources(suite)
         checked = sum(len(t.eps) for t in suite.threats) if suite.checks.enabled else 0
@@ -300,9 +255,11 @@ class _Runner:
                 for a in names:
                     task(f"{t.norm} eps {e:g}: {a}")
                     t0 = time.perf_counter()
-                    x_adv = self.attacks[(t.norm, e, a)].attack(model, x, y).x_adv
-                    self._store(rec, s_show, "attack", t, e, a, x, y, x_adv, time.perf_counter() - t0, last,
+                    res = self.attacks[(t.norm, e, a)].attack(model, x, y)
+                    self._store(rec, s_show, "attack", t, e, a, x, y, res.x_adv, time.perf_counter() - t0, last,
                                 self.sources_names.index(a) if ti == 0 else -1)
+                    if "broken_by" in res.info:  # a worst case over members: which member broke each image
+                        rec[key("attack", t.norm, e, a, "broken_by")] = res.info["broken_by"].long().cpu()
                 if suite.checks.enabled:
                     task(f"{t.norm} eps {e:g}: {black_box_label(self.black_box_method[t.norm])}")
                     t0 = time.perf_counter()
@@ -349,7 +306,7 @@ def _transfer_attack(suite: Suite, tm: ThreatModel, seed: int):
     transfer better, Carlini & Wagner 2017); attacks without ``early_stop`` are built as they are."""
     try:
         return suite.build_attack(suite.transfer_attack, tm, seed, early_stop=False)
-    except TypeError:
+    except UnknownOption:
         return suite.build_attack(suite.transfer_attack, tm, seed)
 
 
@@ -604,37 +561,46 @@ def _evaluate(runner: _Runner, model: nn.Module, images: Tensor, labels: Tensor,
     starts = list(range(0, images.shape[0], batch_size))
     mine = distributed.round_robin(len(starts))  # batch b of every rank count holds the same images and seeds
     done: list[tuple[int, bytes]] = []  # each batch's records packed into one safetensors blob (see below)
-    reused = 0
+    reused, redone = 0, []
     world = distributed.world_size()
     desc = f"evaluate {name}" + (f" (rank 0 of {world})" if world > 1 else "")
     bar = tqdm(total=len(mine), desc=desc, unit="batch", disable=not progress or not distributed.is_main())
-    for b in mine:
-        i = starts[b]
-        path = rec_dir / f"batch_{b:06d}.safetensors" if rec_dir is not None else None
-        size = min(batch_size, images.shape[0] - i)
-        rec = load_batch(path, config, b, size) if resume and path is not None and path.is_file() else None
-        if rec is not None:
-            reused += 1
-            blob = st_save(rec)
-        else:
-            x, y = images[i : i + batch_size].to(dev), labels[i : i + batch_size].to(dev)
-            rec = (runner.batch(x, y, i, b) if bar.disable
-                   else runner.batch(x, y, i, b, _BatchProgress(bar, runner.tasks)))
-            # Packed into one blob: the records are hundreds of small tensors allocated between the
-            # attacks' large temporaries; kept as they are, they pin freed heap pages and peak memory
-            # grows with the number of batches (fragmentation), while one blob per batch does not.
-            blob = st_save({k: v.cpu() for k, v in rec.items()},
-                           metadata={"config": config, "batch": str(b), "size": str(size)})
-            del rec, x, y
-            if path is not None:
-                atomic_write_bytes(path, blob)
-                _maybe_crash(len(done) + 1 - reused)
-            release_memory()
-        done.append((b, blob))
-        bar.update(1)
+    # Log lines (a file that cannot be reused, ...) print above the bar, not into it.
+    with logging_redirect_tqdm() if not bar.disable else contextlib.nullcontext():
+        for b in mine:
+            i = starts[b]
+            path = rec_dir / f"batch_{b:06d}.safetensors" if rec_dir is not None else None
+            size = min(batch_size, images.shape[0] - i)
+            found = resume and path is not None and path.is_file()
+            rec = load_batch(path, config, b, size) if found else None
+            if found and rec is None:
+                redone.append(path.name)
+            if rec is not None:
+                reused += 1
+                blob = st_save(rec)
+            else:
+                x, y = images[i : i + batch_size].to(dev), labels[i : i + batch_size].to(dev)
+                rec = (runner.batch(x, y, i, b) if bar.disable
+                       else runner.batch(x, y, i, b, _BatchProgress(bar, runner.tasks)))
+                # Packed into one blob: the records are hundreds of small tensors allocated between the
+                # attacks' large temporaries; kept as they are, they pin freed heap pages and peak memory
+                # grows with the number of batches (fragmentation), while one blob per batch does not.
+                blob = st_save({k: v.cpu() for k, v in rec.items()},
+                               metadata={"config": config, "batch": str(b), "size": str(size)})
+                del rec, x, y
+                if path is not None:
+                    atomic_write_bytes(path, blob)
+                    _maybe_crash(len(done) + 1 - reused)
+                release_memory()
+            done.append((b, blob))
+            bar.update(1)
     bar.close()
     if reused:
         log.info("resumed: reused %d of %d finished batches", reused, len(mine))
+    if redone:
+        log.warning("resumed: %d batch file(s) in %s could not be reused (unreadable, truncated, of another run or of "
+                    "the wrong shape; each named above) and were recomputed: %s", len(redone), rec_dir,
+                    ", ".join(redone))
     if world > 1:  # every rank's records on every rank (safetensors bytes): the check probes are shared
         blobs = distributed.broadcast_object([blob for _, blob in distributed.gather_bytes(done)])
         report = _finish(runner, model, images, labels, suite, name, data_info, shape, dev, seed, batch_size,
@@ -682,7 +648,7 @@ def _finish(runner: _Runner, model: nn.Module, images: Tensor, labels: Tensor, s
 
     info = {"name": name, "model": model_info(model), "data": {**data_info, "n": int(images.shape[0]), "shape": list(shape)},
             "seed": seed, "batch_size": batch_size, "device": str(dev), "seconds": seconds,
-            "sources": runner.sources_names, "black_box": runner.black_box_method}
+            "sources": runner.sources_names, "black_box": runner.black_box_method, "kinds": runner.kinds}
     return make_report([model_report(suite, records, probes, info)], title=f"robustlab report: {name}")
 
 

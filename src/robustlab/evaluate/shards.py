@@ -135,10 +135,13 @@ def run_units(n_units: int, compute: Callable[[int], dict[str, Tensor]], *, part
                 f.unlink()
     distributed.barrier()
     mine: list[tuple[int, dict[str, Tensor]]] = []
-    reused = 0
+    reused, redone = 0, []
     for u in distributed.round_robin(n_units):
         path = parts / f"unit_{u:06d}.safetensors" if parts is not None else None
-        rec = read_record(path, config, "unit", u) if resume and path is not None and path.is_file() else None
+        found = resume and path is not None and path.is_file()
+        rec = read_record(path, config, "unit", u) if found else None
+        if found and rec is None:
+            redone.append(path.name)
         if rec is None:
             rec = {k: v.detach().cpu().contiguous() for k, v in compute(u).items()}
             if path is not None:
@@ -151,6 +154,9 @@ def run_units(n_units: int, compute: Callable[[int], dict[str, Tensor]], *, part
             done(u)
     if reused:
         log.info("resumed: reused %d of this process's %d finished units", reused, len(mine))
+    if redone:
+        log.warning("resumed: %d unit file(s) in %s could not be reused (unreadable, truncated or of another run; "
+                    "each named above) and were recomputed: %s", len(redone), parts, ", ".join(redone))
     if not distributed.is_distributed():
         return [rec for _, rec in mine]
     gathered = distributed.gather_bytes([(u, st_save(rec)) for u, rec in mine])

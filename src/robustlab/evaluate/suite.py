@@ -62,6 +62,9 @@ from robustlab.threat import NORMS, ThreatModel
 #: Default eps grids per norm for images in [0, 1]: MNIST-scale, and CIFAR-scale (Croce et al. 2021).
 DEFAULT_EPS = {"linf": (0.1, 0.2, 0.3), "l2": (0.5, 1.0, 2.0), "l1": (5.0, 10.0, 15.0), "l0": (5.0, 10.0, 20.0)}
 CIFAR_EPS = {"linf": (2 / 255, 4 / 255, 8 / 255), "l2": (0.25, 0.5, 1.0), "l1": (4.0, 8.0, 12.0), "l0": (5.0, 10.0, 20.0)}
+#: ImageNet-scale (RobustBench's ImageNet linf threat is 4/255; l2 3.0 as in Engstrom et al.'s robustness library).
+IMAGENET_EPS = {"linf": (1 / 255, 2 / 255, 4 / 255), "l2": (0.5, 1.0, 3.0), "l1": (16.0, 32.0, 64.0),
+                "l0": (10.0, 20.0, 50.0)}
 
 
 def unbounded_eps(norm: str, shape: Sequence[int]) -> float:
@@ -72,9 +75,11 @@ def unbounded_eps(norm: str, shape: Sequence[int]) -> float:
 
 
 def default_eps(norm: str, dataset: Optional[str] = None) -> tuple[float, ...]:
-    """The default eps grid of ``norm`` for ``dataset`` (CIFAR-scale for cifar10, else MNIST-scale)."""
+    """The default eps grid of ``norm`` for ``dataset``: ImageNet-scale for names with "imagenet",
+    CIFAR-scale for "cifar", else MNIST-scale."""
     norm = ThreatModel(norm, 0.0).norm
-    table = CIFAR_EPS if dataset is not None and "cifar" in str(dataset).lower() else DEFAULT_EPS
+    name = str(dataset).lower() if dataset is not None else ""
+    table = IMAGENET_EPS if "imagenet" in name else CIFAR_EPS if "cifar" in name else DEFAULT_EPS
     return table[norm]
 
 
@@ -413,6 +418,12 @@ class Suite:
             if ch.attack.lower() not in known:
                 raise ValueError(f"suite {self.name!r}: checks.attack {ch.attack!r} is not a known attack; "
                                  f"expected one of {', '.join(sorted(known))}")
+            for t in self.threats:
+                self._buildable(ch.attack, t, "checks.attack")
+        if self.transfer:
+            for t in self.threats:
+                if self.transfer_at(t):
+                    self._buildable(self.transfer_attack, t, "transfer_attack")
         for src_name, src in self.transfer.items():
             if not isinstance(src, (str, os.PathLike, nn.Module)):
                 raise TypeError(f"suite {self.name!r}: transfer source {src_name!r} must be a saved-model path or an "
@@ -423,6 +434,14 @@ class Suite:
                     raise ValueError(f"suite {self.name!r}: transfer_eps {e:g} is on no threat model's eps grid")
         if isinstance(self.exemplars, bool) or not isinstance(self.exemplars, int) or self.exemplars < 0:
             raise ValueError(f"suite {self.name!r}: exemplars must be an integer >= 0, got {self.exemplars!r}")
+
+    def _buildable(self, name: str, t: Threat, option: str) -> None:
+        """``option``'s attack ``name`` runs at ``t``'s radii (e.g. no one-pixel attack for linf)."""
+        try:
+            self.build_attack(name, ThreatModel(t.norm, t.eps[-1]))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"suite {self.name!r}: {option} {name!r} cannot run for the {t.norm} threat model "
+                             f"(options {self.attack_options.get(name, {})}): {exc}") from exc
 
     def validate_for_input(self, shape: Sequence[int]) -> None:
         """Radii that cannot be reached in inputs of ``shape`` (C, H, W): l2 above ``sqrt(D)``,

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 import torch
 
 from robustlab.evaluate import checks, metrics
+from robustlab.evaluate.records import UNBOUNDED, Records, black_box_success, white_box_success
 from robustlab.report.build import report
 from robustlab.report.schema import (
     AttackRow,
@@ -28,7 +29,6 @@ from robustlab.report.schema import (
 )
 
 if TYPE_CHECKING:
-    from robustlab.evaluate.run import Records
     from robustlab.evaluate.suite import Suite
 
 __all__ = ["model_report", "report"]
@@ -43,34 +43,56 @@ def _round(v: float, digits: int = 6) -> float:
     return float(f"{v:.{digits}g}")
 
 
-def _threat_report(suite: "Suite", t, records: "Records", dim: int, certs: Sequence[tuple[Any, CertReport, Any]]
-                   ) -> tuple[ThreatReport, dict]:
-    from robustlab.evaluate.run import UNBOUNDED
+def _black_box_members(kinds: Mapping[str, Any], names: Sequence[str]) -> list[str]:
+    """The suite's attacks that only query the model, and query-based members of its worst cases
+    (``standard: Square``): they count as black box, never as white box."""
+    out = []
+    for a in dict.fromkeys(names):
+        k = kinds.get(a)
+        if k is None:
+            continue
+        if k.get("members"):
+            out += [f"{a}: {m}" for m, q in k["members"] if q]
+        elif k.get("query_based"):
+            out.append(a)
+    return out
 
+
+def _threat_report(suite: "Suite", t, records: Records, dim: int, certs: Sequence[tuple[Any, CertReport, Any]],
+                   kinds: Mapping[str, Mapping[str, Any]], baseline: str) -> tuple[ThreatReport, dict]:
+    """One threat model's rows and robustness intervals, and what its checks need (``aux``): per
+    attack the robust-accuracy curve, the per-eps union of the suite's attacks, and per eps the images
+    only black-box search (``baseline``: the checks' baseline; the suite's query-based attacks and
+    members) or only transfer broke while every gradient attack failed."""
     correct = records.correct
     attacks = list(suite.attacks_for(t))
     found_all: list[torch.Tensor] = []
     found_wb: list[torch.Tensor] = []
+    found_bb: list[torch.Tensor] = []  # the suite's own query-based attacks and members
     per_eps: dict[float, dict[str, Any]] = {}
 
-    def found(kind: str, eps: Optional[float], name: str) -> torch.Tensor:
-        return metrics.found_distance(correct, records.get(kind, t.norm, eps, name, "success"),
-                                      records.get(kind, t.norm, eps, name, "distance"))
+    def found(kind: str, eps: Optional[float], name: str, success: Optional[torch.Tensor] = None) -> torch.Tensor:
+        s = records.get(kind, t.norm, eps, name, "success") if success is None else success
+        return metrics.found_distance(correct, s, records.get(kind, t.norm, eps, name, "distance"))
 
     for e in t.eps:
         d = {"attacks": {a: found("attack", e, a) for a in attacks}}
-        found_wb += list(d["attacks"].values())
+        found_wb += [found("attack", e, a, white_box_success(records, kinds, "attack", t.norm, e, a)) for a in attacks]
+        found_bb += [found("attack", e, a, black_box_success(records, kinds, "attack", t.norm, e, a)) for a in attacks]
         if suite.checks.enabled:
             d["noise"] = found("noise", e, "noise")
         d["transfer"] = {s: found("transfer", e, s) for s in suite.transfer} if e in suite.transfer_at(t) else {}
         per_eps[e] = d
         found_all += list(d["attacks"].values()) + ([d["noise"]] if "noise" in d else []) + list(d["transfer"].values())
     for a in suite.minimal:
-        f = found("minimal", UNBOUNDED, a)
-        found_wb.append(f)
-        found_all.append(f)
+        found_all.append(found("minimal", UNBOUNDED, a))
+        found_wb.append(found("minimal", UNBOUNDED, a, white_box_success(records, kinds, "minimal", t.norm, UNBOUNDED, a)))
+        found_bb.append(found("minimal", UNBOUNDED, a, black_box_success(records, kinds, "minimal", t.norm, UNBOUNDED, a)))
     md_all = metrics.min_distance(correct, found_all)
     md_wb = metrics.min_distance(correct, found_wb)
+    md_bb = metrics.min_distance(correct, found_bb)
+    members = _black_box_members(kinds.get(t.norm, {}), [*attacks, *suite.minimal])
+    index = records.index
 
     rows = []
     noise_counts, transfer_counts = [], []
@@ -88,10 +110,22 @@ def _threat_report(suite: "Suite", t, records: "Records", dim: int, certs: Seque
             ))
         wb_robust = metrics.robust_at(correct, md_wb, e)
         noise_rate = None
+        black = {}  # per black-box source: the correct images it broke that no gradient attack broke
         if suite.checks.enabled:
             sn = records.get("noise", t.norm, e, "noise", "success")
             noise_rate = metrics.robust_accuracy(correct, sn)
-            noise_counts.append((e, int((sn & correct & wb_robust).sum()), n_correct))
+            black["baseline"] = sn & correct & wb_robust
+        if members:
+            black["suite"] = correct & wb_robust & metrics.within(md_bb, e)
+        if black:
+            only = torch.zeros_like(correct)
+            for m in black.values():
+                only |= m
+            sources = {(f"{baseline} (baseline)" if k == "baseline" else ", ".join(members)): int(m.sum())
+                       for k, m in black.items()}
+            noise_counts.append((e, int(only.sum()), n_correct,
+                                 {"white_robust": int((correct & wb_robust).sum()), "sources": sources,
+                                  "indices": [int(i) for i in index[only].tolist()][:20]}))
         transfer = {}
         only_transfer = torch.zeros_like(correct)
         sources = list(suite.transfer) if e in suite.transfer_at(t) else []
@@ -100,7 +134,9 @@ def _threat_report(suite: "Suite", t, records: "Records", dim: int, certs: Seque
             transfer[s] = metrics.robust_accuracy(correct, st)
             only_transfer |= st & correct & wb_robust
         if sources:
-            transfer_counts.append((e, int(only_transfer.sum()), n_correct))
+            transfer_counts.append((e, int(only_transfer.sum()), n_correct,
+                                    {"white_robust": int((correct & wb_robust).sum()),
+                                     "indices": [int(i) for i in index[only_transfer].tolist()][:20]}))
         rows.append(EpsRow(eps=e, attacks=arows, worst_case=metrics.rate(metrics.robust_at(correct, md_all, e)),
                            white_box=metrics.rate(wb_robust), noise=noise_rate, transfer=transfer))
 
@@ -129,7 +165,7 @@ def _threat_report(suite: "Suite", t, records: "Records", dim: int, certs: Seque
         norm=t.norm, eps=list(t.eps), attacks=attacks, minimal=list(suite.minimal), rows=rows,
         min_distance=metrics.summary(md_all[correct]), unbroken=metrics.rate(unbroken),
         per_sample_upper=[None if math.isinf(v) else _round(v) for v in md_all.tolist()],
-        per_sample_lower=[_round(v) for v in lower.tolist()], lower_from=lower_from,
+        per_sample_lower=[_round(v) for v in lower.tolist()], lower_from=lower_from, black_box_members=members,
     )
     curves = {a.attack: [] for a in rows[0].attacks}
     for row in rows:
@@ -176,6 +212,22 @@ def _cert_reports(suite: "Suite", records: "Records") -> list[tuple[Any, CertRep
     return out
 
 
+#: The report keeps exemplar images no larger than this on their longer side (a 512x512 pair is 2 MB of
+#: float16 base64 in report.json; the page shows them at a few hundred pixels anyway).
+EXEMPLAR_MAX_SIDE = 256
+
+
+def _for_display(img: torch.Tensor) -> torch.Tensor:
+    """``img`` (C, H, W), area-downsampled to :data:`EXEMPLAR_MAX_SIDE` on its longer side if larger.
+    Only the picture shrinks: the distances and predictions shown with it are the full-size image's."""
+    h, w = int(img.shape[-2]), int(img.shape[-1])
+    if max(h, w) <= EXEMPLAR_MAX_SIDE:
+        return img
+    scale = EXEMPLAR_MAX_SIDE / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return torch.nn.functional.interpolate(img[None].float(), size=size, mode="area")[0].clamp(0, 1)
+
+
 def _exemplars(records: "Records", suite: "Suite", sources: Sequence[str], k: int) -> list[Exemplar]:
     ex = records.exemplars
     out = []
@@ -194,7 +246,7 @@ def _exemplars(records: "Records", suite: "Suite", sources: Sequence[str], k: in
                 success=bool(g["success"]), distance=_round(max(float(g["dist"]), 0.0)),
                 clean_pred=int(g["clean_pred"]), clean_conf=_round(float(g["clean_conf"]), 4),
                 adv_pred=int(g["adv_pred"]), adv_conf=_round(float(g["adv_conf"]), 4),
-                image=EncodedImage.encode(g["x"]), adversarial=EncodedImage.encode(g["adv"]),
+                image=EncodedImage.encode(_for_display(g["x"])), adversarial=EncodedImage.encode(_for_display(g["adv"])),
             ))
     return out
 
@@ -202,8 +254,10 @@ def _exemplars(records: "Records", suite: "Suite", sources: Sequence[str], k: in
 def model_report(suite: "Suite", records: "Records", probes: Optional[Mapping[str, Any]], info: Mapping[str, Any]
                  ) -> ModelReport:
     """One model's report from its records, the check probes and facts about the run (``info``:
-    name, model, data, seed, batch_size, device, seconds, sources, and ``black_box``: per norm, the
-    method behind the ``noise`` records, ``"square"`` or ``"noise"``).
+    name, model, data, seed, batch_size, device, seconds, sources, ``black_box``: per norm, the
+    method behind the ``noise`` records, ``"square"`` or ``"noise"``, and ``kinds``: per norm and
+    attack, :func:`robustlab.evaluate.records.attack_kind`, which tells gradient attacks from
+    query-based ones).
 
     Each threat model gets its own findings and verdict (its findings and the model-wide ones:
     input gradients, determinism); the model's verdict covers them all."""
@@ -212,11 +266,13 @@ def model_report(suite: "Suite", records: "Records", probes: Optional[Mapping[st
     dim = int(shape[0] * shape[1] * shape[2])
     certs = _cert_reports(suite, records)
     threats, aux = [], []
+    black_box = dict(info.get("black_box", {}))
+    kinds = dict(info.get("kinds", {}))
     for t in suite.threats:
-        tr, extra = _threat_report(suite, t, records, dim, certs)
+        baseline = BLACK_BOX_LABEL.get(black_box.get(t.norm, "noise"), "random noise")
+        tr, extra = _threat_report(suite, t, records, dim, certs, kinds, baseline)
         threats.append(tr)
         aux.append(extra)
-    black_box = dict(info.get("black_box", {}))
     found: list = []
     if suite.checks.enabled:
         wide = checks.model_findings(probes)
@@ -224,8 +280,9 @@ def model_report(suite: "Suite", records: "Records", probes: Optional[Mapping[st
             probe_t = probes["threats"].get(t.key) if probes is not None else None
             method = BLACK_BOX_LABEL.get(black_box.get(t.norm, "noise"), "random noise")
             tr.black_box = method
+            what = method + "".join(f" and {m}" for m in tr.black_box_members)
             own = checks.threat_findings(probe_t, extra["curves"], list(t.eps), t.norm, extra["noise"],
-                                         extra["transfer"], extra["union"], method)
+                                         extra["transfer"], extra["union"], what)
             tr.verdict = checks.verdict(own + wide)
             found += own
         found += wide

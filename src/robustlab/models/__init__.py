@@ -7,10 +7,17 @@ never read.
 
 Bring your own (:mod:`robustlab.models.external`): ``load_external("pkg.mod:build", weights=...,
 mean=..., std=...)`` builds a network with your factory and loads a safetensors or weights-only
-``torch.save`` state dict; TorchScript files too, ONNX with the optional ``onnx`` extra.
+``torch.save`` state dict; TorchScript files too, and ONNX files through robustlab's own converter
+(:mod:`robustlab.models.onnx`, :class:`OnnxGraph`; the optional ``onnx`` extra installs the reader).
 
 Architectures (:func:`architectures`): ``mlp``, ``cnn`` (Madry et al.'s MNIST CNN), ``small-cnn``
-(Wong & Kolter's small CPU network), ``resnet18`` (CIFAR-style); any input size and channel count.
+(Wong & Kolter's small CPU network), ``resnet18`` (CIFAR-style) and ``resnet18-imagenet`` (the
+ImageNet stem), ``preact-resnet18``, ``wrn-28-10`` and ``wrn-34-10`` (the adversarial-training
+papers' CIFAR-10 networks), ``resnet2b`` / ``resnet4b`` (VNN-COMP 2021); any input size and
+channel count.
+
+Models trained elsewhere (:mod:`robustlab.models.catalog`): ``robustlab models list`` names
+them, ``catalog:NAME`` loads one wherever a model path is taken (fetched and SHA-256 checked).
 """
 
 from __future__ import annotations
@@ -26,11 +33,13 @@ from robustlab.models.checkpoint import (
 from robustlab.models.external import from_factory, load_external, load_onnx, load_torchscript, read_weights
 from robustlab.models.metrics import accuracy, predictions
 from robustlab.models.normalize import Normalize
+from robustlab.models.onnx import OnnxGraph
 from robustlab.models.rbf import RBFHead, rbf_confidence, with_rbf_head
 from robustlab.models.registry import architectures, create, register_architecture
 
 __all__ = [
     "Normalize",
+    "OnnxGraph",
     "RBFHead",
     "accuracy",
     "architectures",

@@ -55,17 +55,20 @@ def small_cnn(in_channels: int, num_classes: int, input_size: tuple[int, int]) -
 class BasicBlock(nn.Module):
     """ResNet basic block (He et al. 2016, arXiv:1512.03385):
     ``relu(bn(conv(relu(bn(conv(x))))) + shortcut(x))``, the shortcut a 1x1 conv + BN when the
-    stride or the width changes, else the identity."""
+    stride or the width changes, else the identity. ``batch_norm=False`` gives the BN-free block
+    of the VNN-COMP ResNets: convolutions with biases, the BNs (and the shortcut's) the identity."""
 
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, *, batch_norm: bool = True) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
+        norm = nn.BatchNorm2d if batch_norm else (lambda c: nn.Identity())
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=not batch_norm)
+        self.bn1 = norm(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=not batch_norm)
+        self.bn2 = norm(cout)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            projection: list[nn.Module] = [nn.Conv2d(cin, cout, 1, stride, bias=not batch_norm)]
+            self.shortcut = nn.Sequential(*projection, nn.BatchNorm2d(cout)) if batch_norm else nn.Sequential(*projection)
 
     def forward(self, x: Tensor) -> Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -73,19 +76,31 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """CIFAR-style ResNet-18: a 3x3 stride-1 stem without max-pool (32x32 inputs keep their
-    resolution), four stages of two :class:`BasicBlock` with 64/128/256/512 channels (strides
-    1/2/2/2), global average pooling (so any input size works), fc K. 11.2 M parameters."""
+    """ResNet-18: a stem, four stages of two :class:`BasicBlock` with 64/128/256/512 channels
+    (strides 1/2/2/2), global average pooling (so any input size works), fc K. 11.2 M parameters.
 
-    def __init__(self, in_channels: int, num_classes: int) -> None:
+    ``stem="cifar"`` (default): a 3x3 stride-1 convolution without max-pool, so 32x32 inputs keep
+    their resolution (the CIFAR variant; also pyautoattack's and Rice et al.'s ResNet-18).
+    ``stem="imagenet"``: He et al.'s ImageNet stem, a 7x7 stride-2 convolution (padding 3), BN,
+    ReLU and a 3x3 stride-2 max-pool (padding 1): a 224x224 image reaches the first stage at
+    56x56 and the last at 7x7 (1.8 GFLOP per image, as in the paper's Table 1).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, *, stem: str = "cifar") -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+        if stem == "cifar":
+            self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+        elif stem == "imagenet":
+            self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+                                      nn.MaxPool2d(3, 2, 1))  # (N, 64, H/4, W/4)
+        else:
+            raise ValueError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
         layers: list[nn.Module] = []
         cin = 64
         for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
             layers += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
             cin = cout
-        self.layers = nn.Sequential(*layers)  # (N, 512, H/8, W/8)
+        self.layers = nn.Sequential(*layers)  # (N, 512, H/8, W/8) for the CIFAR stem, H/32 for ImageNet's
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, num_classes))  # (N, K)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -95,3 +110,8 @@ class ResNet18(nn.Module):
 def resnet18(in_channels: int, num_classes: int, input_size: tuple[int, int]) -> nn.Module:
     """:class:`ResNet18` (``input_size`` is accepted for the common signature; pooling is adaptive)."""
     return ResNet18(in_channels, num_classes)
+
+
+def resnet18_imagenet(in_channels: int, num_classes: int, input_size: tuple[int, int]) -> nn.Module:
+    """:class:`ResNet18` with the ImageNet stem (for 224x224 inputs and up)."""
+    return ResNet18(in_channels, num_classes, stem="imagenet")

@@ -31,6 +31,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from robustlab._io import atomic_write_bytes, atomic_write_text
+from robustlab.models.metadata import check_metadata
 
 WEIGHTS = "model.safetensors"
 METADATA = "metadata.json"
@@ -219,7 +220,7 @@ def load_metadata(path: PathLike) -> dict:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{path} has no robustlab metadata (expected format {FORMAT!r}); for plain safetensors "
                          "weights use robustlab.models.load_state_dict_into(model, path)")
-    return meta
+    return check_metadata(meta, str(path / METADATA if path.is_dir() else path))
 
 
 def read_state(path: PathLike) -> tuple[StateDict, dict]:
@@ -245,7 +246,7 @@ def read_state(path: PathLike) -> tuple[StateDict, dict]:
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} has no robustlab metadata (expected format {FORMAT!r}); for plain safetensors "
                          "weights use robustlab.models.load_state_dict_into(model, path)")
-    return state, meta
+    return state, check_metadata(meta, str(path))
 
 
 def _read_any_state(path: Path) -> StateDict:
@@ -327,8 +328,9 @@ def load(path: PathLike, *, map_location: "str | torch.device" = "cpu", strict: 
     try:
         model = create(arch["name"], num_classes=arch["num_classes"], in_channels=arch["in_channels"],
                        input_size=arch["input_size"], mean=arch["mean"], std=arch["std"])
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: incomplete architecture record {arch!r} ({exc})") from exc
+    except KeyError as exc:
+        raise ValueError(f"{path}: its metadata's architecture record lacks the field {exc} "
+                         f"(it has {sorted(arch)})") from exc
     weights = Path(path) / WEIGHTS if Path(path).is_dir() else Path(path)
     load_state_dict_into(model, state, strict=strict, source=str(weights))
     model.metadata = meta

@@ -9,9 +9,9 @@ logits; once loaded it is evaluated exactly like a robustlab model. Sources:
   ``kwargs``) or an ``nn.Module`` instance;
 - a **TorchScript** file (``torch.jit.save``; read with ``torch.jit.load``, which rebuilds
   TorchScript code and tensors only, never arbitrary Python objects);
-- an **ONNX** file, converted with ``onnx2torch`` (the optional ``onnx`` extra). onnx2torch
-  imports torchvision, which does not import under robustlab's torch pin (2.13): the ONNX path
-  then raises an error saying what to install instead of half-working.
+- an **ONNX** file, converted by robustlab's own converter (:mod:`robustlab.models.onnx`; the
+  optional ``onnx`` extra installs the ``onnx`` package it reads files with). The module takes
+  the file's declared input shape (any input with as many values per sample is reshaped to it).
 
 Weights (``weights=``) are a state dict in a ``.safetensors`` file (any safetensors file; a
 robustlab model folder works too) or a ``torch.save`` state dict read with
@@ -51,8 +51,7 @@ from robustlab.models.checkpoint import (
 from robustlab.models.normalize import Normalize
 
 PathLike = Union[str, "os.PathLike[str]"]
-ONNX_INSTALL = ("pip install 'robustlab[onnx]' (onnx and onnx2torch; onnx2torch needs a torchvision that "
-                "imports with your torch, which the pinned torch 2.13 CPU build lacks)")
+ONNX_INSTALL = "pip install 'robustlab[onnx]' (the onnx package)"
 
 
 def _sha256(path: Path) -> str:
@@ -271,20 +270,21 @@ def load_torchscript(path: PathLike, *, mean: Optional[Sequence[float]] = None, 
 
 def load_onnx(path: PathLike, *, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
               map_location: "str | torch.device" = "cpu") -> nn.Module:
-    """An ONNX model converted to an ``nn.Module`` with onnx2torch (the optional ``onnx`` extra)."""
+    """An ONNX model converted to an ``nn.Module`` by :func:`robustlab.models.onnx.convert` (the
+    ``onnx`` package reads the file; no torchvision)."""
     p = Path(path)
     norm = _check_normalization(mean, std)
     if not p.is_file():
         raise FileNotFoundError(f"no ONNX model at {p}")
     try:
-        from onnx2torch import convert
-    except Exception as exc:  # ImportError, or torchvision failing to import under this torch
-        raise ImportError(f"loading ONNX model {p} needs onnx2torch, which does not import here "
-                          f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                          f"install it with {ONNX_INSTALL}, or export the model as TorchScript "
-                          "(torch.jit.trace / torch.jit.save) and pass that file") from exc
-    net = convert(str(p))
-    meta = {"source": "onnx", "file": str(p), "weights_sha256": _sha256(p)}
+        import onnx  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(f"loading ONNX model {p} needs the onnx package: {ONNX_INSTALL}") from exc
+    from robustlab.models.onnx import convert
+
+    net = convert(p)
+    meta = {"source": "onnx", "file": str(p), "weights_sha256": _sha256(p), "input_shape": list(net.input_shape),
+            "opset": net.opset}
     return _finish(net, norm, meta, map_location)
 
 
@@ -320,6 +320,7 @@ def load_external(
 ) -> nn.Module:
     """Any model a user points at, by what ``model`` is:
 
+    - ``"catalog:NAME"``: a model of :mod:`robustlab.models.catalog` (fetched on first use);
     - a saved robustlab model (folder or ``.safetensors`` with robustlab metadata): :func:`load`;
     - ``"package.module:attr"`` / ``"path/to/file.py:attr"``: :func:`from_factory` (with ``weights``);
     - a ``.onnx`` file: :func:`load_onnx`; any other file: :func:`load_torchscript`.
@@ -327,6 +328,13 @@ def load_external(
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a path or a 'module:attr' string, got {type(model).__name__}")
     spec = str(model)
+    if spec.startswith("catalog:"):  # a catalogue model (robustlab.models.catalog): weights and normalisation pinned
+        from robustlab.models import catalog
+
+        if weights is not None or mean is not None or std is not None or kwargs:
+            raise ValueError(f"{spec} is a catalogue model with its own weights and normalisation; drop "
+                             "--weights / --mean / --std / --model-option")
+        return catalog.load(spec, map_location=map_location)
     if looks_like_factory(spec):
         return from_factory(spec, weights=weights, mean=mean, std=std, kwargs=kwargs, strict=strict,
                             map_location=map_location)

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 from robustlab.models import architectures as _arch
+from robustlab.models import preact as _preact
+from robustlab.models import vnncomp as _vnncomp
 from robustlab.models.normalize import Normalize
 
 Builder = Callable[[int, int, tuple[int, int]], nn.Module]
@@ -22,6 +24,12 @@ ARCHITECTURES: dict[str, Builder] = {
     "cnn": _arch.cnn,
     "small-cnn": _arch.small_cnn,
     "resnet18": _arch.resnet18,
+    "resnet18-imagenet": _arch.resnet18_imagenet,
+    "preact-resnet18": _preact.preact_resnet18,
+    "wrn-28-10": _preact.wrn_28_10,
+    "wrn-34-10": _preact.wrn_34_10,
+    "resnet2b": _vnncomp.resnet2b,
+    "resnet4b": _vnncomp.resnet4b,
 }
 
 

@@ -94,7 +94,8 @@ def compare_curves(models: Sequence[ModelReport], norm: str) -> bytes:
 
 
 def certified_curves(curves: Sequence[tuple[str, CertReport]]) -> bytes:
-    """Certified accuracy vs radius (step curves with 95% bands), one per (name, certificate)."""
+    """Certified accuracy vs radius (step curves with 95% bands), one per (name, certificate); every
+    certificate in one norm (radii of different norms never share an axis)."""
     with plt.rc_context(RC):
         fig, ax = plt.subplots(figsize=(4.6, 3.1))
         for i, (name, c) in enumerate(curves):
@@ -103,11 +104,22 @@ def certified_curves(curves: Sequence[tuple[str, CertReport]]) -> bytes:
             ax.step(c.radii, v, where="post", color=color, lw=2.0, label=name)
             ax.fill_between(c.radii, [r.ci_low for r in c.certified_accuracy], [r.ci_high for r in c.certified_accuracy],
                             step="post", color=color, alpha=0.15, lw=0)
-        norm = curves[0][1].norm if curves else "l2"
-        _accuracy_axis(ax, f"radius ({norm})")
-        ax.set_title("certified accuracy vs radius")
+        norms = sorted({c.norm for _, c in curves}) or ["l2"]
+        if len(norms) > 1:
+            raise ValueError(f"certified_curves draws one norm per axis, got {norms}; use certified_figures")
+        _accuracy_axis(ax, f"radius ({norms[0]})")
+        ax.set_title(f"certified accuracy vs {norms[0]} radius")
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
         return _png(fig)
+
+
+def certified_figures(curves: Sequence[tuple[str, CertReport]], stem: str) -> dict[str, bytes]:
+    """:func:`certified_curves` per norm: ``{stem}-{norm}.png`` (an l2 smoothing radius and an linf
+    IBP radius are different quantities)."""
+    out: dict[str, bytes] = {}
+    for norm in dict.fromkeys(c.norm for _, c in curves):
+        out[f"{stem}-{norm}.png"] = certified_curves([(name, c) for name, c in curves if c.norm == norm])
+    return out
 
 
 def _correct(m: ModelReport) -> np.ndarray:
@@ -209,11 +221,17 @@ def transfer_heatmap(tm: TransferMatrix) -> bytes:
         return _png(fig)
 
 
+#: Images up to this side are drawn with visible pixels; larger ones (ImageNet's 224, 512) are
+#: drawn antialiased in wider columns, so a grid stays readable at any input size.
+SMALL_SIDE = 64
+
+
 def _show(ax, img: np.ndarray, cmap: Optional[str] = "gray", vmin: float = 0.0, vmax: float = 1.0) -> None:
+    interp = "nearest" if max(img.shape[1:]) <= SMALL_SIDE else "antialiased"
     if img.shape[0] == 1:
-        ax.imshow(img[0], cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+        ax.imshow(img[0], cmap=cmap, vmin=vmin, vmax=vmax, interpolation=interp)
     else:
-        ax.imshow(np.clip(img.transpose(1, 2, 0), 0, 1), interpolation="nearest")
+        ax.imshow(np.clip(img.transpose(1, 2, 0), 0, 1), interpolation=interp)
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():
@@ -224,9 +242,16 @@ def exemplar_grid(exemplars: Sequence[Exemplar], classes: Sequence[str], title: 
     """One column per image: clean (label, prediction, confidence) | adversarial (prediction,
     confidence; red when fooled) | perturbation (scaled to its own maximum; red +, blue -)."""
     n = max(len(exemplars), 1)
-    name = lambda k: classes[k] if 0 <= k < len(classes) else str(k)  # noqa: E731
+    side = max((max(ex.image.shape[1:]) for ex in exemplars), default=0)
+    col = 1.12 if side <= SMALL_SIDE else 1.9  # inches per column: about 210 pixels for a large image at DPI 110
+
+    def name(k: int) -> str:  # a class name short enough for a column: its first synonym, at most 18 characters
+        full = classes[k] if 0 <= k < len(classes) else str(k)
+        short = full.split(", ")[0]
+        return short if len(short) <= 18 else short[:17] + "…"
+
     with plt.rc_context({**RC, "axes.grid": False}):
-        fig, axes = plt.subplots(3, n, figsize=(0.35 + 1.12 * n, 3.95), squeeze=False)
+        fig, axes = plt.subplots(3, n, figsize=(0.35 + col * n, 3.95 * col / 1.12), squeeze=False)
         for j, ex in enumerate(exemplars):
             x = ex.image.decode().numpy()
             xa = ex.adversarial.decode().numpy()
@@ -261,8 +286,7 @@ def model_figures(m: ModelReport, prefix: str) -> dict[str, bytes]:
         out[f"{prefix}-{t.norm}-eps.png"] = eps_curve(t, m.clean, f"{m.name}: robust accuracy vs eps ({t.norm})")
         out[f"{prefix}-{t.norm}-distances.png"] = distance_histogram(m, t)
         out[f"{prefix}-{t.norm}-intervals.png"] = robustness_intervals(m, t)
-    if m.certificates:
-        out[f"{prefix}-certified.png"] = certified_curves([(c.label, c) for c in m.certificates])
+    out.update(certified_figures([(c.label, c) for c in m.certificates], f"{prefix}-certified"))
     for kind in ("least-robust", "most-robust"):
         ex = [e for e in m.exemplars if e.kind == kind]
         if ex:
@@ -283,7 +307,7 @@ def render(report: Report) -> dict[str, bytes]:
             out[f"compare-{norm}.png"] = compare_curves(report.models, norm)
         certs = [(f"{m.name}: {c.label}", c) for m in report.models for c in m.certificates]
         if len(certs) > 1:
-            out["compare-certified.png"] = certified_curves(certs)
+            out.update(certified_figures(certs, "compare-certified"))
     for tm in report.transfer:
         out[f"transfer-{tm.norm}-{tm.eps:g}.png"] = transfer_heatmap(tm)
     for i, m in enumerate(report.models):

@@ -112,11 +112,15 @@ def _summary(report: Report, figs: Mapping[str, bytes]) -> dict[str, Any]:
         for t in m.threats:
             cols += [(t.norm, e) for e in t.eps if (t.norm, e) not in cols]
     head = ["model", "clean accuracy", *(f"worst case, {n} eps {e:g}" for n, e in cols)]
-    any_cert = next((c for m in report.models for c in m.certificates), None)
-    picks: list[int] = []
-    if any_cert is not None and any_cert.radii:
-        picks = sorted({0, len(any_cert.radii) // 4, len(any_cert.radii) // 2})
-        head += [f"certified, r = {any_cert.radii[i]:.2g}" for i in picks]
+    # Certified accuracy per norm: the radii of the first certificate in that norm, every model's own
+    # certificate in the same norm read at them (an l2 smoothing radius is never read as an linf one).
+    cert_cols: list[tuple[str, float]] = []
+    for norm in dict.fromkeys(c.norm for m in report.models for c in m.certificates):
+        ref = next(c for m in report.models for c in m.certificates if c.norm == norm)
+        if ref.radii:
+            picks = sorted({0, len(ref.radii) // 4, len(ref.radii) // 2})
+            cert_cols += [(norm, ref.radii[i]) for i in picks]
+    head += [f"certified, {norm} r = {r:.2g}" for norm, r in cert_cols]
     head.append("checks")
     rows = []
     for m in report.models:
@@ -124,11 +128,10 @@ def _summary(report: Report, figs: Mapping[str, bytes]) -> dict[str, Any]:
         for norm, e in cols:
             cells.append(next((row.worst_case for t in m.threats if t.norm == norm for row in t.rows if row.eps == e),
                               None))
-        for j in picks:
-            c = m.certificates[0] if m.certificates else None
+        for norm, target in cert_cols:
+            c = next((c for c in m.certificates if c.norm == norm), None)
             r = None
-            if c is not None and any_cert is not None and c.radii and c.certified_accuracy:
-                target = any_cert.radii[j]
+            if c is not None and c.radii and c.certified_accuracy:
                 k = max((idx for idx, rad in enumerate(c.radii) if rad <= target + 1e-12), default=0)
                 r = c.certified_accuracy[min(k, len(c.certified_accuracy) - 1)]
             cells.append(r)
@@ -137,9 +140,11 @@ def _summary(report: Report, figs: Mapping[str, bytes]) -> dict[str, Any]:
         rows.append({"name": m.name, "cells": cells, "status": status, "label": label})
     figures = [_figure(figs, name, "worst-case robust accuracy of every model",
                        "Worst-case robust accuracy vs eps; eps 0 is the clean accuracy; bands: 95% intervals.")
-               for name in sorted(figs) if name.startswith("compare-") and name != "compare-certified.png"]
-    figures.append(_figure(figs, "compare-certified.png", "certified accuracy of every model",
-                           "Certified accuracy vs radius of every model's certifiers."))
+               for name in sorted(figs) if name.startswith("compare-") and not name.startswith("compare-certified")]
+    figures += [_figure(figs, name, "certified accuracy of every model",
+                        f"Certified accuracy vs {name[len('compare-certified-'):-4]} radius of every model's "
+                        "certifiers in that norm.")
+                for name in sorted(figs) if name.startswith("compare-certified-")]
     for tm in report.transfer:
         figures.append(_figure(figs, f"transfer-{tm.norm}-{tm.eps:g}.png", "transfer matrix",
                                f"Robust accuracy of each target (row) on adversarial examples crafted on each source "
@@ -223,9 +228,10 @@ def _model(i: int, m: ModelReport, figs: Mapping[str, bytes]) -> dict[str, Any]:
     return {
         "report": m, "status": _status(m.verdict.trusted, bool(m.checks)), "facts": _facts(m), "links": links,
         "threats": threats, "certs": certs,
-        "cert_figure": _figure(figs, f"{prefix}-certified.png", "certified accuracy vs radius",
-                               "Certified accuracy vs radius: the certified prediction is correct and its radius is at "
-                               "least r; abstentions count as errors. Bands: 95% intervals."),
+        "cert_figures": [_figure(figs, f"{prefix}-certified-{norm}.png", f"certified accuracy vs {norm} radius",
+                                 f"Certified accuracy vs {norm} radius: the certified prediction is correct and its "
+                                 "radius is at least r; abstentions count as errors. Bands: 95% intervals.")
+                         for norm in dict.fromkeys(c.norm for c in m.certificates)],
         "by_threat": len({f.norm for f in m.checks}) > 1 or len(m.threats) > 1,
         "grids": [g for g in grids if g],
     }

@@ -5,8 +5,10 @@
 "none found"), so the files are strict JSON. ``from_dict`` refuses unknown keys, missing keys and
 wrong types, naming the path inside the document, and refuses files written by a newer schema.
 
-Schema history: version 1; version 2 (this one) adds ``Finding.norm``, ``ThreatReport.verdict``
-and ``ThreatReport.black_box`` (all with defaults, so version-1 files still load).
+Schema history: version 1; version 2 adds ``Finding.norm``, ``ThreatReport.verdict`` and
+``ThreatReport.black_box``; version 3 (this one) adds ``Verdict.uninformative`` (the checks that could
+not have warned on the run) and ``ThreatReport.black_box_members`` (the suite's query-based attacks and
+members, which count as black box, not white box). Every addition has a default, so older files still load.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 import torch
 
 SCHEMA = "robustlab-report"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass
@@ -76,8 +78,10 @@ class AttackRow:
 @dataclass
 class EpsRow:
     """Everything at one radius. ``worst_case``: no adversarial example within ``eps`` was found by
-    any attack at any radius <= eps (white-box, noise, transfer, minimal-norm);
-    ``noise``: robust against random points of the ball; ``transfer``: per source model."""
+    any attack at any radius <= eps (white-box, noise, transfer, minimal-norm); ``white_box``: none
+    was found by a gradient attack (query-based attacks and members, such as the ``standard``
+    preset's Square, are black box and left out); ``noise``: robust against the black-box baseline;
+    ``transfer``: per source model."""
 
     eps: float
     attacks: list[AttackRow]
@@ -94,7 +98,9 @@ class ThreatReport:
     (``lower``; from certifiers of the model itself, converted to this norm; 0 where none);
     ``verdict``: this threat model's own gradient-masking verdict (its findings and the model-wide
     ones; ``None`` when the checks were off or for schema-1 files); ``black_box``: what the
-    black-box baseline of ``EpsRow.noise`` was (``"square"`` or ``"random noise"``)."""
+    black-box baseline of ``EpsRow.noise`` was (``"square"`` or ``"random noise"``);
+    ``black_box_members``: the suite's query-based attacks and preset members (e.g.
+    ``standard: Square``), which the ``white_box`` rows leave out."""
 
     norm: str
     eps: list[float]
@@ -108,6 +114,7 @@ class ThreatReport:
     lower_from: list[str]
     verdict: Optional[Verdict] = None
     black_box: str = "random noise"
+    black_box_members: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -160,6 +167,7 @@ class Verdict:
     trusted: bool
     summary: str
     warnings: list[str]
+    uninformative: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -17,6 +17,17 @@ only), ``[h; s] -> h + s`` (:class:`JoinOp`), ReLU. The chain computes exactly t
 function, so every bound method (IBP, CROWN, alpha-CROWN, LP) and the MILP read it unchanged; a
 block subclass with its own ``forward`` is refused.
 
+ONNX networks converted by :func:`robustlab.models.onnx.convert` (:class:`~robustlab.models.onnx.OnnxGraph`)
+are walked node by node in the same form, generalised to any number of branches: the state is the
+list of live values side by side (*lanes*); a value read by several nodes is copied into one lane
+per reader and ``Add``/``Sub``/``Concat`` of two computed values merge lanes (:class:`RouteOp`),
+affine nodes of different lanes run side by side (:class:`ParallelOp`, of which
+:class:`ResidualOp` is the two-path case), and a ReLU of one lane is a :class:`ReLUOp` masked to
+it. Reshape/Flatten/Squeeze/Unsqueeze (:class:`ReshapeOp`), Transpose (:class:`PermuteOp`),
+constant Pad (:class:`PadOp`) and arithmetic with constants (:class:`ScaleOp`) are affine; a node
+that mixes the batch axis, multiplies two computed values or is not one of these is refused by
+name. The walk is checked against the graph on a batch of two random inputs.
+
 Max-pooling is rewritten exactly with ReLUs, ``max(a, b) = b + relu(a - b)``, a tree of pairwise
 maxima over each window; the pass-through ``b`` is a coordinate the partial ReLU leaves alone, so
 the relaxation of the pass-through is exact and the bounds stay sound.
@@ -32,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robustlab.models import onnx as onnx_ops
 from robustlab.models.architectures import BasicBlock, ResNet18
 from robustlab.models.normalize import Normalize
 
@@ -183,31 +195,50 @@ class MixOp(Affine):
         return lam.matmul(self.matrix)
 
 
-def _flat(x: Tensor, lead: int) -> Tensor:
-    return x.reshape(*x.shape[:lead], -1)
+def _lanes_out(x: Tensor, shapes: list, lead: int) -> list:
+    """The lanes of a state with ``lead`` leading axes: one lane is the tensor in its own shape,
+    several lie side by side in one flat axis."""
+    if len(shapes) == 1:
+        return [x.reshape(*x.shape[:lead], *shapes[0])]
+    flat = x.reshape(*x.shape[:lead], -1)
+    parts = flat.split([int(math.prod(s)) for s in shapes], dim=lead)
+    return [p.reshape(*x.shape[:lead], *s) for p, s in zip(parts, shapes)]
 
 
-class ResidualOp(Affine):
-    """The two paths of a residual block side by side, as one flat vector ``[main; skip]``:
-    ``[h; s] -> [A_k ... A_1 h; B_m ... B_1 s]`` (each path a chain of affine ops, possibly empty).
-    With :class:`SplitOp` (``x -> [x; x]``), a partial ReLU on the main half and :class:`JoinOp`
-    (``[h; s] -> h + s``), ``relu(F(x) + S(x))`` becomes a chain every verifier reads."""
+def _lanes_in(parts: list, lead: int) -> Tensor:
+    """The state holding ``parts`` (inverse of :func:`_lanes_out`)."""
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat([p.reshape(*p.shape[:lead], -1) for p in parts], dim=lead)
 
-    def __init__(self, main: list, skip: list, shapes: tuple[Shape, Shape, Shape, Shape], name: str) -> None:
-        self.main, self.skip, self.name = main, skip, name
-        self.main_in, self.skip_in, self.main_out, self.skip_out = shapes
-        self.d_in = int(math.prod(self.main_in)), int(math.prod(self.skip_in))
-        self.d_out = int(math.prod(self.main_out)), int(math.prod(self.skip_out))
+
+class ParallelOp(Affine):
+    """Lanes side by side, each through its own chain of affine ops (possibly empty):
+    ``[h_1; ...; h_k] -> [A_1 h_1; ...; A_k h_k]``. Together with :class:`RouteOp` (copies, sums,
+    concatenations of lanes) and ReLUs masked to some lanes, it writes a graph with branches (a
+    residual block, an ONNX DAG) as a chain every verifier reads. The ops of all paths are kept
+    in one list ``inner`` (``sizes`` ops per path)."""
+
+    def __init__(self, paths: list, in_shapes: list, out_shapes: list, name: str) -> None:
+        self.inner = [op for path in paths for op in path]
+        self.sizes = tuple(len(path) for path in paths)
+        self.in_shapes, self.out_shapes = [tuple(s) for s in in_shapes], [tuple(s) for s in out_shapes]
+        self.name = name
+
+    @property
+    def paths(self) -> list:
+        out, k = [], 0
+        for n in self.sizes:
+            out.append(self.inner[k : k + n])
+            k += n
+        return out
 
     def _apply(self, x: Tensor, abs_: bool) -> Tensor:
-        n = x.shape[0]
-        h, s = x.split(self.d_in, dim=1)
-        h, s = h.reshape(n, *self.main_in), s.reshape(n, *self.skip_in)
-        for op in self.main:
-            h = op.abs_forward(h) if abs_ else op.forward(h)
-        for op in self.skip:
-            s = op.abs_forward(s) if abs_ else op.forward(s)
-        return torch.cat([h.reshape(n, -1), s.reshape(n, -1)], dim=1)
+        lanes = _lanes_out(x, self.in_shapes, 1)
+        for i, path in enumerate(self.paths):
+            for op in path:
+                lanes[i] = op.abs_forward(lanes[i]) if abs_ else op.forward(lanes[i])
+        return _lanes_in(lanes, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self._apply(x, False)
@@ -215,18 +246,14 @@ class ResidualOp(Affine):
     def abs_forward(self, r: Tensor) -> Tensor:
         return self._apply(r, True)  # |A_k|...|A_1| r >= |A_k ... A_1| r: sound (exact for conv + BatchNorm)
 
-    def _back(self, lam: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        s_, n = lam.shape[:2]
-        lh, ls = lam.split(self.d_out, dim=2)
-        lh, ls = lh.reshape(s_, n, *self.main_out), ls.reshape(s_, n, *self.skip_out)
-        bias = lam.new_zeros(s_, n)
-        for op in reversed(self.main):
-            bias = bias + op.bias_term(lh)
-            lh = op.back(lh)
-        for op in reversed(self.skip):
-            bias = bias + op.bias_term(ls)
-            ls = op.back(ls)
-        return torch.cat([_flat(lh, 2), _flat(ls, 2)], dim=2), bias, lam
+    def _back(self, lam: Tensor) -> tuple[Tensor, Tensor]:
+        lanes = _lanes_out(lam, self.out_shapes, 2)
+        bias = lam.new_zeros(lam.shape[:2])
+        for i, path in enumerate(self.paths):
+            for op in reversed(path):
+                bias = bias + op.bias_term(lanes[i])
+                lanes[i] = op.back(lanes[i])
+        return _lanes_in(lanes, 2), bias
 
     def back(self, lam: Tensor) -> Tensor:
         return self._back(lam)[0]
@@ -235,40 +262,121 @@ class ResidualOp(Affine):
         return self._back(lam)[1]
 
 
-class SplitOp(Affine):
-    """``x -> [x; x]`` (flat): the input of a residual block, once per path."""
+class ResidualOp(ParallelOp):
+    """The two paths of a residual block side by side, as one flat vector ``[main; skip]``:
+    ``[h; s] -> [A_k ... A_1 h; B_m ... B_1 s]`` (each path a chain of affine ops, possibly empty).
+    With :class:`SplitOp` (``x -> [x; x]``), a partial ReLU on the main half and :class:`JoinOp`
+    (``[h; s] -> h + s``), ``relu(F(x) + S(x))`` becomes a chain every verifier reads."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, main: list, skip: list, shapes: tuple[Shape, Shape, Shape, Shape], name: str) -> None:
+        main_in, skip_in, main_out, skip_out = shapes
+        super().__init__([main, skip], [main_in, skip_in], [main_out, skip_out], name)
+
+    @property
+    def main(self) -> list:
+        return self.paths[0]
+
+    @property
+    def skip(self) -> list:
+        return self.paths[1]
+
+
+class RouteOp(Affine):
+    """A linear rearrangement of lanes (see :class:`ParallelOp`): output lane k is either a sum
+    ``sum_j c_j lane_{s_j}`` of input lanes of equal size (``("sum", ((s, c), ...), shape)``: a copy
+    when it has one term) or their concatenation along a sample axis (``("cat", (s, ...), axis,
+    shape)``); input lanes no route reads are dropped."""
+
+    def __init__(self, in_shapes: list, routes: list, name: str) -> None:
+        self.in_shapes = [tuple(s) for s in in_shapes]
+        self.routes = list(routes)
+        self.out_shapes = [tuple(r[-1]) for r in self.routes]
         self.name = name
 
+    def _apply(self, x: Tensor, abs_: bool) -> Tensor:
+        lanes = _lanes_out(x, self.in_shapes, 1)
+        out = []
+        for r, shape in zip(self.routes, self.out_shapes):
+            if r[0] == "sum":
+                terms = [lanes[s].reshape(x.shape[0], *shape) * (abs(c) if abs_ else c) for s, c in r[1]]
+                out.append(torch.stack(terms).sum(0) if len(terms) > 1 else terms[0])
+            else:
+                out.append(torch.cat([lanes[s] for s in r[1]], dim=1 + r[2]))
+        return _lanes_in(out, 1)
+
     def forward(self, x: Tensor) -> Tensor:
-        f = x.reshape(x.shape[0], -1)
-        return torch.cat([f, f], dim=1)
+        return self._apply(x, False)
 
     def abs_forward(self, r: Tensor) -> Tensor:
-        return self.forward(r)
+        return self._apply(r, True)  # |sum c_j x_j| <= sum |c_j| |x_j|: exact for copies and concatenations
 
     def back(self, lam: Tensor) -> Tensor:
-        a, b = lam.chunk(2, dim=2)
-        return (a + b).reshape(*lam.shape[:2], *self.in_shape)
+        lead = lam.shape[:2]
+        outs = _lanes_out(lam, self.out_shapes, 2)
+        grads = [lam.new_zeros(*lead, *s) for s in self.in_shapes]
+        for r, g in zip(self.routes, outs):
+            if r[0] == "sum":
+                for s, c in r[1]:
+                    grads[s] = grads[s] + c * g.reshape(*lead, *self.in_shapes[s])
+            else:
+                sizes = [self.in_shapes[s][r[2]] for s in r[1]]
+                for s, part in zip(r[1], g.split(sizes, dim=2 + r[2])):
+                    grads[s] = grads[s] + part
+        return _lanes_in(grads, 2)
 
 
-class JoinOp(Affine):
+class SplitOp(RouteOp):
+    """``x -> [x; x]`` (flat): the input of a residual block, once per path."""
+
+    def __init__(self, name: str, shape: Shape) -> None:
+        super().__init__([shape], [("sum", ((0, 1.0),), shape), ("sum", ((0, 1.0),), shape)], name)
+
+
+class JoinOp(RouteOp):
     """``[h; s] -> h + s`` reshaped to the block's output shape."""
 
     def __init__(self, shape: Shape, name: str) -> None:
-        self.shape, self.name = shape, name
+        super().__init__([shape, shape], [("sum", ((0, 1.0), (1, 1.0)), shape)], name)
+
+
+class PermuteOp(Affine):
+    """An axis permutation of one sample (ONNX Transpose keeping the batch axis first)."""
+
+    def __init__(self, perm: tuple, name: str) -> None:
+        self.perm, self.name = tuple(perm), name
+        self.inverse = tuple(sorted(range(len(perm)), key=lambda k: perm[k]))
 
     def forward(self, x: Tensor) -> Tensor:
-        a, b = x.chunk(2, dim=1)
-        return (a + b).reshape(x.shape[0], *self.shape)
+        return x.permute(0, *[p + 1 for p in self.perm])
 
     def abs_forward(self, r: Tensor) -> Tensor:
         return self.forward(r)
 
     def back(self, lam: Tensor) -> Tensor:
-        f = lam.reshape(*lam.shape[:2], -1)
-        return torch.cat([f, f], dim=2)
+        return lam.permute(0, 1, *[q + 2 for q in self.inverse])
+
+
+class PadOp(Affine):
+    """Constant padding (``F.pad`` order, negative entries crop) of one sample with ``value``:
+    affine, its transpose crops (pads back) the coefficients; the padded constant is the bias."""
+
+    def __init__(self, pads: tuple, value: float, name: str) -> None:
+        self.pads, self.value, self.name = tuple(pads), float(value), name
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.pad(x, self.pads, value=self.value)
+
+    def abs_forward(self, r: Tensor) -> Tensor:
+        return F.pad(r, self.pads, value=0.0)
+
+    def back(self, lam: Tensor) -> Tensor:
+        return F.pad(lam, tuple(-p for p in self.pads), value=0.0)
+
+    def bias_term(self, lam: Tensor) -> Tensor:
+        if self.value == 0.0:
+            return lam.new_zeros(lam.shape[:2])
+        fill = F.pad(lam.new_zeros(1, *self.in_shape), self.pads, value=self.value)  # (1, *out_shape)
+        return (lam * fill).flatten(2).sum(-1)
 
 
 @dataclass
@@ -342,7 +450,9 @@ def _refuse(name: str, module: nn.Module, why: str = "") -> TypeError:
         f"robustlab.verify cannot bound module {name or '<model>'!r} of type {type(module).__name__}{extra}; "
         "supported: nn.Sequential, Normalize, Linear, Conv2d, ReLU, Sigmoid, Tanh, Flatten, BatchNorm1d/2d (eval), AvgPool2d, "
         "MaxPool2d (kernel == stride, no padding), AdaptiveAvgPool2d (output size dividing the input), Dropout, "
-        "Identity, and robustlab's ResNet18 / BasicBlock"
+        "Identity, robustlab's ResNet18 / BasicBlock, and ONNX graphs converted by robustlab.models.onnx (branches "
+        "joined by Add/Sub/Concat, Reshape, Flatten, Squeeze/Unsqueeze, Transpose, constant Pad, arithmetic with "
+        "constants)"
     )
 
 
@@ -388,6 +498,13 @@ def _module_ops(module: nn.Module, name: str, shape: Shape) -> list:
         return ops
     if kind in (nn.Identity, nn.Dropout, nn.Dropout2d):
         return []
+    if kind is onnx_ops.Pad:
+        if module.mode != "constant" or not math.isfinite(module.value):
+            raise _refuse(name, module, f"mode {module.mode!r} with value {module.value} (only constant, finite padding "
+                                        "is affine; max-pooling with asymmetric pads is not supported)")
+        if len(module.pads) > 2 * len(shape):
+            raise _refuse(name, module, f"pads {module.pads} reach the batch axis")
+        return [PadOp(module.pads, module.value, name)]
     if kind is nn.Linear:
         return [LinearOp(module.weight, module.bias, name)]
     if kind is nn.Conv2d:
@@ -482,6 +599,8 @@ def _walk(module: nn.Module, name: str, probe: Tensor) -> tuple[list, Tensor]:
         return ops, probe
     if kind is BasicBlock and kind.forward is _BLOCK_FORWARD:
         return _block_ops(module, name, probe)
+    if kind is onnx_ops.OnnxGraph:
+        return _graph_ops(module, name, probe)
     if kind is Normalize:
         head = [ScaleOp(1.0 / module.std[0], -module.mean[0] / module.std[0], f"{name or '<model>'}(normalize)")]
         head[0].in_shape = tuple(probe.shape[1:])
@@ -512,7 +631,7 @@ def _block_ops(block: nn.Module, name: str, probe: Tensor) -> tuple[list, Tensor
         raise _refuse(name, block, f"the shortcut's output {tuple(s.shape[1:])} does not match the main path's "
                                    f"{out_shape}")
     d_h, d_x = int(math.prod(h_shape)), int(math.prod(x_shape))
-    split = SplitOp(name)
+    split = SplitOp(name, x_shape)
     first = ResidualOp(main1, [], (x_shape, x_shape, h_shape, x_shape), f"{name}.conv1")
     middle = ReLUOp(f"{name}.relu1", torch.cat([torch.ones(d_h, dtype=torch.bool), torch.zeros(d_x, dtype=torch.bool)]))
     second = ResidualOp(main2, skip, (h_shape, x_shape, out_shape, out_shape), f"{name}.conv2")
@@ -542,3 +661,318 @@ def _to_like(op: object, probe: Tensor) -> None:
         op.weight = op.weight.to(probe)
     if isinstance(op, MixOp):
         op.matrix = op.matrix.to(probe)
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX graphs (robustlab.models.onnx.OnnxGraph): a DAG walked into the chain form
+
+
+_LANE_AFFINE = (onnx_ops.Reshape, onnx_ops.FlattenAt, onnx_ops.Squeeze, onnx_ops.Unsqueeze, nn.Flatten)
+
+
+@dataclass(eq=False)
+class _Lane:
+    """A live value of the walk: its probe (1, *shape) now, and where the state holds it (``base``,
+    the probe before the ``pending`` affine ops not yet emitted)."""
+
+    value: Tensor
+    base: Tensor
+    pending: list = field(default_factory=list)
+
+
+class _GraphWalk:
+    """Walks an :class:`~robustlab.models.onnx.OnnxGraph` node by node (file order is topological)
+    into ops. The state is the list of live values (lanes); a value read by several nodes is copied
+    into one lane per reader (:class:`RouteOp`), affine nodes queue on their lane and run side by
+    side (:class:`ParallelOp`) when the next ReLU or route needs the state, a ReLU on one lane of
+    several is a masked :class:`ReLUOp`, and Add/Sub/Concat of two computed values merge lanes."""
+
+    def __init__(self, graph: "onnx_ops.OnnxGraph", label: str, x: Tensor) -> None:
+        self.graph, self.label = graph, label
+        self.ops: list = []
+        self.lanes: list[_Lane] = []
+        self.copies: dict[str, list[_Lane]] = {}  # computed value -> one lane per reader still to come
+        self.values: dict[str, Tensor] = {}  # every value's probe (computed and static)
+        self.static: set[str] = set()
+        for name in graph._const_keys:
+            self.values[name] = graph.constant(name)
+            self.static.add(name)
+        self.readers: dict[str, int] = {}
+        for module, (_, ins, _) in zip(graph.nodes, graph.steps):
+            if not isinstance(module, onnx_ops.ShapeOf):  # reads the shape only
+                for n in ins:
+                    self.readers[n] = self.readers.get(n, 0) + 1
+        self.readers[graph.output_name] = self.readers.get(graph.output_name, 0) + 1
+        lane = _Lane(x, x)
+        self.lanes.append(lane)
+        self._produced(graph.input_name, lane)
+
+    # -- the state ------------------------------------------------------------------------------
+    def _state_shape(self) -> Shape:
+        if len(self.lanes) == 1:
+            return tuple(self.lanes[0].base.shape[1:])
+        return (sum(int(math.prod(lane.base.shape[1:])) for lane in self.lanes),)
+
+    def _emit(self, op: object, in_shape: Shape, out_shape: Shape) -> None:
+        op.in_shape, op.out_shape = tuple(in_shape), tuple(out_shape)  # type: ignore[attr-defined]
+        self.ops.append(op)
+
+    def _flush(self, why: str) -> None:
+        """Emit the queued affine ops (alone, or side by side when several lanes are live)."""
+        if not any(lane.pending for lane in self.lanes):
+            return
+        if len(self.lanes) == 1:
+            self.ops += self.lanes[0].pending
+        else:
+            shapes_in = [tuple(lane.base.shape[1:]) for lane in self.lanes]
+            shapes_out = [tuple(lane.value.shape[1:]) for lane in self.lanes]
+            par = ParallelOp([lane.pending for lane in self.lanes], shapes_in, shapes_out, f"{self.label}:{why}")
+            d_in, d_out = sum(int(math.prod(s)) for s in shapes_in), sum(int(math.prod(s)) for s in shapes_out)
+            self._emit(par, (d_in,), (d_out,))
+        for lane in self.lanes:
+            lane.pending, lane.base = [], lane.value
+
+    def _route(self, routes: list, new_lanes: list[_Lane], why: str) -> None:
+        self._flush(why)
+        in_shape = self._state_shape()
+        op = RouteOp([tuple(lane.base.shape[1:]) for lane in self.lanes], routes, f"{self.label}:{why}")
+        self.lanes = new_lanes
+        self._emit(op, in_shape, self._state_shape())
+
+    def _produced(self, name: str, lane: _Lane) -> None:
+        """Record value ``name`` held by ``lane``: one copy per reader (none read it: dropped)."""
+        self.values[name] = lane.value
+        k = self.readers.get(name, 0)
+        if k == 1:
+            self.copies[name] = [lane]
+            return
+        i = self.lanes.index(lane)
+        self._flush(name)
+        keep = [("sum", ((j, 1.0),), tuple(other.base.shape[1:])) for j, other in enumerate(self.lanes) if j != i]
+        shape = tuple(lane.base.shape[1:])
+        fresh = [_Lane(lane.value, lane.value) for _ in range(k)]
+        others = [other for other in self.lanes if other is not lane]
+        routes = keep[:i] + [("sum", ((i, 1.0),), shape)] * k + keep[i:]
+        self._route(routes, others[:i] + fresh + others[i:], f"copy {name}" if k else f"drop {name}")
+        self.copies[name] = fresh
+
+    def _take(self, name: str) -> _Lane:
+        return self.copies[name].pop()
+
+    # -- nodes ----------------------------------------------------------------------------------
+    def node(self, module: nn.Module, label: str, ins: tuple, outs: tuple) -> None:
+        computed = [n for n in ins if n and n not in self.static]
+        args = [self.values[n] if n else None for n in ins]
+        if not computed or isinstance(module, onnx_ops.ShapeOf):
+            with torch.no_grad():
+                out = module(*args)
+            for n, v in zip(outs, [out] if isinstance(out, Tensor) else out):
+                self.values[n] = v
+                self.static.add(n)
+            return
+        where = f"{self.label} node {label}"
+        if len(outs) != 1:
+            raise TypeError(f"robustlab.verify cannot bound {where}: several outputs")
+        with torch.no_grad():
+            expected = module(*args)
+        if isinstance(module, onnx_ops.Arith) and len(computed) == 2:
+            lane = self._merge(module, where, ins, expected)
+        elif isinstance(module, onnx_ops.Concat):
+            lane = self._concat(module, where, ins, computed, expected)
+        elif isinstance(module, nn.ReLU):
+            lane = self._relu(self._take(ins[0]), where)
+        else:
+            if len(computed) != 1:
+                raise _refuse(where, module, "it reads two computed values")
+            lane = self._take(computed[0])
+            self._affine(lane, module, where, ins, args, computed[0])
+        if not torch.allclose(lane.value, expected, rtol=1e-4, atol=1e-5 * (1 + (float(expected.abs().max()) if expected.numel() else 0.0))):
+            raise TypeError(f"robustlab.verify traced {where} ({type(module).__name__}) but the ops do not reproduce it")
+        lane.value = expected
+        self._produced(outs[0], lane)
+
+    def _relu(self, lane: _Lane, where: str) -> _Lane:
+        self._flush(where)
+        if len(self.lanes) == 1:
+            self._emit(ReLUOp(where), lane.base.shape[1:], lane.base.shape[1:])
+        else:
+            mask = torch.cat([torch.full((int(math.prod(other.base.shape[1:])),), other is lane, dtype=torch.bool)
+                              for other in self.lanes]).to(lane.value.device)
+            last = self.ops[-1] if self.ops else None
+            if isinstance(last, ReLUOp) and last.mask is not None and last.mask.shape == mask.shape:
+                last.mask = last.mask | mask  # ReLUs of other lanes at the same point: one op
+            else:
+                shape = self._state_shape()
+                self._emit(ReLUOp(where, mask), shape, shape)
+        lane.value = torch.relu(lane.value)
+        lane.base = lane.value
+        return lane
+
+    def _merge(self, module: nn.Module, where: str, ins: tuple, expected: Tensor) -> _Lane:
+        if module.op not in ("Add", "Sub"):
+            raise _refuse(where, module, f"{module.op} of two computed values is not affine")
+        a, b = self._take(ins[0]), self._take(ins[1])
+        if a.value.shape != b.value.shape or expected.shape != a.value.shape:
+            raise _refuse(where, module, f"operands of shapes {tuple(a.value.shape)} and {tuple(b.value.shape)} "
+                                         "(broadcasting between computed values)")
+        self._flush(where)
+        ia, ib = self.lanes.index(a), self.lanes.index(b)
+        shape = tuple(a.value.shape[1:])
+        joined = _Lane(expected, expected)
+        routes, lanes = [], []
+        for j, other in enumerate(self.lanes):
+            if other is a:
+                routes.append(("sum", ((ia, 1.0), (ib, 1.0 if module.op == "Add" else -1.0)), shape))
+                lanes.append(joined)
+            elif other is not b:
+                routes.append(("sum", ((j, 1.0),), tuple(other.base.shape[1:])))
+                lanes.append(other)
+        self._route(routes, lanes, where)
+        return joined
+
+    def _concat(self, module: nn.Module, where: str, ins: tuple, computed: list, expected: Tensor) -> _Lane:
+        if len(computed) != len([n for n in ins if n]) or module.axis == 0:
+            raise _refuse(where, module, "a concatenation with constants or along the batch axis")
+        parts = [self._take(n) for n in ins]
+        self._flush(where)
+        idx = [self.lanes.index(p) for p in parts]
+        joined = _Lane(expected, expected)
+        routes, lanes = [], []
+        for j, other in enumerate(self.lanes):
+            if j == idx[0]:
+                routes.append(("cat", tuple(idx), module.axis - 1, tuple(expected.shape[1:])))
+                lanes.append(joined)
+            elif j not in idx:
+                routes.append(("sum", ((j, 1.0),), tuple(other.base.shape[1:])))
+                lanes.append(other)
+        self._route(routes, lanes, where)
+        return joined
+
+    def _affine(self, lane: _Lane, module: nn.Module, where: str, ins: tuple, args: list, computed: str) -> None:
+        x = lane.value
+        if isinstance(module, (onnx_ops.FlattenAt, onnx_ops.Squeeze, onnx_ops.Unsqueeze, onnx_ops.Transpose)):
+            _check_per_sample(module, where, x)
+        if isinstance(module, _LANE_AFFINE):
+            with torch.no_grad():
+                y = module(*([x] + args[1:]))
+            if y.dim() == 0 or y.shape[0] != x.shape[0]:
+                raise _refuse(where, module, f"it maps the batch axis of {tuple(x.shape)} into {tuple(y.shape)}")
+            ops = [ReshapeOp(where)]
+            ops[0].out_shape = tuple(y.shape[1:])
+        elif isinstance(module, onnx_ops.Transpose):
+            ops = [PermuteOp(tuple(p - 1 for p in module.perm[1:]), where)]
+        elif isinstance(module, onnx_ops.Cast):
+            if not module.dtype.is_floating_point:
+                raise _refuse(where, module, f"a cast to {module.dtype}")
+            ops = []
+        elif isinstance(module, onnx_ops.Arith):
+            ops = [_constant_arith(module, where, ins, args, computed, x)]
+        elif isinstance(module, (onnx_ops.Gemm, onnx_ops.MatMul, onnx_ops.Gather, onnx_ops.Slice, onnx_ops.Softmax,
+                                 onnx_ops.GlobalAvgPool, nn.LeakyReLU)):
+            raise _refuse(where, module)
+        else:
+            ops = _module_ops(module, where, tuple(x.shape[1:]))
+        if all(isinstance(op, Affine) for op in ops):
+            with torch.no_grad():
+                for op in ops:
+                    op.in_shape = tuple(lane.value.shape[1:])
+                    _to_like(op, lane.value)
+                    lane.value = _apply_probe(op, lane.value)
+                    op.out_shape = tuple(lane.value.shape[1:])
+            lane.pending += ops
+            return
+        if len(self.lanes) != 1:
+            raise _refuse(where, module, "a non-affine layer other than ReLU inside a branch")
+        self._flush(where)
+        with torch.no_grad():
+            for op in ops:
+                op.in_shape = tuple(lane.value.shape[1:])
+                _to_like(op, lane.value)
+                lane.value = _apply_probe(op, lane.value)
+                op.out_shape = tuple(lane.value.shape[1:])
+        self.ops += ops
+        lane.base = lane.value
+
+    def finish(self) -> tuple[list, Tensor]:
+        out = self._take(self.graph.output_name)
+        if len(self.lanes) != 1:
+            self._route([("sum", ((self.lanes.index(out), 1.0),), tuple(out.base.shape[1:]))], [out], "output")
+        self._flush("output")
+        if out.value.dim() != 2:
+            op = ReshapeOp(f"{self.label}:output")
+            op.in_shape, op.out_shape = tuple(out.value.shape[1:]), (int(math.prod(out.value.shape[1:])),)
+            self.ops.append(op)
+            out.value = out.value.reshape(out.value.shape[0], -1)
+        return self.ops, out.value
+
+
+def _check_per_sample(module: nn.Module, where: str, x: Tensor) -> None:
+    """Refuse a shape node that mixes the batch axis: on two samples, each output row must be what
+    the sample alone gives."""
+    other = torch.rand(x.shape, generator=torch.Generator().manual_seed(0)).to(x)
+    with torch.no_grad():
+        a, b = module(x), module(other)
+        both = module(torch.cat([x, other]))
+    if both.dim() == 0 or both.shape[0] != 2 or not (torch.equal(both[:1], a) and torch.equal(both[1:], b)):
+        raise _refuse(where, module, "it mixes the batch axis with the others")
+
+
+def _constant_arith(module: nn.Module, where: str, ins: tuple, args: list, computed: str, x: Tensor) -> ScaleOp:
+    """``x op c`` / ``c op x`` with a constant ``c`` (broadcast within one sample) as ``x * s + t``."""
+    first = ins[0] == computed
+    c = args[1] if first else args[0]
+    c = c.to(x)
+    if c.dim() > x.dim() or (c.dim() == x.dim() and c.shape[0] != 1):
+        raise _refuse(where, module, f"a constant of shape {tuple(c.shape)} that broadcasts over the batch")
+    if c.dim() == x.dim():
+        c = c[0]
+    if torch.broadcast_shapes(c.shape, x.shape[1:]) != tuple(x.shape[1:]):
+        raise _refuse(where, module, f"a constant of shape {tuple(c.shape)} that enlarges the sample {tuple(x.shape[1:])}")
+    one, zero = torch.ones((), dtype=x.dtype, device=x.device), torch.zeros((), dtype=x.dtype, device=x.device)
+    if module.op == "Add":
+        return ScaleOp(one, c, where)
+    if module.op == "Sub":
+        return ScaleOp(one, -c, where) if first else ScaleOp(-one, c, where)
+    if module.op == "Mul":
+        return ScaleOp(c, zero, where)
+    if not first:
+        raise _refuse(where, module, "division by a computed value is not affine")
+    return ScaleOp(1.0 / c, zero, where)
+
+
+def _graph_ops(graph: "onnx_ops.OnnxGraph", name: str, probe: Tensor) -> tuple[list, Tensor]:
+    """The ops of a converted ONNX graph (its input reshaped to the declared shape first)."""
+    label = name or "<onnx>"
+    in_shape = tuple(probe.shape[1:])
+    head: list = []
+    if tuple(probe.shape[1:]) != graph.input_shape:
+        if int(math.prod(probe.shape[1:])) != int(math.prod(graph.input_shape)):
+            raise TypeError(f"robustlab.verify: the ONNX graph {label} takes samples of shape {graph.input_shape}, "
+                            f"got {tuple(probe.shape[1:])}")
+        op = ReshapeOp(f"{label}:input")
+        op.in_shape, op.out_shape = tuple(probe.shape[1:]), graph.input_shape
+        head.append(op)
+        probe = op.forward(probe)
+    walk = _GraphWalk(graph, label, probe)
+    for module, (step, ins, outs) in zip(graph.nodes, graph.steps):
+        walk.node(module, step, ins, outs)
+    ops, out = walk.finish()
+    _check_batch(graph, head + ops, label, in_shape)
+    return head + ops, out
+
+
+def _check_batch(graph: nn.Module, ops: list, label: str, shape: Shape) -> None:
+    """The chain and the graph agree on a batch of two random samples (a graph whose computation
+    depends on the batch size is refused rather than bounded as if it did not)."""
+    ref = next((t for t in list(graph.parameters()) + list(graph.buffers()) if t.is_floating_point()), None)
+    like = ref if ref is not None else torch.zeros(())
+    x = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0)).to(like)
+    with torch.no_grad():
+        try:
+            want = graph(x)
+        except (RuntimeError, ValueError):
+            return  # the graph only runs at its declared batch size; the tracer is checked at batch 1
+        got = Network(ops, shape).forward(x)
+    if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-4, atol=1e-5 * (1 + float(want.abs().max()))):
+        raise TypeError(f"robustlab.verify traced the ONNX graph {label}, but on a batch of two samples the ops "
+                        "do not reproduce it (a computation that depends on the batch size?); refusing to bound it")
