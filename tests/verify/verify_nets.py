@@ -54,8 +54,10 @@ def tiny_inputs(n: int, seed: int, dtype: torch.dtype = torch.float32) -> torch.
     return torch.rand(n, 1, 4, 4, generator=g).to(dtype)
 
 
-def onnx_mlp(path, seed: int, sizes: tuple = (9, 12, 8, 3), input_shape: tuple = (1, 3, 3)) -> None:
-    """Write a random ReLU MLP (Flatten, Gemm, Relu, ..., Gemm) as an ONNX file with batch 1."""
+def onnx_mlp(path, seed: int, sizes: tuple = (9, 12, 8, 3), input_shape: tuple = (1, 3, 3),
+             activation: str = "Relu") -> None:
+    """Write a random MLP (Flatten, Gemm, ``activation`` (an ONNX op: Relu, Sigmoid, Tanh), ..., Gemm)
+    as an ONNX file with batch 1."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper, save
 
@@ -68,7 +70,7 @@ def onnx_mlp(path, seed: int, sizes: tuple = (9, 12, 8, 3), input_shape: tuple =
         last = k == len(sizes) - 2
         nodes.append(helper.make_node("Gemm", [f"h{k}", f"w{k}", f"b{k}"], ["y" if last else f"z{k}"], transB=1))
         if not last:
-            nodes.append(helper.make_node("Relu", [f"z{k}"], [f"h{k + 1}"]))
+            nodes.append(helper.make_node(activation, [f"z{k}"], [f"h{k + 1}"]))
     graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, *input_shape])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, sizes[-1]])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])

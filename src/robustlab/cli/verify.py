@@ -11,7 +11,7 @@ writes JSON (atomically) with the settings and one record per image. ``--model``
 
 Of VNN-COMP instances (an ONNX network and a VNNLIB property)::
 
-    robustlab verify --onnx net.onnx --vnnlib prop.vnnlib --timeout 120 [--method milp] [--out DIR]
+    robustlab verify --onnx net.onnx --vnnlib prop.vnnlib --timeout 120 [--method bab] [--out DIR]
     robustlab verify --instances benchmark/instances.csv [--timeout-scale 0.5] [--out DIR] [--resume]
 
 prints the competition's answer (``sat`` with the counterexample, ``unsat``, ``timeout``,
@@ -27,7 +27,7 @@ import json
 import time
 from pathlib import Path
 
-METHODS = ("ibp", "crown", "alpha-crown", "lp", "crown-ibp", "milp")
+METHODS = ("ibp", "crown", "alpha-crown", "lp", "crown-ibp", "milp", "bab")
 
 
 def _property_methods() -> tuple:
@@ -51,14 +51,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default=None,
                    help=f"with --model: a bound method, one of {', '.join(METHODS)} (default crown); with --onnx or "
                         "--instances: a method of robustlab.verify.methods.PROPERTY_METHODS: ibp, crown, alpha-crown, "
-                        "lp (a search, then bounds: incomplete) or milp (complete; the default)")
+                        "lp (a search, then bounds: incomplete), milp or bab (complete: branch and bound with beta-CROWN, "
+                        "the default)")
     p.add_argument("--norm", default="linf", choices=("linf", "l2", "l1"), help="threat model norm (default linf)")
     p.add_argument("--n", "--n-images", dest="n", type=int, default=1000,
                    help="verify the first N test images (default 1000; --n-images under torchrun)")
     p.add_argument("--dataset", default=None, help="default: the dataset in the model's metadata")
     p.add_argument("--split", default="test", help="dataset split (default test)")
     p.add_argument("--batch-size", type=int, default=50, help="images per bound computation (default 50)")
-    p.add_argument("--time-limit", type=float, default=60.0, help="MILP seconds per image (default 60)")
+    p.add_argument("--time-limit", type=float, default=60.0, help="MILP or branch and bound seconds per image (default 60)")
     vnn = p.add_argument_group("VNN-COMP instances")
     vnn.add_argument("--onnx", default=None, help="an ONNX network (with --vnnlib)")
     vnn.add_argument("--vnnlib", default=None, help="a VNNLIB property of the --onnx network")
@@ -104,9 +105,10 @@ def _run_instances(args: argparse.Namespace) -> int:
 
     from robustlab.cli._common import check_out_dir, resolve_device
     from robustlab.verify.instances import Instance, read_instances, result_text, run_instances
+    from robustlab.verify.methods import DEFAULT_PROPERTY_METHOD
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args.method = args.method or "milp"
+    args.method = args.method or DEFAULT_PROPERTY_METHOD
     if args.method not in _property_methods():
         raise ValueError(f"--method with --onnx or --instances must be one of {', '.join(_property_methods())}, "
                          f"got {args.method}")
@@ -169,8 +171,8 @@ def _run(args: argparse.Namespace, info) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not args.time_limit > 0:
         raise ValueError(f"--time-limit must be > 0 seconds, got {args.time_limit}")
-    if args.method == "milp" and args.norm != "linf":
-        raise ValueError(f"--method milp needs --norm linf, got --norm {args.norm}")
+    if args.method in ("milp", "bab") and args.norm != "linf":
+        raise ValueError(f"--method {args.method} needs --norm linf, got --norm {args.norm}")
     tm = ThreatModel(args.norm, args.eps)
     out = Path(args.out) if args.out else Path("out") / "verify" / f"{Path(args.model).name}-{args.method}.json"
     device = info.device if info.distributed else torch.device(args.device or "cpu")
@@ -222,12 +224,12 @@ def _run(args: argparse.Namespace, info) -> int:
     print(f"clean accuracy     {clean / n:.4f}  95% CI [{c_lo:.4f}, {c_hi:.4f}]")
     print(f"verified accuracy  {ver / n:.4f}  95% CI [{v_lo:.4f}, {v_hi:.4f}]")
     counts = {s: statuses.count(s) for s in sorted(set(statuses))}
-    if args.method == "milp":
+    if args.method in ("milp", "bab"):
         print("outcomes: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     payload = {
         "format": "robustlab-verify", "format_version": 1,
         "model": str(args.model), "dataset": name, "split": args.split, "norm": args.norm, "eps": args.eps,
-        "method": args.method, "time_limit": args.time_limit if args.method == "milp" else None,
+        "method": args.method, "time_limit": args.time_limit if args.method in ("milp", "bab") else None,
         "device": str(device), "seconds": seconds, "seconds_per_image": seconds / n, "n": n,
         "clean_accuracy": clean / n, "clean_accuracy_ci95": [float(c_lo), float(c_hi)],
         "verified_accuracy": ver / n, "verified_accuracy_ci95": [float(v_lo), float(v_hi)],

@@ -283,7 +283,7 @@ class _Run:
         self.dtype = _net_dtype(net)
         self.clock = _Clock()
         self.domains, self.max_depth, self.unstable, self.leaves = 0, 0, 0, 0
-        self.open_bound, self.open_domains, self.rounds, self.stalled = float("nan"), 0, 0, 0
+        self.open_bound, self.open_domains, self.rounds, self.stalled = None, 0, 0, 0
         self.lo, self.hi = inner_box(prop, self.dtype)
         with torch.no_grad():
             y_center = self.forward(((self.lo + self.hi) / 2).unsqueeze(0))
