@@ -302,9 +302,10 @@ class _Run:
         if found is not None:
             res.counterexample, res.output = _confirmed(self.net, self.prop, found[0])
         res.domains_per_second = self.domains / max(seconds, 1e-9)
-        res.info.update({"tau": self.tau, "seconds_by_phase": dict(self.clock.totals), "unstable": self.unstable,
-                         "leaves": self.leaves, "open_bound": self.open_bound, "open_domains": self.open_domains,
-                         "rounds": self.rounds, "stalled": self.stalled})
+        res.info.update({"stage": res.stage, "max_depth": res.max_depth, "tau": self.tau,
+                         "seconds_by_phase": dict(self.clock.totals), "unstable": self.unstable, "leaves": self.leaves,
+                         "open_bound": self.open_bound, "open_domains": self.open_domains, "rounds": self.rounds,
+                         "stalled": self.stalled})
         return res
 
     def attack(self, restarts: int, steps: int, groups: Optional[list], share: float,
