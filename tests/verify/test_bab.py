@@ -4,6 +4,7 @@ its unsat survives dense sampling and PGD, its counterexamples are real, general
 from __future__ import annotations
 
 import itertools
+import time
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from verify_nets import KINDS, tiny_inputs, tiny_net
 import robustlab as rl
 from robustlab.verify import certify, trace, verify_milp
 from robustlab.verify.bab import BaBResult, verify_property
-from robustlab.verify.beta import BetaCrown, outward
+from robustlab.verify.beta import BetaCrown, ascend, outward
 from robustlab.verify.bounds import InputSet
 from robustlab.verify.falsify import pgd
 from robustlab.verify.spec import Property, robustness_property
@@ -353,3 +354,18 @@ def test_bab_certifier_is_registered() -> None:
     from robustlab.evaluate.suite import CERTIFIERS
 
     assert "bab" in CERTIFIERS and CERTIFIERS["bab"].defaults["time_limit"] > 0
+
+
+def test_ascend_stops_at_the_deadline() -> None:
+    """A deadline already past leaves the parameters where one step would (the first evaluation only);
+    without one the ascent reaches the maximiser of -(p - 0.7)^2 on [0, 1]."""
+    def value(params, idx):
+        return -(params[0][..., 0] - 0.7) ** 2  # (S, N)
+
+    start = [torch.zeros(2, 3, 1)]
+    full, v_full = ascend(value, start, [0.1], [(0.0, 1.0)], 60)
+    late, v_late = ascend(value, start, [0.1], [(0.0, 1.0)], 60, deadline=time.perf_counter() - 1.0)
+    one, v_one = ascend(value, start, [0.1], [(0.0, 1.0)], 1)
+    assert torch.equal(late[0], one[0]) and torch.equal(v_late, v_one)
+    assert bool((v_full > v_late).all()) and float((full[0] - 0.7).abs().max()) < 0.05
+

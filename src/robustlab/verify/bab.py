@@ -246,10 +246,11 @@ def verify_property(net: Network, prop: Property, *, timeout: float, seed: int =
     if found is not None:
         return run.result("sat", "attack", found)
     with run.clock("intermediate"):
-        engine.tighten_intermediate(intermediate_steps, 0.1, deadline=run.deadline)
+        # at most until half the time is spent: the search needs the rest
+        engine.tighten_intermediate(intermediate_steps, 0.1, deadline=min(run.deadline, run.t0 + run.timeout / 2))
         run.unstable = engine.num_unstable
     with run.clock("root"):
-        lb2, alpha, beta = _root_bound(engine, rows, root_steps, 0.1)
+        lb2, alpha, beta = _root_bound(engine, rows, root_steps, 0.1, run.deadline)
     lb = torch.maximum(lb, lb2)
     gv = _group_values(lb.t(), row_group, g)[0]
     if bool((gv > run.tau).all()):
@@ -380,7 +381,7 @@ class _Run:
             with clock("bound"):
                 new_lb, kids.alpha, kids.beta, _, coeffs = engine.bound(
                     rows, kids.lower, kids.upper, kids.split, kids.alpha, kids.beta, steps=o["steps"],
-                    lr_alpha=o["lr_alpha"], lr_beta=o["lr_beta"], done=closed)
+                    lr_alpha=o["lr_alpha"], lr_beta=o["lr_beta"], done=closed, deadline=self.deadline)
                 # A child no better than its parent, twice in a row: the ascent, restarted from the parent's
                 # optimum, gets nowhere in a few steps. Typical of split constraints that contradict each other
                 # (the bound then tends to +inf along growing multipliers). A longer, bolder ascent.
@@ -393,7 +394,7 @@ class _Run:
                     part.alpha, part.beta = [a[:, stalled] for a in kids.alpha], [b[:, stalled] for b in kids.beta]
                     lb2, a2, b2, _, co2 = engine.bound(rows, part.lower, part.upper, part.split, part.alpha,
                                                        part.beta, steps=o["stall_steps"], lr_alpha=o["lr_alpha"],
-                                                       lr_beta=10 * o["lr_beta"])
+                                                       lr_beta=10 * o["lr_beta"], deadline=self.deadline)
                     better = lb2.amax(0) > new_lb[:, stalled].amax(0)
                     take = stalled[better]
                     new_lb[:, take] = lb2[:, better]
@@ -445,7 +446,8 @@ def _children(doms: _Domains, parents: Tensor, layer_idx: Tensor, neuron: Tensor
     return kids, li
 
 
-def _root_bound(engine: BetaCrown, rows: Tensor, steps: int, lr: float) -> tuple[Tensor, list, list]:
+def _root_bound(engine: BetaCrown, rows: Tensor, steps: int, lr: float,
+                deadline: Optional[float] = None) -> tuple[Tensor, list, list]:
     """alpha-CROWN on all rows at the root: bounds (S, 1), slopes and (zero) multipliers."""
     split = [torch.zeros(1, layer.m, dtype=torch.int8) for layer in engine.relus]
     bounds = [outward(layer.lower[None], layer.upper[None]) for layer in engine.relus]
@@ -453,7 +455,8 @@ def _root_bound(engine: BetaCrown, rows: Tensor, steps: int, lr: float) -> tuple
     s = rows.numel()
     alpha = [r.init.reshape(1, 1, -1).expand(s, 1, -1).clone() for r in engine.root_relax(torch.float32)]
     beta = [torch.zeros(s, 1, layer.m) for layer in engine.relus]
-    lb, alpha, beta, _, _ = engine.bound(rows, lower, upper, split, alpha, beta, steps=steps, lr_alpha=lr, lr_beta=0.0)
+    lb, alpha, beta, _, _ = engine.bound(rows, lower, upper, split, alpha, beta, steps=steps, lr_alpha=lr, lr_beta=0.0,
+                                         deadline=deadline)
     return lb, alpha, beta
 
 

@@ -319,7 +319,9 @@ class BetaCrown:
                     lam = torch.zeros(1, 2 * q, lo.numel(), dtype=torch.float64)
                     lam[0, torch.arange(q), sel] = 1.0
                     lam[0, q + torch.arange(q), sel] = -1.0
-                    bound, alpha = self._optimise_root(lam.reshape(1, 2 * q, *op.in_shape), k, steps, lr)
+                    late = deadline is not None and time.perf_counter() > deadline
+                    bound, alpha = self._optimise_root(lam.reshape(1, 2 * q, *op.in_shape), k, 0 if late else steps,
+                                                       lr, deadline)
                     new_lo[sel] = torch.maximum(new_lo[sel], bound[:q])
                     new_hi[sel] = torch.minimum(new_hi[sel], -bound[q:])
                     parts.append([a[0].reshape(2, q, -1) for a in alpha])
@@ -334,7 +336,8 @@ class BetaCrown:
             layer.spec_alpha = [a[:, keep].contiguous() for a in alphas]
         self.compress()
 
-    def _optimise_root(self, lam64: Tensor, end: int, steps: int, lr: float) -> tuple[Tensor, list]:
+    def _optimise_root(self, lam64: Tensor, end: int, steps: int, lr: float,
+                       deadline: Optional[float] = None) -> tuple[Tensor, list]:
         """Lower bounds (V,) of ``<lam_v, h_end>`` over the box (no splits) for the V specs of ``lam64``
         (1, V, *shape), each with its own slopes (the specs ride on the domain axis, so a spec whose
         bound already shows its neuron stable leaves the ascent); also the slopes (1, V, m_i)."""
@@ -349,7 +352,7 @@ class BetaCrown:
                 return self.backward(lam32[:, idx], torch.float32, rx32, params, None, end=end, layers=layers)[0]
 
             alpha, _ = ascend(value, alpha, [lr] * len(alpha), [(0.0, 1.0)] * len(alpha), steps,
-                              done=lambda best, idx: best[0] > 0)
+                              done=lambda best, idx: best[0] > 0, deadline=deadline)
         with torch.no_grad():
             out, _, _ = self.backward(lam64, torch.float64, rx64, alpha, None, end=end, layers=layers)
         return out[0], alpha
@@ -455,12 +458,13 @@ class BetaCrown:
     # ------------------------------------------------------------------ domains
     def bound(self, rows: Tensor, lower: list, upper: list, split: list, alpha: list, beta: list, *, steps: int,
               lr_alpha: float, lr_beta: float, record: bool = False,
-              done: Optional[Callable[[Tensor, Tensor], Tensor]] = None) -> tuple:
+              done: Optional[Callable[[Tensor, Tensor], Tensor]] = None, deadline: Optional[float] = None) -> tuple:
         """Optimise ``(alpha, beta)`` of N domains (bounds ``lower``, ``upper``, decisions ``split``,
         lists of (N, m_k)) for the spec rows ``rows`` (S,) and return their float64 lower bounds of
         ``c.f - d`` (S, N), the best ``alpha``, ``beta`` (float32), the recorded layer coefficients
         and the input coefficients (float64, see :meth:`backward`). ``done(bounds (S, N_active),
-        active indices) -> (N_active,) bool``: domains that need no more ascent leave the batch."""
+        active indices) -> (N_active,) bool``: domains that need no more ascent leave the batch; the
+        ascent stops at ``deadline``."""
         n = split[0].shape[0] if split else 1
         offset = self.d[rows].unsqueeze(1)  # (S, 1)
         if steps and self.num_unstable:
@@ -478,7 +482,7 @@ class BetaCrown:
 
             lrs = [lr_alpha] * len(alpha) + [lr_beta if f else 0.0 for f in fixed]
             limits = [(0.0, 1.0)] * len(alpha) + [(0.0, None)] * len(beta)
-            best, _ = ascend(value, list(alpha) + list(beta), lrs, limits, steps, done=done)
+            best, _ = ascend(value, list(alpha) + list(beta), lrs, limits, steps, done=done, deadline=deadline)
             alpha, beta = best[: len(alpha)], best[len(alpha):]
         with torch.no_grad():
             lam64 = self.spec_lambda(rows, n, torch.float64)
@@ -520,11 +524,13 @@ class BetaCrown:
 
 def ascend(value: Callable[[list, Tensor], Tensor], params: list, lrs: list, limits: list, steps: int, *,
            done: Optional[Callable[[Tensor, Tensor], Tensor]] = None, check_every: int = 4,
-           decay: float = 0.98) -> tuple[list, Optional[Tensor]]:
+           decay: float = 0.98, deadline: Optional[float] = None) -> tuple[list, Optional[Tensor]]:
     """Projected Adam ascent (Kingma & Ba 2015, arXiv:1412.6980) of ``value(params, idx)`` (S, N_active)
     over parameters (S, N, ...) clamped to ``limits`` after each step, step size ``lr * decay^t``;
     per (row, domain) the best parameters seen are kept. Every ``check_every`` steps the domains that
-    ``done`` marks leave the batch (their best so far is final). Returns the best parameters and values."""
+    ``done`` marks leave the batch (their best so far is final). The ascent stops after the step that
+    ends past ``deadline`` (``time.perf_counter()``; any parameters within ``limits`` give sound
+    bounds, only less tight ones). Returns the best parameters and values."""
     n = params[0].shape[1]
     if not any(lr > 0 for lr in lrs):
         return [p.detach().clone() for p in params], None
@@ -566,7 +572,7 @@ def ascend(value: Callable[[list, Tensor], Tensor], params: list, lrs: list, lim
                 best_v = torch.where(improved, val, best_v)
                 for b, c in zip(best, cur):
                     b.copy_(torch.where(improved.reshape(*improved.shape, *([1] * (c.dim() - 2))), c, b))
-            if t == steps:
+            if t == steps or (deadline is not None and time.perf_counter() > deadline):
                 break
             if done is not None and t % check_every == 0:
                 finished = done(best_v, idx)
