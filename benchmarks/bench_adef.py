@@ -127,7 +127,7 @@ def part_patch(args, x, y) -> None:
     xt = train.images[: args.n_fit]
     rows = []
     for side in (int(v) for v in args.patch_sides.split(",")):
-        ap = AdversarialPatch(side, steps=args.patch_steps, batch_size=64, lr=0.05, seed=0)
+        ap = AdversarialPatch(side, steps=args.patch_steps, batch_size=64, step_size=0.05, seed=0)
         t0 = time.perf_counter()
         patch = ap.fit(model, xt, args.target)
         secs = time.perf_counter() - t0
@@ -141,16 +141,16 @@ def part_patch(args, x, y) -> None:
 
 
 def train_adef(args) -> None:
-    """ADef adversarial training of a small-cnn through the one training loop (``rl.defenses.train``
+    """ADef adversarial training of a small-cnn through the one training loop (``rl.training.train``
     with ``ADefAdversary``): the first ``--adef-train-size`` MNIST training images, validation on
     1,000 later training images, the settings of runs/mnist-pgd otherwise (Adam 3e-3, one-cycle,
     batch 128), the deformation budget ramped up over the first ``--adef-warmup`` epochs."""
     full = rl.data.load("mnist", "train")
     train, val = full.subset(args.adef_train_size), full[50_000:51_000]
     model = rl.models.create("small-cnn", full, seed=0)
-    adv = rl.defenses.ADefAdversary(args.adef_train_norm, steps=args.adef_train_steps)
+    adv = rl.training.ADefAdversary(args.adef_train_norm, steps=args.adef_train_steps)
     t0 = time.perf_counter()
-    res = rl.defenses.train(model, train, adversary=adv, epochs=args.adef_epochs, val_data=val, out=args.adef_model,
+    res = rl.training.train(model, train, adversary=adv, epochs=args.adef_epochs, val_data=val, out=args.adef_model,
                             optimizer="adam", lr=3e-3, schedule="onecycle", batch_size=128,
                             eps_warmup_epochs=args.adef_warmup, progress=False)
     secs = time.perf_counter() - t0

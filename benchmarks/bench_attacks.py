@@ -34,7 +34,7 @@ from common import first_test_images, hardware, mnist_model  # noqa: E402
 
 import robustlab as rl  # noqa: E402
 
-CW = {"steps": 100, "lr": 0.1, "binary_search_steps": 5, "initial_const": 1.0, "kappa": 0.0}
+CW = {"steps": 100, "step_size": 0.1, "binary_search_steps": 5, "initial_const": 1.0, "kappa": 0.0}
 DF = {"steps": 50, "overshoot": 0.02, "candidates": 10}
 EPS = 0.3
 
@@ -81,7 +81,7 @@ def cw_robustlab(model, x, y, bs):
 def cw_torchattacks(model, x, y, bs):
     import torchattacks
 
-    atk = torchattacks.CW(model, c=CW["initial_const"], kappa=CW["kappa"], steps=CW["steps"], lr=CW["lr"])
+    atk = torchattacks.CW(model, c=CW["initial_const"], kappa=CW["kappa"], steps=CW["steps"], lr=CW["step_size"])
     return _batched(lambda a, b: atk(a, b), x, y, bs)
 
 
@@ -90,7 +90,7 @@ def cw_foolbox(model, x, y, bs):
 
     fmodel = fb.PyTorchModel(model, bounds=(0, 1))
     atk = fb.attacks.L2CarliniWagnerAttack(binary_search_steps=CW["binary_search_steps"], steps=CW["steps"],
-                                           stepsize=CW["lr"], confidence=CW["kappa"], initial_const=CW["initial_const"],
+                                           stepsize=CW["step_size"], confidence=CW["kappa"], initial_const=CW["initial_const"],
                                            abort_early=True)
     return _batched(lambda a, b: atk(fmodel, a, b, epsilons=None)[0], x, y, bs)
 
@@ -105,7 +105,7 @@ def _art_classifier(model):
 def cw_art(model, x, y, bs):
     from art.attacks.evasion import CarliniL2Method
 
-    atk = CarliniL2Method(_art_classifier(model), confidence=CW["kappa"], learning_rate=CW["lr"],
+    atk = CarliniL2Method(_art_classifier(model), confidence=CW["kappa"], learning_rate=CW["step_size"],
                           binary_search_steps=CW["binary_search_steps"], max_iter=CW["steps"],
                           initial_const=CW["initial_const"], batch_size=bs, verbose=False)
     return torch.from_numpy(atk.generate(x.numpy(), y=y.numpy()))

@@ -3,9 +3,14 @@ gradient-masking lesson, and Square's speed against ART and torchattacks.
 
 Parts (``--parts``, comma-separated):
 
-* ``standard``: ``robustlab.attacks.standard`` (APGD-CE x5, APGD-T, FMN, Square) vs pyautoattack
+* ``standard``: ``robustlab.attacks.standard`` (APGD-CE x5, APGD-T, FMN, Square), once per Square
+  p-schedule of ``--schedules`` (``rescaled`` / ``absolute``), vs pyautoattack
   ``version="standard"`` (APGD-CE, APGD-T, FAB-T, Square 5000) on the PGD-trained MNIST
-  (linf 0.3) and Fashion-MNIST (linf 0.1) models: robust accuracy and wall time, same images.
+  (linf 0.3) and Fashion-MNIST (linf 0.1) models: robust accuracy and wall time, same images;
+  ``--standard-norm l2 --standard-eps 2`` for the L2 preset.
+* ``schedule-seeds``: the same preset's white-box members once, then its Square with each
+  p-schedule and each of ``--seeds`` on the images they left robust (is a difference between the
+  schedules larger than the spread over Square's seeds?).
 * ``square``: Square alone (linf 0.3, 5000 queries) on the PGD-trained MNIST model against the
   white-box worst case (APGD-CE x5, APGD-T, FMN), with the median queries of its successes.
 * ``l2``: the linf-PGD-trained MNIST model in L2 at eps 2.0: PGD-100, APGD-CE, Square (5000)
@@ -78,41 +83,110 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
-def part_standard(args, out: dict) -> None:
-    from pyautoattack import AutoAttack
+def standard_with_schedule(tm: rl.ThreatModel, schedule: str) -> rl.attacks.WorstCase:
+    """``rl.attacks.standard(tm)`` exactly, with its Square member's p-schedule set to ``schedule``."""
+    atk = rl.attacks.standard(tm, seed=0)
+    for member in atk.attacks:
+        if isinstance(member, rl.attacks.Square):
+            member.schedule = schedule
+    return atk
 
-    logging.getLogger("auto-attack").setLevel(logging.WARNING)
-    rows = {}
+
+def standard_models(args, part: str):
+    """``(key, path, model, x, y, threat)`` for each model of ``--models`` that exists: its first
+    ``--n`` test images and the threat ``--standard-norm`` at ``--standard-eps`` (default: the
+    model's linf radius)."""
     for key in args.models.split(","):
         path, dataset, eps = MODELS[key]
         if not (Path(path) / "metadata.json").is_file():
-            print(f"standard/{key}: {path} not found; skipped", flush=True)
+            print(f"{part}/{key}: {path} not found; skipped", flush=True)
             continue
-        model = rl.models.load(path).eval()
         x, y = images(dataset, args.n)
-        atk = rl.attacks.standard(rl.ThreatModel("linf", eps), seed=0)
-        res, t_rl = timed(lambda: run_batched(atk, model, x, y, args.batch_size))
-        broken_by = res.info["broken_by"]
-        white = res.clean_correct & ~((broken_by >= 0) & (broken_by <= 2))
-        aa = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=0, device="cpu")
-        aa.verbose = False
-        (x_aa, _), t_aa = timed(lambda: aa.run_standard_evaluation(x, y, batch_size=args.batch_size))
-        rows[key] = {
-            "model": path, "eps": eps, "n": len(y),
-            "clean_accuracy": float(res.clean_correct.float().mean()),
-            "robustlab_robust_accuracy": res.robust_accuracy,
-            "robustlab_white_box_only": float(white.float().mean()),
-            "robustlab_broken_by_square": int((broken_by == 3).sum()),
-            "robustlab_square_median_queries": float(res.queries[res.queries > 0].float().median()) if bool((res.queries > 0).any()) else None,
-            "robustlab_seconds": t_rl,
-            "autoattack_robust_accuracy": robust_accuracy(model, x, y, x_aa, eps),
-            "autoattack_seconds": t_aa,
-        }
-        r = rows[key]
-        print(f"standard/{key}: robustlab {100 * r['robustlab_robust_accuracy']:.2f}% in {t_rl:.1f} s "
-              f"(white-box members {100 * r['robustlab_white_box_only']:.2f}%), AutoAttack "
-              f"{100 * r['autoattack_robust_accuracy']:.2f}% in {t_aa:.1f} s", flush=True)
-    out["standard"] = rows
+        eps = args.standard_eps if args.standard_eps is not None else eps
+        yield key, path, rl.models.load(path).eval(), x, y, rl.ThreatModel(args.standard_norm, eps)
+
+
+def part_standard(args, out: dict) -> None:
+    """``standard`` with each Square p-schedule of ``--schedules`` (the whole preset each time, same
+    images and seed) and pyautoattack's ``standard`` on the same images."""
+    from pyautoattack import AutoAttack
+
+    logging.getLogger("auto-attack").setLevel(logging.WARNING)
+    norm = args.standard_norm
+    rows = {}
+    for key, path, model, x, y, tm in standard_models(args, "standard"):
+        eps = tm.eps
+        row: dict = {"model": path, "norm": norm, "eps": eps, "n": len(y), "schedules": {}}
+        robust = {}
+        for schedule in args.schedules.split(","):
+            atk = standard_with_schedule(tm, schedule)
+            res, t_rl = timed(lambda: run_batched(atk, model, x, y, args.batch_size))
+            broken_by = res.info["broken_by"]
+            sq = len(atk.attacks) - 1  # Square is the last member
+            white = res.clean_correct & ~((broken_by >= 0) & (broken_by < sq))
+            robust[schedule] = res.robust
+            row["clean_accuracy"] = float(res.clean_correct.float().mean())
+            row["schedules"][schedule] = {
+                "square": {"queries": atk.attacks[sq].queries, "p_init": atk.attacks[sq].p_init, "schedule": schedule},
+                "robust_accuracy": res.robust_accuracy,
+                "white_box_only": float(white.float().mean()),
+                "broken_by_square": int((broken_by == sq).sum()),
+                "square_median_queries_of_its_successes": (float(res.queries[broken_by == sq].float().median())
+                                                           if bool((broken_by == sq).any()) else None),
+                "seconds": t_rl,
+            }
+            print(f"standard/{key} {norm} {eps} schedule={schedule}: {100 * res.robust_accuracy:.2f}% in {t_rl:.1f} s "
+                  f"(white-box members {100 * float(white.float().mean()):.2f}%, Square broke "
+                  f"{int((broken_by == sq).sum())})", flush=True)
+        names = list(robust)
+        for a in names:
+            for b in names:
+                if a != b:
+                    row[f"broken_by_{a}_only"] = (robust[b] & ~robust[a]).nonzero().flatten().tolist()
+        if not args.no_autoattack:
+            aa = AutoAttack(model, norm={"linf": "Linf", "l2": "L2", "l1": "L1"}[norm], eps=eps, version="standard",
+                            seed=0, device="cpu")
+            aa.verbose = False
+            (x_aa, _), t_aa = timed(lambda: aa.run_standard_evaluation(x, y, batch_size=args.batch_size))
+            row["autoattack_robust_accuracy"] = robust_accuracy(model, x, y, x_aa, eps, norm)
+            row["autoattack_seconds"] = t_aa
+            print(f"standard/{key}: AutoAttack {100 * row['autoattack_robust_accuracy']:.2f}% in {t_aa:.1f} s", flush=True)
+        rows[f"{key}-{norm}" if norm != "linf" else key] = row
+    out.setdefault("standard", {}).update(rows)
+
+
+def part_schedule_seeds(args, out: dict) -> None:
+    """The ``standard`` preset's Square with each p-schedule and several Square seeds: the white-box
+    members (APGD-CE x5, APGD-T, FMN, seed 0, as in the preset) run once; Square (the preset's
+    budget) then runs on the images they left robust, per schedule and seed. Robust accuracy of the
+    whole preset per (schedule, seed), and the images each schedule breaks."""
+    norm = args.standard_norm
+    rows = {}
+    for key, path, model, x, y, tm in standard_models(args, "schedule-seeds"):
+        eps = tm.eps
+        preset = rl.attacks.standard(tm, seed=0)
+        white = rl.attacks.WorstCase(preset.attacks[:-1])
+        square = preset.attacks[-1]
+        wb, t_wb = timed(lambda: run_batched(white, model, x, y, args.batch_size))
+        left = wb.robust.nonzero().flatten()
+        row: dict = {"model": path, "norm": norm, "eps": eps, "n": len(y), "queries": square.queries,
+                     "white_box_robust_accuracy": wb.robust_accuracy, "white_box_seconds": t_wb, "runs": {}}
+        for schedule in args.schedules.split(","):
+            for seed in [int(v) for v in args.seeds.split(",")]:
+                sq = rl.attacks.Square(tm, queries=square.queries, p_init=square.p_init, schedule=schedule, seed=seed)
+                res, t = timed(lambda: run_batched(sq, model, x[left], y[left], args.batch_size))
+                broken = left[res.success].tolist()
+                row["runs"][f"{schedule}/{seed}"] = {
+                    "schedule": schedule, "seed": seed, "broken": broken, "seconds": t,
+                    "robust_accuracy": (int(left.numel()) - len(broken)) / len(y)}
+                print(f"schedule-seeds/{key} {norm} {eps} {schedule} seed {seed}: Square broke {len(broken)} of "
+                      f"{left.numel()} ({100 * row['runs'][f'{schedule}/{seed}']['robust_accuracy']:.2f}% robust), "
+                      f"{t:.1f} s", flush=True)
+        for schedule in args.schedules.split(","):
+            accs = [r["robust_accuracy"] for r in row["runs"].values() if r["schedule"] == schedule]
+            row[f"mean_robust_accuracy_{schedule}"] = sum(accs) / len(accs)
+        rows[f"{key}-{norm}" if norm != "linf" else key] = row
+    out.setdefault("schedule_seeds", {}).update(rows)
 
 
 def part_square(args, out: dict) -> None:
@@ -505,6 +579,11 @@ def main() -> int:
     ap.add_argument("--mnist-model", default=MODELS["mnist"][0], help="the linf-PGD-trained MNIST model")
     ap.add_argument("--fmnist-model", default=MODELS["fmnist"][0], help="the PGD-trained Fashion-MNIST model")
     ap.add_argument("--n", type=int, default=500, help="images for standard vs AutoAttack")
+    ap.add_argument("--schedules", default="rescaled,absolute", help="Square p-schedules tried inside standard")
+    ap.add_argument("--standard-norm", default="linf", help="threat model norm of the standard part")
+    ap.add_argument("--standard-eps", type=float, default=None, help="its radius (default: the model's linf eps)")
+    ap.add_argument("--no-autoattack", action="store_true", help="standard part: skip pyautoattack")
+    ap.add_argument("--seeds", default="0,1,2,3,4", help="Square seeds of the schedule-seeds part")
     ap.add_argument("--square-n", type=int, default=500)
     ap.add_argument("--l2-n", type=int, default=500)
     ap.add_argument("--speed-n", type=int, default=100)
@@ -539,7 +618,7 @@ def main() -> int:
     if path.is_file():  # parts run separately accumulate in one file
         out = {**json.loads(path.read_text()), **{k: out[k] for k in ("date", "hardware", "command")}}
     for part in [p.strip() for p in args.parts.split(",") if p.strip()]:
-        {"standard": part_standard, "square": part_square, "l2": part_l2, "speed": part_speed,
+        {"standard": part_standard, "schedule-seeds": part_schedule_seeds, "square": part_square, "l2": part_l2, "speed": part_speed,
          "speed-onepixel": part_speed_onepixel, "speed-hsj": part_speed_hsj, "onepixel": part_onepixel,
          "hsj": part_hsj, "nattack": part_nattack,
          "digits-square": part_digits_square, "digits-hsj": part_digits_hsj, "digits-onepixel": part_digits_onepixel,

@@ -74,10 +74,10 @@ def main() -> int:
         atk = rl.attacks.CarliniWagner("l2")  # the paper's settings: 1000 steps, lr 0.01, 9 binary-search steps
         rows["cw-l2 targeted"] = _run("CW-L2, random target", atk, model, x[:n], y[:n], t[:n], l2)
     if "linf" in parts:
-        atk = rl.attacks.CarliniWagnerLinf("linf", steps=100, lr=0.05)
+        atk = rl.attacks.CarliniWagnerLinf("linf", steps=100, step_size=0.05)
         rows["cw-linf targeted"] = _run("CW-Linf, random target", atk, model, x[:m], y[:m], t[:m], linf)
     if "l0" in parts:
-        atk = rl.attacks.CarliniWagnerL0("l0", steps=200, lr=0.1)
+        atk = rl.attacks.CarliniWagnerL0("l0", steps=200, step_size=0.1)
         rows["cw-l0 targeted"] = _run("CW-L0, random target (pixels)", atk, model, x[:m], y[:m], t[:m], l0)
     if args.json:
         Path(args.json).write_text(json.dumps({"hardware": hardware(), "rows": rows}, indent=2))

@@ -55,10 +55,10 @@ from common import hardware  # noqa: E402
 import robustlab as rl  # noqa: E402
 from robustlab._io import atomic_write_text  # noqa: E402
 from robustlab.attacks import BPDA, EOT, PGD, CarliniWagner  # noqa: E402
-from robustlab.cli import detect as detect_cli  # noqa: E402
-from robustlab.cli.detect import build_detector, detection_record, run_attack  # noqa: E402
+from robustlab.evaluate import detection as detect_cli  # noqa: E402
+from robustlab.evaluate.detection import build_detector, detection_record, run_attack  # noqa: E402
 from robustlab.defenses import transforms as T  # noqa: E402
-from robustlab.defenses.distillation import Distillation, Temperature  # noqa: E402
+from robustlab.training.distillation import Distillation, Temperature  # noqa: E402
 from robustlab.defenses.ensemble import Ensemble  # noqa: E402
 
 
@@ -76,9 +76,9 @@ def set_cw_lr(lr: float) -> None:
 
 
 def make_attack(name: str, eps: float, **kw):
-    """``robustlab.cli.detect.make_attack`` with CW-L2 at Adam step ``CW_LR``."""
+    """``robustlab.evaluate.detection.make_attack`` with CW-L2 at Adam step ``CW_LR``."""
     if name == "cw-l2" and kw.get("detector") is None:
-        return CarliniWagner("l2", steps=100, binary_search_steps=5, initial_const=0.1, lr=CW_LR, seed=kw.get("seed", 0))
+        return CarliniWagner("l2", steps=100, binary_search_steps=5, initial_const=0.1, step_size=CW_LR, seed=kw.get("seed", 0))
     return detect_cli.make_attack(name, eps, **kw)
 
 
@@ -156,7 +156,7 @@ _PLAIN: dict = {}  # the non-adaptive attacks do not depend on the detector: run
 
 
 def seeded_detector(name: str, model, train, n_train: int):
-    """``robustlab.cli.detect.build_detector`` with the global RNG seeded (MagNet's auto-encoder
+    """``robustlab.evaluate.detection.build_detector`` with the global RNG seeded (MagNet's auto-encoder
     draws its initial weights from it), so a detector does not depend on what ran before it."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -280,7 +280,7 @@ def section_detectors_strong(model, x, y, args, train, test) -> list:
     for dname in args.strong_detectors.split(","):
         det = seeded_detector(dname, model, train, args.n_train).fit(fit_x, fpr=0.05)
         for lam in (float(v) for v in args.strong_lam.split(",")):
-            attack = DetectorAwarePGD(rl.ThreatModel("linf", args.eps), det, steps=5 * args.steps, lam=lam, seed=0)
+            attack = DetectorAwarePGD(rl.ThreatModel("linf", args.eps), detector=det, steps=5 * args.steps, lam=lam, seed=0)
             res, seconds = run_attack(model, attack, x, y)
             rec = detection_record(det, res, x)
             rec.pop("roc", None)
@@ -290,7 +290,7 @@ def section_detectors_strong(model, x, y, args, train, test) -> list:
                                            "seconds")}, flush=True)
             recs.append(rec)
         if dname == "knn":
-            attack = KNNFeaturePGD(rl.ThreatModel("linf", args.eps), det, steps=5 * args.steps)
+            attack = KNNFeaturePGD(rl.ThreatModel("linf", args.eps), detector=det, steps=5 * args.steps)
             res, seconds = run_attack(model, attack, x, y)
             rec = detection_record(det, res, x)
             rec.pop("roc", None)
@@ -306,7 +306,7 @@ def _trained(folder: Path, make, train, adversary, epochs: int, seed: int, **set
     if (folder / "metadata.json").is_file():
         return rl.models.load(folder).eval()
     model = make(seed)
-    rl.defenses.train(model, train, adversary=adversary, epochs=epochs, seed=seed, progress=False, **settings)
+    rl.training.train(model, train, adversary=adversary, epochs=epochs, seed=seed, progress=False, **settings)
     rl.models.save(model, folder)
     return model.eval()
 
@@ -326,7 +326,7 @@ def section_distillation(x, y, args, train) -> dict:
                        args.distill_epochs, 0, lr=args.distill_lr)
     with torch.no_grad():
         scale = float(student(x[:100]).abs().amax(1).median())
-    cw = CarliniWagner("l2", steps=100, binary_search_steps=5, initial_const=0.1, lr=CW_LR, seed=0)
+    cw = CarliniWagner("l2", steps=100, binary_search_steps=5, initial_const=0.1, step_size=CW_LR, seed=0)
     res = rl.attacks.AttackResult.concat([cw.attack(student, xb, yb) for xb, yb in zip(x.split(100), y.split(100))])
     found = res.success & res.clean_correct
     xr = x[:100].clone().requires_grad_(True)

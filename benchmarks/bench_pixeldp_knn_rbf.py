@@ -40,7 +40,7 @@ import robustlab as rl
 from robustlab.certificates import certified_accuracy
 from robustlab.defenses.knn import BoundaryWalk, NearestNeighbor, SurrogatePGD
 from robustlab.defenses.pixeldp import PixelDP, PixelDPNoise, check_recorded
-from robustlab.defenses.adversaries import Adversary
+from robustlab.training.adversaries import Adversary
 from robustlab.models.rbf import RBFHead, rbf_confidence, rbf_nll, with_rbf_head
 
 RESULTS = Path(__file__).parent / "results"
@@ -76,7 +76,7 @@ def part_pixeldp(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     base_dp = rl.models.create("small-cnn", train, seed=args.seed)
     # trained as `robustlab train --adversary pixeldp` trains: the noise from the loop's seeded generator
-    rl.defenses.train(base_dp, train, adversary=PixelDPNoise(eps, delta, L), epochs=args.epochs, batch_size=128,
+    rl.training.train(base_dp, train, adversary=PixelDPNoise(eps, delta, L), epochs=args.epochs, batch_size=128,
                       lr=3e-3, progress=False, seed=args.seed)
     params, _ = check_recorded(base_dp.metadata, {})  # the construction the model records
     pdp = PixelDP(base_dp, **params.to_dict(), seed=args.seed).eval()
@@ -94,7 +94,7 @@ def part_pixeldp(args: argparse.Namespace) -> None:
 
     t0 = time.perf_counter()
     base_rs = rl.models.create("small-cnn", train, seed=args.seed)
-    rl.defenses.train(base_rs, train, adversary=rl.defenses.GaussianNoise(sigma), epochs=args.epochs, batch_size=128,
+    rl.training.train(base_rs, train, adversary=rl.training.GaussianNoise(sigma), epochs=args.epochs, batch_size=128,
                       lr=3e-3, progress=False, seed=args.seed)
     base_rs.eval()
     out["smoothing_train_seconds"] = time.perf_counter() - t0
@@ -211,7 +211,7 @@ def part_rbf(args: argparse.Namespace) -> None:
             torch.manual_seed(args.seed)
             model = make()
         t0 = time.perf_counter()
-        res = rl.defenses.train(model, train, adversary=RBFLikelihood() if rbf else None, epochs=epochs,
+        res = rl.training.train(model, train, adversary=RBFLikelihood() if rbf else None, epochs=epochs,
                                 batch_size=128, lr=3e-3, val_data=val, progress=False, seed=args.seed,
                                 select_best=False)
         model.eval()

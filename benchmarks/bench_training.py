@@ -1,7 +1,7 @@
 """Adversarial training side by side: standard, FGSM-regularised, FGSM-RS, PGD-AT, TRADES (and MART).
 
 Each method trains the same architecture from the same seed on the same data, through the one
-training loop (:func:`robustlab.defenses.train`), with a held-out validation split and PGD-10
+training loop (:func:`robustlab.training.train`), with a held-out validation split and PGD-10
 robust validation picking the best epoch (and stopping on catastrophic overfitting). Every model
 is then evaluated on the first ``--n-eval`` test images: clean accuracy, PGD-40 with 10 restarts
 (step 2.5 eps / 40), and the worst-case ``standard`` suite (APGD-CE, APGD-T, FMN; Croce & Hein
@@ -29,7 +29,7 @@ from common import hardware  # noqa: E402
 
 import robustlab as rl  # noqa: E402
 from robustlab._io import atomic_write_text  # noqa: E402
-from robustlab.defenses.adversaries import from_args  # noqa: E402
+from robustlab.training.adversaries import from_args  # noqa: E402
 
 
 def train_one(method: str, args: argparse.Namespace, train_set, val_set, test_set) -> tuple[torch.nn.Module, dict]:
@@ -47,10 +47,10 @@ def train_one(method: str, args: argparse.Namespace, train_set, val_set, test_se
         params["steps"] = args.pgd_steps
     adversary = from_args(method, params)
     tm = rl.ThreatModel("linf", args.eps)
-    evaluate_fn = rl.defenses.robust_validation(tm, n=500, steps=10) if method not in ("none", "noise") else None
+    evaluate_fn = rl.training.robust_validation(tm, n=500, steps=10) if method not in ("none", "noise") else None
     model = rl.models.create(args.arch, train_set, seed=args.seed)
     print(f"  training {method} ({args.epochs} epochs)", flush=True)
-    rl.defenses.train(model, train_set, adversary=adversary, epochs=args.epochs, batch_size=args.batch_size,
+    rl.training.train(model, train_set, adversary=adversary, epochs=args.epochs, batch_size=args.batch_size,
                       optimizer="adam", lr=args.lr, schedule="onecycle", val_data=val_set, test_data=test_set,
                       evaluate_fn=evaluate_fn, out=folder, resume=(folder / "checkpoint").exists(), seed=args.seed,
                       eps_warmup_epochs=args.warmup if method not in ("none", "noise") else 0.0,

@@ -229,8 +229,9 @@ def part_milp(args, out: dict) -> None:
            "counterexamples_linf": [float(dist[i]) for i in cex],
            "unknown_indices": [i for i, s in enumerate(res.status) if s == "unknown"],
            "pgd_robust_but_unknown": [i for i, s in enumerate(res.status) if s == "unknown" and bool(pgd[i])],
+           "milp_info": res.info, "min_margin": [float(m) for m in res.min_margin],
            "status": res.status, "seconds": [float(t) for t in res.seconds]}
-    print(json.dumps({k: v for k, v in row.items() if k not in ("status", "seconds")}), flush=True)
+    print(json.dumps({k: v for k, v in row.items() if k not in ("status", "seconds", "min_margin")}), flush=True)
     out["milp"] = row
 
 

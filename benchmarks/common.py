@@ -16,7 +16,7 @@ def mnist_model(path: str = "runs/mnist-cnn", epochs: int = 2) -> torch.nn.Modul
     if not (Path(path) / "metadata.json").is_file():
         train = rl.data.load("mnist", "train")
         model = rl.models.create("cnn", train, seed=0)
-        rl.defenses.train(model, train, epochs=epochs, val_data=rl.data.load("mnist", "test"), out=path, progress=False)
+        rl.training.train(model, train, epochs=epochs, val_data=rl.data.load("mnist", "test"), out=path, progress=False)
     return rl.models.load(path).eval()
 
 

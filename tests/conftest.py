@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -80,3 +83,27 @@ def batch(digits_test, digits_model):
         pred = digits_model(digits_test.images[:64]).argmax(1)
     keep = (pred == digits_test.labels[:64]).nonzero().squeeze(1)[:16]
     return digits_test.images[keep].clone(), digits_test.labels[keep].clone()
+
+
+# -- headless Chromium (Debian's chromium + chromium-driver, driven by Selenium) for the page tests --
+
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+DRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None)
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars")
+
+
+@pytest.fixture()
+def browser(tmp_path):
+    """A headless Chromium (skipped where Debian's chromium and chromium-driver are not installed)."""
+    if CHROMIUM is None or DRIVER is None:
+        pytest.skip("Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in (*FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1000"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=DRIVER), options=opts)
+    yield driver
+    driver.quit()

@@ -22,7 +22,7 @@ def digits_mlp(tmp_path_factory):
 def test_attack_writes_safetensors_and_summary(digits_mlp, tmp_path, capsys):
     out = tmp_path / "adv.safetensors"
     argv = ["attack", "--model", str(digits_mlp), "--attack", "cw-l2", "--n", "50", "--out", str(out),
-            "-o", "steps=30", "-o", "binary_search_steps=3", "-o", "initial_const=1.0", "-o", "lr=0.05",
+            "-o", "steps=30", "-o", "binary_search_steps=3", "-o", "initial_const=1.0", "-o", "step_size=0.05",
             "--batch-size", "32", "--no-progress"]
     assert main(argv) == 0
     printed = capsys.readouterr().out

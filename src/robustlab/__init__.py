@@ -32,6 +32,7 @@ _SUBMODULES = (
     "models",
     "report",
     "testing",
+    "training",
     "verify",
 )
 

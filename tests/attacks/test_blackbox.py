@@ -77,6 +77,29 @@ def test_square_p_schedule_halves_at_the_paper_iterations():
     assert square_p(100, 1000, 0.8) == square_p(1000, 10000, 0.8) == 0.8 / 16
 
 
+def test_square_absolute_schedule_keeps_the_halving_iterations_whatever_the_budget():
+    """AutoAttack's ``standard`` (resc_schedule=False): thresholds at fixed iterations."""
+    for total in (1000, 5000, 10000):
+        assert square_p(10, total, 0.8, "absolute") == 0.8 and square_p(11, total, 0.8, "absolute") == 0.4
+        assert square_p(100, total, 0.8, "absolute") == 0.8 / 4
+    assert square_p(999, 1000, 0.8, "absolute") == 0.8 / 16  # a 1,000-query run ends at p_init / 16
+    assert square_p(999, 1000, 0.8, "rescaled") == 0.8 / 512  # the rescaled one at p_init / 512
+    assert square_p(4999, 5000, 0.8, "absolute") == 0.8 / 128  # AutoAttack's 5,000 queries
+    assert all(square_p(i, 10000, 0.8, "absolute") == square_p(i, 10000, 0.8) for i in range(0, 10000, 7))
+    with pytest.raises(ValueError, match="schedule"):
+        square_p(5, 100, 0.8, "linear")
+    with pytest.raises(ValueError, match="schedule"):
+        Square(_tm("linf", 0.3), schedule="autoattack")
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.3), ("l2", 2.0)])
+def test_square_absolute_schedule_property_suite(model, batch, norm, eps):
+    x, y = batch
+    res = check_attack(lambda s: Square(_tm(norm, eps), queries=50, schedule="absolute", seed=s), model, x, y)
+    rescaled = Square(_tm(norm, eps), queries=50, seed=0).attack(model, x, y)
+    assert not torch.equal(res.x_adv, rescaled.x_adv)  # 50 queries: rescaled, p drops from the 2nd iteration
+
+
 @pytest.mark.parametrize("s", [1, 2, 3, 5, 7])
 def test_pseudo_gaussian_pattern_has_unit_norm_and_opposite_halves(s):
     eta = pseudo_gaussian(s, dtype=torch.float64, device=torch.device("cpu"))
@@ -234,6 +257,27 @@ def test_standard_preset_includes_square_for_linf_and_l2_only():
     assert "Square" not in [a.name for a in rl.attacks.standard(_tm("l1", 8.0)).attacks]
     assert rl.attacks.get("square", _tm("linf", 0.3), queries=10).queries == 10
     assert rl.attacks.STANDARD["standard"][-1][0] == "square"
+    for norm, eps in (("linf", 0.3), ("l2", 2.0)):  # the budget and the p-schedule the docs state
+        sq = rl.attacks.standard(_tm(norm, eps)).attacks[-1]
+        assert (sq.queries, sq.schedule) == (rl.attacks.registry.SQUARE_QUERIES[norm],
+                                             rl.attacks.registry.SQUARE_SCHEDULE[norm])
+    # the measured choice (docs/benchmarks/blackbox.md): rescaled at linf 1000 queries, absolute at l2 5000
+    assert rl.attacks.registry.SQUARE_SCHEDULE == {"linf": "rescaled", "l2": "absolute"}
+    assert rl.attacks.get("square", _tm("linf", 0.3)).schedule == "rescaled"  # the paper's code
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.3), ("l2", 2.0), ("l1", 8.0)])
+def test_standard_preset_is_what_its_docstring_states(norm, eps):
+    """registry.standard's docstring and describe("standard"), member by member and option by option."""
+    apgd, apgdt, fmn, *square = rl.attacks.standard(_tm(norm, eps), seed=3).attacks
+    assert (type(apgd).__name__, apgd.steps, apgd.restarts, apgd.loss) == ("APGD", 100, 5, "ce")
+    assert (type(apgdt).__name__, apgdt.steps, apgdt.restarts, apgdt.n_target_classes, apgdt.loss) == \
+        ("APGDT", 100, 1, 9, "dlr")
+    assert apgd.large_eps == apgdt.large_eps == (norm == "l1")  # AutoAttack's l1 use_largereps
+    assert (type(fmn).__name__, fmn.steps) == ("FMN", 100)  # in place of FAB-T
+    expected = {"linf": [(1000, 0.8, "rescaled")], "l2": [(5000, 0.8, "absolute")], "l1": []}[norm]
+    assert [(sq.queries, sq.p_init, sq.schedule) for sq in square] == expected
+    assert all(a.seed == 3 for a in rl.attacks.standard(_tm(norm, eps), seed=3).attacks)
 
 
 def test_standard_reports_the_square_queries(model, digits_test):

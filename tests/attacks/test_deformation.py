@@ -156,8 +156,8 @@ def test_spatial_property_suite(model, batch):
 
 # -- ADef adversarial training --------------------------------------------------------------------
 
-from robustlab.defenses import from_args  # noqa: E402
-from robustlab.defenses.deformation import ADefAdversary  # noqa: E402
+from robustlab.training import from_args  # noqa: E402
+from robustlab.training.deformation import ADefAdversary  # noqa: E402
 
 
 def test_adef_adversary_loss_on_deformed_batch(digits_model, batch):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import robustlab as rl
 from robustlab.attacks import APGD, APGDT, FGSM, PGD
 from robustlab.attacks.fastpath import FastModel, FastPath
-from robustlab.defenses.adversarial import MART, TRADES, PGDAdversary
+from robustlab.training.adversarial import MART, TRADES, PGDAdversary
 from robustlab.defenses.smoothing import Smoothed
 from robustlab.testing import check_attack
 

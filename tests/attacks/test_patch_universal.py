@@ -31,7 +31,7 @@ def test_patch_targeted_success_above_chance(digits_model, digits_train, digits_
     """A 5x5 patch (39% of an 8x8 digit, pasted anywhere) trained on the training digits sends
     held-out digits to the target class far more often than a random patch of the same size."""
     target = 3
-    ap = AdversarialPatch(5, scale=(0.9, 1.1), max_rotation=10.0, steps=150, batch_size=64, lr=0.1, seed=0)
+    ap = AdversarialPatch(5, scale=(0.9, 1.1), max_rotation=10.0, steps=150, batch_size=64, step_size=0.1, seed=0)
     before = [p.detach().clone() for p in digits_model.parameters()]
     patch = ap.fit(digits_model, digits_train.images, target)
     assert patch.shape == (1, 5, 5) and float(patch.min()) >= 0 and float(patch.max()) <= 1

@@ -71,7 +71,7 @@ def test_property_suite(model, batch, case):
 TARGETED = [
     ("apgd-ce", lambda s: APGD(_tm("linf"), steps=20, seed=s)),
     ("apgd-t", lambda s: APGDT(_tm("l2"), steps=20, seed=s)),
-    ("cw-l2", lambda s: CarliniWagner(steps=30, binary_search_steps=3, initial_const=1.0, lr=0.1, seed=s)),
+    ("cw-l2", lambda s: CarliniWagner(steps=30, binary_search_steps=3, initial_const=1.0, step_size=0.1, seed=s)),
     ("deepfool", lambda s: DeepFool("l2", seed=s)),
     ("fmn", lambda s: FMN("l2", steps=30, seed=s)),
     ("ddn", lambda s: DDN(steps=30, seed=s)),

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import robustlab as rl
-from robustlab.defenses import FGSMRS, MART, TRADES, FGSMRegularized, PGDAdversary, robust_validation, train
+from robustlab.training import FGSMRS, MART, TRADES, FGSMRegularized, PGDAdversary, robust_validation, train
 
 TM = rl.ThreatModel("linf", 0.1)
 

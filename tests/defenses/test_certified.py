@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 import robustlab as rl
-from robustlab.defenses.base import from_args
-from robustlab.defenses.certified import CROWNIBP, IBPAdversary
+from robustlab.training.base import from_args
+from robustlab.training.certified import CROWNIBP, IBPAdversary
 from robustlab.verify import certify
 
 
@@ -47,7 +47,7 @@ def test_ibp_training_lowers_the_verified_worst_case_loss(digits_train, digits_t
     robust = {}
     for name, adv in (("standard", None), ("ibp", IBPAdversary(tm, warmup=0.1, ramp=0.4))):
         model = rl.models.create("mlp", dataset="digits", seed=0)
-        rl.defenses.train(model, digits_train, adversary=adv, epochs=3, batch_size=64, lr=3e-3, progress=False, seed=0)
+        rl.training.train(model, digits_train, adversary=adv, epochs=3, batch_size=64, lr=3e-3, progress=False, seed=0)
         probe = IBPAdversary(tm)
         with torch.no_grad():
             robust[name] = float(F.cross_entropy(probe.worst_logits(model.eval(), x, y, tm.eps, 0.0), y))

@@ -91,7 +91,7 @@ def test_detector_aware_pgd_evades_magnet_where_plain_pgd_is_caught(detectors, d
     det = detectors["magnet"]().fit(digits_test.images[200:400], fpr=0.05)
     tm = rl.ThreatModel("linf", 0.3)
     plain = PGD(tm, steps=20, seed=0).attack(digits_model, x, y)
-    adaptive = DetectorAwarePGD(tm, det, steps=40, seed=0).attack(digits_model, x, y)
+    adaptive = DetectorAwarePGD(tm, detector=det, steps=40, seed=0).attack(digits_model, x, y)
     evaded_plain = float((plain.success & ~det.flag(plain.x_adv)).float().mean())
     evaded_adaptive = float((adaptive.success & ~det.flag(adaptive.x_adv)).float().mean())
     assert torch.equal(adaptive.info["evaded"], adaptive.success & ~det.flag(adaptive.x_adv))
@@ -101,13 +101,13 @@ def test_detector_aware_pgd_evades_magnet_where_plain_pgd_is_caught(detectors, d
 def test_detector_aware_pgd_passes_the_property_suite(detectors, digits_model, batch, digits_test):
     x, y = batch
     det = detectors["squeeze"]().fit(digits_test.images[200:400], fpr=0.05)
-    check_attack(lambda seed: DetectorAwarePGD(rl.ThreatModel("linf", 0.1), det, steps=5, seed=seed), digits_model, x[:8], y[:8],
+    check_attack(lambda seed: DetectorAwarePGD(rl.ThreatModel("linf", 0.1), detector=det, steps=5, seed=seed), digits_model, x[:8], y[:8],
                  check_dtype=False)  # the detector holds the float32 model
 
 
 def test_detector_aware_pgd_needs_a_fitted_detector(detectors):
     with pytest.raises(ValueError, match="not fitted"):
-        DetectorAwarePGD(rl.ThreatModel("linf", 0.1), detectors["magnet"]())
+        DetectorAwarePGD(rl.ThreatModel("linf", 0.1), detector=detectors["magnet"]())
 
 
 def _evasion(det, res) -> float:
@@ -122,15 +122,15 @@ def test_knn_feature_attack_evades_where_the_fixed_neighbour_surrogate_does_not(
     x, y = digits_test.images[:60], digits_test.labels[:60]
     det = detectors["knn-feature"]().fit(digits_test.images[200:], fpr=0.05)
     tm = rl.ThreatModel("linf", 0.3)
-    surrogate = DetectorAwarePGD(tm, det, steps=20, seed=0).attack(digits_model, x, y)
-    feature = KNNFeaturePGD(tm, det, steps=20).attack(digits_model, x, y)
+    surrogate = DetectorAwarePGD(tm, detector=det, steps=20, seed=0).attack(digits_model, x, y)
+    feature = KNNFeaturePGD(tm, detector=det, steps=20).attack(digits_model, x, y)
     assert torch.equal(feature.info["evaded"], feature.success & ~det.flag(feature.x_adv))
     assert _evasion(det, feature) >= 0.8
     assert _evasion(det, feature) >= _evasion(det, surrogate) + 0.5
     assert bool(tm.contains(feature.x_adv, x).all())
     # targeted: the neighbours and the model agree on the target
     target = (y + 1) % 10
-    hit = KNNFeaturePGD(tm, det, steps=20).attack(digits_model, x[:20], y[:20], target=target[:20])
+    hit = KNNFeaturePGD(tm, detector=det, steps=20).attack(digits_model, x[:20], y[:20], target=target[:20])
     with torch.no_grad(), rl.attacks.eval_mode(digits_model):  # the session's model: whatever mode others left
         assert torch.equal(hit.success, digits_model(hit.x_adv).argmax(1) == target[:20])
     assert float(hit.info["evaded"].float().mean()) >= 0.5
@@ -144,25 +144,25 @@ def test_knn_feature_attack_passes_the_property_suite(detectors, digits_model, b
     # gradients and the caller's tensors untouched, already-misclassified inputs unchanged
     x, y = batch
     det = detectors[space]().fit(digits_test.images[200:400], fpr=0.05)
-    check_attack(lambda seed: KNNFeaturePGD(threat, det, steps=4, random_start=True, seed=seed), digits_model,
+    check_attack(lambda seed: KNNFeaturePGD(threat, detector=det, steps=4, random_start=True, seed=seed), digits_model,
                  x[:8], y[:8], check_dtype=False)  # the detector holds the float32 model
 
 
 def test_knn_feature_attack_refuses_bad_use(detectors, digits_model, digits_train, digits_test, batch):
     tm = rl.ThreatModel("linf", 0.1)
     with pytest.raises(ValueError, match="not fitted"):
-        KNNFeaturePGD(tm, detectors["knn-feature"]())
+        KNNFeaturePGD(tm, detector=detectors["knn-feature"]())
     with pytest.raises(TypeError, match="kNN detector"):
-        KNNFeaturePGD(tm, detectors["squeeze"]().fit(digits_test.images[200:400]))
+        KNNFeaturePGD(tm, detector=detectors["squeeze"]().fit(digits_test.images[200:400]))
     with pytest.raises(TypeError, match="ThreatModel"):
-        KNNFeaturePGD("linf", detectors["knn-feature"]())  # type: ignore[arg-type]
+        KNNFeaturePGD("linf", detector=detectors["knn-feature"]())  # type: ignore[arg-type]
     det = detectors["knn-feature"]().fit(digits_test.images[200:400], fpr=0.05)
     other = rl.models.create("mlp", digits_train, seed=0).eval()
     x, y = batch
     with torch.no_grad():
         y_other = other(x).argmax(1)
     with pytest.raises(ValueError, match="detector's own model"):
-        KNNFeaturePGD(tm, det, steps=2).attack(other, x[:4], y_other[:4])
+        KNNFeaturePGD(tm, detector=det, steps=2).attack(other, x[:4], y_other[:4])
 
 
 def test_detect_cli_attacks_knn_in_feature_space(digits_model, tmp_path):

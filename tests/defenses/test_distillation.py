@@ -8,8 +8,8 @@ import torch
 
 import robustlab as rl
 from robustlab.attacks import PGD
-from robustlab.defenses import ADVERSARIES, from_args
-from robustlab.defenses.distillation import Distillation, Temperature, defensive_distillation
+from robustlab.training import ADVERSARIES, from_args
+from robustlab.training.distillation import Distillation, Temperature, defensive_distillation
 
 
 def test_losses_are_the_papers_formulas(model, batch):

@@ -15,8 +15,8 @@ import torch
 
 import robustlab as rl
 from robustlab import distributed
-from robustlab.defenses import FGSMRegularized, train
-from robustlab.defenses.training import CRASH_ENV
+from robustlab.training import FGSMRegularized, train
+from robustlab.training.loop import CRASH_ENV
 
 # 449 = 7 batches of 64 + 1: the last global batch has one sample, so rank 1 gets none (weight 0).
 TRAIN = ["--dataset", "digits", "--arch", "mlp", "--batch-size", "64", "--train-n", "449", "--val-n", "100",
@@ -95,7 +95,7 @@ def test_the_ddp_route_is_freed_while_the_process_group_lives(monkeypatch):
     import gc
     import weakref
 
-    from robustlab.defenses.parallel import wrap_ddp
+    from robustlab.training.parallel import wrap_ddp
 
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(_free_port()))
@@ -146,7 +146,7 @@ def test_two_gloo_processes_match_one_process(two_process_run, digits_train):
     val, tr = data.subset(order[:100].sort().values), data.subset(order[100:].sort().values)
     single = train(rl.models.create("mlp", tr, seed=3), tr, adversary=FGSMRegularized(rl.ThreatModel("linf", 0.1)),
                    epochs=3, batch_size=64, lr=3e-3, seed=3, val_data=val, progress=False, select_best=False,
-                   evaluate_fn=rl.defenses.robust_validation(rl.ThreatModel("linf", 0.1), n=50, steps=3, seed=3))
+                   evaluate_fn=rl.training.robust_validation(rl.ThreatModel("linf", 0.1), n=50, steps=3, seed=3))
     a, b = _state(single.model), _state(ddp)
     assert a.keys() == b.keys()
     for k in a:  # the same gradient up to the order of float sums
@@ -189,8 +189,8 @@ torch.manual_seed(0)
 model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Dropout(0.1),
                       nn.Linear(8 * 8 * 8, 10))
 data = rl.data.load("digits", "train").subset(300)
-res = rl.defenses.train(model, data, epochs=2, batch_size=64, val_data=data, progress=False, out="bn",
-                        adversary=rl.defenses.TRADES(rl.ThreatModel("linf", 0.1), steps=2))
+res = rl.training.train(model, data, epochs=2, batch_size=64, val_data=data, progress=False, out="bn",
+                        adversary=rl.training.TRADES(rl.ThreatModel("linf", 0.1), steps=2))
 rank = rl.distributed.rank()
 save_file({k: v.contiguous() for k, v in model.state_dict().items()}, f"rank{rank}.safetensors",
           {"history": repr([h["train_loss"] for h in res.history]), "world": str(rl.distributed.world_size())})

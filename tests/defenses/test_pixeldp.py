@@ -260,7 +260,7 @@ def test_trains_through_the_training_loop(digits_train):
     model = rl.models.create("mlp", digits_train, seed=0)
     pdp = PixelDP(model, eps=1.0, delta=0.05, L=0.1)
     small = digits_train.subset(256)
-    res = rl.defenses.train(pdp, small, epochs=1, batch_size=64, progress=False, seed=0)
+    res = rl.training.train(pdp, small, epochs=1, batch_size=64, progress=False, seed=0)
     assert res.history and pdp.layer_sensitivity().item() <= 1.0 + 1e-6
 
 
@@ -319,7 +319,7 @@ def test_saved_sensitivity_is_in_input_pixel_units(kind):
 def trained_pixeldp(digits_train, digits_test, tmp_path_factory):
     """small-cnn trained through the one loop with the PixelDP adversary, saved and loaded."""
     model = rl.models.create("small-cnn", digits_train, seed=0)
-    res = rl.defenses.train(model, digits_train, adversary=PixelDPNoise(1.0, 0.05, 0.2), epochs=10, lr=3e-3,
+    res = rl.training.train(model, digits_train, adversary=PixelDPNoise(1.0, 0.05, 0.2), epochs=10, lr=3e-3,
                             batch_size=64, progress=False, seed=0, val_data=digits_test, test_data=digits_test)
     path = tmp_path_factory.mktemp("pixeldp") / "model"
     rl.models.save(model, path)
@@ -341,7 +341,7 @@ def test_training_records_the_noise_layer_and_measures_the_pixeldp_classifier(tr
     assert model.metadata["metrics"]["test_accuracy"] == pytest.approx(judged)
     assert judged >= 0.7, judged
     # a later run without the noise drops the record: it no longer describes the weights
-    rl.defenses.train(model, digits_test.subset(64), epochs=1, progress=False, seed=0)
+    rl.training.train(model, digits_test.subset(64), epochs=1, progress=False, seed=0)
     assert "pixeldp" not in model.metadata
 
 
@@ -416,7 +416,7 @@ def test_pixeldp_noise_trains_through_the_distributed_route(monkeypatch, digits_
     import socket
 
     from robustlab import distributed
-    from robustlab.defenses.parallel import wrap_ddp
+    from robustlab.training.parallel import wrap_ddp
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -14,7 +14,7 @@ from torch import nn
 
 import robustlab as rl
 from robustlab.certificates import Certificate, certified_accuracy
-from robustlab.defenses.adversaries import GaussianNoise
+from robustlab.training.adversaries import GaussianNoise
 from robustlab.defenses.smoothing import (
     Smoothed,
     min_samples_to_certify,
@@ -24,7 +24,7 @@ from robustlab.defenses.smoothing import (
     two_class_radius,
 )
 from robustlab.defenses.smoothing_adaptive import AdaptivePlan, samples_to_reach
-from robustlab.defenses.training import train
+from robustlab.training.loop import train
 from robustlab.stats import clopper_pearson
 
 

@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 import robustlab as rl
-from robustlab.defenses import Adversary, GaussianNoise, Standard, train
-from robustlab.defenses.adversaries import ADVERSARIES, Param, from_args, register_adversary
-from robustlab.defenses.training import OPTIMIZERS, lr_factor, load_optimizer_state, optimizer_state
+from robustlab.training import Adversary, GaussianNoise, Standard, train
+from robustlab.training.adversaries import ADVERSARIES, Param, from_args, register_adversary
+from robustlab.training.loop import OPTIMIZERS, lr_factor, load_optimizer_state, optimizer_state
 
 
 def _state(m: nn.Module) -> dict:
@@ -272,7 +272,7 @@ class _RGBNet(nn.Module):
         (lambda: rl.models.create("mlp", "digits"), {"schedule": "linear"}, "schedule must be one of"),
         (lambda: rl.models.create("mlp", "digits"), {"lr": -1.0}, "lr must be > 0"),
         (lambda: rl.models.create("mlp", "digits"), {"resume": True}, "resume=True needs the out"),
-        (lambda: rl.models.create("mlp", "digits"), {"adversary": "pgd"}, "adversary must be a robustlab.defenses.Adversary"),
+        (lambda: rl.models.create("mlp", "digits"), {"adversary": "pgd"}, "adversary must be a robustlab.training.Adversary"),
         (lambda: rl.models.create("mlp", "digits"), {"val_data": (torch.rand(4, 1, 9, 9), torch.zeros(4, dtype=torch.long))},
          r"val_data images have shape \(1, 9, 9\)"),
     ],
@@ -402,15 +402,15 @@ def test_cli_train_with_a_held_out_validation_split_and_resume(tmp_path, capsys)
 @pytest.mark.parametrize(
     "make_adversary, match",
     [
-        (lambda: rl.defenses.PGDAdversary(rl.ThreatModel("linf", 0.1), steps=0), "steps must be > 0"),
-        (lambda: rl.defenses.PGDAdversary(rl.ThreatModel("linf", 0.1), steps=2, step_size=0.0), "step_size must be > 0"),
-        (lambda: rl.defenses.PGDAdversary(rl.ThreatModel("linf", 0.1), step_size=0.3), "step_size=0.3 is more than twice"),
-        (lambda: rl.defenses.FGSMRS(rl.ThreatModel("linf", 0.1), step=0.25), "step=0.25 is more than twice eps=0.1"),
-        (lambda: rl.defenses.FGSMRS(rl.ThreatModel("linf", 0.1), step=-1.0), "step must be > 0"),
-        (lambda: rl.defenses.TRADES(rl.ThreatModel("linf", 0.1), step_size=0.5), "step_size=0.5 is more than twice"),
-        (lambda: rl.defenses.MART(rl.ThreatModel("l2", 1.0), steps=-3), "steps must be > 0"),
-        (lambda: rl.defenses.PGDAdversary(rl.ThreatModel("linf", 1.5)), "eps=1.5 is larger than the input range"),
-        (lambda: rl.defenses.PGDAdversary(rl.ThreatModel("l0", 3.0)), "supports the linf, l2 and l1"),
+        (lambda: rl.training.PGDAdversary(rl.ThreatModel("linf", 0.1), steps=0), "steps must be > 0"),
+        (lambda: rl.training.PGDAdversary(rl.ThreatModel("linf", 0.1), steps=2, step_size=0.0), "step_size must be > 0"),
+        (lambda: rl.training.PGDAdversary(rl.ThreatModel("linf", 0.1), step_size=0.3), "step_size=0.3 is more than twice"),
+        (lambda: rl.training.FGSMRS(rl.ThreatModel("linf", 0.1), step=0.25), "step=0.25 is more than twice eps=0.1"),
+        (lambda: rl.training.FGSMRS(rl.ThreatModel("linf", 0.1), step=-1.0), "step must be > 0"),
+        (lambda: rl.training.TRADES(rl.ThreatModel("linf", 0.1), step_size=0.5), "step_size=0.5 is more than twice"),
+        (lambda: rl.training.MART(rl.ThreatModel("l2", 1.0), steps=-3), "steps must be > 0"),
+        (lambda: rl.training.PGDAdversary(rl.ThreatModel("linf", 1.5)), "eps=1.5 is larger than the input range"),
+        (lambda: rl.training.PGDAdversary(rl.ThreatModel("l0", 3.0)), "supports the linf, l2 and l1"),
     ],
 )
 def test_incompatible_adversary_settings_are_refused(make_adversary, match):
@@ -423,7 +423,7 @@ def test_threat_and_model_must_fit_the_data_before_the_first_epoch(digits_train)
     before = _state(m)
     # 8x8 digits: the l2 diameter of the image box is sqrt(64) = 8.
     with pytest.raises(ValueError, match=r"eps=9.0 for norm l2 exceeds the diameter 8 of the image box"):
-        train(m, digits_train, adversary=rl.defenses.PGDAdversary(rl.ThreatModel("l2", 9.0)), progress=False)
+        train(m, digits_train, adversary=rl.training.PGDAdversary(rl.ThreatModel("l2", 9.0)), progress=False)
     with pytest.raises(ValueError, match="the dataset has 10 classes but the model has 12 outputs"):
         train(rl.models.create("mlp", "digits", num_classes=12), digits_train, progress=False)
     with pytest.raises(ValueError, match=r"amp must be None or 'bf16', got 'fp16' \(float16 needs loss scaling"):
@@ -435,14 +435,14 @@ def test_bf16_autocast_and_channels_last_train_on_the_cpu(digits_train, digits_t
     small = digits_train.subset(256)
     res = train(rl.models.create("small-cnn", "digits", seed=0), small, epochs=2, batch_size=64, lr=3e-3, amp="bf16",
                 channels_last=True, val_data=digits_test, progress=False,
-                adversary=rl.defenses.PGDAdversary(rl.ThreatModel("linf", 0.1), steps=2))
+                adversary=rl.training.PGDAdversary(rl.ThreatModel("linf", 0.1), steps=2))
     assert all(math.isfinite(h["train_loss"]) for h in res.history)
     assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
     assert all(p.dtype == torch.float32 and p.grad is None for p in res.model.parameters())  # weights stay fp32
     assert res.config["amp"] == "bf16" and res.config["channels_last"] is True and res.config["world_size"] == 1
     ref = train(rl.models.create("small-cnn", "digits", seed=0), small, epochs=2, batch_size=64, lr=3e-3,
                 val_data=digits_test, progress=False,
-                adversary=rl.defenses.PGDAdversary(rl.ThreatModel("linf", 0.1), steps=2))
+                adversary=rl.training.PGDAdversary(rl.ThreatModel("linf", 0.1), steps=2))
     assert res.history[-1]["train_loss"] == pytest.approx(ref.history[-1]["train_loss"], rel=0.05)  # bf16 rounding
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="sync_batchnorm needs CUDA devices .* got device cpu"):
@@ -488,7 +488,7 @@ def test_cli_records_the_adversary_and_clean_and_robust_accuracy_per_epoch(tmp_p
 
 
 def test_a_train_config_is_the_same_call_as_keywords(digits_train):
-    from robustlab.defenses import TrainConfig
+    from robustlab.training import TrainConfig
 
     data = (digits_train.images[:96], digits_train.labels[:96])
     a = rl.models.create("mlp", "digits", seed=0)
@@ -501,7 +501,7 @@ def test_a_train_config_is_the_same_call_as_keywords(digits_train):
         train(a, data, config=TrainConfig(progress=False), epochs=2)
     with pytest.raises(TypeError, match="unexpected keyword argument.*epoch; settings are adversary, epochs"):
         train(a, data, epoch=2, progress=False)
-    with pytest.raises(TypeError, match="config must be a robustlab.defenses.TrainConfig, got dict"):
+    with pytest.raises(TypeError, match="config must be a robustlab.training.TrainConfig, got dict"):
         train(a, data, config={"epochs": 2})
 
 
@@ -513,12 +513,12 @@ def test_a_train_config_is_the_same_call_as_keywords(digits_train):
         ({"lr": -1.0}, "lr must be > 0"),
         ({"seed": 1.5}, "seed must be an integer"),
         ({"amp": "fp16"}, "amp must be None or 'bf16'"),
-        ({"adversary": "pgd"}, "adversary must be a robustlab.defenses.Adversary"),
+        ({"adversary": "pgd"}, "adversary must be a robustlab.training.Adversary"),
         ({"select_best": "yes"}, "select_best must be a bool"),
     ],
 )
 def test_train_config_validates_on_construction(kwargs, match):
-    from robustlab.defenses import TrainConfig
+    from robustlab.training import TrainConfig
 
     with pytest.raises((ValueError, TypeError), match=match):
         TrainConfig(**kwargs)

@@ -26,7 +26,7 @@ def _cli(argv):
 def saved_model(tmp_path_factory, digits_train):
     path = tmp_path_factory.mktemp("models") / "digits-mlp"
     model = rl.models.create("mlp", digits_train, seed=0)
-    rl.defenses.train(model, digits_train, epochs=3, out=path, progress=False)
+    rl.training.train(model, digits_train, epochs=3, out=path, progress=False)
     return path
 
 

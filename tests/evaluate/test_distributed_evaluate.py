@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import robustlab as rl
-from robustlab.evaluate.run import CRASH_ENV
+from robustlab.evaluate.shards import CRASH_ENV
 
 # 5 batches of 16 images: rank 0 does batches 0, 2, 4 and rank 1 batches 1, 3; the check probes
 # (dealt to both ranks after the records are shared) and a smoothing certifier are part of the report.
@@ -46,7 +46,7 @@ def _numbers(path: Path):
 def runs(tmp_path_factory, digits_train):
     root = tmp_path_factory.mktemp("dist-eval")
     model_dir = root / "digits-mlp"
-    rl.defenses.train(rl.models.create("mlp", digits_train, seed=0), digits_train, epochs=3, out=model_dir,
+    rl.training.train(rl.models.create("mlp", digits_train, seed=0), digits_train, epochs=3, out=model_dir,
                       progress=False)
     one = _evaluate(root, model_dir, "one")
     assert one.returncode == 0, one.stderr[-3000:]

@@ -97,8 +97,8 @@ def test_transfer_matrix_diagonal_is_white_box(digits_model, saturated, digits_t
     x, y = digits_test.images[:40], digits_test.labels[:40]
     tm = rl.ThreatModel("linf", 0.2)
     make = lambda: rl.attacks.PGD(tm, steps=10, seed=0)  # noqa: E731
-    mat = metrics.transfer_matrix({"honest": digits_model, "masked": saturated}, x, y, make, norm="linf", eps=0.2,
-                                  batch_size=16)
+    mat = metrics.transfer_matrix({"honest": digits_model, "masked": saturated}, x, y, make, batch_size=16)
+    assert (mat.norm, mat.eps, mat.attack) == ("linf", 0.2, "PGD")
     direct = make().attack(digits_model, x[:16], y[:16]).robust.sum() + make().attack(digits_model, x[16:32], y[16:32]).robust.sum() \
         + make().attack(digits_model, x[32:], y[32:]).robust.sum()
     assert mat.sources == mat.targets == ["honest", "masked"]

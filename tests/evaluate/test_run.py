@@ -12,7 +12,8 @@ from torch import nn
 import robustlab as rl
 from robustlab.attacks.base import Attack
 
-run_mod = importlib.import_module("robustlab.evaluate.run")  # the module (robustlab.evaluate.run is the function)
+batch_mod = importlib.import_module("robustlab.evaluate.batch")
+shards = importlib.import_module("robustlab.evaluate.shards")
 
 SUITE = rl.evaluate.Suite("t", (rl.evaluate.Threat("linf", (0.05, 0.2)),), ("fgsm", "pgd"), {"pgd": {"steps": 10}},
                           checks=False, exemplars=2)
@@ -69,7 +70,7 @@ def test_batches_give_the_same_per_sample_outcome_as_one_batch(digits_model, dig
 def test_resume_skips_finished_batches(digits_model, digits_test, tmp_path, monkeypatch):
     out = tmp_path / "ev"
     calls = []
-    real = run_mod._Runner.batch
+    real = batch_mod.BatchRunner.batch
 
     def counting(self, x, y, start, b):
         calls.append(b)
@@ -78,7 +79,7 @@ def test_resume_skips_finished_batches(digits_model, digits_test, tmp_path, monk
             raise KeyboardInterrupt  # an interruption during the third batch
         return real(self, x, y, start, b)
 
-    monkeypatch.setattr(run_mod._Runner, "batch", counting)
+    monkeypatch.setattr(batch_mod.BatchRunner, "batch", counting)
     with pytest.raises(KeyboardInterrupt):
         rl.evaluate.run(digits_model, digits_test, SUITE, n=50, batch_size=12, out=out, progress=False, name="n")
     assert sorted(p.name for p in (out / "records").glob("batch_*")) == ["batch_000000.safetensors",
@@ -233,7 +234,7 @@ def test_output_folder_is_locked_while_a_run_writes(digits_model, digits_test, t
 
     out = tmp_path / "ev"
     out.mkdir()
-    lock = out / run_mod.LOCK_NAME
+    lock = out / shards.LOCK_NAME
     here = socket.gethostname()
     # a live run (here: this very process, as a concurrent run in another thread would be) holds it
     lock.write_text(json.dumps({"pid": os.getpid(), "host": here, "started": "now"}))
@@ -268,13 +269,13 @@ def test_resume_ignores_records_of_another_run_and_recomputes_corrupt_ones(digit
     data = (rec / "batch_000002.safetensors").read_bytes()
     (rec / "batch_000002.safetensors").write_bytes(data[: len(data) // 2])
     calls = []
-    real = run_mod._Runner.batch
+    real = batch_mod.BatchRunner.batch
 
     def counting(self, x, y, start, b):
         calls.append(b)
         return real(self, x, y, start, b)
 
-    monkeypatch.setattr(run_mod._Runner, "batch", counting)
+    monkeypatch.setattr(batch_mod.BatchRunner, "batch", counting)
     with caplog.at_level("WARNING", logger="robustlab.evaluate"):
         again = rl.evaluate.run(digits_model, digits_test, SUITE, **kw, resume=True)
     assert calls == [1, 2]  # batch 0 reused; the foreign and the corrupt batch recomputed
@@ -302,3 +303,15 @@ def test_resume_recomputes_corrupt_check_probes(digits_model, digits_test, tmp_p
         again = rl.evaluate.run(digits_model, digits_test, suite, **kw, resume=True)
     assert "checks.json cannot be read" in caplog.text
     assert [f.status for f in again.models[0].checks] == [f.status for f in first.models[0].checks]
+
+
+def test_a_run_config_is_the_same_call_as_keywords(digits_model, digits_test):
+    cfg = rl.evaluate.RunConfig(n=16, progress=False, name="n", seed=3)
+    assert _json(rl.evaluate.run(digits_model, digits_test, SUITE, cfg)) == \
+        _json(rl.evaluate.run(digits_model, digits_test, SUITE, n=16, progress=False, name="n", seed=3))
+    with pytest.raises(TypeError, match="n_images.*takes the fields of RunConfig: batch_size, n,"):
+        rl.evaluate.run(digits_model, digits_test, SUITE, n_images=16)
+    with pytest.raises(ValueError, match="batch_size must be > 0"):
+        rl.evaluate.RunConfig(batch_size=0)
+    with pytest.raises(ValueError, match="resume=True needs out"):
+        rl.evaluate.run(digits_model, digits_test, SUITE, cfg, resume=True)

@@ -9,7 +9,7 @@ import torch
 
 from robustlab import distributed
 from robustlab.certificates import Certificate
-from robustlab.evaluate.shards import run_units, unit_seed
+from robustlab.evaluate.shards import UnitFiles, run_units, unit_seed
 
 
 def test_units_are_kept_resumed_and_recomputed_when_foreign_or_corrupt(tmp_path):
@@ -20,18 +20,18 @@ def test_units_are_kept_resumed_and_recomputed_when_foreign_or_corrupt(tmp_path)
         return {"value": torch.full((3,), float(u)), "seed": torch.tensor([unit_seed(7, u) % 1000])}
 
     parts = tmp_path / "parts"
-    first = run_units(4, compute, parts=parts, config="a")
+    first = run_units(4, compute, UnitFiles(parts, "a"))
     assert calls == [0, 1, 2, 3] and [float(r["value"][0]) for r in first] == [0, 1, 2, 3]
     assert len(list(parts.glob("unit_*.safetensors"))) == 4
     (parts / "unit_000002.safetensors").write_bytes(b"garbage")  # a torn write
     calls.clear()
-    again = run_units(4, compute, parts=parts, config="a", resume=True)
+    again = run_units(4, compute, UnitFiles(parts, "a", resume=True))
     assert calls == [2] and all(torch.equal(a["value"], b["value"]) for a, b in zip(first, again))
     calls.clear()
-    run_units(4, compute, parts=parts, config="b", resume=True)  # another configuration: nothing reused
+    run_units(4, compute, UnitFiles(parts, "b", resume=True))  # another configuration: nothing reused
     assert calls == [0, 1, 2, 3]
     calls.clear()
-    run_units(4, compute, parts=parts, config="b")  # no resume: recomputed from scratch
+    run_units(4, compute, UnitFiles(parts, "b"))  # no resume: recomputed from scratch
     assert calls == [0, 1, 2, 3]
 
 
@@ -76,3 +76,22 @@ def test_json_tasks_run_in_order_with_json_results_when_not_distributed():
     assert calls == [0, 1, 2]
     with pytest.raises(TypeError):
         distributed.run_json_tasks([lambda: object()])  # not JSON: refused, never pickled
+
+
+def test_units_are_written_under_the_folders_lock(tmp_path):
+    import json
+    import os
+    import socket
+
+    from robustlab.evaluate.shards import LOCK_NAME
+
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    lock = parts / LOCK_NAME
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "now"}))
+    with pytest.raises(FileExistsError, match="in use by another robustlab run"):
+        run_units(2, lambda u: {"v": torch.zeros(1)}, UnitFiles(parts, "a"))
+    assert lock.is_file() and not list(parts.glob("unit_*"))  # the holder's lock kept, nothing written
+    lock.unlink()
+    run_units(2, lambda u: {"v": torch.zeros(1)}, UnitFiles(parts, "a"))
+    assert not lock.exists() and len(list(parts.glob("unit_*"))) == 2  # released after the run

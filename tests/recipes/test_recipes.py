@@ -11,7 +11,7 @@ import torch
 import robustlab as rl
 from robustlab import recipes
 from robustlab.cli import main
-from robustlab.defenses.augment import crop_flip
+from robustlab.training.augment import crop_flip
 
 
 def test_the_shipped_recipes_hold_the_papers_hyperparameters():
@@ -32,7 +32,7 @@ def test_the_shipped_recipes_hold_the_papers_hyperparameters():
         r = recipes.load(name)
         assert r["arch"] in rl.models.architectures() and r["augment"] == "crop-flip" and r["dataset"] == "cifar10"
         adv, params = recipes.adversary_settings(r)
-        rl.defenses.adversaries.from_args(adv, params)  # every parameter is one the adversary takes
+        rl.training.adversaries.from_args(adv, params)  # every parameter is one the adversary takes
 
 
 def test_bad_recipes_are_refused(tmp_path):

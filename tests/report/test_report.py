@@ -182,6 +182,17 @@ def test_docs_describe_every_check_and_field():
         assert field in doc
 
 
+def test_docs_name_every_field_of_the_verb_sections():
+    import dataclasses
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "report-format.md").read_text()
+    for cls in (schema.ModelReport, schema.AttackRun, schema.VerificationReport, schema.DetectionReport,
+                schema.DetectionRow):
+        missing = [f.name for f in dataclasses.fields(cls) if f'"{f.name}"' not in doc]
+        assert not missing, (cls.__name__, missing)
+
+
 def test_report_package_never_imports_evaluate():
     import ast
     from pathlib import Path
@@ -248,12 +259,15 @@ def test_safe_url(url, ok):
     assert safe_url(url) == (url.strip() if ok else "#")
 
 
-@pytest.mark.parametrize("version", [1, 2])
-def test_schema_3_reads_older_files(version, fixed_report, tmp_path):
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_schema_4_reads_older_files(version, fixed_report, tmp_path):
     d = json.loads(json.dumps(fixed_report.to_dict()))
-    assert d["schema_version"] == 3 == schema.SCHEMA_VERSION
+    assert d["schema_version"] == 4 == schema.SCHEMA_VERSION
     d["schema_version"] = version
     for m in d["models"]:
+        for key in ("command", "attack_runs", "verification", "detection"):  # schema 4
+            del m[key]
+    for m in d["models"] if version < 3 else []:
         del m["verdict"]["uninformative"]
         for t in m["threats"]:
             del t["black_box_members"]
@@ -266,7 +280,10 @@ def test_schema_3_reads_older_files(version, fixed_report, tmp_path):
                 del t["verdict"], t["black_box"]
     (tmp_path / "old.json").write_text(json.dumps(d))
     old = rl.report.load(tmp_path / "old.json")
-    assert old.models[0].verdict.uninformative == [] and old.models[0].threats[0].black_box_members == []
+    assert old.models[0].command == "evaluate" and old.models[0].attack_runs == [] and old.models[0].detection is None
+    assert old.schema_version == schema.SCHEMA_VERSION  # read with the newer keys' defaults: a current report
+    if version < 3:
+        assert old.models[0].verdict.uninformative == [] and old.models[0].threats[0].black_box_members == []
     if version == 1:
         assert old.models[0].threats[0].verdict is None and old.models[0].checks[0].norm is None
     assert "<html" in __import__("robustlab.report.html", fromlist=["render"]).render(old, {})

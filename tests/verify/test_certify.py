@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from verify_nets import tiny_inputs, tiny_net
 
@@ -9,6 +10,7 @@ import robustlab as rl
 from robustlab.certificates import Certificate
 from robustlab.verify import bounds, certify
 from robustlab.verify.bounds import verified
+from robustlab.verify.tolerance import TAU
 
 
 def test_certificate_radius_is_eps_exactly_where_the_margins_are_proven() -> None:
@@ -24,6 +26,10 @@ def test_certificate_radius_is_eps_exactly_where_the_margins_are_proven() -> Non
         assert torch.equal(~cert.abstain, ok)
         assert torch.equal(cert.radius, torch.where(ok, 0.03, 0.0).double())
         assert torch.equal(cert.prediction[ok], pred[ok])
+        assert cert.info["tau"] == TAU  # verified up to tau: every margin's lower bound above it
+        assert torch.equal(~certify(model, x, None, tm, method, tau=0.5).abstain, verified(lo, pred, tau=0.5))
+    with pytest.raises(ValueError, match="tau"):
+        certify(model, x, None, tm, "crown", tau=-1e-3)
 
 
 def test_misclassified_samples_are_never_certified_for_their_label() -> None:

@@ -119,6 +119,22 @@ def test_verify_instances_runs_a_benchmark_and_resumes(instance_files, tmp_path,
     assert [r["timeout"] for r in json.loads((out / "summary.json").read_text())["records"]] == [10.0, 15.0, 10.0]
 
 
+def test_verify_instances_write_the_report(instance_files, tmp_path) -> None:
+    out = tmp_path / "run"
+    assert main(["verify", "--instances", str(instance_files / "instances.csv"), "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    (m,) = rl.report.load(out).models
+    (v,) = m.verification
+    assert m.command == "verify" and m.clean is None and m.labels == [] and m.data.n == 3
+    assert v.statuses == [{"unsat": "verified", "sat": "falsified"}.get(r["status"], r["status"])
+                          for r in summary["records"]]
+    assert v.counts == {"verified": 2, "falsified": 1, "unknown": 0, "timeout": 0} and v.verified.k == 2
+    assert v.items[0] == "net.onnx / prop_0.002.vnnlib" and len(v.seconds) == 3
+    html = (out / "index.html").read_text()
+    assert "net.onnx / prop_0.3.vnnlib" in html and "Clean accuracy" not in html
+    assert main(["report", str(out), "--out", str(tmp_path / "again")]) == 0
+
+
 @pytest.mark.parametrize(("extra", "match"), [
     (["--onnx", "n.onnx"], "--onnx and --vnnlib go together"),
     (["--instances", "x.csv", "--model", "m"], "give one of"),

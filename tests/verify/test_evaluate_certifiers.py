@@ -11,7 +11,7 @@ import robustlab as rl
 @pytest.mark.slow
 def test_crown_certifier_gives_the_lower_end_of_the_robustness_interval(digits_train, digits_test, tmp_path) -> None:
     model = rl.models.create("mlp", dataset="digits", seed=0)
-    rl.defenses.train(model, digits_train, epochs=3, batch_size=64, lr=3e-3, progress=False, seed=0)
+    rl.training.train(model, digits_train, epochs=3, batch_size=64, lr=3e-3, progress=False, seed=0)
     model.eval()
     suite = rl.evaluate.Suite(
         "verify", (rl.evaluate.Threat("linf", (0.05, 0.1)),), ("fgsm",), minimal=("deepfool",),

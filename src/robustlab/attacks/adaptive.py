@@ -33,6 +33,7 @@ from robustlab._checks import check_positive
 from robustlab.attacks.base import Attack, RawResult, Wrapper
 from robustlab.losses import cw_margin, is_adversarial
 from robustlab.threat import ThreatModel
+from robustlab.attacks.spelling import spellings
 
 __all__ = ["BPDA", "DetectorAwarePGD", "KNNFeaturePGD", "bpda_view"]
 
@@ -75,13 +76,14 @@ class DetectorAwarePGD(Attack):
         seed: seed of the random starts.
     """
 
+    @spellings(positional=("detector", "steps", "step_size"))
     def __init__(
         self,
         threat: ThreatModel,
+        *,
         detector: Any,
         steps: int = 100,
         step_size: Optional[float] = None,
-        *,
         lam: float = 10.0,
         kappa: float = 1.0,
         restarts: int = 1,
@@ -205,7 +207,8 @@ class KNNFeaturePGD(Attack):
         seed: seed of the random starts.
     """
 
-    def __init__(self, threat: ThreatModel, detector: Any, steps: int = 100, step_size: Optional[float] = None, *,
+    @spellings(positional=("detector", "steps", "step_size"))
+    def __init__(self, threat: ThreatModel, *, detector: Any, steps: int = 100, step_size: Optional[float] = None,
                  guides: int = 10, classes: int = 3, random_start: bool = False, seed: int = 0) -> None:
         if not isinstance(threat, ThreatModel):
             raise TypeError(f"threat must be a robustlab.ThreatModel, got {type(threat).__name__}")

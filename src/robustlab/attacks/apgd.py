@@ -22,6 +22,16 @@ start): ``k = ceil(s / 1.5)`` (sparsity-adaptive, ``k^0 = 0.2 D``); if the spars
 (``s < 0.95 s_prev``) the step is reset to ``eps`` and the iterate to ``x_max``, otherwise the
 step shrinks by 1.5; the step stays in ``[eps / 10, eps]``.
 
+With ``large_eps`` (l1 only; AutoAttack's ``use_largereps``, on in its l1 ``standard``; "Mind the
+box", sec. 3.3) each run goes through three radii: ``3 eps`` for ``ceil(0.3 N)`` iterations,
+``2 eps`` for ``ceil(0.3 N)``, then ``eps`` for the remaining ``N - 2 ceil(0.3 N)``. It starts from
+``x + g`` (``g ~ N(0, I)``; ``x`` without ``random_start``) projected onto the ``3 eps`` ball ∩ box
+(a sparse point: the exact l1 projection zeroes most coordinates); each stage is a full APGD-L1 run from the previous stage's
+highest-loss point projected onto the stage's ball ∩ box (step ``eps_s``, sparsity ``k`` and ``s``
+initialised from that point: ``k = ceil(s / 1.5)``, ``s = ||x_start - x||_0``). Only the last stage,
+at ``eps``, can report success; the larger balls only steer the search towards the region of high
+loss, which the plain l1 run with its sparse steps finds less often.
+
 ``APGDT`` is the targeted version used by AutoAttack: the targeted DLR loss (eq. 5) towards each
 of the ``n_target_classes`` classes with the highest clean logits after the true one, each run
 only on the samples still robust. Samples leave the working batch at their first adversarial
@@ -60,6 +70,13 @@ def l1_checkpoints(steps: int) -> list[int]:
     return list(range(every, steps, every))
 
 
+def large_eps_stages(steps: int) -> list[tuple[int, int]]:
+    """AutoAttack's l1 schedule as ``(radius in units of eps, iterations)``: ``(3, ceil(0.3 N))``,
+    ``(2, ceil(0.3 N))``, ``(1, N - 2 ceil(0.3 N))``."""
+    first = math.ceil(0.3 * steps)
+    return [(3, first), (2, first), (1, steps - 2 * first)]
+
+
 def _view(v: Tensor, like: Tensor) -> Tensor:
     return v.reshape(-1, *([1] * (like.dim() - 1)))  # (N,) -> (N, 1, 1, 1)
 
@@ -93,6 +110,9 @@ class APGD(Attack):
         restarts: random restarts, each only on the samples still robust.
         rho: the fraction of increasing steps below which the step is halved (0.75).
         momentum: ``alpha`` of the momentum update (0.75; APGD-L1 uses none, as the reference).
+        large_eps: l1 only: AutoAttack's decreasing-radius schedule ``3 eps -> 2 eps -> eps`` over
+            30% / 30% / 40% of the steps (module docstring); off by default, on in the l1
+            ``standard`` preset (as in AutoAttack's).
         random_start: start from a random point of the ball (as the reference implementation).
         seed: seed of the random starts.
         fast: the fast path (:class:`~robustlab.attacks.fastpath.FastPath` or a preset name such
@@ -113,6 +133,7 @@ class APGD(Attack):
         random_start: bool = True,
         seed: int = 0,
         fast: FastSpec = None,
+        large_eps: bool = False,
     ) -> None:
         if not isinstance(threat, ThreatModel):
             raise TypeError(f"threat must be a robustlab.ThreatModel, got {type(threat).__name__}")
@@ -128,6 +149,15 @@ class APGD(Attack):
         self.random_start = bool(random_start)
         self.seed = int(seed)
         self._fast = FastPath.resolve(fast)
+        if not isinstance(large_eps, bool):
+            raise TypeError(f"large_eps must be True or False, got {large_eps!r}")
+        if large_eps and threat.norm != "l1":
+            raise ValueError(f"large_eps (the 3 eps -> 2 eps -> eps schedule of APGD-L1) needs an l1 threat model, "
+                             f"got {threat.norm!r}")
+        if large_eps and large_eps_stages(self.steps)[-1][1] < 1:
+            raise ValueError(f"large_eps runs ceil(0.3 steps) steps at 3 eps and at 2 eps and the rest at eps: "
+                             f"steps = {self.steps} leaves none at eps (use 3 or >= 5)")
+        self.large_eps = large_eps
 
     # -- one run of Algorithm 1 -----------------------------------------------------------
     def _apgd(
@@ -139,10 +169,41 @@ class APGD(Attack):
         success_target: Optional[Tensor],
         generator: torch.Generator,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """One run of Algorithm 1 on a batch: ``(x_out, found, best_loss, iterations)``, with
-        ``x_out`` the first adversarial iterate where ``found`` and the highest-loss point elsewhere."""
+        """One run on a batch: ``(x_out, found, best_loss, iterations)``, with ``x_out`` the first
+        adversarial iterate where ``found`` and the highest-loss point elsewhere; with
+        ``large_eps`` the three stages of AutoAttack's l1 schedule, else one run of Algorithm 1."""
         tm = self.threat
-        assert tm is not None
+        if not self.large_eps:
+            return self._stage(model, x, y, loss_target, success_target, generator, tm, self.steps)
+        stages = [(tm.with_eps(m * tm.eps) if m != 1 else tm, n) for m, n in large_eps_stages(self.steps)]
+        start = x + torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) if self.random_start else x
+        iterations = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        for k, (stm, steps) in enumerate(stages):
+            final = k == len(stages) - 1
+            out = self._stage(model, x, y, loss_target, success_target, generator, stm, steps,
+                              start=stm.project(start, x), final=final)
+            iterations += out[3]
+            start = out[0]  # the stage's highest-loss point (no success counts outside the eps ball)
+        return out[0], out[1], out[2], iterations
+
+    def _stage(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        loss_target: Optional[Tensor],
+        success_target: Optional[Tensor],
+        generator: torch.Generator,
+        tm: ThreatModel,
+        steps: int,
+        *,
+        start: Optional[Tensor] = None,
+        final: bool = True,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Algorithm 1 (or APGD-L1) in the ball of ``tm`` for ``steps`` iterations, from ``start``
+        (else a random start / ``x``). ``final=False``: success is not tracked (a stage of the
+        large-eps schedule, whose ball is larger than the threat model's); every sample runs all
+        steps and ``x_out`` is its highest-loss point."""
         lower, upper = tm.box
         n, dev, dt = x.shape[0], x.device, x.dtype
         d = x[0].numel()
@@ -161,7 +222,10 @@ class APGD(Attack):
             s["lt"] = loss_target
         if success_target is not None:
             s["st"] = success_target
-        s["xa"] = tm.random_start(x, generator) if self.random_start else x.clone()
+        if start is not None:
+            s["xa"] = start.clone()
+        else:
+            s["xa"] = tm.random_start(x, generator) if self.random_start else x.clone()
 
         def objective(z: Tensor) -> Tensor:
             return loss_fn(z, s["y"], s.get("lt"))
@@ -172,20 +236,23 @@ class APGD(Attack):
         s["eta"] = torch.full((n,), (1.0 if is_l1 else 2.0) * eps, device=dev, dtype=dt)
         s["k_l1"] = torch.full((n,), max(1, int(0.2 * d)), device=dev, dtype=torch.long)
         s["sparsity"] = torch.full((n,), d, device=dev, dtype=torch.long)  # ||x_max - x||_0 at the last check
+        if is_l1 and start is not None:  # the reference's custom start: k and s from its sparsity
+            s["sparsity"] = (s["xa"] - x).reshape(n, -1).ne(0).sum(dim=1)
+            s["k_l1"] = torch.ceil(s["sparsity"].to(dt) / 1.5).to(torch.long).clamp(1, d)
         s["incr"] = torch.zeros(n, device=dev, dtype=torch.long)
         s["best_at_ckpt"] = s["best_loss"].clone()
         # As the reference implementation: condition (2) cannot fire at the first checkpoint.
         s["reduced_last"] = torch.ones(n, dtype=torch.bool, device=dev)
-        ckpts = set(l1_checkpoints(self.steps) if is_l1 else checkpoints(self.steps))
+        ckpts = set(l1_checkpoints(steps) if is_l1 else checkpoints(steps))
         last_ckpt = 0
 
         stop = SettledStop(s["xa"], self._fast.check_every if self._fast is not None else 1, exact_model(model))
-        hit = is_adversarial(logits, s["y"], s.get("st"))
-        for k in range(self.steps + 1):
+        hit = is_adversarial(logits, s["y"], s.get("st")) & final
+        for k in range(steps + 1):
             # Per-sample early stop: adversarial samples are recorded and leave the working batch
             # (checked on the host every ``check_every`` steps of the fast path, else every step).
             stop.observe(hit, s["xa"])
-            done = stop.settle(s["y"], s.get("st")) if stop.due(k) or k == self.steps else None
+            done = stop.settle(s["y"], s.get("st")) if stop.due(k) or k == steps else None
             if done is not None:
                 out[s["idx"][done]] = stop.first[done]
                 found[s["idx"][done]] = True
@@ -194,7 +261,7 @@ class APGD(Attack):
                 stop.compact(keep)
                 if s["idx"].numel() == 0:
                     break
-            if k == self.steps:
+            if k == steps:
                 break
             xa, xp, x0, eta = s["xa"], s["xp"], s["x0"], s["eta"]
             if is_l1:
@@ -208,7 +275,7 @@ class APGD(Attack):
             s["xp"], s["xa"] = xa, z
             loss, logits, grad = self._gradient(model, z, objective)
             iterations[s["idx"]] += stop.running
-            hit = is_adversarial(logits, s["y"], s.get("st"))
+            hit = is_adversarial(logits, s["y"], s.get("st")) & final
             s["incr"] = s["incr"] + (loss > s["loss"]).long()
             s["loss"], s["grad"] = loss, grad
             better = loss > s["best_loss"]
@@ -318,9 +385,10 @@ class APGDT(APGD):
         random_start: bool = True,
         seed: int = 0,
         fast: FastSpec = None,
+        large_eps: bool = False,
     ) -> None:
         super().__init__(threat, steps, loss=loss, restarts=restarts, rho=rho, momentum=momentum,
-                         random_start=random_start, seed=seed, fast=fast)
+                         random_start=random_start, seed=seed, fast=fast, large_eps=large_eps)
         self.n_target_classes = int(check_positive(n_target_classes, "n_target_classes", integer=True))
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, target: Optional[Tensor], generator: torch.Generator) -> RawResult:

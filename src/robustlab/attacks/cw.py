@@ -35,6 +35,7 @@ from robustlab._checks import check_positive
 from robustlab.attacks.base import Attack, RawResult, predict, resolve_threat
 from robustlab.losses import cw_margin, is_adversarial
 from robustlab.threat import ThreatModel
+from robustlab.attacks.spelling import spellings
 
 
 def _view(v: Tensor, like: Tensor) -> Tensor:
@@ -94,10 +95,10 @@ def _succeeds(logits: Tensor, y: Tensor, target: Optional[Tensor], kappa: float)
 class _CWBase(Attack):
     minimal = True
 
-    def _setup(self, threat: "ThreatModel | str", norms: tuple[str, ...], bounds: tuple[float, float], kappa: float, lr: float, seed: int) -> None:
+    def _setup(self, threat: "ThreatModel | str", norms: tuple[str, ...], bounds: tuple[float, float], kappa: float, step_size: float, seed: int) -> None:
         self.threat, self.distance_norm, self.bounds = resolve_threat(threat, norms, bounds, type(self).__name__)
         self.kappa = float(check_positive(kappa, "kappa", allow_zero=True))
-        self.lr = float(check_positive(lr, "lr"))
+        self.step_size = float(check_positive(step_size, "step_size"))
         self.seed = int(seed)
 
 
@@ -110,13 +111,14 @@ class CarliniWagner(_CWBase):
         steps: Adam iterations per binary-search step (Carlini's code: up to 10,000).
         binary_search_steps: rounds of the search over ``c`` (9).
         initial_const: the first ``c`` (1e-3).
-        lr: Adam learning rate (1e-2).
+        step_size: Adam learning rate (1e-2; formerly ``lr``).
         kappa: confidence margin (0).
         abort_early: stop a sample's round once its loss stops decreasing by 0.01% over
             ``steps / 10`` iterations.
         bounds: the input box when ``threat`` is a norm name.
     """
 
+    @spellings(renamed={"lr": "step_size"})
     def __init__(
         self,
         threat: "ThreatModel | str" = "l2",
@@ -124,13 +126,13 @@ class CarliniWagner(_CWBase):
         steps: int = 1000,
         binary_search_steps: int = 9,
         initial_const: float = 1e-3,
-        lr: float = 1e-2,
+        step_size: float = 1e-2,
         kappa: float = 0.0,
         abort_early: bool = True,
         bounds: tuple[float, float] = (0.0, 1.0),
         seed: int = 0,
     ) -> None:
-        self._setup(threat, ("l2",), bounds, kappa, lr, seed)
+        self._setup(threat, ("l2",), bounds, kappa, step_size, seed)
         self.steps = int(check_positive(steps, "steps", integer=True))
         self.binary_search_steps = int(check_positive(binary_search_steps, "binary_search_steps", integer=True))
         self.initial_const = float(check_positive(initial_const, "initial_const"))
@@ -154,7 +156,7 @@ class CarliniWagner(_CWBase):
             idx = torch.arange(n, device=dev)
             w, xo, yo, c = w0.clone(), x, y, const
             to = target
-            adam = _Adam(w, self.lr)
+            adam = _Adam(w, self.step_size)
             prev = torch.full((n,), math.inf, device=dev, dtype=dt)
             for step in range(self.steps):
                 xa = box.to_x(w)
@@ -201,10 +203,11 @@ class CarliniWagnerLinf(_CWBase):
         tau_decrease: ``tau <- tau_decrease * min(tau, ||delta||_inf)`` after each success (0.9).
         min_tau: stop once ``tau`` falls below this (1/256).
         reduce_const: halve ``c`` after each success (off in the paper).
-        lr: Adam learning rate (5e-3).
+        step_size: Adam learning rate (5e-3; formerly ``lr``).
         kappa: confidence margin (0).
     """
 
+    @spellings(renamed={"lr": "step_size"})
     def __init__(
         self,
         threat: "ThreatModel | str" = "linf",
@@ -216,12 +219,12 @@ class CarliniWagnerLinf(_CWBase):
         tau_decrease: float = 0.9,
         min_tau: float = 1 / 256,
         reduce_const: bool = False,
-        lr: float = 5e-3,
+        step_size: float = 5e-3,
         kappa: float = 0.0,
         bounds: tuple[float, float] = (0.0, 1.0),
         seed: int = 0,
     ) -> None:
-        self._setup(threat, ("linf",), bounds, kappa, lr, seed)
+        self._setup(threat, ("linf",), bounds, kappa, step_size, seed)
         self.steps = int(check_positive(steps, "steps", integer=True))
         self.initial_const = float(check_positive(initial_const, "initial_const"))
         self.largest_const = float(check_positive(largest_const, "largest_const"))
@@ -250,7 +253,7 @@ class CarliniWagnerLinf(_CWBase):
             w, xo, yo = start[idx].clone(), x[idx], y[idx]
             to = None if target is None else target[idx]
             c, t_ = const[idx], tau[idx]
-            adam = _Adam(w, self.lr)
+            adam = _Adam(w, self.step_size)
             solved = torch.zeros(n, dtype=torch.bool, device=dev)
             solution = torch.zeros_like(x)
             last = torch.zeros_like(x)
@@ -314,12 +317,13 @@ class CarliniWagnerL0(_CWBase):
         threat: ``"l0"`` (unbounded: ``distance`` counts changed pixels) or an l0 ThreatModel.
         steps: Adam iterations per sub-problem (1000).
         initial_const, largest_const, const_factor: ``c`` from 1e-3, x2 while infeasible, <= 2e6.
-        lr: Adam learning rate (1e-2).
+        step_size: Adam learning rate (1e-2; formerly ``lr``).
         kappa: confidence margin (0).
     """
 
     CHANGE_TOL = 1e-4  # a pixel whose channels all moved by less (x box width) counts as unchanged
 
+    @spellings(renamed={"lr": "step_size"})
     def __init__(
         self,
         threat: "ThreatModel | str" = "l0",
@@ -328,12 +332,12 @@ class CarliniWagnerL0(_CWBase):
         initial_const: float = 1e-3,
         largest_const: float = 2e6,
         const_factor: float = 2.0,
-        lr: float = 1e-2,
+        step_size: float = 1e-2,
         kappa: float = 0.0,
         bounds: tuple[float, float] = (0.0, 1.0),
         seed: int = 0,
     ) -> None:
-        self._setup(threat, ("l0",), bounds, kappa, lr, seed)
+        self._setup(threat, ("l0",), bounds, kappa, step_size, seed)
         self.steps = int(check_positive(steps, "steps", integer=True))
         self.initial_const = float(check_positive(initial_const, "initial_const"))
         self.largest_const = float(check_positive(largest_const, "largest_const"))
@@ -379,7 +383,7 @@ class CarliniWagnerL0(_CWBase):
             w, xo, yo, c = start[idx].clone(), x[idx], y[idx], const[idx]
             to = None if target is None else target[idx]
             m = self._expand(allowed[idx], x[idx]).to(dt)
-            adam = _Adam(w, self.lr)
+            adam = _Adam(w, self.step_size)
             solved = torch.zeros(n, dtype=torch.bool, device=dev)
             solution = torch.zeros_like(x)
             grad_at = torch.zeros_like(x)

@@ -3,7 +3,7 @@
 ``FastPath(precision="bf16", channels_last=True, compile=False, check_every=8)`` is accepted as
 ``fast=`` by :class:`~robustlab.attacks.FGSM`, :class:`~robustlab.attacks.PGD` (and BIM),
 :class:`~robustlab.attacks.APGD` / :class:`~robustlab.attacks.APGDT`, the training adversaries of
-:mod:`robustlab.defenses.adversarial` and :class:`~robustlab.defenses.Smoothed`. It does four
+:mod:`robustlab.training.adversarial` and :class:`~robustlab.defenses.Smoothed`. It does four
 things, each optional:
 
 * ``precision="bf16"``: the model runs under ``torch.autocast(dtype=torch.bfloat16)`` (matrix

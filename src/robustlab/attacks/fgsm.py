@@ -19,6 +19,7 @@ from robustlab.attacks.base import Attack, RawResult
 from robustlab.attacks.fastpath import FastPath, FastSpec
 from robustlab.losses import LossFn, get_loss
 from robustlab.threat import ThreatModel
+from robustlab.attacks.spelling import spellings
 
 
 class FGSM(Attack):
@@ -27,21 +28,22 @@ class FGSM(Attack):
     Args:
         threat: the threat model; ``threat.eps`` is the step length.
         loss: ``"ce"`` (default), ``"cw"``, ``"dlr"`` or a callable ``(logits, y, target) -> (N,)``.
-        random_start: start from a random point of the ball and step ``step`` from there
+        random_start: start from a random point of the ball and step ``step_size`` from there
             (R+FGSM, Tramer et al. 2018); the result is projected back into the ball.
-        step: step length when ``random_start`` (default ``eps``).
+        step_size: step length when ``random_start`` (default ``eps``; formerly ``step``).
         fast: the fast path (:class:`~robustlab.attacks.fastpath.FastPath` or a preset name;
             off by default): the gradient is taken under bf16 autocast / channels_last /
             ``torch.compile``; success is still judged by the model itself.
     """
 
+    @spellings(renamed={"step": "step_size"})
     def __init__(
         self,
         threat: ThreatModel,
         *,
         loss: "str | LossFn" = "ce",
         random_start: bool = False,
-        step: Optional[float] = None,
+        step_size: Optional[float] = None,
         seed: int = 0,
         fast: FastSpec = None,
     ) -> None:
@@ -51,12 +53,12 @@ class FGSM(Attack):
         self.loss = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
         self._loss_fn = get_loss(loss)
         self.random_start = bool(random_start)
-        self.step = float(check_positive(step, "step")) if step is not None else threat.eps
+        self.step_size = float(check_positive(step_size, "step_size")) if step_size is not None else threat.eps
         self.seed = int(seed)
         self._fast = FastPath.resolve(fast)
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, target: Optional[Tensor], generator: torch.Generator) -> RawResult:
         start = self.threat.random_start(x, generator) if self.random_start else x
         _, _, grad = self._gradient(model, start, lambda z: self._loss_fn(z, y, target))
-        x_adv = self.threat.project(start + self.step * self.threat.ascent(grad, start), x)
+        x_adv = self.threat.project(start + self.step_size * self.threat.ascent(grad, start), x)
         return RawResult(x_adv, torch.ones(x.shape[0], dtype=torch.long, device=x.device))

@@ -35,6 +35,7 @@ from robustlab._checks import check_positive
 from robustlab.attacks.base import Attack, RawResult, resolve_threat
 from robustlab.attacks.queries import LabelOracle, check_budget
 from robustlab.threat import ThreatModel
+from robustlab.attacks.spelling import spellings
 
 
 def _dist(a: Tensor, b: Tensor, norm: str) -> Tensor:
@@ -67,7 +68,8 @@ class HopSkipJump(Attack):
     minimal = True
     query_based = True
 
-    def __init__(self, threat: "ThreatModel | str" = "l2", queries: int = 5000, *, init_evals: int = 100,
+    @spellings(positional=("queries",))
+    def __init__(self, threat: "ThreatModel | str" = "l2", *, queries: int = 5000, init_evals: int = 100,
                  max_evals: int = 10_000, gamma: float = 1.0, init_trials: int = 100, max_halvings: int = 25,
                  chunk: int = 512, bounds: tuple[float, float] = (0.0, 1.0), seed: int = 0) -> None:
         self.threat, self.distance_norm, self.bounds = resolve_threat(threat, ("l2", "linf"), bounds, "HopSkipJump")

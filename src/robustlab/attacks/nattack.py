@@ -15,7 +15,7 @@ adversarial; otherwise it draws ``b`` samples ``eps_i ~ N(0, I)``, queries ``x'(
 (an adversarial draw also ends the sample: it is in the ball and already paid for), standardises
 the losses ``f_i -> (f_i - mean) / std`` and takes the NES step (eq. 5)
 
-    mu <- mu - lr / (b * sigma) * sum_i f_i * eps_i.
+    mu <- mu - step_size / (b * sigma) * sum_i f_i * eps_i.
 
 All images and their populations go through the model in one batched pass per iteration (in
 chunks of ``chunk`` rows); each iteration costs ``1 + population`` queries per active image.
@@ -38,6 +38,7 @@ from robustlab.attacks.base import Attack, RawResult
 from robustlab.attacks.queries import ScoreOracle, check_budget
 from robustlab.losses import is_adversarial, max_other
 from robustlab.threat import ThreatModel
+from robustlab.attacks.spelling import spellings
 
 
 def log_margin_loss(scores: Tensor, y: Tensor, target: Optional[Tensor] = None) -> Tensor:
@@ -56,7 +57,7 @@ class NATTACK(Attack):
         queries: model evaluations per sample (>= population + 2: one NES iteration).
         population: draws ``b`` per iteration (paper: 300).
         sigma: standard deviation of the search distribution (paper: 0.1).
-        lr: NES learning rate ``eta`` (paper: 0.02).
+        step_size: NES learning rate ``eta`` (paper: 0.02; formerly ``lr``).
         chunk: rows per forward pass (default 512: bounds memory and keeps the batch cache-sized on CPU,
             where 8192-row passes of an MNIST CNN cost 2-3x more per row); the noise is drawn per group of
             images, so the draws (not their law) depend on it.
@@ -65,8 +66,9 @@ class NATTACK(Attack):
 
     query_based = True
 
-    def __init__(self, threat: ThreatModel, queries: int = 30_000, *, population: int = 300, sigma: float = 0.1,
-                 lr: float = 0.02, chunk: int = 512, seed: int = 0) -> None:
+    @spellings(positional=("queries",), renamed={"lr": "step_size"})
+    def __init__(self, threat: ThreatModel, *, queries: int = 30_000, population: int = 300, sigma: float = 0.1,
+                 step_size: float = 0.02, chunk: int = 512, seed: int = 0) -> None:
         if not isinstance(threat, ThreatModel):
             raise TypeError(f"threat must be a robustlab.ThreatModel, got {type(threat).__name__}")
         if threat.norm not in ("linf", "l2"):
@@ -82,7 +84,7 @@ class NATTACK(Attack):
                 f"{self.population + 2} (the mean, the {self.population} draws, and one more for the update's mean)"
             )
         self.sigma = float(check_positive(sigma, "sigma"))
-        self.lr = float(check_positive(lr, "lr"))
+        self.step_size = float(check_positive(step_size, "step_size"))
         self.chunk = check_budget(chunk, "chunk")
         self.seed = int(seed)
 
@@ -112,7 +114,7 @@ class NATTACK(Attack):
         found = adv.any(dim=1)
         win = pop[torch.arange(m, device=dev), adv.float().argmax(dim=1)]  # the first adversarial draw
         f = (loss - loss.mean(dim=1, keepdim=True)) / loss.std(dim=1, keepdim=True).clamp_min(1e-12)
-        step = torch.einsum("mb,mb...->m...", f, noise) * (self.lr / (b * self.sigma))
+        step = torch.einsum("mb,mb...->m...", f, noise) * (self.step_size / (b * self.sigma))
         return found, win, mu - step
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, target: Optional[Tensor], generator: torch.Generator) -> RawResult:

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from robustlab._checks import check_images, check_positive
 from robustlab.attacks.base import eval_mode, model_device, predict
+from robustlab.attacks.spelling import spellings
 
 
 class AdversarialPatch:
@@ -35,7 +36,7 @@ class AdversarialPatch:
             ``scale * P`` pixels wide and must fit in the image at the largest scale.
         max_rotation: rotations drawn in ``[-max_rotation, max_rotation]`` degrees (22.5).
         steps: optimisation steps (300), each on ``batch_size`` random training images (64).
-        lr: Adam step size on pixel values (0.05).
+        step_size: Adam step size on pixel values (0.05; formerly ``lr``).
         bounds: the image box (0, 1).
         seed: seeds the initial patch, the batches and the placements.
 
@@ -43,6 +44,7 @@ class AdversarialPatch:
     placements; ``success_rate(model, x, y)`` is the targeted success on held-out images.
     """
 
+    @spellings(renamed={"lr": "step_size"})
     def __init__(
         self,
         patch_size: int,
@@ -51,7 +53,7 @@ class AdversarialPatch:
         max_rotation: float = 22.5,
         steps: int = 300,
         batch_size: int = 64,
-        lr: float = 0.05,
+        step_size: float = 0.05,
         bounds: tuple[float, float] = (0.0, 1.0),
         seed: int = 0,
     ) -> None:
@@ -63,7 +65,7 @@ class AdversarialPatch:
         self.max_rotation = float(check_positive(max_rotation, "max_rotation", allow_zero=True))
         self.steps = int(check_positive(steps, "steps", integer=True))
         self.batch_size = int(check_positive(batch_size, "batch_size", integer=True))
-        self.lr = float(check_positive(lr, "lr"))
+        self.step_size = float(check_positive(step_size, "step_size"))
         if not float(bounds[0]) < float(bounds[1]):
             raise ValueError(f"bounds must be (lower, upper) with lower < upper, got {bounds!r}")
         self.bounds = (float(bounds[0]), float(bounds[1]))
@@ -135,7 +137,7 @@ class AdversarialPatch:
         lo, hi = self.bounds
         patch = (lo + (hi - lo) * torch.rand(c, self.patch_size, self.patch_size, generator=g, device=x.device, dtype=x.dtype))
         patch.requires_grad_(True)
-        opt = torch.optim.Adam([patch], lr=self.lr)
+        opt = torch.optim.Adam([patch], lr=self.step_size)
         with eval_mode(model):
             k = predict(model, x[:1]).shape[1]
             if target_class >= k:

@@ -22,6 +22,7 @@ from robustlab.attacks.base import Attack, RawResult, predict
 from robustlab.attacks.fastpath import FastPath, FastSpec, SettledStop, exact_model
 from robustlab.losses import LossFn, get_loss, is_adversarial
 from robustlab.threat import ThreatModel
+from robustlab.attacks.spelling import spellings
 
 
 class PGD(Attack):
@@ -44,12 +45,13 @@ class PGD(Attack):
             by the model in its own precision.
     """
 
+    @spellings(positional=("steps", "step_size"))
     def __init__(
         self,
         threat: ThreatModel,
+        *,
         steps: int = 40,
         step_size: Optional[float] = None,
-        *,
         restarts: int = 1,
         random_start: bool = True,
         loss: "str | LossFn" = "ce",
@@ -128,8 +130,9 @@ class BIM(PGD):
     """Basic Iterative Method (Kurakin, Goodfellow, Bengio 2017, arXiv:1607.02533): PGD from ``x``
     with no random start, step ``alpha = eps / steps`` unless given."""
 
-    def __init__(self, threat: ThreatModel, steps: int = 10, step_size: Optional[float] = None, **kwargs) -> None:
+    @spellings(positional=("steps", "step_size"))
+    def __init__(self, threat: ThreatModel, *, steps: int = 10, step_size: Optional[float] = None, **kwargs) -> None:
         kwargs.setdefault("random_start", False)
         if step_size is None:
             step_size = threat.eps / max(int(steps), 1) if threat.eps > 0 else 0.0
-        super().__init__(threat, steps, step_size, **kwargs)
+        super().__init__(threat, steps=steps, step_size=step_size, **kwargs)

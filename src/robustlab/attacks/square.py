@@ -16,11 +16,21 @@ loss; only scores are observed, through :class:`robustlab.attacks.queries.ScoreO
   ``eta * sign + delta_W1 / ||delta_W1||``, rescaled so the whole perturbation keeps (up to)
   norm eps, W2 is zeroed, and the result is renormalised to ``eps`` and clipped to the box.
 
-The window size follows the paper's schedule: ``s = round(sqrt(p * h * w))`` where ``p`` starts at
-``p_init`` and halves at iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 of a
-10,000-iteration run, rescaled to the actual budget (``it -> it * 10000 / queries``). Every image
-draws its own windows; one batched forward pass per iteration serves all images still robust.
-The budget counts every model evaluation, the initial one included (as in the paper).
+The window side is ``s = round(sqrt(p * h * w))``, where the fraction ``p`` follows a piecewise
+constant schedule: ``p = p_init / 2^k`` with ``k`` the number of thresholds of
+``(10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)`` that the schedule iteration ``t`` exceeds
+(``t <= 10``: ``p_init``; ``10 < t <= 50``: ``p_init / 2``; ...; ``t > 8000``: ``p_init / 512``). Two
+readings of ``t`` at iteration ``i`` of a budget of ``Q`` queries (option ``schedule``):
+
+* ``"rescaled"``: ``t = floor(i * 10000 / Q)``, the thresholds stretched to the budget, as in the
+  paper's code (written for 10,000 queries) and AutoAttack's ``SquareAttack(resc_schedule=True)``
+  default: every budget goes through all nine halvings;
+* ``"absolute"``: ``t = i``, the thresholds at fixed iterations, as AutoAttack's ``standard`` runs
+  it (``resc_schedule=False``, 5,000 queries: halvings up to ``p_init / 128``); a budget of 1,000
+  stops at ``p_init / 16``, so the windows stay larger (fewer, coarser moves late in the search).
+
+Every image draws its own windows; one batched forward pass per iteration serves all images still
+robust. The budget counts every model evaluation, the initial one included (as in the paper).
 """
 
 from __future__ import annotations
@@ -36,14 +46,21 @@ from robustlab.attacks.base import Attack, RawResult
 from robustlab.attacks.queries import ScoreOracle, check_budget
 from robustlab.losses import is_adversarial, margin
 from robustlab.threat import ThreatModel
+from robustlab.attacks.spelling import spellings
 
 #: Iterations (of 10,000) after which ``p`` halves (Andriushchenko et al. 2020, Sec. 3 / App. B).
 P_SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+#: How iterations map onto :data:`P_SCHEDULE`: stretched to the budget, or as they are.
+SCHEDULES = ("rescaled", "absolute")
 
 
-def square_p(iteration: int, total: int, p_init: float) -> float:
-    """The fraction of pixels ``p`` changed at ``iteration`` of ``total`` (the paper's schedule)."""
-    it = int(iteration / max(total, 1) * 10000)
+def square_p(iteration: int, total: int, p_init: float, schedule: str = "rescaled") -> float:
+    """The fraction of pixels ``p`` changed at ``iteration`` of ``total``: ``"rescaled"`` reads the
+    thresholds at ``iteration * 10000 / total`` (the paper's code), ``"absolute"`` at ``iteration``
+    (AutoAttack's ``standard``)."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    it = int(iteration / max(total, 1) * 10000) if schedule == "rescaled" else int(iteration)
     for k, bound in enumerate(P_SCHEDULE):
         if it <= bound:
             return p_init / 2**k
@@ -108,14 +125,21 @@ class Square(Attack):
             AutoAttack's ``standard``: 5,000).
         p_init: initial fraction of pixels per window, in (0, 1) (default 0.8 as AutoAttack; the
             paper uses 0.05 for linf on ImageNet, 0.1 for l2).
+        schedule: how ``p`` decays with the iteration ``i`` of the budget ``Q``: ``p = p_init /
+            2^k``, ``k = #{b in (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000) : t > b}``, with
+            ``t = floor(i * 10000 / Q)`` for ``"rescaled"`` (default: the paper's code, all nine
+            halvings within any budget) or ``t = i`` for ``"absolute"`` (AutoAttack's ``standard``,
+            ``resc_schedule=False``: at 1,000 queries ``p`` ends at ``p_init / 16``, at 5,000 at
+            ``p_init / 128``).
         output: what the attacker observes: ``"logits"`` or softmax ``"probs"``.
         seed: seed of the random search.
     """
 
     query_based = True
 
-    def __init__(self, threat: ThreatModel, queries: int = 5000, *, p_init: float = 0.8,
-                 output: str = "logits", seed: int = 0) -> None:
+    @spellings(positional=("queries",))
+    def __init__(self, threat: ThreatModel, *, queries: int = 5000, p_init: float = 0.8,
+                 schedule: str = "rescaled", output: str = "logits", seed: int = 0) -> None:
         if not isinstance(threat, ThreatModel):
             raise TypeError(f"threat must be a robustlab.ThreatModel, got {type(threat).__name__}")
         if threat.norm not in ("linf", "l2"):
@@ -123,6 +147,9 @@ class Square(Attack):
         self.threat = threat
         self.queries = check_budget(queries, "queries")
         self.p_init = check_probability(p_init, "p_init")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+        self.schedule = schedule
         if output not in ("logits", "probs"):
             raise ValueError(f"output must be 'logits' or 'probs', got {output!r}")
         self.output = output
@@ -234,7 +261,7 @@ class Square(Attack):
         for it in range(total - 1):
             if act.numel() == 0:
                 break
-            cand = propose(xa, xba, square_p(it, total, self.p_init), generator, lo, hi)
+            cand = propose(xa, xba, square_p(it, total, self.p_init, self.schedule), generator, lo, hi)
             scores = oracle(cand, act)
             ran = it + 1
             loss = margin_loss(scores, ya, ta)

@@ -5,9 +5,11 @@
     robustlab attack --model runs/mnist-pgd --attack square --eps 0.3 --queries 5000 --out square.safetensors
 
 Writes ``--out`` (safetensors: ``x_adv``, ``labels``, ``indices``, ``success``, ``clean_correct``,
-``distance``, ``iterations``) and a JSON summary next to it (``<out>`` with suffix ``.json``: success rate,
-robust accuracy, distance percentiles of the successful perturbations, time, iterations), both
-atomically. Minimal-norm attacks (cw-*, deepfool, fmn, ddn) need no ``--eps``: they report the
+``distance``, ``iterations``) and the report (``report.json`` + ``index.html``, schema 4's
+``attack_runs`` section: robust accuracy and success rate with their 95% intervals, distances and
+norms of the adversarial examples found, iterations, queries, the examples' path) into the folder
+``<out>`` without its suffix (``adv.safetensors`` -> ``adv/``), every file atomically. The JSON
+summary ``<out>`` with suffix ``.json`` is still written in its old format, deprecated. Minimal-norm attacks (cw-*, deepfool, fmn, ddn) need no ``--eps``: they report the
 smallest perturbation they found; with ``--eps`` their result is kept inside that ball.
 """
 
@@ -74,7 +76,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=250)
     add_memory_arg(p)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output .safetensors file (the JSON summary goes next to it, suffix .json)")
+    p.add_argument("--out", required=True, help="output .safetensors file; the report (report.json, index.html) goes into the folder of the same "
+                        "name without .safetensors (the deprecated JSON summary next to it, suffix .json)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -95,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     from safetensors.torch import save as st_save
     from tqdm.auto import tqdm
 
-    from robustlab import __version__, data
+    from robustlab import data
+    from robustlab.cli._outputs import DEPRECATED, report_folder
     from robustlab.cli._common import (check_model_data, check_out_file, dataset_name, fit_batch, load_model,
                                        resolve_device)
     from robustlab._io import atomic_write_bytes, atomic_write_text
@@ -110,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     out = check_out_file(args.out, "--out", ".safetensors")  # before any work: a bad --out fails now
     check_out_file(out.with_suffix(".json"), "--out (its .json summary)")
+    folder = report_folder(out)
     device = resolve_device(args.device)
     norm = args.norm or DEFAULT_NORM.get(name, "linf")
     if args.eps is not None:
@@ -171,9 +176,35 @@ def run(args: argparse.Namespace) -> int:
               "split": args.split, "norm": res.norm}
     atomic_write_bytes(out, st_save(tensors, metadata=header))
 
+    summary = _old_summary(args, res, attack, threat, dataset, seconds, out)
+    summary_path = out.with_suffix(".json")
+    atomic_write_text(summary_path, json.dumps(summary, indent=2, default=str) + "\n")
+    section = _write_report(args, model, images, res, attack, seconds, out, folder)
+
+    clean, run = section.clean, section.attack_runs[0].result  # the printed numbers are the report's
+    print(f"{name} on {dataset} ({args.split}), {n} images, {res.norm}"
+          f"{f' eps={args.eps}' if args.eps is not None else ' (minimal norm)'}: clean accuracy {clean.value:.4f}, "
+          f"robust accuracy {run.robust.value:.4f} [{run.robust.ci_low:.4f}, {run.robust.ci_high:.4f}], "
+          f"success on correct {run.success.value:.4f}")
+    dist = run.distance
+    if dist.count:
+        print(f"{res.norm} distance of successful perturbations: median {dist.median:.4g}, "
+              f"p10 {dist.p10:.4g}, p90 {dist.p90:.4g}, mean {dist.mean:.4g}")
+    print(f"{seconds:.1f} s ({n / seconds:.1f} images/s); wrote {out} and the report {folder / 'report.json'} (and "
+          f"index.html); {summary_path.name}: {DEPRECATED.format(folder=folder)}")
+    return 0
+
+
+def _old_summary(args: argparse.Namespace, res: Any, attack: Any, threat: Any, dataset: str, seconds: float,
+                 out: Path) -> dict:
+    """The deprecated ``robustlab-attack-summary`` JSON (one more release; report.json's ``attack_runs`` holds the same)."""
+    from robustlab import __version__
+    from robustlab.threat import ThreatModel
+
+    name, n = args.attack.lower(), int(res.success.shape[0])
     found = res.success & res.clean_correct  # type: ignore[operator]
     correct = int(res.clean_correct.sum())  # type: ignore[union-attr]
-    summary = {
+    return {
         "format": "robustlab-attack-summary", "format_version": 1, "robustlab": __version__,
         "attack": name, "config": attack.config(), "model": str(args.model), "dataset": dataset,
         "split": args.split, "n": n, "norm": res.norm,
@@ -188,15 +219,26 @@ def run(args: argparse.Namespace) -> int:
         "seconds": seconds, "images_per_s": n / seconds if seconds > 0 else None,
         "adversarial_examples": out.name,
     }
-    summary_path = out.with_suffix(".json")
-    atomic_write_text(summary_path, json.dumps(summary, indent=2, default=str) + "\n")
 
-    dist = summary["distance"]
-    print(f"{name} on {dataset} ({args.split}), {n} images, {res.norm}"
-          f"{f' eps={args.eps}' if args.eps is not None else ' (minimal norm)'}: clean accuracy {summary['clean_accuracy']:.4f}, "
-          f"robust accuracy {summary['robust_accuracy']:.4f}, success on correct {summary['success_rate_on_correct'] or 0:.4f}")
-    if dist:
-        print(f"{res.norm} distance of successful perturbations: median {dist['median']:.4g}, "
-              f"p10 {dist['p10']:.4g}, p90 {dist['p90']:.4g}, mean {dist['mean']:.4g}")
-    print(f"{seconds:.1f} s ({n / seconds:.1f} images/s); wrote {out} and {summary_path}")
-    return 0
+
+def _write_report(args: argparse.Namespace, model: Any, images: Any, res: Any, attack: Any, seconds: float, out: Path,
+                  folder: Path) -> Any:
+    """The report of this run (schema 4's ``attack_runs`` section: the first ``len(res)`` images) into
+    ``folder``; returns its model section."""
+    import os
+
+    from robustlab.cli._outputs import write_report
+    from robustlab.cli.evaluate import model_label
+    from robustlab.evaluate.sections import CommandRun, Sections, attack_run, model_section
+    from robustlab.models.metrics import predictions
+
+    name, n = args.attack.lower(), int(res.success.shape[0])
+    x, y = images.images[:n], images.labels[:n]
+    section = attack_run(name, res, x, eps=args.eps, config=attack.config(), seconds=seconds,
+                         examples=os.path.relpath(out.resolve(), folder.resolve()))
+    settings = {"attack": name, "norm": res.norm, "eps": args.eps, "split": args.split, "options": dict(args.option)}
+    run = CommandRun("attack", model_label(str(args.model)), model, images, n, settings, seed=args.seed,
+                     batch_size=args.batch_size, device=str(res.x_adv.device), seconds=seconds)
+    m = model_section(run, Sections(attack_runs=[section]), y, predictions(model, (x, y), args.batch_size))
+    write_report(m, folder, f"robustlab attack: {name} on {m.name}")
+    return m

@@ -5,14 +5,15 @@ or PixelDP certificates (Lecuyer et al. 2019) for a model trained with PixelDP n
         --alpha 0.001 --radii 0,0.25,0.5,0.75,1 [--n-images 500] [--adaptive] [--out cert.json]
     robustlab certify --model runs/mnist-pixeldp --method pixeldp --n 1000 --alpha 0.05 --radii 0,0.05,0.1
 
-Prints certified accuracy per radius (with a 95% Wilson interval over the test images) and writes
-JSON (atomically) with the settings, the curve and one record per image.
+Prints certified accuracy per radius (with a 95% Wilson interval over the test images) and writes the
+report (``report.json`` + ``index.html``: a schema-4 model section with the certificate, radii
+``--radii``, the method and its settings) into the folder ``<out>`` without ``.json``, every file
+atomically. ``<out>`` itself still holds the old JSON (settings, curve, one record per image), deprecated.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -126,20 +127,17 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, info) -> int:
     import contextlib
-    import shutil
 
     from tqdm.auto import tqdm
 
     from robustlab import data
     from robustlab.cli._common import (check_model_data, check_out_file, dataset_name, fit_batch, load_model,
                                        resolve_device)
+    from robustlab.cli._outputs import report_folder, write_outputs
     from robustlab.cli.evaluate import model_label
-    from robustlab._io import atomic_write_text
-    from robustlab.certificates import Certificate, certified_accuracy
+    from robustlab.certificates import Certificate
     from robustlab.defenses.smoothing import Smoothed
-    from robustlab.evaluate.shards import config_hash, counting_forwards, run_units, unit_seed
-    from robustlab.stats import wilson
-
+    from robustlab.evaluate.shards import UnitFiles, config_hash, counting_forwards, run_units, unit_seed
 
     for name in ("n_images", "chunk", "n0", "n", "batch_size"):
         if getattr(args, name) < 1:
@@ -162,6 +160,7 @@ def _run(args: argparse.Namespace, info) -> int:
                              "; add --method pixeldp or drop it")
     out = Path(args.out) if args.out else Path("out") / "certify" / (model_label(args.model) + f"-{method}.json")
     check_out_file(out, "--out")  # before any sampling: a bad --out fails now
+    folder = report_folder(out)
     model = load_model(args, device)
     name = dataset_name(args, model)
     images = data.load(name, args.split, args.root)
@@ -206,8 +205,8 @@ def _run(args: argparse.Namespace, info) -> int:
             bar.set_postfix_str(f"{forwards[0]} forward passes", refresh=True)
 
     with counting_forwards(model, tick) if not bar.disable else contextlib.nullcontext():
-        units = run_units(len(chunks), certify_chunk, parts=parts_dir, config=config_hash(config),
-                          resume=args.resume, done=lambda u: bar.update(min(args.chunk, len(y) - chunks[u])))
+        units = run_units(len(chunks), certify_chunk, UnitFiles(parts_dir, config_hash(config), args.resume),
+                          done=lambda u: bar.update(min(args.chunk, len(y) - chunks[u])))
     bar.close()
     if not info.is_main:
         return 0
@@ -216,18 +215,30 @@ def _run(args: argparse.Namespace, info) -> int:
     cert = Certificate.concat(parts)
     if method == "adaptive":
         cert.info["stop"] = {k: sum(p.info["stop"][k] for p in parts) for k in parts[0].info["stop"]}
-    curve = certified_accuracy(cert, y, args.radii).tolist()
-    lo, hi = wilson([round(a * len(y)) for a in curve], len(y), 0.05)
-    evals = float(cert.samples.double().mean()) if cert.samples is not None else float(args.n0 + args.n)
+    section = _section(args, method, model, images, cert, seconds, pixeldp_info, device)
+    c = section.certificates[0]
+    evals = c.options["evaluations_per_image"]
 
     print(f"{name} ({args.split}): {len(y)} images, sigma={args.sigma}, n0={args.n0}, n={args.n}"
           f"{' (n_max)' if method == 'adaptive' else ''}, alpha={args.alpha}, method={method}")
     print(f"{seconds / len(y):.3f} s per image, {evals:.0f} model evaluations per image on average, "
-          f"{float(cert.abstain.double().mean()):.2%} abstained")
+          f"{c.abstain.value:.2%} abstained")
     print(f"{'radius':>8}  {'certified accuracy':>18}  95% interval")
-    for r, acc, a, b in zip(args.radii, curve, lo, hi):
-        print(f"{r:>8.3g}  {acc:>18.4f}  [{a:.4f}, {b:.4f}]")
+    for r, acc in zip(args.radii, c.certified_accuracy):
+        print(f"{r:>8.3g}  {acc.value:>18.4f}  [{acc.ci_low:.4f}, {acc.ci_high:.4f}]")
+    payload = _old_payload(args, section, cert, name, seconds, pixeldp_info)
+    write_outputs(section, folder, f"robustlab certify: {method} on {section.name}", out, payload, parts=parts_dir,
+                  note=f" ({info.world_size} processes)" if info.distributed else "")
+    return 0
 
+
+def _old_payload(args: argparse.Namespace, section: Any, cert: Any, name: str, seconds: float,
+                 pixeldp_info: dict) -> dict:
+    """The deprecated ``robustlab-certify`` JSON (one more release): the section's numbers, one record per image."""
+    import torch
+
+    c, method = section.certificates[0], section.suite["method"]
+    y = torch.tensor(section.labels, dtype=torch.int64)
     correct = (cert.prediction == y) & ~cert.abstain
     per_image = [
         {"index": i, "label": int(y[i]), "prediction": int(cert.prediction[i]), "radius": float(cert.radius[i]),
@@ -241,14 +252,44 @@ def _run(args: argparse.Namespace, info) -> int:
         "format": "robustlab-certify", "format_version": 1,
         "model": str(args.model), "dataset": name, "split": args.split, "sigma": args.sigma, "n0": args.n0,
         "n": args.n, "alpha": args.alpha, "method": method, "seed": args.seed, "batch_size": args.batch_size,
-        "device": str(device), "seconds": seconds, "seconds_per_image": seconds / len(y),
-        "evaluations_per_image": evals, "radii": list(args.radii), "certified_accuracy": curve,
-        "certified_accuracy_ci95": [[float(a), float(b)] for a, b in zip(lo, hi)],
+        "device": section.device, "seconds": seconds, "seconds_per_image": seconds / len(y),
+        "evaluations_per_image": c.options["evaluations_per_image"], "radii": list(args.radii),
+        "certified_accuracy": [a.value for a in c.certified_accuracy],
+        "certified_accuracy_ci95": [[a.ci_low, a.ci_high] for a in c.certified_accuracy],
         "per_image": per_image, "certificate": cert.to_dict(),
     }
     if method == "pixeldp":
         payload["pixeldp"] = pixeldp_info
-    atomic_write_text(out, json.dumps(payload) + "\n")
-    shutil.rmtree(parts_dir, ignore_errors=True)  # the report holds everything the unit files did
-    print(f"wrote {out}" + (f" ({info.world_size} processes)" if info.distributed else ""))
-    return 0
+    return payload
+
+
+#: The certify methods -> (the report's method name, what the radius certifies).
+_METHODS = {"cohen": ("smoothing", "smoothed"), "adaptive": ("smoothing-adaptive", "smoothed"),
+            "two-class": ("smoothing-two-class", "smoothed"), "pixeldp": ("pixeldp", "smoothed")}
+
+
+def _section(args: argparse.Namespace, method: str, model: Any, images: Any, cert: Any, seconds: float,
+             pixeldp_info: dict, device: Any) -> Any:
+    """The report's model section of this run: the certificate at ``--radii`` with the method's
+    settings, and the base model's clean accuracy on the same images."""
+    from robustlab.cli.evaluate import model_label
+    from robustlab.evaluate.sections import CommandRun, Sections, cert_report, model_section
+    from robustlab.models.metrics import predictions
+
+    y = images.labels
+    report_method, certifies = _METHODS[method]
+    evals = float(cert.samples.double().mean()) if cert.samples is not None else float(args.n0 + args.n)
+    options = {"sigma": args.sigma, "n0": args.n0, "n": args.n, "alpha": args.alpha, "seed": args.seed,
+               "evaluations_per_image": evals}
+    if method == "pixeldp":
+        options = {"n": args.n, "alpha": args.alpha, "scores": args.scores, "seed": args.seed,
+                   "evaluations_per_image": evals, **pixeldp_info}
+    if method == "adaptive":
+        options["stop"] = cert.info.get("stop")
+    label = f"{report_method} (sigma {args.sigma:g})" if method != "pixeldp" else f"pixeldp (eps {pixeldp_info['eps']:g})"
+    rep = cert_report(cert, y, args.radii, method=report_method, label=label, certifies=certifies, options=options,
+                      seconds=seconds)
+    run = CommandRun("certify", model_label(str(args.model)), model, images, len(y),
+                     {"method": method, "split": args.split, "n_images": len(y)}, seed=args.seed,
+                     batch_size=args.batch_size, device=str(device), seconds=seconds)
+    return model_section(run, Sections(certificates=[rep]), y, predictions(model, (images.images, y), args.batch_size))

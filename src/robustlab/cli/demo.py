@@ -47,12 +47,12 @@ def robust_training(eps: float = 0.3, steps: int = 10) -> tuple[str, Any, Option
     robust accuracy collapses); PGD-10 on ``small-cnn`` costs a few minutes on 2 cores. Switch the
     demo to TRADES or FGSM-RS here.
     """
-    from robustlab import ThreatModel, defenses
+    from robustlab import ThreatModel, training
 
     tm = ThreatModel("linf", eps)
     return (f"PGD-{steps} adversarial training at linf eps {eps:g} (Madry et al. 2018)",
-            defenses.PGDAdversary(tm, steps=steps),
-            defenses.robust_validation(tm, n=500, steps=10))
+            training.PGDAdversary(tm, steps=steps),
+            training.robust_validation(tm, n=500, steps=10))
 
 
 @dataclass(frozen=True)
@@ -98,12 +98,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _adversary(spec: DemoModel) -> tuple[str, Any, Optional[Callable]]:
-    from robustlab import defenses
+    from robustlab import training
 
     if spec.kind == "robust":
         return robust_training()
     if spec.kind == "noise":
-        return f"Gaussian-noise training, sigma {SIGMA:g} (Cohen et al. 2019)", defenses.GaussianNoise(SIGMA), None
+        return f"Gaussian-noise training, sigma {SIGMA:g} (Cohen et al. 2019)", training.GaussianNoise(SIGMA), None
     return "standard training", None, None
 
 
@@ -184,7 +184,7 @@ def train_model(spec: DemoModel, train_set, val_set, test_set, path: Path, *, qu
     """Train ``spec`` with the demo's recipe into ``path`` (a model folder); returns the loaded model.
     Its metadata holds the recipe (``demo``), the training configuration, the measured
     ``test_accuracy`` (all of ``test_set``) and the :func:`provenance`."""
-    from robustlab import defenses, models
+    from robustlab import models, training
 
     what, adversary, evaluate_fn = _adversary(spec)
     config = recipe(spec, quick)
@@ -194,7 +194,7 @@ def train_model(spec: DemoModel, train_set, val_set, test_set, path: Path, *, qu
     print(f"  training {path.name}: {spec.arch}, {what}, {epochs} epoch(s) on {len(train_set):,} images")
     model = models.create(spec.arch, train_set, seed=0)
     t0 = time.perf_counter()
-    result = defenses.train(model, train_set, adversary=adversary, epochs=epochs, val_data=val_set, test_data=test_set,
+    result = training.train(model, train_set, adversary=adversary, epochs=epochs, val_data=val_set, test_data=test_set,
                             evaluate_fn=evaluate_fn, out=path, seed=0, progress=progress,
                             schedule="onecycle", lr=3e-3,
                             eps_warmup_epochs=epochs / 3 if spec.kind == "robust" else 0.0,
@@ -262,7 +262,8 @@ def run(args: argparse.Namespace) -> int:
     from robustlab import data, demo_models, evaluate
     from robustlab.cli._common import check_out_dir
     from robustlab.data.sources import cache_dir
-    from robustlab.report import build
+    from robustlab.report import assemble
+    from robustlab.report.build import compare_table
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     t_start = time.perf_counter()
@@ -331,9 +332,9 @@ def run(args: argparse.Namespace) -> int:
                         "200 noise samples per certificate. The numbers are indicative only; run `robustlab demo` for "
                         "the full evaluation.")
     title = "robustlab demo: standard vs adversarial training on MNIST" + (" (quick)" if quick else "")
-    report = build.report(parts, title, notes)
+    report = assemble.report(parts, title, notes)
     report.save(out)
     print()
-    print(build.compare_table(report))
+    print(compare_table(report))
     print(f"\nwrote {out / 'index.html'} and {out / 'report.json'} ({time.perf_counter() - t_start:.0f} s in all)")
     return 0

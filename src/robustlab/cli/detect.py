@@ -15,10 +15,11 @@ reference features of another class so that the neighbours and the classifier ag
 :class:`robustlab.attacks.DetectorAwarePGD` against the detector's differentiable score (Carlini
 & Wagner 2017, arXiv:1705.07263; CW-L2: on the CW margin); FGSM as one DetectorAwarePGD step.
 
-Writes ``--out`` (JSON, atomically): ``format: robustlab-detect``, one record per (detector,
-attack, adaptive) with the numbers above and the ROC curve. The report can take this file as a
-detection section (its records are self-describing); ``robustlab.cli.detect.evaluate_detector``
-is the Python entry point.
+Writes the report (``report.json`` + ``index.html``: schema 4's ``detection`` section, every rate
+with the report's 95% interval, the ROC curves) into the folder ``<out>`` without ``.json``, every
+file atomically. ``--out`` itself still holds the old JSON (``format: robustlab-detect``, one
+record per (detector, attack, adaptive)), deprecated, and ``--html DIR`` its old page;
+``robustlab.evaluate.detection`` is the Python side (``evaluate_detector``).
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-DETECTORS = ("squeeze", "magnet", "knn", "lid")
-ATTACKS = ("fgsm", "pgd", "cw-l2")
+from robustlab.evaluate.detection import (DETECTION_ATTACKS as ATTACKS, DETECTORS, build_detector,  # noqa: F401
+                                          detection_record, evaluate_detector, make_attack, run_attack)
 
 
 def _names(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
@@ -39,96 +40,6 @@ def _names(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
     if not names or bad:
         raise ValueError(f"--{what} must be a comma-separated list of {', '.join(allowed)}, got {text!r}")
     return names
-
-
-def build_detector(name: str, model: Any, train_images: Any, train_labels: Any, *, seed: int = 0,
-                   ae_epochs: int = 5, knn_space: str = "feature") -> Any:
-    """A detector by name, built on training data (not yet fitted)."""
-    from robustlab.defenses import detect
-    from robustlab.defenses.transforms import MagNetAutoencoder, train_autoencoder
-
-    if name == "squeeze":
-        return detect.FeatureSqueezing(model)
-    if name == "magnet":
-        ae = MagNetAutoencoder(train_images.shape[1], hidden=8 if train_images.shape[1] == 1 else 16, seed=seed)
-        dev = next(iter(model.parameters())).device
-        ae = train_autoencoder(ae.to(dev), train_images.to(dev), epochs=ae_epochs, batch_size=64, lr=3e-3, seed=seed)
-        return detect.MagNetDetector(ae)
-    if name == "knn":
-        return detect.KNNDetector(model, (train_images, train_labels), k=10, space=knn_space)
-    if name == "lid":
-        return detect.LID(model, train_images[:500], k=20)
-    raise ValueError(f"unknown detector {name!r}; expected one of {', '.join(DETECTORS)}")
-
-
-def make_attack(name: str, eps: float, *, detector: Any = None, steps: int = 40, l2_eps: float = 3.0, seed: int = 0) -> Any:
-    """The non-adaptive attack (``detector`` None) or its adaptive version: ``fgsm`` is one step of
-    :class:`~robustlab.attacks.DetectorAwarePGD` of size ``eps``; ``pgd`` ``steps`` steps in the
-    linf ball and ``cw-l2`` ``steps`` steps in the L2 ball of radius ``l2_eps``, of
-    :class:`~robustlab.attacks.KNNFeaturePGD` for a kNN detector (the features pulled into another
-    class's neighbourhood) and of DetectorAwarePGD for the others. On a kNN detector one
-    feature-space step overshoots: on the MNIST cnn at linf 0.3 it evaded 9.0% of the images, the
-    detector-aware step (on the CW margin while the score is below the threshold) 23.5%
-    (docs/benchmarks/defenses.md)."""
-    from robustlab.attacks import FGSM, PGD, CarliniWagner, DetectorAwarePGD, KNNFeaturePGD
-    from robustlab.defenses.detect import KNNDetector
-    from robustlab.threat import ThreatModel
-
-    tm = ThreatModel("linf", eps)
-    if detector is None:
-        if name == "fgsm":
-            return FGSM(tm)
-        if name == "pgd":
-            return PGD(tm, steps=steps, seed=seed)
-        # Adam step 0.1: at the default 1e-2, 100 steps leave MNIST's saturated 0/1 pixels nearly
-        # frozen in tanh space (31% success on the standard cnn; 100% at 0.1, docs/benchmarks/defenses.md)
-        return CarliniWagner("l2", steps=100, binary_search_steps=5, initial_const=0.1, lr=0.1, seed=seed)
-    if isinstance(detector, KNNDetector) and name != "fgsm":
-        return KNNFeaturePGD(tm if name == "pgd" else ThreatModel("l2", l2_eps), detector, steps=steps, seed=seed)
-    if name == "fgsm":
-        return DetectorAwarePGD(tm, detector, steps=1, step_size=eps, random_start=False, seed=seed)
-    if name == "pgd":
-        return DetectorAwarePGD(tm, detector, steps=steps, seed=seed)
-    return DetectorAwarePGD(ThreatModel("l2", l2_eps), detector, steps=steps, seed=seed)
-
-
-def run_attack(model: Any, attack: Any, x: Any, y: Any, *, batch_size: int = 100) -> tuple[Any, float]:
-    """``(AttackResult on all of x, seconds)``, batch by batch."""
-    from robustlab.attacks import AttackResult
-
-    t0 = time.perf_counter()
-    res = AttackResult.concat([attack.attack(model, xb, yb) for xb, yb in zip(x.split(batch_size), y.split(batch_size))])
-    return res, time.perf_counter() - t0
-
-
-def detection_record(detector: Any, res: Any, x: Any, *, batch_size: int = 100) -> dict:
-    """Detection numbers of a fitted ``detector`` on an attack's result ``res`` for clean inputs ``x``:
-    detection rate / ROC AUC over the successful adversarial examples of correctly classified
-    inputs (vs their clean versions), and the evasion rate (misclassified and not flagged, as a
-    share of the correctly classified inputs)."""
-    import torch
-
-    from robustlab.defenses.detect import detection_metrics
-
-    found = res.success & res.clean_correct
-    record: dict = {"n": int(res.success.numel()), "clean_accuracy": float(res.clean_correct.float().mean()),
-                    "attack_success": int(found.sum())}
-    with torch.no_grad():
-        flagged = torch.cat([detector.flag(c) for c in res.x_adv.split(batch_size)])
-    record["evasion_rate"] = float((found & ~flagged).float().sum() / res.clean_correct.float().sum().clamp_min(1))
-    if int(found.sum()) == 0:
-        record.update(detection_rate=None, auc=None, fpr=None, roc=None)
-        return record
-    record.update(detection_metrics(detector, x[res.clean_correct], res.x_adv[found], batch_size=batch_size))
-    return record
-
-
-def evaluate_detector(detector: Any, model: Any, attack: Any, x: Any, y: Any, *, batch_size: int = 100) -> dict:
-    """Attack ``model`` on (x, y) and measure ``detector`` (fitted) on the result."""
-    res, seconds = run_attack(model, attack, x, y, batch_size=batch_size)
-    record = detection_record(detector, res, x, batch_size=batch_size)
-    record.update(attack=attack.name, config=attack.config(), seconds=seconds)
-    return record
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -151,7 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--root", default=None, help="dataset folder")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output JSON file")
+    p.add_argument("--out", required=True, help="output JSON file (deprecated format); the report (report.json, "
+                                                "index.html) goes into the folder of the same name without .json")
     p.add_argument("--html", default=None, metavar="DIR",
                    help="also write the detection page (table and ROC curves: detection.html, detection_roc.png) into DIR")
     p.set_defaults(func=run)
@@ -159,7 +71,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, *, model: Optional[Any] = None) -> int:
     from robustlab import __version__, data, models
-    from robustlab._io import atomic_write_text
+    from robustlab.cli._outputs import report_folder, write_outputs
+    from robustlab.cli.evaluate import model_label
+    from robustlab.evaluate.sections import CommandRun, Sections, detection, model_section
+    from robustlab.models.metrics import predictions
 
     detectors = _names(args.detector, DETECTORS, "detector")
     attacks = _names(args.attacks, ATTACKS, "attacks")
@@ -184,6 +99,8 @@ def run(args: argparse.Namespace, *, model: Optional[Any] = None) -> int:
     fit_x = test.images[args.n : args.n + args.n_fit]
     tr_x, tr_y = train.images[: args.n_train], train.labels[: args.n_train]
 
+    folder = report_folder(args.out)  # before any work: an unwritable report folder fails now
+    t0 = time.perf_counter()
     records = []
     for dname in detectors:
         det = build_detector(dname, model, tr_x, tr_y, seed=args.seed).fit(fit_x, fpr=args.fpr, batch_size=args.batch_size)
@@ -204,8 +121,15 @@ def run(args: argparse.Namespace, *, model: Optional[Any] = None) -> int:
         "dataset": dataset, "eps": args.eps, "l2_eps": args.l2_eps, "fpr": args.fpr, "n": args.n,
         "n_fit": args.n_fit, "n_train": args.n_train, "seed": args.seed, "records": records,
     }
-    atomic_write_text(args.out, json.dumps(out, indent=1, default=str) + "\n")
-    print(f"wrote {args.out}")
+    settings = {"detectors": detectors, "attacks": attacks, "adaptive": bool(args.adaptive), "eps": args.eps,
+                "fpr": args.fpr}
+    run = CommandRun("detect", model_label(str(args.model)), model, test, args.n, settings, seed=args.seed,
+                     batch_size=args.batch_size, seconds=time.perf_counter() - t0)
+    options = {"l2_eps": args.l2_eps, "steps": args.steps, "n": args.n, "n_fit": args.n_fit, "n_train": args.n_train}
+    section = model_section(run, Sections(detection=detection(records, target_fpr=args.fpr, eps=args.eps,
+                                                              options=options)),
+                            y, predictions(model, (x, y), args.batch_size))
+    write_outputs(section, folder, f"robustlab detect: {', '.join(detectors)} on {section.name}", Path(args.out), out)
     if getattr(args, "html", None):
         from robustlab.report.detection import save_detection
 

@@ -1,5 +1,6 @@
-"""``robustlab report report.json [--out DIR]`` re-renders a report without rerunning anything;
-``robustlab compare a.json b.json [--out DIR]`` puts several models side by side (HTML + table).
+"""``robustlab report report.json [--out DIR]`` re-renders a report (of any verb: evaluate, attack,
+certify, verify, detect) without rerunning anything; ``robustlab compare a.json b.json [--out DIR]``
+puts the models of several reports side by side (HTML + table), e.g. an evaluation and a certification.
 
 ``register`` adds both subcommands."""
 
@@ -27,10 +28,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_report(args: argparse.Namespace) -> int:
     from robustlab.cli._common import check_out_dir
     from robustlab.report import load
+    from robustlab.report.assemble import moved
 
     src = Path(args.report)
-    out = check_out_dir(args.out) if args.out else (src if src.is_dir() else src.parent)
-    rep = load(args.report)
+    folder = src if src.is_dir() else src.parent
+    out = check_out_dir(args.out) if args.out else folder
+    rep = moved(load(args.report), folder, out)
     rep.save(out)
     print(rep.table())
     print(f"wrote {out / 'index.html'}")
@@ -40,11 +43,12 @@ def run_report(args: argparse.Namespace) -> int:
 def run_compare(args: argparse.Namespace) -> int:
     from robustlab.cli._common import check_out_dir
     from robustlab.report import combine, compare_table, load
+    from robustlab.report.assemble import moved
 
     if len(args.reports) < 2:
         raise ValueError(f"compare needs at least two reports, got {len(args.reports)}")
     out = check_out_dir(args.out)  # before reading and combining the reports
-    rep = combine([load(p) for p in args.reports], args.title)
+    rep = combine([moved(load(p), p if Path(p).is_dir() else Path(p).parent, out) for p in args.reports], args.title)
     rep.save(out)
     print(compare_table(rep))
     print(f"wrote {out / 'index.html'}")

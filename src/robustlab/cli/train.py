@@ -1,7 +1,7 @@
 """``robustlab train --dataset mnist --arch cnn --epochs N --out runs/mnist-cnn [--adversary ...]``.
 
 The ``--adversary`` choices and their options (``--sigma``, ``--eps``, ``--steps``, ...) come from
-the registry :data:`robustlab.defenses.adversaries.ADVERSARIES`, so an adversary registered
+the registry :data:`robustlab.training.adversaries.ADVERSARIES`, so an adversary registered
 there is offered here without editing this module.
 
 Validation: ``--val-n N`` / ``--val-split F`` hold out N (or a fraction F of the) training images,
@@ -23,9 +23,9 @@ from typing import Any
 
 
 def register(subparsers: "argparse._SubParsersAction[Any]") -> None:
-    import robustlab.defenses  # noqa: F401  (registers every adversary shipped with robustlab)
-    from robustlab.defenses.adversaries import ADVERSARIES, cli_params
-    from robustlab.defenses.training import OPTIMIZERS, SCHEDULES
+    import robustlab.defenses  # noqa: F401  (defended models register their training adversaries: pixeldp)
+    from robustlab.training.adversaries import ADVERSARIES, cli_params
+    from robustlab.training.loop import OPTIMIZERS, SCHEDULES
 
     p = subparsers.add_parser(
         "train", help="train a model (standard, noise or adversarial training)",
@@ -33,7 +33,7 @@ def register(subparsers: "argparse._SubParsersAction[Any]") -> None:
                     "checkpoints in --out.",
     )
     from robustlab import recipes
-    from robustlab.defenses.augment import AUGMENTATIONS
+    from robustlab.training.augment import AUGMENTATIONS
     from robustlab.models.registry import architectures
 
     p.add_argument("--recipe", default=None,
@@ -55,7 +55,7 @@ def register(subparsers: "argparse._SubParsersAction[Any]") -> None:
     p.add_argument("--augment", choices=AUGMENTATIONS, default=None,
                    help="crop-flip: 4-pixel padded random crops and horizontal flips (the CIFAR standard)")
     p.add_argument("--seed", type=int, default=0, help="seeds initialisation, shuffling, noise and the validation split")
-    adv = p.add_argument_group("adversary (registry: robustlab.defenses.adversaries.ADVERSARIES)")
+    adv = p.add_argument_group("adversary (registry: robustlab.training.adversaries.ADVERSARIES)")
     adv.add_argument("--adversary", choices=tuple(ADVERSARIES), default=None,
                      help="; ".join(f"{name}: {e.help}" for name, e in ADVERSARIES.items()))
     for param in cli_params().values():
@@ -113,7 +113,7 @@ def _holdout(train_set: Any, args: argparse.Namespace) -> tuple[Any, Any]:
 
 def _check_adversary_flags(args: argparse.Namespace) -> None:
     """An adversary option given for an adversary that does not take it is an error, not ignored."""
-    from robustlab.defenses.adversaries import ADVERSARIES, cli_params
+    from robustlab.training.adversaries import ADVERSARIES, cli_params
 
     taken = {p.name for p in ADVERSARIES[args.adversary].params}
     for name, param in cli_params().items():
@@ -151,7 +151,7 @@ def apply_recipe(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from robustlab.cli._common import check_out_dir, resolve_device, run_distributed
-    from robustlab.defenses.adversaries import from_args
+    from robustlab.training.adversaries import from_args
 
     apply_recipe(args)
     _check_adversary_flags(args)
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, adversary: Any, info: Any) -> int:
-    from robustlab import data, defenses, models
+    from robustlab import data, models, training
 
     if args.arch.strip().lower().replace("_", "-") not in models.architectures():
         raise ValueError(f"unknown architecture {args.arch!r}; expected one of {', '.join(models.architectures())}")
@@ -187,8 +187,8 @@ def _run(args: argparse.Namespace, adversary: Any, info: Any) -> int:
     if threat is not None and args.robust_val > 0:
         if args.robust_val_steps < 1:
             raise ValueError(f"--robust-val-steps must be >= 1, got {args.robust_val_steps}")
-        evaluate_fn = defenses.robust_validation(threat, n=args.robust_val, steps=args.robust_val_steps, seed=args.seed)
-    result = defenses.train(
+        evaluate_fn = training.robust_validation(threat, n=args.robust_val, steps=args.robust_val_steps, seed=args.seed)
+    result = training.train(
         model, train_set, adversary=adversary, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule, val_data=val_set,
         evaluate_fn=evaluate_fn,

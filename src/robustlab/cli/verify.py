@@ -5,8 +5,10 @@ Of a model on test images (IBP, CROWN, alpha-CROWN, LP, MILP)::
     robustlab verify --model runs/mnist-ibp --eps 0.1 --method crown [--n 1000] [--norm linf] \\
         [--time-limit 60] [--out verify.json]
 
-prints clean and verified accuracy (with 95% Clopper-Pearson intervals over the test images) and
-writes JSON (atomically) with the settings and one record per image. ``--model`` is anything
+prints clean and verified accuracy (with the report's 95% Wilson intervals over the test images) and
+writes the report (``report.json`` + ``index.html``: a schema-4 model section with the certificate at
+``--eps`` and the per-image verification statuses and times) into the folder ``<out>`` without
+``.json``, every file atomically; ``<out>`` itself still holds the old JSON, deprecated. ``--model`` is anything
 ``robustlab attack`` takes (a saved model, ``net.onnx``, a factory with ``--weights``).
 
 Of VNN-COMP instances (an ONNX network and a VNNLIB property)::
@@ -16,14 +18,14 @@ Of VNN-COMP instances (an ONNX network and a VNNLIB property)::
 
 prints the competition's answer (``sat`` with the counterexample, ``unsat``, ``timeout``,
 ``unknown``; one line per instance and a table for ``--instances``) and writes one record and one
-result file per instance and ``summary.json`` into ``--out``
-(:mod:`robustlab.verify.instances`).
+result file per instance and ``summary.json`` into ``--out`` (:mod:`robustlab.verify.instances`),
+and the report (``report.json`` + ``index.html``: per instance verified / falsified / unknown /
+timeout and its time).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -130,16 +132,37 @@ def _run_instances(args: argparse.Namespace) -> int:
     out = check_out_dir(args.out or Path("out") / "verify" / name)
     summary = run_instances(instances, out, method=args.method, seed=args.seed, timeout_scale=args.timeout_scale,
                             resume=args.resume, progress=not args.no_progress, device=resolve_device(args.device))
+    _instances_report(args, summary, out)
     if len(instances) == 1 and args.onnx:
         print(result_text(summary["records"][0]), end="")
     else:
         _print_table(summary)
-    print(f"wrote {out / 'summary.json'} and {len(instances)} record(s) in {out / 'instances'}")
+    print(f"wrote {out / 'summary.json'}, {len(instances)} record(s) in {out / 'instances'} and the report "
+          f"{out / 'report.json'} (and index.html)")
     if summary["unsound"]:
         print(f"robustlab verify: error: {summary['unsound']} unsat answer(s) contradicted by a confirmed counterexample "
               "(unsound bounds; see the records' warnings)")
         return 1
     return 0
+
+
+def _instances_report(args: argparse.Namespace, summary: dict, out: Path) -> None:
+    """The report of VNN-COMP instances (no labelled images: the clean accuracy is null) into ``out``."""
+    from robustlab.cli._outputs import write_report
+    from robustlab.evaluate.sections import CommandRun, Sections, model_section, verification
+
+    records = summary["records"]
+    options = {k: summary.get(k) for k in ("seed", "timeout_scale", "unsound", "per_network")}
+    section = verification(method=summary["method"], norm=None, eps=None, options=options,
+                           items=[f"{Path(r['network']).name} / {Path(r['property']).name}" for r in records],
+                           statuses=[r["status"] for r in records], seconds=[r["seconds"] for r in records])
+    networks = sorted({Path(r["network"]).name for r in records})
+    name = Path(args.onnx).stem if args.onnx else Path(args.instances).stem
+    run = CommandRun("verify", name, {"class": "ONNX networks", "networks": networks}, None, len(records),
+                     {"method": summary["method"], "instances": len(records)}, seed=args.seed,
+                     device=str(summary.get("device", "cpu")), seconds=summary["seconds"])
+    m = model_section(run, Sections(verification=[section]))
+    write_report(m, out, f"robustlab verify: {name} ({summary['method']})")
 
 
 def _print_table(summary: dict) -> None:
@@ -152,17 +175,15 @@ def _print_table(summary: dict) -> None:
 
 
 def _run(args: argparse.Namespace, info) -> int:
-    import shutil
-
     import torch
     from tqdm.auto import tqdm
 
     from robustlab import data
-    from robustlab._io import atomic_write_text, json_tensor, tensor_json
+    from robustlab._io import json_tensor, tensor_json
     from robustlab.cli._common import load_model
-    from robustlab.stats import clopper_pearson
+    from robustlab.cli._outputs import report_folder, write_outputs
     from robustlab.threat import ThreatModel
-    from robustlab.evaluate.shards import config_hash, run_units
+    from robustlab.evaluate.shards import UnitFiles, config_hash, run_units
     from robustlab.verify import certify
 
 
@@ -175,6 +196,7 @@ def _run(args: argparse.Namespace, info) -> int:
         raise ValueError(f"--method {args.method} needs --norm linf, got --norm {args.norm}")
     tm = ThreatModel(args.norm, args.eps)
     out = Path(args.out) if args.out else Path("out") / "verify" / f"{Path(args.model).name}-{args.method}.json"
+    folder = report_folder(out)
     device = info.device if info.distributed else torch.device(args.device or "cpu")
     model = load_model(args, device)
     name = args.dataset or getattr(model, "metadata", {}).get("dataset")
@@ -190,23 +212,26 @@ def _run(args: argparse.Namespace, info) -> int:
     def verify_batch(u: int) -> dict:
         x = x_all[starts[u] : starts[u] + args.batch_size].to(device)
         y = y_all[starts[u] : starts[u] + args.batch_size].to(device)
+        t_batch = time.perf_counter()
         with torch.no_grad():
             pred = model(x).argmax(1)
         cert = certify(model, x, y, tm, args.method, time_limit=args.time_limit)
         status = cert.info.get("status") or ["verified" if not a else "not verified" for a in cert.abstain.tolist()]
+        # MILP times each image; a bound method's batch time is shared out over its images
+        secs = cert.info.get("seconds") or [(time.perf_counter() - t_batch) / x.shape[0]] * x.shape[0]
         return {"label": y, "prediction": pred, "verified": ~cert.abstain.bool(),
-                "status_json": json_tensor(list(status))}
+                "seconds": torch.tensor(secs, dtype=torch.float64), "status_json": json_tensor(list(status))}
 
     config = {k: v for k, v in vars(args).items() if k not in ("func", "no_progress", "resume", "out", "device")}
-    config.update(weights=getattr(model, "metadata", {}).get("weights_sha256"), n_images=n)
+    config.update(weights=getattr(model, "metadata", {}).get("weights_sha256"), n_images=n, unit_seconds=True)
     parts_dir = out.parent / (out.name + ".parts")
     bar = tqdm(total=n, unit="img", desc=f"verify {args.method}", disable=args.no_progress or not info.is_main)
-    units = run_units(len(starts), verify_batch, parts=parts_dir, config=config_hash(config), resume=args.resume,
+    units = run_units(len(starts), verify_batch, UnitFiles(parts_dir, config_hash(config), args.resume),
                       done=lambda u: bar.update(min(args.batch_size, n - starts[u])))
     bar.close()
     if not info.is_main:
         return 0
-    per_image, statuses = [], []
+    per_image, statuses, seconds_per = [], [], []
     for u, rec in enumerate(units):
         status = tensor_json(rec["status_json"])
         for i in range(rec["label"].shape[0]):
@@ -215,27 +240,61 @@ def _run(args: argparse.Namespace, info) -> int:
                               "correct": bool(rec["prediction"][i] == rec["label"][i]),
                               "verified": bool(rec["verified"][i]), "status": status[i]})
         statuses += status
+        seconds_per += [float(v) for v in rec["seconds"].tolist()]
     seconds = time.perf_counter() - t0
-    clean = sum(r["correct"] for r in per_image)
-    ver = sum(r["verified"] for r in per_image)
-    (c_lo, v_lo), (c_hi, v_hi) = clopper_pearson([clean, ver], n, 0.05)
+    section = _images_section(args, model, images, units, statuses, seconds_per, seconds, device)
+    clean_rate, ver_rate = section.clean, section.certificates[0].certified_accuracy[0]
     print(f"{name} ({args.split}): {n} images, {args.norm} eps={args.eps}, method={args.method}, "
           f"{seconds / n:.3f} s per image")
-    print(f"clean accuracy     {clean / n:.4f}  95% CI [{c_lo:.4f}, {c_hi:.4f}]")
-    print(f"verified accuracy  {ver / n:.4f}  95% CI [{v_lo:.4f}, {v_hi:.4f}]")
+    print(f"clean accuracy     {clean_rate.value:.4f}  95% CI [{clean_rate.ci_low:.4f}, {clean_rate.ci_high:.4f}]")
+    print(f"verified accuracy  {ver_rate.value:.4f}  95% CI [{ver_rate.ci_low:.4f}, {ver_rate.ci_high:.4f}]")
     counts = {s: statuses.count(s) for s in sorted(set(statuses))}
     if args.method in ("milp", "bab"):
         print("outcomes: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    payload = {
+    payload = _old_payload(args, section, per_image, counts, name, seconds)
+    write_outputs(section, folder, f"robustlab verify: {args.method} on {section.name}", out, payload, parts=parts_dir,
+                  note=f" ({info.world_size} processes)" if info.distributed else "")
+    return 0
+
+
+def _old_payload(args: argparse.Namespace, section, per_image: list, counts: dict, name: str, seconds: float) -> dict:
+    """The deprecated ``robustlab-verify`` JSON (one more release): the section's numbers, one record per image."""
+    n = len(per_image)
+    clean, ver = section.clean, section.certificates[0].certified_accuracy[0]
+    return {
         "format": "robustlab-verify", "format_version": 1,
         "model": str(args.model), "dataset": name, "split": args.split, "norm": args.norm, "eps": args.eps,
         "method": args.method, "time_limit": args.time_limit if args.method in ("milp", "bab") else None,
-        "device": str(device), "seconds": seconds, "seconds_per_image": seconds / n, "n": n,
-        "clean_accuracy": clean / n, "clean_accuracy_ci95": [float(c_lo), float(c_hi)],
-        "verified_accuracy": ver / n, "verified_accuracy_ci95": [float(v_lo), float(v_hi)],
+        "device": section.device, "seconds": seconds, "seconds_per_image": seconds / n, "n": n,
+        "clean_accuracy": clean.value, "clean_accuracy_ci95": [clean.ci_low, clean.ci_high],
+        "verified_accuracy": ver.value, "verified_accuracy_ci95": [ver.ci_low, ver.ci_high],
         "outcomes": counts, "per_image": per_image,
     }
-    atomic_write_text(out, json.dumps(payload) + "\n")
-    shutil.rmtree(parts_dir, ignore_errors=True)  # the report holds everything the unit files did
-    print(f"wrote {out}" + (f" ({info.world_size} processes)" if info.distributed else ""))
-    return 0
+
+
+def _images_section(args: argparse.Namespace, model, images, units: list, statuses: list, seconds_per: list,
+                    seconds: float, device) -> "object":
+    """The report's model section of ``verify --model``: the certificate at ``--eps`` (radius eps
+    where verified) and the per-image statuses and times."""
+    import torch
+
+    from robustlab.certificates import Certificate
+    from robustlab.cli.evaluate import model_label
+    from robustlab.evaluate.sections import CommandRun, Sections, cert_report, model_section, verification
+
+    labels = torch.cat([rec["label"].cpu() for rec in units])
+    pred = torch.cat([rec["prediction"].cpu() for rec in units])
+    verified = torch.cat([rec["verified"].cpu() for rec in units])
+    options = {"time_limit": args.time_limit} if args.method in ("milp", "bab") else {}
+    proven = Certificate(torch.where(verified, pred, torch.full_like(pred, -1)),
+                         torch.where(verified, torch.full(verified.shape, float(args.eps), dtype=torch.float64), 0.0),
+                         ~verified, norm=args.norm)  # radius eps where verified
+    cert = cert_report(proven, labels, [0.0, float(args.eps)], method=args.method, certifies="model",
+                       label=f"{args.method} ({args.norm} eps {args.eps:g})", options={"eps": args.eps, **options},
+                       seconds=seconds)
+    section = verification(method=args.method, norm=args.norm, eps=args.eps, options=options,
+                           items=[str(i) for i in range(len(statuses))], statuses=statuses, seconds=seconds_per)
+    run = CommandRun("verify", model_label(str(args.model)), model, images, len(statuses),
+                     {"method": args.method, "norm": args.norm, "eps": args.eps, "split": args.split},
+                     batch_size=args.batch_size, device=str(device), seconds=seconds)
+    return model_section(run, Sections(certificates=[cert], verification=[section]), labels, pred)

@@ -33,14 +33,14 @@ from robustlab.data import cifar, files, samples, sources
 from robustlab.data.dataset import Dataset, from_tensors
 from robustlab.data.files import load_cifar_binary, load_image_folder, load_npz, load_path
 from robustlab.data.idx import read_idx, write_idx
-from robustlab.data.specs import DatasetSpec, canonical_name, names, spec
+from robustlab.data.specs import DATASETS, DatasetSpec, canonical_name, names, spec
 
 SPLITS = ("train", "test")
 DIGITS_TRAIN = 1437
 DIGITS_SOURCE = "embedded in robustlab: scikit-learn digits (UCI optical digits, 8x8, 17 grey levels)"
 
 __all__ = [
-    "SPLITS", "Dataset", "DatasetSpec", "FetchInfo", "available", "fetch", "from_tensors", "load", "load_cifar_binary",
+    "DATASETS", "SPLITS", "Dataset", "DatasetSpec", "FetchInfo", "available", "fetch", "from_tensors", "load", "load_cifar_binary",
     "load_image_folder", "load_npz", "load_path", "names", "read_idx", "spec", "write_idx",
 ]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from robustlab.data.classes import CIFAR100_FINE, imagenet_classes
+from robustlab.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ _CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
 _IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 _IMAGENET_CLASSES = imagenet_classes()
 
-_SPECS = {
+_BUILT_IN = {
     # digits: mean / std of the 1,437 training images (pixel / 16), computed by the tests.
     "digits": DatasetSpec("digits", tuple(str(i) for i in range(10)), (1, 8, 8), (0.3049,), (0.3758,)),
     "mnist": DatasetSpec("mnist", tuple(str(i) for i in range(10)), (1, 28, 28), (0.1307,), (0.3081,)),
@@ -52,6 +53,12 @@ _SPECS = {
     "imagenet-sample": DatasetSpec("imagenet-sample", _IMAGENET_CLASSES, (3, 224, 224), *_IMAGENET_STATS),
     "imagenet-sample-512": DatasetSpec("imagenet-sample-512", _IMAGENET_CLASSES, (3, 512, 512), *_IMAGENET_STATS),
 }
+
+#: Every named data set (:class:`robustlab.registry.Registry`) and its facts; ``DATASETS.get(name)``
+#: is its :class:`DatasetSpec` (``robustlab.data.load(name)`` loads it).
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
+for _spec in _BUILT_IN.values():
+    DATASETS.register(_spec.name, _spec, f"{_spec.num_classes} classes, images {'x'.join(map(str, _spec.shape))} (C x H x W)")
 
 _ALIASES = {
     "fashion_mnist": "fashion-mnist",
@@ -72,9 +79,9 @@ def canonical_name(name: str) -> str:
         raise TypeError(f"dataset name must be a string, got {type(name).__name__}")
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
-    if key not in _SPECS:
+    if key not in DATASETS:
         raise ValueError(
-            f"unknown dataset {name!r}; expected one of {', '.join(sorted(_SPECS))} "
+            f"unknown dataset {name!r}; expected one of {', '.join(sorted(DATASETS))} "
             f"(aliases: {', '.join(sorted(_ALIASES))})"
         )
     return key
@@ -82,9 +89,9 @@ def canonical_name(name: str) -> str:
 
 def spec(name: str) -> DatasetSpec:
     """The :class:`DatasetSpec` of a named dataset (aliases accepted)."""
-    return _SPECS[canonical_name(name)]
+    return DATASETS[canonical_name(name)]
 
 
 def names() -> tuple[str, ...]:
     """Canonical names of the datasets robustlab can load."""
-    return tuple(sorted(_SPECS))
+    return tuple(sorted(DATASETS.available()))

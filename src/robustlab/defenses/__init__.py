@@ -1,35 +1,43 @@
-"""Defences: the one training loop and its adversaries (standard, Gaussian noise, FGSM-regularised,
-FGSM-RS, PGD, TRADES, MART), and randomized smoothing."""
+"""Defended models: randomized smoothing, PixelDP, nearest-neighbour classifiers, detectors,
+input transformations and ensembles.
 
-from robustlab.defenses.adversarial import FGSMRS, MART, TRADES, FGSMRegularized, PGDAdversary, robust_validation
-from robustlab.defenses.adversaries import ADVERSARIES, Adversary, GaussianNoise, Standard, from_args, register_adversary
-from robustlab.defenses.smoothing import Smoothed
-from robustlab.defenses.certified import CROWNIBP, IBPAdversary  # registers "ibp" and "crown-ibp"
-from robustlab.defenses.knn import BoundaryWalk, NearestNeighbor, SoftNearestNeighbor, SurrogatePGD
-from robustlab.defenses.pixeldp import PixelDP
+Training (the loop, its configuration and the adversaries) moved to :mod:`robustlab.training`;
+its names are still found here for one release, with a ``DeprecationWarning``.
+"""
+
+import importlib
+import warnings
+
 from robustlab.defenses.detect import LID, Detector, FeatureSqueezing, KNNDetector, MagNetDetector, MMDTest
-from robustlab.defenses.distillation import Distillation, Temperature, defensive_distillation  # registers "temperature", "distill"
 from robustlab.defenses.ensemble import Ensemble
+from robustlab.defenses.knn import BoundaryWalk, NearestNeighbor, SoftNearestNeighbor, SurrogatePGD
+from robustlab.defenses.pixeldp import PixelDP  # registers the training adversary "pixeldp"
+from robustlab.defenses.smoothing import Smoothed
 from robustlab.defenses.transforms import (
     JPEG, BitDepth, GaussianBlur, MagNetAutoencoder, MedianFilter, RandomRotateScale, Randomized, Reconstruct, Threshold,
     Transform, train_autoencoder,
 )
-from robustlab.defenses.training import TrainResult, train
-from robustlab.defenses.config import TrainConfig
 
 __all__ = [
-    "ADVERSARIES", "Adversary", "FGSMRS", "FGSMRegularized", "GaussianNoise", "MART", "PGDAdversary", "Smoothed", "Standard", "TRADES",
-    "TrainResult", "from_args", "register_adversary", "robust_validation", "train",
+    "BitDepth", "BoundaryWalk", "Detector", "Ensemble", "FeatureSqueezing", "GaussianBlur", "JPEG", "KNNDetector", "LID",
+    "MMDTest", "MagNetAutoencoder", "MagNetDetector", "MedianFilter", "NearestNeighbor", "PixelDP", "RandomRotateScale",
+    "Randomized", "Reconstruct", "Smoothed", "SoftNearestNeighbor", "SurrogatePGD", "Threshold", "Transform",
+    "train_autoencoder",
 ]
-__all__ += ["TrainConfig"]  # train(model, data, config=TrainConfig(...)) (issue 11)
-__all__ += [  # detectors, transforms, ensembles (issue 14)
-    "BitDepth", "Detector", "Ensemble", "FeatureSqueezing", "GaussianBlur", "JPEG", "KNNDetector", "LID", "MMDTest",
-    "MagNetAutoencoder", "MagNetDetector", "MedianFilter", "RandomRotateScale", "Randomized", "Reconstruct", "Threshold",
-    "Transform", "train_autoencoder",
-]
-__all__ += ["Distillation", "Temperature", "defensive_distillation"]  # defensive distillation (issue 14)
-__all__ += ["BoundaryWalk", "NearestNeighbor", "PixelDP", "SoftNearestNeighbor", "SurrogatePGD"]  # issue 15
 
-from robustlab.defenses.deformation import ADefAdversary  # noqa: E402  registers "adef" (issue 13)
+#: Modules of the training family that lived here, by their old name.
+_MOVED_MODULES = ("adversarial", "adversaries", "augment", "base", "certified", "checkpointing", "config",
+                  "deformation", "distillation", "parallel", "preflight", "training")
 
-__all__ += ["ADefAdversary"]
+
+def __getattr__(name: str):
+    training = importlib.import_module("robustlab.training")
+    if name in training.__all__ or name in _MOVED_MODULES:
+        where = "robustlab.training.loop" if name == "training" else f"robustlab.training.{name}" \
+            if name in _MOVED_MODULES else f"robustlab.training.{name}"
+        warnings.warn(f"robustlab.defenses.{name} moved to {where}; the old name is deprecated and will be removed in "
+                      "the next release", DeprecationWarning, stacklevel=2)
+        if name in _MOVED_MODULES:
+            return importlib.import_module(where)
+        return getattr(training, name)
+    raise AttributeError(f"module 'robustlab.defenses' has no attribute {name!r}")

@@ -65,8 +65,8 @@ from torch import Tensor, nn
 from robustlab._checks import check_images, check_positive, check_probability
 from robustlab.attacks.base import eval_mode
 from robustlab.certificates import Certificate
-from robustlab.defenses.base import Adversary, Param, register_adversary
-from robustlab.defenses.parallel import RouteDDP
+from robustlab.training.base import Adversary, Param, register_adversary
+from robustlab.training.parallel import RouteDDP
 from robustlab.stats import clopper_pearson
 
 __all__ = [

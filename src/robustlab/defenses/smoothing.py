@@ -23,7 +23,7 @@ Sampling: every (input, noise draw) pair is one row of a forward pass; a pass ho
 with ``batch_size=1000``), noise comes from a seeded ``torch.Generator`` on the model's device into
 a reused buffer, and class counts are accumulated on the device with ``index_add_``. Noise is
 *not* clipped to the image box, as in the paper: the base classifier must be trained on the same
-distribution (:class:`robustlab.defenses.GaussianNoise`).
+distribution (:class:`robustlab.training.GaussianNoise`).
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from robustlab._checks import check_images, check_positive
 from robustlab.attacks.eot import BPDAWrapper
+from robustlab.registry import Registry
 
 __all__ = [
     "BitDepth", "DEFENSES", "GaussianBlur", "JPEG", "MagNetAutoencoder", "MedianFilter", "RandomRotateScale",
@@ -448,13 +449,15 @@ class RandomRotateScale(_RandomAffine):
 #: The transforms a name can build (``robustlab evaluate --defense NAME[:VALUE]``): the class, its
 #: one parameter and the parameter's type. The random ones (attacked with EOT) and the MagNet
 #: reformer (it needs a trained auto-encoder) are built in Python.
-DEFENSES: dict[str, tuple[type, str, type]] = {
+DEFENSES: Registry[tuple[type, str, type]] = Registry("defense")
+for _name, _entry in {
     "bit-depth": (BitDepth, "bits", int),
     "threshold": (Threshold, "t", float),
     "median": (MedianFilter, "k", int),
     "blur": (GaussianBlur, "sigma", float),
     "jpeg": (JPEG, "quality", int),
-}
+}.items():
+    DEFENSES.register(_name, _entry, (_entry[0].__doc__ or _name).strip().split("\n\n")[0].replace("\n", " "))
 
 
 def defended(model: nn.Module, spec: str) -> Transform:

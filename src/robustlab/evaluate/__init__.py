@@ -8,7 +8,7 @@ functional metrics and ``checks`` the gradient-masking checks.
 from robustlab.evaluate import certifiers as _certifiers  # noqa: F401  (registers ibp, crown, ..., milp)
 from robustlab.evaluate import checks, metrics, summarize
 from robustlab.evaluate.records import Records
-from robustlab.evaluate.run import run
+from robustlab.evaluate.run import RunConfig, run
 from robustlab.evaluate.summarize import model_report
 from robustlab.evaluate.suite import (
     CERTIFIERS,
@@ -26,5 +26,5 @@ from robustlab.evaluate.suite import (
 
 __all__ = [
     "CERTIFIERS", "CertifierEntry", "CertifierSpec", "Checks", "Records", "Suite", "Threat", "checks", "default_eps",
-    "load_suite", "metrics", "model_report", "preset", "register_certifier", "run", "standard_attacks", "summarize",
+    "load_suite", "metrics", "model_report", "preset", "register_certifier", "run", "RunConfig", "standard_attacks", "summarize",
 ]

@@ -21,6 +21,7 @@ per-sample records (see ``evaluate.run``).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 import torch
@@ -159,20 +160,35 @@ def _stronger_attack(suite: "Suite", name: str, tm: ThreatModel, seed: int) -> t
     return suite.build_attack(name, tm, seed + 1, steps=steps, restarts=restarts), ""
 
 
-def _success(model: nn.Module, x: Tensor, y: Tensor, suite: "Suite", records: Records, t: "Threat", e: float,
-             name: str, seed: int) -> Tensor:
-    """Success of attack ``name`` at ``e`` on ``x``: from the records where the suite ran it."""
+@dataclass(frozen=True)
+class _Probed:
+    """What every probe works on: the model, the probed images (the first ``checks.n`` of the
+    evaluation), which of them the model classifies correctly, the suite, its records and seed."""
+
+    model: nn.Module
+    x: Tensor
+    y: Tensor
+    correct: Tensor
+    suite: "Suite"
+    records: Records
+    seed: int
+    shape: Sequence[int]
+
+
+def _success(p: _Probed, t: "Threat", e: float, name: str) -> Tensor:
+    """Success of attack ``name`` at ``e`` on the probed images: from the records where the suite ran it."""
+    model, x, y, suite, records, seed = p.model, p.x, p.y, p.suite, p.records, p.seed
     if name in suite.attacks_for(t):
         return records.get("attack", t.norm, e, name, "success")[: x.shape[0]].to(x.device)
     return suite.build_attack(name, ThreatModel(t.norm, e), seed).attack(model, x, y).success
 
 
-def _probe_stronger(model: nn.Module, x: Tensor, y: Tensor, correct: Tensor, suite: "Suite", records: Records,
-                    t: "Threat", e: float, seed: int) -> dict[str, Any]:
+def _probe_stronger(p: _Probed, t: "Threat", e: float) -> dict[str, Any]:
     """The attack the worst case rests on at ``e`` (the suite's attack with the most successes; the
     next one with something to strengthen, else the check attack), with more compute
     (:func:`_stronger_attack`), on the images robust to every attack of the suite: how many it breaks.
     Not run (``skipped``) when too few images are robust for the check to be able to warn."""
+    model, x, y, correct, suite, records, seed = p.model, p.x, p.y, p.correct, p.suite, p.records, p.seed
     n = int(x.shape[0])
     tm = ThreatModel(t.norm, e)
     union = _union_success(records, suite, t, e)[:n].to(x.device)
@@ -209,9 +225,9 @@ def _probe_stronger(model: nn.Module, x: Tensor, y: Tensor, correct: Tensor, sui
     return out
 
 
-def _probe_unbounded(model: nn.Module, x: Tensor, y: Tensor, correct: Tensor, suite: "Suite", t: "Threat",
-                     shape: Sequence[int], seed: int) -> dict[str, Any]:
+def _probe_unbounded(p: _Probed, t: "Threat") -> dict[str, Any]:
     """The check attack at a radius admitting every image, from the clean image (no random start)."""
+    model, x, y, correct, suite, seed, shape = p.model, p.x, p.y, p.correct, p.suite, p.seed, p.shape
     from robustlab.evaluate.suite import unbounded_eps
 
     big = unbounded_eps(t.norm, shape)
@@ -226,10 +242,10 @@ def _probe_unbounded(model: nn.Module, x: Tensor, y: Tensor, correct: Tensor, su
             "random_start": random_start}
 
 
-def _probe_single_step(model: nn.Module, x: Tensor, y: Tensor, correct: Tensor, suite: "Suite", records: Records,
-                       t: "Threat", seed: int) -> dict[str, Any]:
+def _probe_single_step(p: _Probed, t: "Threat") -> dict[str, Any]:
     """Per eps of ``t``: images FGSM breaks while the suite's iterative check attack does not
     (``[eps, FGSM only, FGSM, correct, robust to the iterative attack]``)."""
+    suite, seed, correct = p.suite, p.seed, p.correct
     name = suite.checks.attack
     check = suite.build_attack(name, ThreatModel(t.norm, t.eps[0]), seed)
     if not _iterative(check) or check.query_based and not isinstance(check, WorstCase):
@@ -237,10 +253,10 @@ def _probe_single_step(model: nn.Module, x: Tensor, y: Tensor, correct: Tensor, 
     per_eps = []
     for e in t.eps:
         try:
-            fgsm = _success(model, x, y, suite, records, t, e, "fgsm", seed)
+            fgsm = _success(p, t, e, "fgsm")
         except ValueError as exc:  # FGSM has no step for this norm
             return {"skipped": f"FGSM does not run for {t.norm}: {exc}"}
-        it = _success(model, x, y, suite, records, t, e, name, seed)
+        it = _success(p, t, e, name)
         per_eps.append([e, int((correct & fgsm & ~it).sum()), int((correct & fgsm).sum()), int(correct.sum()),
                         int((correct & ~it).sum())])
     return {"attack": name, "per_eps": per_eps}
@@ -332,12 +348,13 @@ def probe(model: nn.Module, x: Tensor, y: Tensor, suite: "Suite", records: "Reco
     out["gradients"] = grads
     names: list[tuple[str, str]] = []
     tasks: list[Callable[[], Any]] = []
+    p = _Probed(model, x, y, correct, suite, records, seed, shape)
     for t in suite.threats:
         e = _check_eps(records, suite, t)
         for name, run in (
-            ("stronger", lambda t=t, e=e: _probe_stronger(model, x, y, correct, suite, records, t, e, seed)),
-            ("unbounded", lambda t=t: _probe_unbounded(model, x, y, correct, suite, t, shape, seed)),
-            ("single_step", lambda t=t: _probe_single_step(model, x, y, correct, suite, records, t, seed)),
+            ("stronger", lambda t=t, e=e: _probe_stronger(p, t, e)),
+            ("unbounded", lambda t=t: _probe_unbounded(p, t)),
+            ("single_step", lambda t=t: _probe_single_step(p, t)),
             ("path", lambda t=t, e=e: _probe_path(model, xc, yc, t, e, suite.checks.path_steps)),
         ):
             names.append((t.key, name))

@@ -197,21 +197,23 @@ def transfer_matrix(
     labels: Tensor,
     make_attack: Callable[[], "object"],
     *,
-    norm: str,
-    eps: float,
-    attack_name: str = "pgd",
     batch_size: int = 256,
     alpha: float = 0.05,
 ) -> TransferMatrix:
     """Robust accuracy of every target on adversarial examples crafted on every source.
 
-    ``make_attack()`` returns an attack (``.attack(model, x, y)``); for each source model its
-    adversarial examples (crafted in batches of ``batch_size``) are classified by every target;
-    an entry counts images the target classifies correctly and that the source's adversarial
-    example does not fool. The diagonal is the white-box attack.
+    ``make_attack()`` returns a fixed-budget attack (``.attack(model, x, y)``; its threat model and
+    name label the matrix); for each source model its adversarial examples (crafted in batches of
+    ``batch_size``) are classified by every target; an entry counts images the target classifies
+    correctly and that the source's adversarial example does not fool. The diagonal is the
+    white-box attack.
     """
-    from robustlab.attacks.base import eval_mode, model_device
+    from robustlab.model_ops import eval_mode, model_device
 
+    probe = make_attack()
+    threat = getattr(probe, "threat", None)
+    if threat is None:
+        raise ValueError("make_attack() must return an attack with a threat model (a fixed-budget attack)")
     names = list(models)
     robust = torch.zeros(len(names), len(names), dtype=torch.long)
     n = int(labels.shape[0])
@@ -231,4 +233,4 @@ def transfer_matrix(
                     fooled = (target(x_adv.to(tdev)).argmax(1) != y.to(tdev)).cpu()
                 robust[k, j] += int((correct[t] & ~fooled).sum())
     table = [[rate_counts(int(robust[k, j]), n, alpha=alpha) for j in range(len(names))] for k in range(len(names))]
-    return TransferMatrix(norm, float(eps), attack_name, names, names, table)  # type: ignore[arg-type]
+    return TransferMatrix(threat.norm, float(threat.eps), probe.name, names, names, table)  # type: ignore[arg-type]

@@ -1,12 +1,17 @@
-"""Work units shared out over ``torchrun`` ranks, each kept in its own file so a killed run resumes:
-the engine of ``robustlab certify`` and ``robustlab verify`` under ``torchrun``.
+"""The one engine of robustlab's commands: work units of images shared out over ``torchrun`` ranks,
+each kept in its own file so a killed run resumes, under a lock on the output folder.
 
 Unit ``u`` (a chunk of images) goes to rank ``u % world`` (:func:`robustlab.distributed.round_robin`)
 and keeps its global index, so what it computes, and the seed it derives from ``(seed, u)`` with
 :func:`unit_seed`, do not depend on the number of ranks: 1 or N processes give the same results.
-Each finished unit is written atomically to ``parts/unit_<u>.safetensors`` tagged with the run's
-configuration hash; ``resume=True`` reuses the units of its own configuration and recomputes
-anything else (named in a warning). The results travel to rank 0 as safetensors bytes.
+Each finished unit is written atomically to ``<parts>/<name>_<u>.safetensors`` tagged with the
+run's configuration hash (:func:`config_hash`); ``resume=True`` reuses the units of its own
+configuration and recomputes anything else (each file named in a warning). While units are written,
+``<parts>/.robustlab.lock`` (:class:`OutputLock`) keeps a second run out of the folder. The results
+travel between ranks as safetensors bytes. ``robustlab evaluate`` (its batches), ``certify`` and
+``verify`` (their chunks of images) all run through :func:`run_units`.
+
+Faults are injected in tests through one hook: the environment variable :data:`CRASH_ENV`.
 """
 
 from __future__ import annotations
@@ -16,6 +21,11 @@ import functools
 import hashlib
 import json
 import logging
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 
@@ -25,9 +35,14 @@ from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
 from robustlab import distributed
-from robustlab._io import atomic_write_bytes
+from robustlab._io import atomic_write_bytes, atomic_write_text
 
-log = logging.getLogger("robustlab.shards")
+log = logging.getLogger("robustlab.evaluate.shards")
+#: The lock file that marks a folder in use by a run (:class:`OutputLock`).
+LOCK_NAME = ".robustlab.lock"
+#: Test hook: ``RANK:UNITS`` makes process ``RANK`` exit hard (``os._exit(17)``) after writing
+#: ``UNITS`` unit files (only in a first attempt, not in a torchrun restart).
+CRASH_ENV = "ROBUSTLAB_TEST_EVAL_CRASH"
 
 
 def unit_seed(seed: int, unit: int) -> int:
@@ -119,45 +134,214 @@ def read_record(path: Path, config: str, tag: str, index: int) -> Optional[dict[
     return rec
 
 
-def run_units(n_units: int, compute: Callable[[int], dict[str, Tensor]], *, parts: Optional[Path] = None,
-              config: str = "", resume: bool = False,
-              done: Optional[Callable[[int], None]] = None) -> Optional[list[dict[str, Tensor]]]:
-    """Compute this rank's units (``compute(u)`` -> CPU tensors), keep each in ``parts`` (when
-    given) and return every unit's tensors in order on rank 0 (``None`` on the other ranks).
+@dataclass(frozen=True)
+class UnitFiles:
+    """Where a run keeps its unit files, ``<folder>/<name>_<u>.safetensors``, tagged with ``config``
+    (its :func:`config_hash`); ``resume`` reuses those of this configuration; ``lock`` holds the
+    folder's :class:`OutputLock` while units are written (off when the caller holds one already)."""
 
-    Without ``resume``, rank 0 first deletes the unit files in ``parts``; ``done(u)`` is called
-    after each unit (progress)."""
+    folder: Path
+    config: str
+    resume: bool = False
+    name: str = "unit"
+    lock: bool = True
+
+
+def run_units(n_units: int, compute: Callable[[int], dict[str, Tensor]], files: Optional[UnitFiles] = None, *,
+              done: Optional[Callable[[int], None]] = None,
+              check: Optional[Callable[[int, dict[str, Tensor]], Optional[str]]] = None,
+              everywhere: bool = False) -> Optional[list[dict[str, Tensor]]]:
+    """Compute this rank's units (``compute(u)`` -> tensors), keep each in ``files`` (when given)
+    and return every unit's tensors in order on rank 0 (on every rank with ``everywhere``; ``None``
+    on the other ranks otherwise).
+
+    Each unit is packed into one safetensors blob as soon as it is computed: a unit's records are
+    many small tensors allocated between an attack's large temporaries, and kept as they are they
+    pin freed heap pages (peak memory then grows with the number of units). Without
+    ``files.resume``, rank 0 first deletes the folder's unit files; with it, a file is reused when
+    it can be read, carries the configuration and its own index, and ``check(u, tensors)`` (when
+    given) finds nothing wrong (else the reason is logged with the file's name and the unit is
+    recomputed). ``done(u)`` is called after each unit (progress)."""
     main = distributed.is_main()
-    if parts is not None and main:
-        parts.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            for f in parts.glob("unit_*.safetensors"):
+    folder_lock = OutputLock(files.folder) if files is not None and main and files.lock else None
+    if files is not None and main:
+        files.folder.mkdir(parents=True, exist_ok=True)
+        if folder_lock is not None:
+            folder_lock.acquire()
+        if not files.resume:
+            for f in files.folder.glob(f"{files.name}_*.safetensors"):
                 f.unlink()
-    distributed.barrier()
-    mine: list[tuple[int, dict[str, Tensor]]] = []
-    reused, redone = 0, []
+    try:
+        distributed.barrier()
+        mine = _compute_units(n_units, compute, files, done, check)
+    finally:
+        if folder_lock is not None:
+            folder_lock.release()
+    if not distributed.is_distributed():
+        return [st_load(blob) for _, blob in mine]
+    gathered = distributed.gather_bytes(mine)
+    if everywhere:
+        return [st_load(b) for b in distributed.broadcast_object([b for _, b in gathered])]
+    return [st_load(b) for _, b in gathered] if main else None
+
+
+def _compute_units(n_units: int, compute: Callable[[int], dict[str, Tensor]], files: Optional[UnitFiles],
+                   done: Optional[Callable[[int], None]],
+                   check: Optional[Callable[[int, dict[str, Tensor]], Optional[str]]]) -> list[tuple[int, bytes]]:
+    """This rank's units as ``(u, safetensors bytes)``, each read back or computed and written."""
+    mine: list[tuple[int, bytes]] = []
+    reused, redone, written = 0, [], 0
+    name, config = (files.name, files.config) if files is not None else ("unit", "")
     for u in distributed.round_robin(n_units):
-        path = parts / f"unit_{u:06d}.safetensors" if parts is not None else None
-        found = resume and path is not None and path.is_file()
-        rec = read_record(path, config, "unit", u) if found else None
+        path = files.folder / f"{name}_{u:06d}.safetensors" if files is not None else None
+        found = files is not None and files.resume and path.is_file()
+        rec = read_record(path, config, name, u) if found else None
+        if rec is not None and check is not None:
+            problem = check(u, rec)
+            if problem:
+                log.warning("%s %s; recomputing it", path, problem)
+                rec = None
         if found and rec is None:
             redone.append(path.name)
         if rec is None:
-            rec = {k: v.detach().cpu().contiguous() for k, v in compute(u).items()}
+            blob = st_save({k: v.detach().cpu().contiguous() for k, v in compute(u).items()},
+                           metadata={"config": config, name: str(u)})
             if path is not None:
-                atomic_write_bytes(path, st_save(rec, metadata={"config": config, "unit": str(u)}))
+                atomic_write_bytes(path, blob)
+                written += 1
+                maybe_crash(written)
             release_memory()
         else:
             reused += 1
-        mine.append((u, rec))
+            blob = st_save(rec, metadata={"config": config, name: str(u)})
+        del rec
+        mine.append((u, blob))
         if done is not None:
             done(u)
     if reused:
-        log.info("resumed: reused %d of this process's %d finished units", reused, len(mine))
+        log.info("resumed: reused %d of this process's %d finished %ss", reused, len(mine), name)
     if redone:
-        log.warning("resumed: %d unit file(s) in %s could not be reused (unreadable, truncated or of another run; "
-                    "each named above) and were recomputed: %s", len(redone), parts, ", ".join(redone))
-    if not distributed.is_distributed():
-        return [rec for _, rec in mine]
-    gathered = distributed.gather_bytes([(u, st_save(rec)) for u, rec in mine])
-    return [st_load(b) for _, b in gathered] if main else None
+        log.warning("resumed: %d %s file(s) in %s could not be reused (unreadable, truncated, of another run or of "
+                    "the wrong shape; each named above) and were recomputed: %s", len(redone), name,
+                    files.folder if files is not None else None, ", ".join(redone))
+    return mine
+
+
+def maybe_crash(written: int) -> None:
+    """The test hook :data:`CRASH_ENV`: exit hard once this rank has written enough unit files."""
+    spec = os.environ.get(CRASH_ENV)
+    if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") not in ("", "0"):
+        return
+    r, k = (int(v) for v in spec.split(":"))
+    if r == distributed.rank() and written >= k:
+        os._exit(17)
+
+
+# -- the output folder: writable, locked, its manifest ---------------------------------------------
+
+
+def check_writable(out: Path) -> None:
+    """Create ``out`` and write (then remove) a file in it; ``PermissionError`` naming it if not."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise PermissionError(f"output directory {out} is not writable: {exc}") from exc
+
+
+def write_manifest(folder: Path, manifest: Mapping[str, Any], resume: bool) -> None:
+    """Write ``folder/manifest.json``; on ``resume`` first refuse a folder started with another
+    configuration (a manifest that cannot be read is named in a warning, and the unit files that
+    carry this run's configuration are reused)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "manifest.json"
+    if path.is_file() and resume:
+        try:
+            old = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+            old = None
+            log.warning("%s cannot be read; resuming from the unit files that carry this run's configuration", path)
+        if old is not None and old != json.loads(json.dumps(manifest)):
+            raise ValueError(f"cannot resume {folder.parent}: it was started with another suite, data, model, batch "
+                             f"size or seed (delete {folder} or drop --resume)")
+    atomic_write_text(path, json.dumps(manifest, indent=1) + "\n")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class OutputLock:
+    """Hold ``out/.robustlab.lock`` (pid, host, start time) while a run writes into ``out``.
+
+    Created atomically (``os.link`` of a finished temporary file, so no reader ever sees it half
+    written). A lock held by a live process, or by this one (another run in the same process), makes
+    :meth:`acquire` raise ``FileExistsError`` naming the holder; a lock whose process is gone (same
+    host) is stale and taken over. Released on exit, also after an error or an interruption."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = Path(out) / LOCK_NAME
+        self.held = False
+
+    def _holder(self) -> Optional[dict]:
+        try:
+            data = json.loads(self.path.read_text())
+            return data if isinstance(data, dict) else {}
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+            return {}
+
+    def acquire(self) -> None:
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".lock.", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            for _ in range(3):
+                try:
+                    os.link(tmp, self.path)
+                    self.held = True
+                    return
+                except FileExistsError:
+                    holder = self._holder()
+                    if holder is None:
+                        continue  # released meanwhile: try again
+                    pid, host = holder.get("pid"), holder.get("host")
+                    alive = not isinstance(pid, int) or host != me["host"] or pid == me["pid"] or _pid_alive(pid)
+                    if alive:
+                        raise FileExistsError(
+                            f"output folder {self.path.parent} is in use by another robustlab run (pid {pid} on "
+                            f"{host}, started {holder.get('started', '?')}); wait for it to finish or choose another "
+                            f"output folder (if no such run exists, delete {self.path})") from None
+                    log.warning("taking over the stale lock %s of pid %s, which no longer runs", self.path, pid)
+                    os.replace(tmp, self.path)
+                    self.held = True
+                    return
+            raise FileExistsError(f"could not lock output folder {self.path.parent}: {self.path} keeps changing")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def release(self) -> None:
+        if self.held:
+            holder = self._holder()
+            if holder and holder.get("pid") == os.getpid():
+                self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> "OutputLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -57,6 +57,7 @@ from torch import Tensor, nn
 from robustlab.attacks import registry
 from robustlab.attacks.base import Attack
 from robustlab.certificates import Certificate
+from robustlab.registry import Registry
 from robustlab.threat import NORMS, ThreatModel
 
 #: Default eps grids per norm for images in [0, 1]: MNIST-scale, and CIFAR-scale (Croce et al. 2021).
@@ -87,8 +88,9 @@ def standard_attacks() -> tuple[tuple[str, ...], dict[str, dict[str, Any]]]:
     """The attacks of the ``standard`` suite and their options: the one place that picks them.
 
     With the worst-case preset of :mod:`robustlab.attacks` (registry name ``standard``: APGD-CE,
-    APGD-T and FMN per sample, Croce & Hein 2020's protocol): FGSM and PGD-40 (for reference
-    curves) and ``standard``. Without it: FGSM, PGD-40 with 2 restarts, PGD-40 on the DLR loss and
+    APGD-T, FMN and, in linf and l2, the score-based Square per sample, after Croce & Hein 2020's
+    protocol; :func:`robustlab.attacks.registry.standard` states it exactly): FGSM and PGD-40 (for
+    reference curves) and ``standard``. Without it: FGSM, PGD-40 with 2 restarts, PGD-40 on the DLR loss and
     PGD-40 on the CW margin, whose per-sample worst case the report takes.
     """
     if "standard" in registry.available():
@@ -129,7 +131,9 @@ class CertifierEntry:
     help: str
 
 
-CERTIFIERS: dict[str, CertifierEntry] = {}
+#: Every certifier by name (:class:`robustlab.registry.Registry`); the entries are registered by
+#: this module (smoothing) and :mod:`robustlab.evaluate.certifiers` (ibp, crown, ..., milp).
+CERTIFIERS: Registry[CertifierEntry] = Registry("certifier")
 
 #: Certifiers announced by the design whose implementation lives in a later module.
 PLANNED_CERTIFIERS = {
@@ -146,9 +150,7 @@ def register_certifier(entry: CertifierEntry, *, replace: bool = False) -> None:
         raise TypeError(f"entry must be a CertifierEntry, got {type(entry).__name__}")
     if entry.certifies not in ("model", "smoothed"):
         raise ValueError(f"certifies must be 'model' or 'smoothed', got {entry.certifies!r}")
-    if entry.name in CERTIFIERS and not replace:
-        raise ValueError(f"certifier {entry.name!r} is already registered; pass replace=True to override it")
-    CERTIFIERS[entry.name] = entry
+    CERTIFIERS.register(entry.name, entry, entry.help, replace=replace)
 
 
 def certifier(name: str) -> CertifierEntry:

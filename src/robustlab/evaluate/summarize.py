@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 import torch
 
+from robustlab.certificates import Certificate
 from robustlab.evaluate import checks, metrics
+from robustlab.evaluate.sections import cert_report
 from robustlab.evaluate.records import UNBOUNDED, Records, black_box_success, white_box_success
-from robustlab.report.build import report
+from robustlab.report.assemble import report
 from robustlab.report.schema import (
     AttackRow,
     CertReport,
@@ -58,88 +61,106 @@ def _black_box_members(kinds: Mapping[str, Any], names: Sequence[str]) -> list[s
     return out
 
 
-def _threat_report(suite: "Suite", t, records: Records, dim: int, certs: Sequence[tuple[Any, CertReport, Any]],
-                   kinds: Mapping[str, Mapping[str, Any]], baseline: str) -> tuple[ThreatReport, dict]:
-    """One threat model's rows and robustness intervals, and what its checks need (``aux``): per
-    attack the robust-accuracy curve, the per-eps union of the suite's attacks, and per eps the images
-    only black-box search (``baseline``: the checks' baseline; the suite's query-based attacks and
-    members) or only transfer broke while every gradient attack failed."""
+@dataclass(frozen=True)
+class _Threat:
+    """One threat model's records as the summaries read them: the correct images, each image's
+    smallest adversarial distance over every result (``md_all``), over white-box results only
+    (``md_wb``) and over the suite's query-based results (``md_bb``), and its query-based members."""
+
+    suite: "Suite"
+    t: Any
+    records: Records
+    correct: torch.Tensor
+    md_all: torch.Tensor
+    md_wb: torch.Tensor
+    md_bb: torch.Tensor
+    members: list[str]
+
+
+def _distances(suite: "Suite", t, records: Records, kinds: Mapping[str, Mapping[str, Any]]) -> _Threat:
+    """The per-image smallest adversarial distances of ``t``: over everything, white-box only and
+    query-based only (the union of every eps's results and the minimal-norm attacks')."""
     correct = records.correct
     attacks = list(suite.attacks_for(t))
     found_all: list[torch.Tensor] = []
     found_wb: list[torch.Tensor] = []
     found_bb: list[torch.Tensor] = []  # the suite's own query-based attacks and members
-    per_eps: dict[float, dict[str, Any]] = {}
 
     def found(kind: str, eps: Optional[float], name: str, success: Optional[torch.Tensor] = None) -> torch.Tensor:
         s = records.get(kind, t.norm, eps, name, "success") if success is None else success
         return metrics.found_distance(correct, s, records.get(kind, t.norm, eps, name, "distance"))
 
     for e in t.eps:
-        d = {"attacks": {a: found("attack", e, a) for a in attacks}}
+        found_all += [found("attack", e, a) for a in attacks]
         found_wb += [found("attack", e, a, white_box_success(records, kinds, "attack", t.norm, e, a)) for a in attacks]
         found_bb += [found("attack", e, a, black_box_success(records, kinds, "attack", t.norm, e, a)) for a in attacks]
         if suite.checks.enabled:
-            d["noise"] = found("noise", e, "noise")
-        d["transfer"] = {s: found("transfer", e, s) for s in suite.transfer} if e in suite.transfer_at(t) else {}
-        per_eps[e] = d
-        found_all += list(d["attacks"].values()) + ([d["noise"]] if "noise" in d else []) + list(d["transfer"].values())
+            found_all.append(found("noise", e, "noise"))
+        if e in suite.transfer_at(t):
+            found_all += [found("transfer", e, s) for s in suite.transfer]
     for a in suite.minimal:
         found_all.append(found("minimal", UNBOUNDED, a))
         found_wb.append(found("minimal", UNBOUNDED, a, white_box_success(records, kinds, "minimal", t.norm, UNBOUNDED, a)))
         found_bb.append(found("minimal", UNBOUNDED, a, black_box_success(records, kinds, "minimal", t.norm, UNBOUNDED, a)))
-    md_all = metrics.min_distance(correct, found_all)
-    md_wb = metrics.min_distance(correct, found_wb)
-    md_bb = metrics.min_distance(correct, found_bb)
     members = _black_box_members(kinds.get(t.norm, {}), [*attacks, *suite.minimal])
-    index = records.index
+    return _Threat(suite, t, records, correct, metrics.min_distance(correct, found_all),
+                   metrics.min_distance(correct, found_wb), metrics.min_distance(correct, found_bb), members)
 
-    rows = []
-    noise_counts, transfer_counts = [], []
-    n_correct = int(correct.sum())
-    for e in t.eps:
-        arows = []
-        for a in attacks:
-            s = records.get("attack", t.norm, e, a, "success")
-            hit = s & correct
-            arows.append(AttackRow(
-                attack=a, robust=metrics.robust_accuracy(correct, s), success=metrics.success_rate(correct, s),
-                distance=metrics.summary(records.get("attack", t.norm, e, a, "distance")[hit]),
-                norms={nm: metrics.summary(records.get("attack", t.norm, e, a, nm)[hit]) for nm in ("linf", "l2", "l0")},
-                seconds=_round(records.seconds("attack", t.norm, e, a)),
-            ))
-        wb_robust = metrics.robust_at(correct, md_wb, e)
-        noise_rate = None
-        black = {}  # per black-box source: the correct images it broke that no gradient attack broke
-        if suite.checks.enabled:
-            sn = records.get("noise", t.norm, e, "noise", "success")
-            noise_rate = metrics.robust_accuracy(correct, sn)
-            black["baseline"] = sn & correct & wb_robust
-        if members:
-            black["suite"] = correct & wb_robust & metrics.within(md_bb, e)
-        if black:
-            only = torch.zeros_like(correct)
-            for m in black.values():
-                only |= m
-            sources = {(f"{baseline} (baseline)" if k == "baseline" else ", ".join(members)): int(m.sum())
-                       for k, m in black.items()}
-            noise_counts.append((e, int(only.sum()), n_correct,
-                                 {"white_robust": int((correct & wb_robust).sum()), "sources": sources,
-                                  "indices": [int(i) for i in index[only].tolist()][:20]}))
-        transfer = {}
-        only_transfer = torch.zeros_like(correct)
-        sources = list(suite.transfer) if e in suite.transfer_at(t) else []
-        for s in sources:
-            st = records.get("transfer", t.norm, e, s, "success")
-            transfer[s] = metrics.robust_accuracy(correct, st)
-            only_transfer |= st & correct & wb_robust
-        if sources:
-            transfer_counts.append((e, int(only_transfer.sum()), n_correct,
-                                    {"white_robust": int((correct & wb_robust).sum()),
-                                     "indices": [int(i) for i in index[only_transfer].tolist()][:20]}))
-        rows.append(EpsRow(eps=e, attacks=arows, worst_case=metrics.rate(metrics.robust_at(correct, md_all, e)),
-                           white_box=metrics.rate(wb_robust), noise=noise_rate, transfer=transfer))
 
+def _eps_row(d: _Threat, e: float, baseline: str) -> tuple[EpsRow, Optional[tuple], Optional[tuple]]:
+    """The row of eps ``e`` and what the black-box and transfer checks count there: the images only
+    black-box search (``baseline``: the checks' baseline; the suite's query-based attacks and
+    members) or only transfer broke while every gradient attack failed."""
+    suite, t, records, correct = d.suite, d.t, d.records, d.correct
+    index, n_correct = records.index, int(correct.sum())
+    arows = []
+    for a in suite.attacks_for(t):
+        s = records.get("attack", t.norm, e, a, "success")
+        hit = s & correct
+        arows.append(AttackRow(
+            attack=a, robust=metrics.robust_accuracy(correct, s), success=metrics.success_rate(correct, s),
+            distance=metrics.summary(records.get("attack", t.norm, e, a, "distance")[hit]),
+            norms={nm: metrics.summary(records.get("attack", t.norm, e, a, nm)[hit]) for nm in ("linf", "l2", "l0")},
+            seconds=_round(records.seconds("attack", t.norm, e, a)),
+        ))
+    wb_robust = metrics.robust_at(correct, d.md_wb, e)
+    noise_rate, noise_count, transfer_count = None, None, None
+    black = {}  # per black-box source: the correct images it broke that no gradient attack broke
+    if suite.checks.enabled:
+        sn = records.get("noise", t.norm, e, "noise", "success")
+        noise_rate = metrics.robust_accuracy(correct, sn)
+        black["baseline"] = sn & correct & wb_robust
+    if d.members:
+        black["suite"] = correct & wb_robust & metrics.within(d.md_bb, e)
+    if black:
+        only = torch.zeros_like(correct)
+        for m in black.values():
+            only |= m
+        sources = {(f"{baseline} (baseline)" if k == "baseline" else ", ".join(d.members)): int(m.sum())
+                   for k, m in black.items()}
+        noise_count = (e, int(only.sum()), n_correct, {"white_robust": int((correct & wb_robust).sum()),
+                                                       "sources": sources,
+                                                       "indices": [int(i) for i in index[only].tolist()][:20]})
+    transfer = {}
+    only_transfer = torch.zeros_like(correct)
+    sources = list(suite.transfer) if e in suite.transfer_at(t) else []
+    for s in sources:
+        st = records.get("transfer", t.norm, e, s, "success")
+        transfer[s] = metrics.robust_accuracy(correct, st)
+        only_transfer |= st & correct & wb_robust
+    if sources:
+        transfer_count = (e, int(only_transfer.sum()), n_correct,
+                          {"white_robust": int((correct & wb_robust).sum()),
+                           "indices": [int(i) for i in index[only_transfer].tolist()][:20]})
+    row = EpsRow(eps=e, attacks=arows, worst_case=metrics.rate(metrics.robust_at(correct, d.md_all, e)),
+                 white_box=metrics.rate(wb_robust), noise=noise_rate, transfer=transfer)
+    return row, noise_count, transfer_count
+
+
+def _certified_lower(d: _Threat, dim: int, certs: Sequence[tuple[Any, CertReport, Any]]) -> tuple[torch.Tensor, list[str]]:
+    """Per image, the largest certified radius of the model's certificates in ``t``'s norm
+    (converted by the norms' inequality), capped by the smallest adversarial distance found."""
+    t, md_all = d.t, d.md_all
     lower = torch.zeros_like(md_all)
     lower_from = []
     for spec, rep, entry in certs:
@@ -149,7 +170,7 @@ def _threat_report(suite: "Suite", t, records: Records, dim: int, certs: Sequenc
         if factor is None:
             continue
         r = torch.tensor(rep.per_sample_radius, dtype=torch.float64) / factor
-        ok = torch.tensor(rep.per_sample_prediction) == records.labels
+        ok = torch.tensor(rep.per_sample_prediction) == d.records.labels
         lower = torch.maximum(lower, torch.where(ok, r, torch.zeros_like(r)))
         lower_from.append(rep.label)
     # A sound certificate never exceeds a distance at which the attacks found an adversarial example;
@@ -159,13 +180,30 @@ def _threat_report(suite: "Suite", t, records: Records, dim: int, certs: Sequenc
         _log.warning("%s: %d certified radii (%s) exceed an adversarial distance the attacks found; the "
                      "certifier is unsound for these images and their radius is cut to that distance",
                      t.norm, int(unsound.sum()), ", ".join(lower_from))
-    lower = torch.minimum(lower, md_all)
+    return torch.minimum(lower, md_all), lower_from
+
+
+def _threat_report(suite: "Suite", t, records: Records, dim: int, certs: Sequence[tuple[Any, CertReport, Any]],
+                   kinds: Mapping[str, Mapping[str, Any]], baseline: str) -> tuple[ThreatReport, dict]:
+    """One threat model's rows and robustness intervals, and what its checks need (``aux``): per
+    attack the robust-accuracy curve, the per-eps union of the suite's attacks, and per eps the images
+    only black-box search or only transfer broke while every gradient attack failed (:func:`_eps_row`)."""
+    d = _distances(suite, t, records, kinds)
+    correct, md_all = d.correct, d.md_all
+    attacks = list(suite.attacks_for(t))
+    rows, noise_counts, transfer_counts = [], [], []
+    for e in t.eps:
+        row, noise_count, transfer_count = _eps_row(d, e, baseline)
+        rows.append(row)
+        noise_counts += [noise_count] if noise_count is not None else []
+        transfer_counts += [transfer_count] if transfer_count is not None else []
+    lower, lower_from = _certified_lower(d, dim, certs)
     unbroken = correct & torch.isinf(md_all)
     report = ThreatReport(
         norm=t.norm, eps=list(t.eps), attacks=attacks, minimal=list(suite.minimal), rows=rows,
         min_distance=metrics.summary(md_all[correct]), unbroken=metrics.rate(unbroken),
         per_sample_upper=[None if math.isinf(v) else _round(v) for v in md_all.tolist()],
-        per_sample_lower=[_round(v) for v in lower.tolist()], lower_from=lower_from, black_box_members=members,
+        per_sample_lower=[_round(v) for v in lower.tolist()], lower_from=lower_from, black_box_members=d.members,
     )
     curves = {a.attack: [] for a in rows[0].attacks}
     for row in rows:
@@ -198,16 +236,9 @@ def _cert_reports(suite: "Suite", records: "Records") -> list[tuple[Any, CertRep
 
             top = max(top, float(opts["sigma"] * _norm.ppf(opts["alpha"] ** (1.0 / opts["n"]))))
         radii = metrics.radius_grid(top if top > 0 else 1.0)
-        rep = CertReport(
-            method=spec.method, label=spec.label, norm=entry.norm, certifies=entry.certifies,
-            alpha=float(opts.get("alpha", 0.0)), options={k: v for k, v in opts.items()},
-            radii=[_round(r) for r in radii],
-            certified_accuracy=metrics.certified_curve(labels, pred, radius, abstain, radii),
-            accuracy=metrics.rate(ok), abstain=metrics.rate(abstain.bool()),
-            radius=metrics.summary(radius[ok]), seconds=_round(records.times.get(f"cert|{i}|seconds", 0.0)),
-            per_sample_radius=[_round(v) for v in torch.where(abstain, torch.zeros_like(radius), radius).tolist()],
-            per_sample_prediction=[int(v) for v in pred.tolist()],
-        )
+        cert = Certificate(pred, radius, abstain.bool(), norm=entry.norm, alpha=float(opts.get("alpha", 0.0)))
+        rep = cert_report(cert, labels, radii, method=spec.method, label=spec.label, certifies=entry.certifies,
+                          options=opts, seconds=records.times.get(f"cert|{i}|seconds", 0.0))
         out.append((spec, rep, entry))
     return out
 

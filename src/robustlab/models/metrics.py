@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab._checks import check_positive
-from robustlab.attacks.base import eval_mode, model_device
+from robustlab.model_ops import eval_mode, model_device
 
 
 def as_tensors(data: Any) -> tuple[Tensor, Tensor]:

@@ -16,43 +16,39 @@ from robustlab.models import architectures as _arch
 from robustlab.models import preact as _preact
 from robustlab.models import vnncomp as _vnncomp
 from robustlab.models.normalize import Normalize
+from robustlab.registry import Registry, normalize_name
 
 Builder = Callable[[int, int, tuple[int, int]], nn.Module]
 
-ARCHITECTURES: dict[str, Builder] = {
-    "mlp": _arch.mlp,
-    "cnn": _arch.cnn,
-    "small-cnn": _arch.small_cnn,
-    "resnet18": _arch.resnet18,
-    "resnet18-imagenet": _arch.resnet18_imagenet,
-    "preact-resnet18": _preact.preact_resnet18,
-    "wrn-28-10": _preact.wrn_28_10,
-    "wrn-34-10": _preact.wrn_34_10,
-    "resnet2b": _vnncomp.resnet2b,
-    "resnet4b": _vnncomp.resnet4b,
-}
+#: Every architecture by name (:class:`robustlab.registry.Registry`): an entry is a builder
+#: ``(in_channels, num_classes, (H, W)) -> nn.Module``.
+ARCHITECTURES: Registry[Builder] = Registry("architecture")
+for _name, _builder in (
+    ("mlp", _arch.mlp), ("cnn", _arch.cnn), ("small-cnn", _arch.small_cnn), ("resnet18", _arch.resnet18),
+    ("resnet18-imagenet", _arch.resnet18_imagenet), ("preact-resnet18", _preact.preact_resnet18),
+    ("wrn-28-10", _preact.wrn_28_10), ("wrn-34-10", _preact.wrn_34_10), ("resnet2b", _vnncomp.resnet2b),
+    ("resnet4b", _vnncomp.resnet4b),
+):
+    ARCHITECTURES.register(_name, _builder)  # described by the builder's docstring
 
 
 def _key(name: object) -> str:
     if not isinstance(name, str):
         raise TypeError(f"arch must be an architecture name (str), got {type(name).__name__}")
-    return name.strip().lower().replace("_", "-")
+    return normalize_name(name, "arch")
 
 
 def architectures() -> tuple[str, ...]:
     """Names accepted by :func:`create` (built-in and registered)."""
-    return tuple(ARCHITECTURES)
+    return ARCHITECTURES.available()
 
 
-def register_architecture(name: str, builder: Builder, *, replace: bool = False) -> None:
+def register_architecture(name: str, builder: Builder, *, replace: bool = False, description: str = "") -> None:
     """Make ``builder(in_channels, num_classes, (H, W)) -> nn.Module`` available as ``name`` to
-    :func:`create` and :func:`robustlab.models.load`."""
-    key = _key(name)
+    :func:`create` and :func:`robustlab.models.load` (``ARCHITECTURES.register``)."""
     if not callable(builder):
         raise TypeError(f"builder must be callable (in_channels, num_classes, (H, W)) -> nn.Module, got {builder!r}")
-    if key in ARCHITECTURES and not replace:
-        raise ValueError(f"architecture {key!r} is already registered; pass replace=True to override it")
-    ARCHITECTURES[key] = builder
+    ARCHITECTURES.register(name, builder, description, replace=replace)
 
 
 def _dataset_facts(dataset: Any) -> dict[str, Any]:

@@ -4,7 +4,7 @@ Each file (next to this module) cites its paper in its comments and holds the se
 ``robustlab train``: ``arch``, ``dataset``, ``epochs``, ``batch_size``, ``optimizer``, ``lr``,
 ``momentum``, ``weight_decay``, ``schedule``, ``augment``, ``eps_warmup``, ``val_n``,
 ``robust_val``, and an ``[adversary]`` table with ``name`` and the adversary's parameters (the
-names of :data:`robustlab.defenses.adversaries.ADVERSARIES`). Options given on the command line
+names of :data:`robustlab.training.adversaries.ADVERSARIES`). Options given on the command line
 win over the recipe's.
 
 - ``pgd-at-preact-resnet18``: PGD-10 adversarial training, Rice, Wong & Kolter 2020;

@@ -8,7 +8,9 @@ this package only defines, stores and renders them and never imports ``robustlab
 """
 
 from robustlab.report.schema import SCHEMA, SCHEMA_VERSION, Finding, ModelReport, Rate, Report, Verdict
-from robustlab.report.build import combine, compare_table, load, report, save, table
+from robustlab.report.assemble import combine, report
+from robustlab.report.build import compare_table, save, table
+from robustlab.report.schema import load
 
 __all__ = [
     "SCHEMA", "SCHEMA_VERSION", "Finding", "ModelReport", "Rate", "Report", "Verdict", "combine", "compare_table",

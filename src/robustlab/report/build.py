@@ -1,136 +1,20 @@
-"""Assembling, combining, saving and loading reports.
-
-:func:`report` wraps one or more :class:`~robustlab.report.schema.ModelReport` (made from the
-records by :func:`robustlab.evaluate.summarize.model_report`), adding the transfer matrices between
-them; :func:`save` writes ``report.json``, the PNG figures and ``index.html`` atomically;
-:func:`load` reads a report back, strictly. Nothing here imports ``robustlab.evaluate``.
+"""Writing and printing reports: :func:`save` writes ``report.json`` (the report's own JSON), the
+PNG figures and ``index.html`` atomically; :func:`table` and :func:`compare_table` print them as
+text. Reports are only read here (their types are :mod:`robustlab.report.schema`'s, assembled by
+:mod:`robustlab.report.assemble`); nothing here imports ``robustlab.evaluate``.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional
 
 from robustlab._io import atomic_write_bytes, atomic_write_text
-from robustlab.report.schema import (
-    SCHEMA,
-    SCHEMA_VERSION,
-    ModelReport,
-    Report,
-    TransferMatrix,
-    from_dict,
-    to_dict,
-)
+from robustlab.report.paths import slug
 
-
-def transfer_matrices(models: Sequence[ModelReport]) -> list[TransferMatrix]:
-    """Matrices over the models of a report: entry (target, source) is the target's robust accuracy
-    against the source's transfer examples; the diagonal is the target's own white-box result for the
-    transfer attack. Built per (norm, eps) where at least one off-diagonal entry exists."""
-    names = [m.name for m in models]
-    out = []
-    keys: dict[tuple[str, float], None] = {}
-    for m in models:
-        for t in m.threats:
-            for row in t.rows:
-                if row.transfer:
-                    keys[(t.norm, row.eps)] = None
-    for norm, eps in keys:
-        attack = next((m.suite.get("transfer_attack", "pgd") for m in models if m.suite.get("transfer")), "pgd")
-        sources = list(names)
-        for m in models:
-            for t in m.threats:
-                if t.norm == norm:
-                    for row in t.rows:
-                        if row.eps == eps:
-                            sources += [s for s in row.transfer if s not in sources]
-        table = []
-        for m in models:
-            line: list = [None] * len(sources)
-            for t in m.threats:
-                if t.norm != norm:
-                    continue
-                for row in t.rows:
-                    if row.eps != eps:
-                        continue
-                    for j, s in enumerate(sources):
-                        if s == m.name:
-                            line[j] = next((a.robust for a in row.attacks if a.attack == attack), None)
-                        elif s in row.transfer:
-                            line[j] = row.transfer[s]
-            table.append(line)
-        out.append(TransferMatrix(norm, eps, attack, sources, names, table))
-    return out
-
-
-def report(models: Sequence[ModelReport], title: str = "robustlab report", notes: Sequence[str] = ()) -> Report:
-    """A report over ``models`` (names must differ), with their transfer matrices."""
-    names = [m.name for m in models]
-    if len(set(names)) != len(names):
-        raise ValueError(f"model names in a report must differ, got {names}")
-    from robustlab import __version__
-
-    return Report(title=title, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                  robustlab_version=__version__, models=list(models), transfer=transfer_matrices(models),
-                  notes=list(notes))
-
-
-def combine(reports: Sequence[Report], title: Optional[str] = None) -> Report:
-    """One report over the models of several (for side-by-side comparison); repeated model names
-    get a numeric suffix."""
-    models: list[ModelReport] = []
-    seen: dict[str, int] = {}
-    for r in reports:
-        for m in r.models:
-            name = m.name
-            if name in seen:
-                seen[name] += 1
-                name = f"{name} ({seen[name]})"
-            else:
-                seen[name] = 1
-            models.append(m if name == m.name else ModelReport(**{**m.__dict__, "name": name}))
-    notes = [n for r in reports for n in r.notes]
-    return report(models, title or "robustlab comparison: " + " vs ".join(m.name for m in models), notes)
-
-
-# -- files ---------------------------------------------------------------------------------------------
-
-
-def dumps(rep: Report) -> str:
-    return json.dumps(to_dict(rep), indent=1, allow_nan=False) + "\n"
-
-
-def loads(text: str, where: str = "report") -> Report:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{where} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise ValueError(f"{where} is not a robustlab report (expected \"schema\": \"{SCHEMA}\")")
-    version = data.get("schema_version")
-    if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
-        raise ValueError(f"{where} has schema_version {version!r}; this robustlab reads versions 1..{SCHEMA_VERSION} "
-                         "(a newer robustlab wrote it?)")
-    return from_dict(Report, data, where)
-
-
-def load(path: "str | os.PathLike[str]") -> Report:
-    """Read a report from ``report.json`` (or a folder holding one)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "report.json"
-    if not p.is_file():
-        raise FileNotFoundError(f"no report at {p}")
-    return loads(p.read_text(), str(p))
-
-
-def slug(name: str) -> str:
-    s = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")
-    return s or "model"
+if TYPE_CHECKING:
+    from robustlab.report.schema import AttackRun, Rate, Report
 
 
 def save(rep: Report, out: "str | os.PathLike[str]", *, html: bool = True) -> Path:
@@ -141,7 +25,7 @@ def save(rep: Report, out: "str | os.PathLike[str]", *, html: bool = True) -> Pa
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    text = dumps(rep)  # raises before anything is written if a value is not JSON
+    text = rep.to_json()  # raises before anything is written if a value is not JSON
     if html:
         figs = figures.render(rep)
         for fname, png in figs.items():  # names hold model names and norms from the report: keep them to one file
@@ -155,8 +39,10 @@ def table(rep: Report) -> str:
     """A plain-text summary: per model and threat model, clean and robust accuracy per eps."""
     lines = []
     for m in rep.models:
-        lines.append(f"{m.name}: clean accuracy {m.clean.value:.4f} [{m.clean.ci_low:.4f}, {m.clean.ci_high:.4f}] "
-                     f"(n={m.clean.n})")
+        lines.append(f"{m.name}: " + ("no labelled images (clean accuracy n/a)" if m.clean is None else
+                                      f"clean accuracy {m.clean.value:.4f} [{m.clean.ci_low:.4f}, "
+                                      f"{m.clean.ci_high:.4f}] (n={m.clean.n})")
+                     + ("" if m.command == "evaluate" else f" (robustlab {m.command})"))
         for t in m.threats:
             sources = list(dict.fromkeys(s for row in t.rows for s in row.transfer))
             extra = (["noise"] if t.rows and t.rows[0].noise is not None else []) + [f"transfer:{s}" for s in sources]
@@ -170,33 +56,58 @@ def table(rep: Report) -> str:
                 cells = "".join(f"{'-' if v is None else f'{v:.4f}':>{w}}" for v, w in zip(values, widths))
                 lines.append(f"  {row.eps:>12.4g}{cells}")
         for c in m.certificates:
-            pts = [0, len(c.radii) // 4, len(c.radii) // 2, 3 * len(c.radii) // 4, len(c.radii) - 1]
+            pts = sorted({0, len(c.radii) // 4, len(c.radii) // 2, 3 * len(c.radii) // 4, len(c.radii) - 1})
             lines.append(f"  certified ({c.label}, {c.norm}): " +
-                         ", ".join(f"r={c.radii[i]:.3g}: {c.certified_accuracy[i].value:.4f}" for i in pts))
+                         ", ".join(f"r={c.radii[i]:.3g}: {c.certified_accuracy[i].value:.4f}" for i in pts if i >= 0))
+        lines += [_run_line(a) for a in m.attack_runs]
+        for v in m.verification:
+            lines.append(f"  verification ({v.method}): " + ", ".join(f"{k} {n}" for k, n in v.counts.items())
+                         + f" of {len(v.statuses)} ({v.total_seconds:.1f} s)")
+        if m.detection is not None:
+            for r in m.detection.rows:
+                det = "n/a" if r.detection is None else f"{r.detection.value:.4f}"
+                auc = "n/a" if r.auc is None else f"{r.auc:.3f}"
+                lines.append(f"  detection ({r.detector}, {r.attack}{', adaptive' if r.adaptive else ''}): detected "
+                             f"{det}, AUC {auc}, evasion {r.evasion.value:.4f}")
         if m.checks:
             lines.append(f"  checks: {m.verdict.summary}")
     return "\n".join(lines)
 
 
+def _run_line(a: AttackRun) -> str:
+    threat = f"{a.norm} " + ("minimal norm" if a.eps is None else f"eps {a.eps:g}")
+    med = a.result.distance.median
+    return (f"  attack ({a.result.attack}, {threat}): robust {a.result.robust.value:.4f} [{a.result.robust.ci_low:.4f}, "
+            f"{a.result.robust.ci_high:.4f}], success on correct {a.result.success.value:.4f}, median distance "
+            f"{'-' if med is None else f'{med:.4g}'}" + (f", examples {a.examples}" if a.examples else ""))
+
+
 def compare_table(rep: Report) -> str:
-    """Models side by side: clean and worst-case robust accuracy at each eps of each threat model."""
-    cols: list[tuple[str, Optional[float]]] = [("clean", None)]
+    """Models side by side: clean accuracy, worst-case robust accuracy at each eps of each threat
+    model, each attack run's robust accuracy, and certified accuracy at each radius of each certifier
+    (``-`` where a model has no such number)."""
+    cols: dict[str, dict[str, Optional[Rate]]] = {"clean": {m.name: m.clean for m in rep.models}}
     for m in rep.models:
         for t in m.threats:
-            for e in t.eps:
-                if (t.norm, e) not in cols:
-                    cols.append((t.norm, e))  # type: ignore[arg-type]
+            for row in t.rows:
+                cols.setdefault(f"{t.norm} {row.eps:g}", {})[m.name] = row.worst_case
+        for a in m.attack_runs:
+            key = f"{a.result.attack} {a.norm} " + ("min" if a.eps is None else f"{a.eps:g}")
+            cols.setdefault(key, {})[m.name] = a.result.robust
+        for c in m.certificates:
+            for r, acc in zip(c.radii, c.certified_accuracy):
+                if len(c.radii) <= 6 or r in (c.radii[0], c.radii[len(c.radii) // 4], c.radii[len(c.radii) // 2]):
+                    cols.setdefault(f"cert {c.method} {c.norm} {r:.3g}", {})[m.name] = acc
     width = max(12, *(len(m.name) + 2 for m in rep.models))
-    head = f"{'model':<{width}}" + "".join(f"{('clean' if e is None else f'{n} {e:g}'):>14}" for n, e in cols) + "  trusted"
+    widths = [max(9, len(k) + 2) for k in cols]
+    head = f"{'model':<{width}}" + "".join(f"{k:>{w}}" for k, w in zip(cols, widths)) + "  trusted"
     lines = [head]
     for m in rep.models:
         cells = []
-        for norm, e in cols:
-            if e is None:
-                cells.append(f"{100 * m.clean.value:>13.1f}%")
-                continue
-            v = next((row.worst_case.value for t in m.threats if t.norm == norm for row in t.rows if row.eps == e), None)
-            cells.append(f"{'-':>14}" if v is None else f"{100 * v:>13.1f}%")
-        trusted = "yes" if m.verdict.trusted else ("no" if m.checks else "unchecked")
+        for (key, col), w in zip(cols.items(), widths):
+            r = col.get(m.name)
+            cells.append(f"{'-':>{w}}" if r is None else f"{100 * r.value:>{w - 1}.1f}%")
+        trusted = "yes" if m.verdict.trusted else ("no" if m.checks else "unchecked" if m.command == "evaluate"
+                                                   else m.command)
         lines.append(f"{m.name:<{width}}" + "".join(cells) + f"  {trusted}")
     return "\n".join(lines)

@@ -1,5 +1,6 @@
-"""The detection section: a ``robustlab detect`` result (``format: robustlab-detect``) as a table,
-ROC curves and a self-contained HTML page.
+"""The old detection document (``format: robustlab-detect``, deprecated: ``robustlab detect`` now writes
+the one report, whose ``detection`` section :mod:`robustlab.report.html` renders) as a table, ROC
+curves and a self-contained HTML page; kept for one release to read the old files.
 
 Each record of the document is one (detector, attack, adaptive) triple with the detection rate at
 the fitted false-positive rate, the ROC AUC of the adversarial scores against the clean ones (the
@@ -19,7 +20,6 @@ believe, and the page says so. This module only validates and renders; it comput
 from __future__ import annotations
 
 import base64
-import io
 import json
 import math
 import os
@@ -27,13 +27,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import jinja2
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from robustlab._io import atomic_write_bytes, atomic_write_text  # noqa: E402
-from robustlab.report.figures import DPI, PALETTE, RC  # noqa: E402
+from robustlab._io import atomic_write_bytes, atomic_write_text
+from robustlab.report.figures import roc_curves
 
 __all__ = ["DETECT_FORMAT", "detection_table", "load_detection", "render_detection", "roc_figure", "save_detection"]
 
@@ -118,33 +114,13 @@ def detection_table(source: "str | os.PathLike[str] | dict") -> str:
 
 def roc_figure(source: "str | os.PathLike[str] | dict") -> bytes:
     """PNG: one ROC panel per detector; per attack a colour, non-adaptive solid, adaptive dashed,
-    the detection rate at the fitted threshold marked on each curve."""
+    the detection rate at the fitted threshold marked on each curve (:func:`robustlab.report.figures.roc_curves`)."""
     doc = load_detection(source)
-    detectors = list(dict.fromkeys(str(r["detector"]) for r in doc["records"]))
-    attacks = list(dict.fromkeys(str(r["attack_name"]) for r in doc["records"]))
-    with plt.rc_context(RC):
-        fig, axes = plt.subplots(1, len(detectors), figsize=(3.2 * len(detectors), 3.2), squeeze=False)
-        for ax, det in zip(axes[0], detectors):
-            for r in doc["records"]:
-                if str(r["detector"]) != det or r.get("roc") is None:
-                    continue
-                color = PALETTE[attacks.index(str(r["attack_name"])) % len(PALETTE)]
-                ls = "--" if r["adaptive"] else "-"
-                label = f"{r['attack_name']}{' adaptive' if r['adaptive'] else ''} (AUC {_auc(r['auc'])})"
-                ax.plot(r["roc"]["fpr"], r["roc"]["tpr"], ls, color=color, lw=1.4, label=label)
-                if r.get("fpr") is not None and r["detection_rate"] is not None:
-                    ax.plot([r["fpr"]], [r["detection_rate"]], "o", color=color, ms=4)
-            ax.plot([0, 1], [0, 1], ":", color="#888888", lw=0.8)
-            ax.set_title(det)
-            ax.set_xlabel("false-positive rate (clean)")
-            ax.set_ylabel("detection rate (adversarial)")
-            ax.set_xlim(-0.01, 1.01)
-            ax.set_ylim(-0.01, 1.01)
-            ax.legend(loc="lower right")
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
-        plt.close(fig)
-    return buf.getvalue()
+    return roc_curves([{"detector": r["detector"], "attack": r["attack_name"], "adaptive": r["adaptive"],
+                        "fpr": (r.get("roc") or {}).get("fpr") or [], "tpr": (r.get("roc") or {}).get("tpr") or [],
+                        "auc": r["auc"],
+                        "point": (r["fpr"], r["detection_rate"]) if r.get("fpr") is not None
+                        and r["detection_rate"] is not None else None} for r in doc["records"]])
 
 
 _PAGE = """<!doctype html>

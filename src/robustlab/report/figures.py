@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 import matplotlib
 
@@ -16,15 +16,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from robustlab.report.schema import (  # noqa: E402
-    CertReport,
-    Exemplar,
-    ModelReport,
-    Rate,
-    Report,
-    ThreatReport,
-    TransferMatrix,
-)
+from robustlab.report.paths import slug  # noqa: E402
+
+if TYPE_CHECKING:
+    from robustlab.report.schema import (AttackRun, CertReport, DetectionReport, Exemplar, ModelReport, Rate, Report,
+                                         ThreatReport, TransferMatrix)
 
 DPI = 110
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
@@ -83,7 +79,7 @@ def compare_curves(models: Sequence[ModelReport], norm: str) -> bytes:
         fig, ax = plt.subplots(figsize=(4.6, 3.1))
         for i, m in enumerate(models):
             t = next((t for t in m.threats if t.norm == norm), None)
-            if t is None:
+            if t is None or m.clean is None:
                 continue
             _band(ax, [0.0, *t.eps], [m.clean, *(row.worst_case for row in t.rows)], PALETTE[i % len(PALETTE)], m.name,
                   lw=2.0)
@@ -120,6 +116,58 @@ def certified_figures(curves: Sequence[tuple[str, CertReport]], stem: str) -> di
     for norm in dict.fromkeys(c.norm for _, c in curves):
         out[f"{stem}-{norm}.png"] = certified_curves([(name, c) for name, c in curves if c.norm == norm])
     return out
+
+
+def roc_curves(curves: Sequence[Mapping[str, Any]]) -> bytes:
+    """ROC curves, one panel per detector: per attack a colour, non-adaptive solid, adaptive dashed,
+    the operating point at the fitted threshold marked. Each curve: ``{"detector", "attack",
+    "adaptive", "fpr": [...], "tpr": [...], "auc" (or None), "point": (fpr, detection rate) or None}``."""
+    detectors = list(dict.fromkeys(str(c["detector"]) for c in curves))
+    attacks = list(dict.fromkeys(str(c["attack"]) for c in curves))
+    with plt.rc_context(RC):
+        fig, axes = plt.subplots(1, max(1, len(detectors)), figsize=(3.2 * max(1, len(detectors)), 3.2), squeeze=False)
+        for ax, det in zip(axes[0], detectors):
+            for c in curves:
+                if str(c["detector"]) != det or not c["fpr"]:
+                    continue
+                color = PALETTE[attacks.index(str(c["attack"])) % len(PALETTE)]
+                auc = "n/a" if c["auc"] is None else f"{c['auc']:.3f}"
+                ax.plot(c["fpr"], c["tpr"], "--" if c["adaptive"] else "-", color=color, lw=1.4,
+                        label=f"{c['attack']}{' adaptive' if c['adaptive'] else ''} (AUC {auc})")
+                if c.get("point") is not None:
+                    ax.plot([c["point"][0]], [c["point"][1]], "o", color=color, ms=4)
+            ax.plot([0, 1], [0, 1], ":", color="#888888", lw=0.8)
+            ax.set_title(det)
+            ax.set_xlabel("false-positive rate (clean)")
+            ax.set_ylabel("detection rate (adversarial)")
+            ax.set_xlim(-0.01, 1.01)
+            ax.set_ylim(-0.01, 1.01)
+            ax.legend(loc="lower right")
+        return _png(fig)
+
+
+def detection_roc(det: DetectionReport) -> bytes:
+    """:func:`roc_curves` of a detection section (the operating point: false-positive and detection rate)."""
+    return roc_curves([{"detector": r.detector, "attack": r.attack, "adaptive": r.adaptive, "fpr": r.roc_fpr,
+                        "tpr": r.roc_tpr, "auc": r.auc,
+                        "point": None if r.detection is None or r.false_positive is None
+                        else (r.false_positive.value, r.detection.value)} for r in det.rows])
+
+
+def attack_distances(run: AttackRun, title: str = "") -> bytes:
+    """Histogram of the distances of the adversarial examples an attack run found (correct images)."""
+    d = np.array([v for v in run.per_sample_distance if v is not None and v > 0], dtype=np.float64)
+    with plt.rc_context(RC):
+        fig, ax = plt.subplots(figsize=(4.6, 3.1))
+        if d.size:
+            ax.hist(d, bins=min(30, max(5, d.size // 3)), color=PALETTE[0], alpha=0.85)
+        if run.eps is not None:
+            ax.axvline(run.eps, color="#111111", lw=1.0, ls="--", label=f"eps {run.eps:g}")
+            ax.legend(loc="upper left", frameon=False)
+        ax.set_xlabel(f"{run.norm} distance")
+        ax.set_ylabel("images")
+        ax.set_title(title or f"{run.result.attack}: distances of the adversarial examples found")
+        return _png(fig)
 
 
 def _correct(m: ModelReport) -> np.ndarray:
@@ -287,6 +335,11 @@ def model_figures(m: ModelReport, prefix: str) -> dict[str, bytes]:
         out[f"{prefix}-{t.norm}-distances.png"] = distance_histogram(m, t)
         out[f"{prefix}-{t.norm}-intervals.png"] = robustness_intervals(m, t)
     out.update(certified_figures([(c.label, c) for c in m.certificates], f"{prefix}-certified"))
+    for j, run in enumerate(m.attack_runs):
+        if any(v for v in run.per_sample_distance):
+            out[f"{prefix}-attack-{j + 1}-distances.png"] = attack_distances(run, f"{m.name}: {run.result.attack}")
+    if m.detection is not None and any(r.roc_fpr for r in m.detection.rows):
+        out[f"{prefix}-detection-roc.png"] = detection_roc(m.detection)
     for kind in ("least-robust", "most-robust"):
         ex = [e for e in m.exemplars if e.kind == kind]
         if ex:
@@ -296,7 +349,6 @@ def model_figures(m: ModelReport, prefix: str) -> dict[str, bytes]:
 
 def render(report: Report) -> dict[str, bytes]:
     """Every figure of the report: comparisons (several models), transfer matrices, per-model figures."""
-    from robustlab.report.build import slug
 
     out: dict[str, bytes] = {}
     if len(report.models) > 1:

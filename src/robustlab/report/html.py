@@ -12,14 +12,17 @@ import base64
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 from urllib.parse import urlsplit
 
 import jinja2
 from markupsafe import Markup
 
 from robustlab.report.explain import CHECKS
-from robustlab.report.schema import ModelReport, Rate, Report
+from robustlab.report.paths import slug
+
+if TYPE_CHECKING:
+    from robustlab.report.schema import AttackRun, ModelReport, Rate, Report
 
 CSS = """
 :root{--fg:#1d2330;--muted:#5f6b7a;--line:#dfe3ea;--bg:#f6f7f9;--ok:#1b7f3a;--okbg:#e7f5ec;--warn:#a15c00;
@@ -121,6 +124,8 @@ def _summary(report: Report, figs: Mapping[str, bytes]) -> dict[str, Any]:
             picks = sorted({0, len(ref.radii) // 4, len(ref.radii) // 2})
             cert_cols += [(norm, ref.radii[i]) for i in picks]
     head += [f"certified, {norm} r = {r:.2g}" for norm, r in cert_cols]
+    run_cols = list(dict.fromkeys(_run_key(a) for m in report.models for a in m.attack_runs))
+    head += [f"robust, {key}" for key in run_cols]
     head.append("checks")
     rows = []
     for m in report.models:
@@ -135,8 +140,11 @@ def _summary(report: Report, figs: Mapping[str, bytes]) -> dict[str, Any]:
                 k = max((idx for idx, rad in enumerate(c.radii) if rad <= target + 1e-12), default=0)
                 r = c.certified_accuracy[min(k, len(c.certified_accuracy) - 1)]
             cells.append(r)
+        for key in run_cols:
+            cells.append(next((a.result.robust for a in m.attack_runs if _run_key(a) == key), None))
         status = _status(m.verdict.trusted, bool(m.checks))
-        label = {"ok": "trusted", "warn": f"{len(m.verdict.warnings)} warning(s)", "skip": "not checked"}[status]
+        label = {"ok": "trusted", "warn": f"{len(m.verdict.warnings)} warning(s)",
+                 "skip": "not checked" if m.command == "evaluate" else m.command}[status]
         rows.append({"name": m.name, "cells": cells, "status": status, "label": label})
     figures = [_figure(figs, name, "worst-case robust accuracy of every model",
                        "Worst-case robust accuracy vs eps; eps 0 is the clean accuracy; bands: 95% intervals.")
@@ -152,6 +160,15 @@ def _summary(report: Report, figs: Mapping[str, bytes]) -> dict[str, Any]:
     return {"head": head, "rows": rows, "figures": [f for f in figures if f]}
 
 
+def _run_key(a: AttackRun) -> str:
+    """An attack run's column name: attack, norm and radius (minimal-norm searches have none)."""
+    return f"{a.result.attack} {a.norm}" + (" (minimal norm)" if a.eps is None else f" eps {a.eps:g}")
+
+
+def _settings(m: ModelReport) -> str:
+    return ", ".join(f"{k} {v}" for k, v in m.suite.items() if k != "name" and v not in (None, [], {}))
+
+
 def _facts(m: ModelReport) -> list[tuple[str, str]]:
     info = m.model if isinstance(m.model, dict) else {}
     arch = info.get("architecture", {})
@@ -162,7 +179,9 @@ def _facts(m: ModelReport) -> list[tuple[str, str]]:
     adv = adv if isinstance(adv, dict) else {"name": adv}
     params = info.get("parameters", 0)
     items = [("model", f"{arch.get('name', info.get('class', '?'))} "
-                       f"({params:,} parameters)" if isinstance(params, int) else f"{arch.get('name', '?')}")]
+                       f"({params:,} parameters)" if isinstance(params, int) else f"{arch.get('name', info.get('class', '?'))}")]
+    if isinstance(info.get("networks"), list):
+        items.append(("networks", ", ".join(map(str, info["networks"]))))
     if info.get("description"):
         items.append(("description", str(info["description"])))
     if info.get("role"):
@@ -178,17 +197,20 @@ def _facts(m: ModelReport) -> list[tuple[str, str]]:
     if isinstance(metrics, dict) and isinstance(metrics.get("test_accuracy"), (int, float)):
         items.append(("test accuracy (training run)", f"{100 * metrics['test_accuracy']:.2f}%"))
     suite_attacks = m.suite.get("attacks", [])
-    items += [
-        ("data", f"{m.data.name} {m.data.split or ''}: {m.data.n:,} images of shape {tuple(m.data.shape)}"),
-        ("suite", f"{m.suite.get('name', '?')}: attacks "
-                  f"{', '.join(map(str, suite_attacks)) if isinstance(suite_attacks, list) else suite_attacks}"),
-        ("run", f"{m.seconds:.0f} s on {m.device}, batch size {m.batch_size}, seed {m.seed}"),
-    ]
+    if m.data.shape:
+        items.append(("data", f"{m.data.name} {m.data.split or ''}: {m.data.n:,} images of shape {tuple(m.data.shape)}"))
+    else:
+        items.append(("data", f"{m.data.name}: {m.data.n:,}"))
+    if m.command == "evaluate":
+        items.append(("suite", f"{m.suite.get('name', '?')}: attacks "
+                               f"{', '.join(map(str, suite_attacks)) if isinstance(suite_attacks, list) else suite_attacks}"))
+    else:
+        items.append(("command", f"robustlab {m.command}: {_settings(m)}"))
+    items.append(("run", f"{m.seconds:.0f} s on {m.device}, batch size {m.batch_size}, seed {m.seed}"))
     return items
 
 
 def _model(i: int, m: ModelReport, figs: Mapping[str, bytes]) -> dict[str, Any]:
-    from robustlab.report.build import slug
 
     prefix = f"{i + 1}-{slug(m.name)}"
     info = m.model if isinstance(m.model, dict) else {}
@@ -225,9 +247,19 @@ def _model(i: int, m: ModelReport, figs: Mapping[str, bytes]) -> dict[str, Any]:
         ("least-robust", "Least robust: the smallest adversarial perturbations found."),
         ("most-robust", "Most robust: images no attack broke (the attempt closest to success at the largest eps), "
                         "else those needing the largest perturbation."))]
+    runs = [{"report": a, "key": _run_key(a), "options": ", ".join(f"{k}={v}" for k, v in a.config.items()),
+             "examples": a.examples,
+             "figure": _figure(figs, f"{prefix}-attack-{j + 1}-distances.png", "distances of the adversarial examples",
+                               "Distances of the adversarial examples the attack found on correctly classified images "
+                               "(upper bounds on each image's minimal adversarial distance).")}
+            for j, a in enumerate(m.attack_runs)]
     return {
         "report": m, "status": _status(m.verdict.trusted, bool(m.checks)), "facts": _facts(m), "links": links,
-        "threats": threats, "certs": certs,
+        "threats": threats, "certs": certs, "runs": runs,
+        "verification": [{"report": v, "rows": list(zip(v.items, v.statuses, v.seconds))} for v in m.verification],
+        "detection_figure": _figure(figs, f"{prefix}-detection-roc.png", "ROC curves per detector",
+                                    "ROC curves per detector: non-adaptive solid, adaptive dashed; dots: the fitted "
+                                    "threshold's false-positive and detection rates."),
         "cert_figures": [_figure(figs, f"{prefix}-certified-{norm}.png", f"certified accuracy vs {norm} radius",
                                  f"Certified accuracy vs {norm} radius: the certified prediction is correct and its "
                                  "radius is at least r; abstentions count as errors. Bands: 95% intervals.")

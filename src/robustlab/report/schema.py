@@ -6,9 +6,15 @@
 wrong types, naming the path inside the document, and refuses files written by a newer schema.
 
 Schema history: version 1; version 2 adds ``Finding.norm``, ``ThreatReport.verdict`` and
-``ThreatReport.black_box``; version 3 (this one) adds ``Verdict.uninformative`` (the checks that could
-not have warned on the run) and ``ThreatReport.black_box_members`` (the suite's query-based attacks and
-members, which count as black box, not white box). Every addition has a default, so older files still load.
+``ThreatReport.black_box``; version 3 adds ``Verdict.uninformative`` (the checks that could not have
+warned on the run) and ``ThreatReport.black_box_members`` (the suite's query-based attacks and
+members, which count as black box, not white box); version 4 (this one) makes the Report the one
+document of every command: ``ModelReport.command`` (the verb that wrote it), ``attack_runs``
+(:class:`AttackRun`, ``robustlab attack``), ``verification`` (:class:`VerificationReport`,
+``robustlab verify``), ``detection`` (:class:`DetectionReport`, ``robustlab detect``), and
+``ModelReport.clean`` may be ``null`` (VNN-COMP instances have no labelled images); certificates of
+``robustlab certify`` and ``verify`` are :class:`CertReport` entries as in an evaluation. Every
+addition has a default, so older files still load.
 """
 
 from __future__ import annotations
@@ -28,7 +34,13 @@ import numpy as np
 import torch
 
 SCHEMA = "robustlab-report"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+
+#: The verbs whose results a model section holds (``ModelReport.command``).
+COMMANDS = ("evaluate", "attack", "certify", "verify", "detect")
+#: The outcomes of :class:`VerificationReport`: proven, a counterexample found (and checked), neither
+#: (an incomplete method that could not prove, a solver that gave up), out of time.
+VERIFICATION_STATUSES = ("verified", "falsified", "unknown", "timeout")
 
 
 @dataclass
@@ -140,6 +152,101 @@ class CertReport:
 
 
 @dataclass
+class AttackRun:
+    """One attack run on its own (``robustlab attack``, schema 4): the threat (``eps`` ``None``: a
+    minimal-norm search, unbounded), ``result``: robust accuracy and success rate (Rates with the
+    report's interval), the threat-norm distance and the linf / l2 / l0 norms of the adversarial
+    examples found on correctly classified images, and seconds; ``iterations`` and ``queries``
+    (model queries of black-box attacks; ``None`` otherwise) per image; ``config``: the attack's
+    hyperparameters; ``examples``: the exported adversarial examples (safetensors), relative to the
+    report's folder where it lies inside it; per image, in evaluation order: ``per_sample_success``
+    (a misclassified point of the ball was returned) and ``per_sample_distance`` (its distance;
+    ``None`` where the attack failed)."""
+
+    norm: str
+    eps: Optional[float]
+    result: AttackRow
+    config: dict[str, Any]
+    iterations: Summary
+    queries: Optional[Summary]
+    examples: Optional[str]
+    per_sample_success: list[bool]
+    per_sample_distance: list[Optional[float]]
+
+
+@dataclass
+class VerificationReport:
+    """Verification outcomes (schema 4), per image (``robustlab verify --model``: ``items`` the image
+    indices) or per VNN-COMP instance (``--onnx/--vnnlib``, ``--instances``: ``items`` the instance
+    names): ``statuses[i]`` one of :data:`VERIFICATION_STATUSES` (VNN-COMP's unsat / sat are verified /
+    falsified), ``seconds[i]`` its time (images verified by a bound method share their batch's time),
+    ``counts`` per status, ``verified`` and ``falsified`` as Rates over the items, ``options``: the
+    method's settings (time limits, seeds, per network counts...)."""
+
+    method: str
+    norm: Optional[str]
+    eps: Optional[float]
+    options: dict[str, Any]
+    items: list[str]
+    statuses: list[str]
+    seconds: list[float]
+    counts: dict[str, int]
+    verified: Rate
+    falsified: Rate
+    total_seconds: float
+
+    def __post_init__(self) -> None:
+        bad = sorted(set(self.statuses) - set(VERIFICATION_STATUSES))
+        if bad:
+            raise ValueError(f"VerificationReport.statuses must be among {', '.join(VERIFICATION_STATUSES)}, got {bad}")
+        if not len(self.items) == len(self.statuses) == len(self.seconds):
+            raise ValueError(f"VerificationReport: {len(self.items)} items, {len(self.statuses)} statuses and "
+                             f"{len(self.seconds)} seconds; expected one of each per item")
+
+
+@dataclass
+class DetectionRow:
+    """One (detector, attack, adaptive) triple of :class:`DetectionReport`: ``detection``: the
+    successful adversarial examples (on correctly classified images) flagged at the fitted threshold
+    (``None`` when the attack found none), ``false_positive``: their clean versions flagged,
+    ``auc``: ROC AUC of adversarial vs clean scores (Mann-Whitney), ``evasion``: misclassified and
+    not flagged, among the correctly classified images (the number to believe for the adaptive
+    rows), ``success``: the attack's success among them; ``roc_fpr`` / ``roc_tpr``: the ROC curve."""
+
+    detector: str
+    attack: str
+    adaptive: bool
+    detection: Optional[Rate]
+    false_positive: Optional[Rate]
+    auc: Optional[float]
+    evasion: Rate
+    success: Rate
+    roc_fpr: list[float]
+    roc_tpr: list[float]
+    seconds: float
+    config: dict[str, Any]
+    detector_config: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        if len(self.roc_fpr) != len(self.roc_tpr):
+            raise ValueError(f"DetectionRow.roc_fpr and roc_tpr must have the same length, got {len(self.roc_fpr)} "
+                             f"and {len(self.roc_tpr)}")
+
+
+@dataclass
+class DetectionReport:
+    """Adversarial-example detectors, non-adaptive and adaptive (``robustlab detect``, schema 4):
+    thresholds fitted for a false-positive rate of ``target_fpr`` on held-out clean images; ``eps``
+    the linf radius of the attacks; ``options``: the rest of the settings (adaptive CW-L2 radius,
+    steps, image counts)."""
+
+    target_fpr: float
+    eps: float
+    options: dict[str, Any]
+    rows: list[DetectionRow]
+
+
+@dataclass
 class Finding:
     """A gradient-masking check: ``status`` pass / warn / note / skip (a note is a symptom that
     does not affect the worst case, e.g. one weak attack fooled while stronger ones are not), the
@@ -226,7 +333,11 @@ class DataInfo:
 
 @dataclass
 class ModelReport:
-    """One evaluated model."""
+    """One evaluated model: what ``command`` computed (``evaluate``: threat models, certificates,
+    checks, exemplars; ``attack``: ``attack_runs``; ``certify``: ``certificates``; ``verify``:
+    ``verification`` and, for images, a certificate; ``detect``: ``detection``). ``suite``: the
+    evaluation suite, or the command's settings; ``clean``: the model's clean accuracy (``None``
+    where there are no labelled images: VNN-COMP instances)."""
 
     name: str
     model: dict[str, Any]
@@ -236,7 +347,7 @@ class ModelReport:
     batch_size: int
     device: str
     seconds: float
-    clean: Rate
+    clean: Optional[Rate]
     threats: list[ThreatReport]
     certificates: list[CertReport]
     checks: list[Finding]
@@ -245,6 +356,14 @@ class ModelReport:
     labels: list[int]
     clean_pred: list[int]
     notes: list[str] = field(default_factory=list)
+    command: str = "evaluate"
+    attack_runs: list[AttackRun] = field(default_factory=list)
+    verification: list[VerificationReport] = field(default_factory=list)
+    detection: Optional[DetectionReport] = None
+
+    def __post_init__(self) -> None:
+        if self.command not in COMMANDS:
+            raise ValueError(f"ModelReport.command must be one of {', '.join(COMMANDS)}, got {self.command!r}")
 
 
 @dataclass
@@ -283,8 +402,6 @@ class Report:
     @staticmethod
     def load(path: "str | os.PathLike[str]") -> "Report":
         """Read ``report.json`` (or the folder holding it); refuses malformed or newer files."""
-        from robustlab.report.build import load
-
         return load(path)
 
     def to_dict(self) -> dict:
@@ -292,9 +409,11 @@ class Report:
 
     @staticmethod
     def from_dict(data: dict) -> "Report":
-        from robustlab.report.build import loads
-
         return loads(json.dumps(data))
+
+    def to_json(self) -> str:
+        """The report as its JSON text (``report.json``); raises if a value is not JSON (NaN, ...)."""
+        return dumps(self)
 
     def model(self, name: str) -> "ModelReport":
         for m in self.models:
@@ -307,6 +426,41 @@ class Report:
         from robustlab.report.build import table
 
         return table(self)
+
+
+# --------------------------------------------------------------------------------------------
+# JSON in and out
+# --------------------------------------------------------------------------------------------
+
+
+def dumps(rep: Report) -> str:
+    return json.dumps(to_dict(rep), indent=1, allow_nan=False) + "\n"
+
+
+def loads(text: str, where: str = "report") -> Report:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise ValueError(f"{where} is not a robustlab report (expected \"schema\": \"{SCHEMA}\")")
+    version = data.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
+        raise ValueError(f"{where} has schema_version {version!r}; this robustlab reads versions 1..{SCHEMA_VERSION} "
+                         "(a newer robustlab wrote it?)")
+    rep = from_dict(Report, data, where)
+    rep.schema_version = SCHEMA_VERSION  # an older file is read with the defaults of the newer keys: now a current one
+    return rep
+
+
+def load(path: "str | os.PathLike[str]") -> Report:
+    """Read a report from ``report.json`` (or a folder holding one)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "report.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"no report at {p}")
+    return loads(p.read_text(), str(p))
 
 
 # --------------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from robustlab._checks import check_images, check_labels
 from robustlab.threat import ThreatModel
 from robustlab.verify.network import ActivationOp, Affine, Network, ReLUOp, trace
+from robustlab.verify.tolerance import TAU, check_tau
 
 METHODS = ("ibp", "crown", "alpha-crown", "lp", "crown-ibp")
 SPECS = ("logits", "margin")
@@ -447,7 +448,8 @@ def _prepare(model: nn.Module, x: Tensor, tm: ThreatModel, method: str, spec: st
 
 def _detached(net: Network, dtype: Optional[torch.dtype] = None) -> Network:
     """A copy of the ops whose tensors are detached from the model's autograd graph (also inside
-    composite ops such as a residual block's paths), floating tensors cast to ``dtype`` if given."""
+    composite ops such as a residual block's paths); with ``dtype`` their floating-point tensors
+    are cast to it (the MILP reads the network in float64)."""
     return Network([_detached_op(op, dtype) for op in net.ops], net.in_shape)
 
 
@@ -464,8 +466,10 @@ def _detached_op(op: object, dtype: Optional[torch.dtype] = None) -> object:
     return op
 
 
-def verified(lower_margin: Tensor, labels: Tensor) -> Tensor:
-    """Bool (N,): every margin ``z_y - z_j`` (j != y) has a positive lower bound."""
+def verified(lower_margin: Tensor, labels: Tensor, tau: float = TAU) -> Tensor:
+    """Bool (N,): every margin ``z_y - z_j`` (j != y) has a lower bound above ``tau`` (verified up
+    to tau, :mod:`robustlab.verify.tolerance`)."""
+    tau = check_tau(tau)
     keep = torch.ones_like(lower_margin, dtype=torch.bool)
     keep[torch.arange(labels.shape[0], device=labels.device), labels] = False
-    return torch.where(keep, lower_margin, torch.full_like(lower_margin, float("inf"))).amin(dim=1) > 0
+    return torch.where(keep, lower_margin, torch.full_like(lower_margin, float("inf"))).amin(dim=1) > tau

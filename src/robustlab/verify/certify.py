@@ -1,7 +1,10 @@
 """Deterministic certificates from bounds: the prediction is proven constant on the whole ball.
 
 A sample is verified at radius ``eps`` when every margin ``z_c - z_j`` (c the certified class,
-j != c) has a positive lower bound over ``B(x) = {x' : ||x' - x|| <= eps} ∩ [lower, upper]``.
+j != c) has a lower bound above ``tau`` over ``B(x) = {x' : ||x' - x|| <= eps} ∩ [lower, upper]``:
+*verified up to tau* (``tau`` = :data:`robustlab.verify.tolerance.TAU`, 1e-4 logits by default,
+the allowance for float32 rounding in the bound and in the model's forward; the MILP proves
+``z_c - z_j <= tau`` infeasible). The certificate's ``info["tau"]`` records it.
 The :class:`~robustlab.certificates.Certificate` holds ``radius = eps`` there (``alpha = 0``: no
 probability involved); elsewhere ``abstain`` with radius 0. With ``search_steps > 0`` the radius is
 the largest eps in ``[0, tm.eps]`` proven by bisection on a per-sample eps (the verified set is not
@@ -22,13 +25,15 @@ from robustlab.threat import ThreatModel
 from robustlab.verify.bounds import METHODS, InputSet, _detached, _prepare, bound_network, spec_matrix
 from robustlab.verify.milp import model_eval_logits, verify_milp
 from robustlab.verify.spec import robustness_property
+from robustlab.verify.tolerance import TAU, check_tau
 
 CERTIFY_METHODS = METHODS + ("milp", "bab")
 _BAB_STATUS = {"unsat": "verified", "sat": "counterexample", "timeout": "unknown", "unknown": "unknown"}
 
 
 def certify(model: nn.Module, x: Tensor, y: Optional[Tensor], tm: ThreatModel, method: str = "crown", *,
-            search_steps: int = 0, time_limit: float = 60.0, alpha_steps: int = 20) -> Certificate:
+            search_steps: int = 0, time_limit: float = 60.0, alpha_steps: int = 20,
+            tau: float = TAU) -> Certificate:
     """One deterministic certificate per sample.
 
     Args:
@@ -42,6 +47,8 @@ def certify(model: nn.Module, x: Tensor, y: Optional[Tensor], tm: ThreatModel, m
             beta-CROWN, :func:`robustlab.verify.bab.verify_property`, on the robustness property of
             the ball ∩ box, and adds ``info["domains"]``).
         search_steps: bisection steps for the largest provable radius (0: prove ``tm.eps`` only).
+        tau: the margin (logits) every ``z_c - z_j`` must provably exceed (>= 0; see
+            :mod:`robustlab.verify.tolerance`).
     """
     if method not in CERTIFY_METHODS:
         raise ValueError(f"method must be one of {', '.join(CERTIFY_METHODS)}, got {method!r}")
@@ -49,19 +56,20 @@ def certify(model: nn.Module, x: Tensor, y: Optional[Tensor], tm: ThreatModel, m
         raise ValueError(f"search_steps must be an integer >= 0, got {search_steps!r}")
     if not isinstance(tm, ThreatModel):
         raise TypeError(f"tm must be a robustlab ThreatModel, got {type(tm).__name__}")
+    tau = check_tau(tau)
     x = check_images(x, "x", lower=tm.lower, upper=tm.upper)
     pred = model_eval_logits(model, x).argmax(1)
     cls = pred if y is None else check_labels(y, x.shape[0], "y").to(x.device)
     if method == "bab":
-        return _certify_bab(model, x, pred, cls, tm, search_steps, time_limit)
+        return _certify_bab(model, x, pred, cls, tm, search_steps, time_limit, tau)
     if method == "milp":
         if search_steps:
             raise ValueError("search_steps is not supported with method='milp' (one complete check per radius)")
-        res = verify_milp(model, x, cls, tm, time_limit=time_limit)
+        res = verify_milp(model, x, cls, tm, time_limit=time_limit, tau=tau)
         ok = torch.tensor([s == "verified" for s in res.status], device=x.device)
         cert = _certificate(cls, ok, tm.eps, tm.norm, x)
         cert.info.update({"method": "milp", "status": res.status, "time_limit": float(time_limit),
-                          "seconds": res.seconds.tolist()})
+                          "seconds": res.seconds.tolist(), "tau": tau})
         return cert
     net, _ = _prepare(model, x, tm, method, "margin", cls)
     with torch.no_grad():
@@ -71,7 +79,7 @@ def certify(model: nn.Module, x: Tensor, y: Optional[Tensor], tm: ThreatModel, m
         def proven(eps: Tensor) -> Tensor:
             lo, _ = bound_network(net, x, tm, method, c, eps=eps, alpha_steps=alpha_steps, upper=False)
             lo[torch.arange(x.shape[0], device=x.device), cls] = float("inf")
-            return (lo.amin(1) > 0) & (pred == cls)
+            return (lo.amin(1) > tau) & (pred == cls)
 
         top = torch.full((x.shape[0],), tm.eps, dtype=x.dtype, device=x.device)
         ok = proven(top)
@@ -89,14 +97,15 @@ def certify(model: nn.Module, x: Tensor, y: Optional[Tensor], tm: ThreatModel, m
                 hi_e = torch.where(todo & ~good, mid, hi_e)
     any_ok = (radius > 0) | (ok & (tm.eps == 0))
     cert = _certificate(cls, any_ok, 0.0, tm.norm, x, radius=radius)
-    cert.info.update({"method": method, "eps": tm.eps, "search_steps": search_steps})
+    cert.info.update({"method": method, "eps": tm.eps, "search_steps": search_steps, "tau": tau})
     return cert
 
 
 def _certify_bab(model: nn.Module, x: Tensor, pred: Tensor, cls: Tensor, tm: ThreatModel, search_steps: int,
-                 time_limit: float) -> Certificate:
-    """Branch and bound per sample on ``robustness_property(ball ∩ box, cls)``; a sample the model
-    already misclassifies is a counterexample at once."""
+                 time_limit: float, tau: float) -> Certificate:
+    """Branch and bound per sample on ``robustness_property(ball ∩ box, cls, margin=tau)``; a sample
+    the model already misclassifies is a counterexample at once; a point of margin in ``(0, tau]``
+    (unsafe for the property, the prediction unchanged) leaves the sample ``unknown``, as the MILP does."""
     from robustlab.verify.bab import verify_property
 
     if search_steps:
@@ -112,13 +121,17 @@ def _certify_bab(model: nn.Module, x: Tensor, pred: Tensor, cls: Tensor, tm: Thr
         if int(pred[i]) != int(cls[i]):
             status.append("counterexample"), seconds.append(0.0), domains.append(0)
             continue
-        prop = robustness_property(inputs.lo[i], inputs.hi[i], int(cls[i]), net.num_classes, name=f"sample {i}")
+        prop = robustness_property(inputs.lo[i], inputs.hi[i], int(cls[i]), net.num_classes, name=f"sample {i}",
+                                   margin=tau)
         res = verify_property(net, prop, timeout=float(time_limit))
-        status.append(_BAB_STATUS[res.status]), seconds.append(res.seconds), domains.append(res.domains)
+        verdict = _BAB_STATUS[res.status]
+        if verdict == "counterexample" and int(res.output.reshape(-1).argmax()) == int(cls[i]):
+            verdict = "unknown"  # within tau of the boundary, not across it
+        status.append(verdict), seconds.append(res.seconds), domains.append(res.domains)
     ok = torch.tensor([st == "verified" for st in status], device=x.device)
     cert = _certificate(cls, ok, tm.eps, tm.norm, x)
     cert.info.update({"method": "bab", "status": status, "time_limit": float(time_limit), "seconds": seconds,
-                      "domains": domains})
+                      "domains": domains, "tau": tau})
     return cert
 
 

@@ -6,11 +6,27 @@ ReLU ``h = max(0, z)`` is encoded exactly with one binary ``a`` (big-M with the 
 
     h >= 0,  h >= z,  h <= z - l (1 - a),  h <= u a,  a in {0, 1}
 
-(stable ReLUs become ``h = z`` or ``h = 0``). For each class ``j != y`` whose CROWN margin bound
-is not already positive, HiGHS (``scipy.optimize.milp``) minimises ``z_y - z_j``: a positive
-optimum (or a positive dual bound at the time limit) proves the margin; a negative solution is a
-counterexample, accepted only after it changes the model's float32 prediction. Relaxing the
-binaries to ``[0, 1]`` gives the triangle LP of Wong & Kolter 2018 (Ehlers 2017):
+(stable ReLUs become ``h = z`` or ``h = 0``).
+
+Numerics. Every verdict asks for a margin above ``tau`` (:data:`robustlab.verify.tolerance.TAU`,
+1e-4 by default): *verified up to tau*. The CROWN screening runs in the model's precision, as
+:func:`robustlab.verify.certify`'s bound methods do (a bound above ``tau`` proves the sample). The
+MILP of every sample the screening leaves open is built in float64 from the network's own weights
+(cast exactly from float32), over the ball's box computed in float64, with the pre-activation
+bounds recomputed in float64 and widened by :data:`BOUND_SLACK` (relative) so that rounding can
+never cut off a reachable point.
+
+:func:`verify_milp` answers, for each class ``j != y`` whose CROWN margin bound is not already
+above ``tau``, the feasibility question "is there an ``x'`` in the ball with ``z_y - z_j <= tau``?"
+(objective zero; HiGHS stops at the first feasible point). Infeasible (HiGHS status 2) proves
+``z_y - z_j > tau`` on the whole ball; a feasible point is a candidate counterexample, accepted
+only after it changes the model's own float32 prediction (when it does not, the point is within
+``_STRICT`` of the boundary, and a second question asks for ``z_y - z_j <= -_STRICT``); the time
+limit, or a tie the float32 forward does not flip, gives ``unknown``. No dual bound is used there:
+a class is proven only by infeasibility. :func:`margin_optimum` instead minimises ``z_y - z_j``
+and returns the optimum, or, where HiGHS stops at the time limit, its dual (lower) bound, so that
+every entry is a valid lower bound of the exact margin (``-inf`` where HiGHS has none). Relaxing
+the binaries to ``[0, 1]`` gives the triangle LP of Wong & Kolter 2018 (Ehlers 2017):
 :func:`lp_margin_bounds` solves it exactly, for comparison with the dual network's bound.
 """
 
@@ -28,19 +44,28 @@ from robustlab._checks import check_images, check_labels
 from robustlab.threat import ThreatModel
 from robustlab.verify.bounds import InputSet, _detached, _final, _prepare, preactivation_bounds
 from robustlab.verify.network import Network, ReLUOp
+from robustlab.verify.tolerance import TAU, check_tau
 
 STATUSES = ("verified", "counterexample", "unknown")
 _STRICT = 1e-4  # a counterexample's margin is at most -_STRICT when one exists (ties are not enough)
+
+#: Relative widening of every pre-activation bound before it becomes a big-M constant:
+#: ``l - BOUND_SLACK (|l| + |u|)``, ``u + BOUND_SLACK (|l| + |u|)``. The bounds are computed in
+#: float64 (relative rounding about 1e-16 per operation), so 1e-9 covers their rounding with a wide
+#: margin while changing the encoding only for neurons within 1e-9 of stability.
+BOUND_SLACK: float = 1e-9
 
 
 @dataclass
 class MILPResult:
     """Per-sample outcome of :func:`verify_milp`.
 
-    ``status`` (list of "verified" / "counterexample" / "unknown"); ``x_adv`` (N, C, H, W) the
-    counterexamples (the clean image where there is none); ``min_margin`` (N,) the best lower
-    bound on ``min_j z_y - z_j`` proven (``-inf`` unknown), ``seconds`` (N,) solver time, ``crown``
-    (N,) bool: already verified by CROWN alone.
+    ``status`` (list of "verified" / "counterexample" / "unknown"; verified means every margin is
+    above ``info["tau"]`` on the whole ball); ``x_adv`` (N, C, H, W) the counterexamples (the clean
+    image where there is none); ``min_margin`` (N,) the best lower bound on ``min_j z_y - z_j``
+    proven (``tau`` where the MILP proved a class, ``-inf`` unknown), ``seconds`` (N,) solver time,
+    ``crown`` (N,) bool: already verified by the screening alone (a bound above ``tau``, in the
+    model's precision).
     """
 
     status: list
@@ -154,7 +179,9 @@ class _Model:
         """min ``c_out . logits``: (scipy status, x or None, objective or nan, dual bound).
 
         With ``below`` the problem is the feasibility question ``c_out . logits <= below`` (objective
-        zero, HiGHS stops at the first feasible point; status 2, infeasible, proves the margin)."""
+        zero, HiGHS stops at the first feasible point; status 2, infeasible, proves
+        ``c_out . logits > below`` on the whole ball; the returned bound is then +inf, else -inf).
+        Without it, the bound is HiGHS's dual bound (the optimum when solved; -inf if none)."""
         from scipy import sparse
         from scipy.optimize import Bounds, LinearConstraint, milp
 
@@ -190,20 +217,53 @@ def _pad(m: object, width: int) -> object:
     return sparse.hstack([m, sparse.csr_matrix((m.shape[0], width - m.shape[1]))], format="csr")
 
 
-def _setup(model: nn.Module, x: Tensor, tm: ThreatModel, bound_method: str):
+def _bounds(model: nn.Module, x: Tensor, tm: ThreatModel, bound_method: str, float64: bool):
+    """The traced network, input set, pre-activation bounds and the last ReLU's output box of a
+    batch: in the model's precision, or (``float64``) with the weights cast exactly to float64, the
+    ball's box and the bounds computed in float64 and widened by :data:`BOUND_SLACK`."""
     if tm.norm != "linf":
         raise ValueError(f"MILP verification needs a linf threat model (a linear feasible set), got norm {tm.norm!r}")
     if bound_method not in ("crown", "alpha-crown", "ibp", "lp"):
         raise ValueError(f"bound_method must be crown, alpha-crown, lp or ibp, got {bound_method!r}")
     net, _ = _prepare(model, x, tm, "crown", "logits", None)
-    net = _detached(net)
-    inputs = InputSet.build(x, tm)
+    net = _detached(net, torch.float64 if float64 else None)
+    inputs = InputSet.build(x.double() if float64 else x, tm)
     with torch.no_grad():
         pre, last_box = preactivation_bounds(net, inputs, {"ibp": "ibp", "lp": "lp"}.get(bound_method, "crown"))
-    segs = _segments(net, x)
+    if float64:
+        pre = {k: _widen(*b) for k, b in pre.items()}
+        if pre:  # the last ReLU's output interval, from its widened input bounds (the input box if none)
+            last = max(pre)
+            last_box = (net.ops[last].forward(pre[last][0]), net.ops[last].forward(pre[last][1]))
+    return net, inputs, pre, last_box
+
+
+def _margin_bounds(net: Network, inputs: InputSet, pre: dict, last_box: tuple, y: Tensor, bound_method: str) -> Tensor:
+    """Lower bounds (N, K) of the margins ``z_y - z_j`` from the given pre-activation bounds (column
+    y: +inf)."""
+    k = net.num_classes
+    eye = torch.eye(k, dtype=inputs.x.dtype, device=inputs.x.device)
+    c = eye[y].unsqueeze(0) - eye.unsqueeze(1)  # (K, N, K)
+    with torch.no_grad():
+        low = _final(net, c, pre, last_box, inputs, bound_method, 20, 0.1)[:k].t()
+    low[torch.arange(y.shape[0], device=low.device), y] = float("inf")
+    return low
+
+
+def _setup(model: nn.Module, x: Tensor, tm: ThreatModel, bound_method: str):
+    """The float64 MILP data of a batch: network, input set, widened pre-activation bounds, the
+    affine segments, the ReLU masks and the last box."""
+    net, inputs, pre, last_box = _bounds(model, x, tm, bound_method, float64=True)
+    segs = _segments(net, inputs.x)
     masks = [(op.mask.reshape(-1).cpu().numpy() if op.mask is not None else np.ones(int(np.prod(op.out_shape)), bool))
              for op in net.ops if isinstance(op, ReLUOp)]
     return net, inputs, pre, segs, masks, last_box
+
+
+def _widen(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """``[l, u]`` widened by :data:`BOUND_SLACK` ``(|l| + |u|)`` on both sides."""
+    pad = BOUND_SLACK * (lo.abs() + hi.abs())
+    return lo - pad, hi + pad
 
 
 def _sample_model(i: int, inputs: InputSet, pre: dict, segs: list, masks: list, relax: bool) -> _Model:
@@ -216,7 +276,8 @@ def _sample_model(i: int, inputs: InputSet, pre: dict, segs: list, masks: list, 
 def margin_optimum(model: nn.Module, x: Tensor, y: Tensor, tm: ThreatModel, *, relax: bool = False,
                    bound_method: str = "crown", time_limit: float = 60.0) -> Tensor:
     """``min_{x' in B(x)} z_y(x') - z_j(x')`` for every j (N, K) by MILP (exact) or, with ``relax``,
-    the triangle LP (a lower bound); column y is 0. ``-inf`` where HiGHS did not finish."""
+    the triangle LP (a lower bound); column y is 0. Where HiGHS stops at ``time_limit`` (seconds per
+    MILP) the entry is its dual bound, a lower bound of the optimum (``-inf`` where it has none)."""
     x = check_images(x, "x", lower=tm.lower, upper=tm.upper)
     net, inputs, pre, segs, masks, _ = _setup(model, x, tm, bound_method)
     k = net.num_classes
@@ -241,25 +302,31 @@ def lp_margin_bounds(model: nn.Module, x: Tensor, y: Tensor, tm: ThreatModel, *,
 
 
 def verify_milp(model: nn.Module, x: Tensor, y: Tensor, tm: ThreatModel, *, time_limit: float = 60.0,
-                bound_method: str = "crown") -> MILPResult:
-    """Complete verification per sample: verified, counterexample (found and checked in the model's
-    float32 forward) or unknown (time limit). ``time_limit`` seconds per sample, shared by the
-    classes j. ``bound_method`` gives the pre-activation bounds (the big-M constants)."""
+                bound_method: str = "crown", tau: float = TAU) -> MILPResult:
+    """Complete verification per sample, *up to tau*: verified (every margin ``z_y - z_j`` proven
+    above ``tau`` on the whole ball), counterexample (found and checked in the model's float32
+    forward) or unknown (time limit, or the exact worst-case margin within ``[-_STRICT, tau]`` of
+    the boundary). ``time_limit`` seconds per sample, shared by the classes j. ``bound_method``
+    gives the pre-activation bounds (the big-M constants)."""
     if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)) or not time_limit > 0:
         raise ValueError(f"time_limit must be > 0 seconds, got {time_limit!r}")
+    tau = check_tau(tau)
     x = check_images(x, "x", lower=tm.lower, upper=tm.upper)
-    net, inputs, pre, segs, masks, last_box = _setup(model, x, tm, bound_method)
+    # Screening in the model's precision (as certify's bound methods: a bound above tau proves it).
+    net, box, pre, last_box = _bounds(model, x, tm, bound_method, float64=False)
     k = net.num_classes
     y = check_labels(y, x.shape[0], "y", num_classes=k).to(x.device)
-    eye = torch.eye(k, dtype=x.dtype, device=x.device)
-    c = eye[y].unsqueeze(0) - eye.unsqueeze(1)  # (K, N, K)
-    with torch.no_grad():
-        # The final margins from the same pre-activation bounds the MILP uses (no second pass).
-        crown_lo = _final(net, c, pre, last_box, inputs, bound_method, 20, 0.1)[: k].t()  # (N, K)
-        crown_lo[torch.arange(x.shape[0]), y] = float("inf")
-        clean = model_eval_logits(model, x)
+    crown_lo = _margin_bounds(net, box, pre, last_box, y, bound_method)  # (N, K)
+    clean = model_eval_logits(model, x)
+    crown_ok = crown_lo.amin(1) > tau
+    # The MILP data, in float64, only for the samples the screening leaves open.
+    todo = (~crown_ok & (clean.argmax(1) == y)).nonzero().flatten()
+    row = {int(i): r for r, i in enumerate(todo.tolist())}
+    if todo.numel():
+        net64, inputs, pre64, segs, masks, last64 = _setup(model, x[todo], tm, bound_method)
+        # The final margins from the same (float64, widened) pre-activation bounds the MILP uses.
+        milp_lo = _margin_bounds(net64, inputs, pre64, last64, y[todo], bound_method)
     status, margins, secs, x_adv = [], [], [], x.clone()
-    crown_ok = crown_lo.amin(1) > 0
     for i in range(x.shape[0]):
         t0 = time.perf_counter()
         yi = int(y[i])
@@ -269,10 +336,11 @@ def verify_milp(model: nn.Module, x: Tensor, y: Tensor, tm: ThreatModel, *, time
         if int(clean[i].argmax()) != yi:
             status.append("counterexample"), margins.append(-float("inf")), secs.append(0.0)
             continue
-        m = _sample_model(i, inputs, pre, segs, masks, relax=False)
+        r = row[i]
+        m = _sample_model(r, inputs, pre64, segs, masks, relax=False)
         outcome, found = "verified", float("inf")
-        for j in crown_lo[i].argsort().tolist():  # most promising classes first
-            if j == yi or float(crown_lo[i, j]) > 0:
+        for j in milp_lo[r].argsort().tolist():  # most promising classes first
+            if j == yi or float(milp_lo[r, j]) > tau:
                 continue
             left = time_limit - (time.perf_counter() - t0)
             if left <= 0:
@@ -280,31 +348,33 @@ def verify_milp(model: nn.Module, x: Tensor, y: Tensor, tm: ThreatModel, *, time
                 break
             cvec = np.zeros(k)
             cvec[yi], cvec[j] = 1.0, -1.0
-            # Is there x' in the ball with z_y - z_j <= 0? Infeasible (status 2) proves margin j > 0.
-            st, sol, value, _ = m.solve(cvec, left, below=0.0)
+            # Is there x' in the ball with z_y - z_j <= tau? Infeasible (status 2) proves margin j > tau.
+            st, sol, value, _ = m.solve(cvec, left, below=tau)
             if st == 2:
                 continue
             if sol is not None and not value < -_STRICT:
-                # A point on the decision boundary: ask for a strictly violating one.
+                # A point within the tolerance band of the boundary: ask for a strictly violating one.
                 left = time_limit - (time.perf_counter() - t0)
                 st2, sol2, value2, _ = m.solve(cvec, max(1e-3, left), below=-_STRICT)
                 sol, value = (sol2, value2) if sol2 is not None else (sol, value)
             if sol is not None:
                 cand = torch.as_tensor(sol, dtype=x.dtype, device=x.device).reshape(x.shape[1:])
-                cand = torch.minimum(torch.maximum(cand, inputs.lo[i]), inputs.hi[i])
+                cand = torch.minimum(torch.maximum(cand, box.lo[i]), box.hi[i])  # the ball's box, model dtype
                 if int(model_eval_logits(model, cand[None]).argmax()) != yi:
                     outcome, found = "counterexample", value
                     x_adv[i] = cand
                     break
-            outcome = "unknown"  # time limit, or a tie at the boundary the model's forward does not flip
+            outcome = "unknown"  # time limit, or a point near the boundary the model's forward does not flip
             break
         if outcome == "verified":
-            found = max(0.0, float(crown_lo[i].amin()))  # every margin proven > 0
+            found = max(tau, float(milp_lo[r].amin()))  # every margin proven > tau
         status.append(outcome)
         margins.append(found if outcome != "unknown" else -float("inf"))
         secs.append(time.perf_counter() - t0)
     return MILPResult(status, x_adv, torch.tensor(margins, dtype=torch.float64), torch.tensor(secs),
-                      crown_ok.cpu(), info={"time_limit": float(time_limit), "bound_method": bound_method})
+                      crown_ok.cpu(), info={"time_limit": float(time_limit), "bound_method": bound_method,
+                                            "tau": tau, "bound_slack": BOUND_SLACK, "milp_precision": "float64",
+                                            "screen_precision": str(x.dtype).replace("torch.", "")})
 
 
 def model_eval_logits(model: nn.Module, x: Tensor) -> Tensor:

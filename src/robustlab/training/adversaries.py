@@ -2,9 +2,9 @@
 and the registration of every built-in adversary by name.
 
 The adversary contract and the registry (:class:`Adversary`, :func:`register_adversary`,
-:func:`from_args`, :data:`ADVERSARIES`) live in :mod:`robustlab.defenses.base` and are re-exported
+:func:`from_args`, :data:`ADVERSARIES`) live in :mod:`robustlab.training.base` and are re-exported
 here; the adversaries with a threat model (FGSM, PGD, TRADES, MART) in
-:mod:`robustlab.defenses.adversarial`. Imports point one way: this module -> adversarial -> base.
+:mod:`robustlab.training.adversarial`. Imports point one way: this module -> adversarial -> base.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustlab._checks import check_positive
-from robustlab.defenses import adversarial
-from robustlab.defenses.base import (
+from robustlab.training import adversarial
+from robustlab.training.base import (
     ADVERSARIES,
     Adversary,
     AdversaryEntry,
@@ -37,7 +37,7 @@ __all__ = [
 
 class Standard(Adversary):
     """Empirical risk minimisation: ``mean_i CE(f(x_i), y_i)`` on the clean batch.
-    ``adversary=None`` in :func:`~robustlab.defenses.train` means this."""
+    ``adversary=None`` in :func:`~robustlab.training.train` means this."""
 
     name = "none"
 

@@ -18,7 +18,7 @@ Output under ``out/`` (written by the main process only, ``is_main``): ``model.s
 ``metadata.json``, the final model (the best epoch when selected) with training configuration,
 history and metrics in the metadata; ``checkpoint/`` and ``best/`` (:mod:`.checkpointing`).
 
-The pieces live apart: settings in :class:`~robustlab.defenses.config.TrainConfig`, checks before
+The pieces live apart: settings in :class:`~robustlab.training.config.TrainConfig`, checks before
 the first epoch in :mod:`.preflight`, checkpoints in :mod:`.checkpointing`, the DDP wrapper in
 :mod:`.parallel`; here :func:`epoch_order`, :func:`train_step`, :func:`run_epoch`,
 :func:`evaluate_epoch` and the loop :func:`train`.
@@ -49,10 +49,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from robustlab.attacks.base import eval_mode
-from robustlab.defenses import preflight
-from robustlab.defenses.augment import augment
-from robustlab.defenses.base import Adversary
-from robustlab.defenses.checkpointing import (  # noqa: F401  (re-exported: the checkpoint API's old home)
+from robustlab.training import preflight
+from robustlab.training.augment import augment
+from robustlab.training.base import Adversary
+from robustlab.training.checkpointing import (  # noqa: F401  (re-exported: the checkpoint API's old home)
     BEST,
     CHECKPOINT,
     RESUME_KEYS,
@@ -64,8 +64,8 @@ from robustlab.defenses.checkpointing import (  # noqa: F401  (re-exported: the 
     save_best,
     save_checkpoint,
 )
-from robustlab.defenses.config import OPTIMIZERS, SCHEDULES, TrainConfig
-from robustlab.defenses.parallel import RouteDDP, wrap_ddp
+from robustlab.training.config import OPTIMIZERS, SCHEDULES, TrainConfig
+from robustlab.training.parallel import RouteDDP, wrap_ddp
 from robustlab.models.checkpoint import read_state, save
 from robustlab.models.metrics import accuracy, as_tensors
 
@@ -385,7 +385,7 @@ def train(
     """Train ``model`` in place on ``train_data`` (a Dataset or ``(images, labels)``, images in [0, 1]).
 
     Args:
-        config: the settings (:class:`~robustlab.defenses.config.TrainConfig`: adversary,
+        config: the settings (:class:`~robustlab.training.config.TrainConfig`: adversary,
             epochs, batch_size, optimizer, lr, momentum, weight_decay, schedule, select_best,
             seed, eps_warmup_epochs, progress, device, amp, channels_last, sync_batchnorm, augment).
         **settings: the same settings as keywords (``train(model, data, epochs=5, adversary=...)``),
@@ -393,7 +393,7 @@ def train(
         val_data: evaluated after every epoch (clean accuracy) and passed to ``evaluate_fn``.
         test_data: evaluated once at the end on the returned model (``metrics["test_accuracy"]``).
         evaluate_fn: ``f(model, val_data) -> dict`` after every epoch (see :data:`EvaluateFn`),
-            e.g. :func:`robustlab.defenses.robust_validation` for adversarial training.
+            e.g. :func:`robustlab.training.robust_validation` for adversarial training.
         out: folder for checkpoints and the final model; ``resume=True`` continues the run in it
             from its last finished epoch (the configuration must match, ``epochs`` may grow).
         log: called with each epoch's history record (default: the ``robustlab.train`` logger).
@@ -482,7 +482,7 @@ def _resolve_config(config: Optional[TrainConfig], settings: dict[str, Any]) -> 
     if config is None:
         return TrainConfig.from_kwargs(settings)
     if not isinstance(config, TrainConfig):
-        raise TypeError(f"config must be a robustlab.defenses.TrainConfig, got {type(config).__name__}")
+        raise TypeError(f"config must be a robustlab.training.TrainConfig, got {type(config).__name__}")
     if settings:
         raise ValueError(f"pass the settings either in config= or as keywords, not both; got config and "
                          f"{', '.join(sorted(settings))}")

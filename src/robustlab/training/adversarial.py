@@ -1,6 +1,6 @@
 """Adversaries for the one training loop: each turns a clean batch into a training loss.
 
-All share the :class:`~robustlab.defenses.base.Adversary` contract
+All share the :class:`~robustlab.training.base.Adversary` contract
 ``loss(model, x, y, *, generator, eps_scale) -> scalar``: the loop calls it with the model in
 train mode; adversarial points are crafted with the model in eval mode (BatchNorm statistics are
 not updated by adversarial crafting, dropout is off; TRADES' reference code does the same) and
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from robustlab._checks import check_positive
 from robustlab.attacks.base import eval_mode, input_gradient
 from robustlab.attacks.fastpath import FastPath, FastSpec
-from robustlab.defenses.base import Adversary
+from robustlab.training.base import Adversary
 from robustlab.threat import ThreatModel
 
 
@@ -239,7 +239,7 @@ class MART(Adversary):
 
 def robust_validation(threat: ThreatModel, *, n: int = 500, steps: int = 10, restarts: int = 1,
                       collapse: float = 0.2, seed: int = 0):
-    """An ``evaluate_fn`` for :func:`robustlab.defenses.train`: PGD robust accuracy on the first
+    """An ``evaluate_fn`` for :func:`robustlab.training.train`: PGD robust accuracy on the first
     ``n`` validation images after every epoch, used to keep the most robust epoch. It also detects
     catastrophic overfitting (Wong et al. 2020, Sec. 5.1): when the PGD robust accuracy falls more
     than ``collapse`` below the best seen so far, it asks the loop to stop (the best epoch is kept)."""

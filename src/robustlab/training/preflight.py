@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from robustlab._checks import check_images, check_labels, check_logits
 from robustlab.attacks.base import eval_mode
-from robustlab.defenses.base import Adversary
+from robustlab.training.base import Adversary
 from robustlab.models.metrics import as_tensors
 
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from robustlab._checks import check_positive
 from robustlab.attacks.adef import ADef, DeformationThreat
-from robustlab.defenses.adversaries import Adversary, Param, register_adversary
+from robustlab.training.adversaries import Adversary, Param, register_adversary
 
 
 class ADefAdversary(Adversary):

@@ -13,9 +13,9 @@ from typing import Any, Optional
 import torch
 
 from robustlab._checks import check_positive
-from robustlab.defenses.adversaries import Standard
-from robustlab.defenses.augment import AUGMENTATIONS
-from robustlab.defenses.base import Adversary
+from robustlab.training.adversaries import Standard
+from robustlab.training.augment import AUGMENTATIONS
+from robustlab.training.base import Adversary
 
 #: Optimizers and their default (learning rate, weight decay).
 OPTIMIZERS: dict[str, tuple[float, float]] = {"adam": (1e-3, 0.0), "sgd": (0.1, 5e-4)}
@@ -24,10 +24,10 @@ SCHEDULES = ("cosine", "step", "onecycle", "constant")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The settings of :func:`robustlab.defenses.train` (validated in ``__post_init__``).
+    """The settings of :func:`robustlab.training.train` (validated in ``__post_init__``).
 
     Args:
-        adversary: how each batch's loss is made (:class:`~robustlab.defenses.Standard` when None).
+        adversary: how each batch's loss is made (:class:`~robustlab.training.Standard` when None).
         epochs, batch_size: at least 1; the last batch of an epoch may be smaller.
         optimizer: ``"adam"`` (default lr 1e-3, weight decay 0) or ``"sgd"`` (lr 0.1, Nesterov
             momentum ``momentum``, weight decay 5e-4); ``lr`` / ``weight_decay`` override (None:
@@ -43,7 +43,7 @@ class TrainConfig:
             validation stays float32). Default None (float32).
         channels_last: model and batches in ``torch.channels_last`` memory format.
         sync_batchnorm: CUDA only: in a distributed run, BatchNorm -> ``torch.nn.SyncBatchNorm``.
-        augment: ``"crop-flip"`` (:mod:`robustlab.defenses.augment`: 4-pixel padded random crops
+        augment: ``"crop-flip"`` (:mod:`robustlab.training.augment`: 4-pixel padded random crops
             and horizontal flips, the CIFAR standard) applied to every training batch; None: none.
     """
 
@@ -84,7 +84,7 @@ class TrainConfig:
         if adversary is None:
             adversary = Standard()
         if not isinstance(adversary, Adversary):
-            raise TypeError(f"adversary must be a robustlab.defenses.Adversary, got {type(adversary).__name__}")
+            raise TypeError(f"adversary must be a robustlab.training.Adversary, got {type(adversary).__name__}")
         if self.augment is not None and self.augment not in AUGMENTATIONS:
             raise ValueError(f"augment must be None or one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
         if self.amp not in (None, "bf16"):

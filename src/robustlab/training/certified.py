@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustlab._checks import check_positive
-from robustlab.defenses.base import Adversary, Param, register_adversary
+from robustlab.training.base import Adversary, Param, register_adversary
 from robustlab.threat import ThreatModel
 from robustlab.verify.bounds import bound_network, spec_matrix
 from robustlab.verify.network import trace

@@ -39,8 +39,8 @@ Adversaries are registered by name in :data:`ADVERSARIES` (with the parameters t
 which is what ``robustlab train --adversary NAME`` offers: :func:`register_adversary` adds one
 without touching the CLI, :func:`from_args` builds one from keyword values or parsed arguments.
 
-Imports point one way: :mod:`robustlab.defenses.adversarial` (FGSM, PGD, TRADES, MART) and
-:mod:`robustlab.defenses.adversaries` (the built-in ones and their registration) build on this
+Imports point one way: :mod:`robustlab.training.adversarial` (FGSM, PGD, TRADES, MART) and
+:mod:`robustlab.training.adversaries` (the built-in ones and their registration) build on this
 module; a new adversary module imports :class:`Adversary` and :func:`register_adversary` from here.
 """
 
@@ -52,6 +52,8 @@ from typing import Any, Callable, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
+
+from robustlab.registry import Registry
 
 
 class Adversary(abc.ABC):
@@ -126,8 +128,13 @@ class AdversaryEntry:
     params: tuple[Param, ...]
     help: str
 
+    def __call__(self, **params: Any) -> Adversary:
+        return self.factory(**params)
 
-ADVERSARIES: dict[str, AdversaryEntry] = {}
+
+#: Every training adversary by name (:class:`robustlab.registry.Registry`; ``ADVERSARIES.get(name,
+#: **params)`` builds one).
+ADVERSARIES: Registry[AdversaryEntry] = Registry("adversary")
 
 
 def register_adversary(
@@ -144,8 +151,6 @@ def register_adversary(
     type everywhere, since the CLI offers it once; defaults may differ per adversary."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"adversary name must be a non-empty string, got {name!r}")
-    if name in ADVERSARIES and not replace:
-        raise ValueError(f"adversary {name!r} is already registered; pass replace=True to override it")
     if not callable(factory):
         raise TypeError(f"factory must be callable, got {factory!r}")
     params = tuple(params)
@@ -157,7 +162,7 @@ def register_adversary(
                 if q.name == p.name and q.type is not p.type:
                     raise ValueError(f"parameter {p.name!r} of adversary {name!r} has type {p.type.__name__}, but "
                                      f"adversary {other.name!r} declares it as {q.type.__name__}")
-    ADVERSARIES[name] = AdversaryEntry(name, factory, params, help)
+    ADVERSARIES.register(name, AdversaryEntry(name, factory, params, help), help, replace=replace)
 
 
 def adversary_names() -> tuple[str, ...]:

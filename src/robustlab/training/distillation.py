@@ -12,7 +12,7 @@ adversaries of the one training loop.
    Wagner (2017, arXiv:1608.04644, sec. VIII) break it by attacking the logits (their margin loss
    is invariant to that scale); ``robustlab.attacks.PGD(loss="cw")`` and ``CarliniWagner`` do so.
 
-:func:`defensive_distillation` runs both stages with :func:`robustlab.defenses.train`.
+:func:`defensive_distillation` runs both stages with :func:`robustlab.training.train`.
 Registered adversaries: ``temperature`` (``--temperature``) and ``distill`` (``--teacher PATH
 --temperature``), so ``robustlab train --adversary distill --teacher runs/teacher`` works.
 """
@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from robustlab._checks import check_positive
 from robustlab.attacks.base import eval_mode
-from robustlab.defenses.base import Adversary, Param, register_adversary
+from robustlab.training.base import Adversary, Param, register_adversary
 
 __all__ = ["Distillation", "Temperature", "defensive_distillation"]
 
@@ -98,9 +98,9 @@ def defensive_distillation(
 ) -> tuple[nn.Module, nn.Module]:
     """Train a teacher at ``temperature`` and a student on its soft labels; returns ``(student,
     teacher)``. The student is deployed as is (T = 1). ``make_model()`` builds a fresh network
-    (called twice); ``train_kwargs`` go to :func:`robustlab.defenses.train` for both stages
+    (called twice); ``train_kwargs`` go to :func:`robustlab.training.train` for both stages
     (an ``out`` folder is refused: save the two models yourself)."""
-    from robustlab.defenses.training import train
+    from robustlab.training.loop import train
 
     if not callable(make_model):
         raise TypeError(f"make_model must be a callable returning an nn.Module, got {type(make_model).__name__}")
