@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -121,8 +122,11 @@ def instances(root: Path, benchmarks: list[str], method: str, scale: float, sele
         rows = read_instances(csv)
         if select:
             rows = [rows[i] for i in _select(select, len(rows))]
+        state = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "hardware": hardware(),
+                 "load_before": list(os.getloadavg())}
         summary = run_instances(rows, out / bench, method=method, seed=seed, timeout_scale=scale, resume=resume,
                                 progress=True)
+        summary["machine"] = {**state, "load_after": list(os.getloadavg())}
         results[bench] = summary
     return results
 
@@ -146,6 +150,12 @@ def _print_instances(results: dict) -> None:
         for r in summary["records"]:
             print(f"| {r['index']} | {Path(r['network']).name} | {Path(r['property']).name} | {r['timeout']:g} | "
                   f"{r['status']}{' (UNSOUND)' if r.get('unsound') else ''} | {r['seconds']:.2f} |")
+        print("\n| network | instances | verified | falsified | timeout | unknown | seconds |")
+        print("|---|---|---|---|---|---|---|")
+        for net, c in summary["per_network"].items():
+            secs = sum(r["seconds"] for r in summary["records"] if Path(r["network"]).name == net)
+            print(f"| {net} | {c['instances']} | {c['unsat']} | {c['sat']} | {c['timeout']} | {c['unknown']} | "
+                  f"{secs:.0f} |")
         c = summary["counts"]
         print(f"\nverified {c['unsat']} + falsified {c['sat']} of {summary['instances']} (timeout {c['timeout']}, "
               f"unknown {c['unknown']}, unsound {summary['unsound']}); published: {PUBLISHED.get(bench, '-')}")
@@ -157,7 +167,7 @@ def main() -> int:
     p.add_argument("--root", type=Path, default=_default_root(), help="the vnncomp2021 folder")
     p.add_argument("--samples", type=int, default=1000, help="random inputs per network (conversion)")
     p.add_argument("--benchmarks", default="mnistfc", help="comma-separated folders under --root (instances)")
-    p.add_argument("--method", default="milp", choices=tuple(PROPERTY_METHODS))
+    p.add_argument("--method", default="bab", choices=tuple(PROPERTY_METHODS))
     p.add_argument("--timeout-scale", type=float, default=1.0)
     p.add_argument("--select", default="", help="instance indices, e.g. 0-4,30 (default: all)")
     p.add_argument("--out", type=Path, default=Path("out/bench_vnncomp"), help="instance records (instances)")

@@ -7,12 +7,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
-from verify_nets import KINDS, tiny_inputs, tiny_net
+from verify_nets import ACTIVATION_KINDS, KINDS, tiny_inputs, tiny_net
 
 import robustlab as rl
 from robustlab.models.architectures import BasicBlock
 from robustlab.verify import bounds, trace
-from robustlab.verify.bounds import verified
+from robustlab.verify.bounds import activation_relaxation, verified
 
 METHODS = ("ibp", "crown", "alpha-crown", "lp", "crown-ibp")
 TOL = 1e-5
@@ -77,6 +77,46 @@ def test_bounds_contain_pgd_points(kind: str, seed: int) -> None:
     pts = _pgd_points(model, x, tm, seed)
     for method in METHODS:
         _check_sound(model, x, y, tm, pts, method)
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "tanh"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_activation_lines_hold_on_their_whole_interval(kind: str, dtype: torch.dtype) -> None:
+    """Tangent / chord lines (CROWN Table 1) lie below / above f on a dense grid of each interval:
+    intervals on either side of 0, across it (both the chord and the tangent-through-an-end cases),
+    narrow, wide and degenerate ones."""
+    g = torch.Generator().manual_seed(0)
+    lo = torch.randn(4000, generator=g, dtype=torch.float64) * 4
+    hi = lo + torch.rand(4000, generator=g, dtype=torch.float64) ** 3 * 12
+    lo = torch.cat([lo, torch.tensor([-1e-3, 0.0, -8.0, 0.0, 2.0, -30.0, -0.5])])
+    hi = torch.cat([hi, torch.tensor([1e-3, 0.0, 8.0, 1e-12, 2.0, 30.0, 40.0])])
+    a_lo, b_lo, a_up, b_up = activation_relaxation(kind, lo.to(dtype), hi.to(dtype))
+    assert a_lo.dtype == dtype
+    t = torch.linspace(0, 1, 401, dtype=torch.float64).unsqueeze(1)
+    x = lo.to(dtype).double() + (hi.to(dtype).double() - lo.to(dtype).double()) * t  # (401, M)
+    f = torch.sigmoid(x) if kind == "sigmoid" else torch.tanh(x)
+    assert bool((a_lo.double() * x + b_lo.double() <= f).all())
+    assert bool((a_up.double() * x + b_up.double() >= f).all())
+    # Not loose: the gap between the lines is at most curvature x width^2 (max |f''| is 0.1 for the
+    # sigmoid, 0.77 for tanh); a box [f(l), f(u)] would give a gap of order the width.
+    curvature = 0.1 if kind == "sigmoid" else 0.77
+    gap = ((a_up.double() - a_lo.double()) * x + b_up.double() - b_lo.double()).amax(0)
+    assert bool((gap <= curvature * (hi - lo) ** 2 + 1e-5).all())
+
+
+@pytest.mark.parametrize("kind", ACTIVATION_KINDS)
+@pytest.mark.parametrize("eps", [0.02, 0.2])
+def test_sigmoid_and_tanh_networks_are_bounded_soundly(kind: str, eps: float) -> None:
+    model = tiny_net(kind, 3)
+    x = tiny_inputs(3, 3)
+    y = model(x).argmax(1)
+    tm = rl.ThreatModel("linf", eps)
+    pts = torch.cat([_samples_in_ball(x, tm, 48, 1), _pgd_points(model, x, tm, 1), x.unsqueeze(0)])
+    for method in METHODS:
+        _check_sound(model, x, y, tm, pts, method)
+    ilo, ihi = bounds(model, x, tm, "ibp", "margin", y)
+    clo, chi = bounds(model, x, tm, "crown", "margin", y)
+    assert float((chi - clo).mean()) <= float((ihi - ilo).mean()) + 1e-6
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -184,7 +224,7 @@ def test_robustlab_architectures_trace_exactly(arch: str) -> None:
     assert bool((lo <= hi).all())
 
 
-@pytest.mark.parametrize("module", [nn.Tanh(), nn.MaxPool2d(3, stride=1), nn.LeakyReLU()])
+@pytest.mark.parametrize("module", [nn.GELU(), nn.MaxPool2d(3, stride=1), nn.LeakyReLU()])
 def test_unsupported_layer_is_refused_by_name_and_type(module: nn.Module) -> None:
     model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), module, nn.Flatten(), nn.LazyLinear(3))
     x = torch.rand(2, 1, 4, 4)

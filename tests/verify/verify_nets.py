@@ -9,6 +9,7 @@ from robustlab.models.architectures import BasicBlock
 from robustlab.models.normalize import Normalize
 
 KINDS = ("mlp", "conv", "maxpool", "avgpool-bn", "residual")
+ACTIVATION_KINDS = ("sigmoid-mlp", "tanh-conv")  # S-shaped activations: bounds only (the MILP encodes ReLUs)
 
 
 def tiny_net(kind: str, seed: int, dtype: torch.dtype = torch.float32) -> nn.Module:
@@ -26,6 +27,12 @@ def tiny_net(kind: str, seed: int, dtype: torch.dtype = torch.float32) -> nn.Mod
         body = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.AvgPool2d(2),
                              nn.Flatten(), nn.Dropout(0.2), nn.Linear(12, 6), nn.BatchNorm1d(6), nn.ReLU(),
                              nn.Linear(6, 4))
+    elif kind == "sigmoid-mlp":
+        body = nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.Sigmoid(), nn.Linear(12, 10), nn.ReLU(),
+                             nn.Linear(10, 8), nn.Sigmoid(), nn.Linear(8, 4))
+    elif kind == "tanh-conv":
+        body = nn.Sequential(nn.Conv2d(1, 3, 3, stride=1, padding=1), nn.Tanh(), nn.Conv2d(3, 4, 2, stride=2),
+                             nn.ReLU(), nn.Flatten(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 4))
     elif kind == "residual":  # robustlab's ResNet basic blocks: identity and projection shortcuts
         body = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), BasicBlock(3, 3, 1),
                              BasicBlock(3, 4, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 4))
@@ -47,8 +54,10 @@ def tiny_inputs(n: int, seed: int, dtype: torch.dtype = torch.float32) -> torch.
     return torch.rand(n, 1, 4, 4, generator=g).to(dtype)
 
 
-def onnx_mlp(path, seed: int, sizes: tuple = (9, 12, 8, 3), input_shape: tuple = (1, 3, 3)) -> None:
-    """Write a random ReLU MLP (Flatten, Gemm, Relu, ..., Gemm) as an ONNX file with batch 1."""
+def onnx_mlp(path, seed: int, sizes: tuple = (9, 12, 8, 3), input_shape: tuple = (1, 3, 3),
+             activation: str = "Relu") -> None:
+    """Write a random MLP (Flatten, Gemm, ``activation`` (an ONNX op: Relu, Sigmoid, Tanh), ..., Gemm)
+    as an ONNX file with batch 1."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper, save
 
@@ -61,7 +70,7 @@ def onnx_mlp(path, seed: int, sizes: tuple = (9, 12, 8, 3), input_shape: tuple =
         last = k == len(sizes) - 2
         nodes.append(helper.make_node("Gemm", [f"h{k}", f"w{k}", f"b{k}"], ["y" if last else f"z{k}"], transB=1))
         if not last:
-            nodes.append(helper.make_node("Relu", [f"z{k}"], [f"h{k + 1}"]))
+            nodes.append(helper.make_node(activation, [f"z{k}"], [f"h{k + 1}"]))
     graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, *input_shape])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, sizes[-1]])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])

@@ -13,7 +13,7 @@ writes the report (``report.json`` + ``index.html``: a schema-4 model section wi
 
 Of VNN-COMP instances (an ONNX network and a VNNLIB property)::
 
-    robustlab verify --onnx net.onnx --vnnlib prop.vnnlib --timeout 120 [--method milp] [--out DIR]
+    robustlab verify --onnx net.onnx --vnnlib prop.vnnlib --timeout 120 [--method bab] [--out DIR]
     robustlab verify --instances benchmark/instances.csv [--timeout-scale 0.5] [--out DIR] [--resume]
 
 prints the competition's answer (``sat`` with the counterexample, ``unsat``, ``timeout``,
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from robustlab.cli.options import nonnegative_float, positive_float
 
-METHODS = ("ibp", "crown", "alpha-crown", "lp", "crown-ibp", "milp")
+METHODS = ("ibp", "crown", "alpha-crown", "lp", "crown-ibp", "milp", "bab")
 
 
 def _property_methods() -> tuple:
@@ -56,12 +56,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default=None,
                    help=f"with --model: a bound method, one of {', '.join(METHODS)} (default crown); with --onnx or "
                         "--instances: a method of robustlab.verify.methods.PROPERTY_METHODS: ibp, crown, alpha-crown, "
-                        "lp (a search, then bounds: incomplete) or milp (complete; the default)")
+                        "lp (a search, then bounds: incomplete), milp or bab (complete: branch and bound with beta-CROWN, "
+                        "the default)")
     p.add_argument("--norm", default="linf", choices=("linf", "l2", "l1"), help="threat model norm (default linf)")
     add_option(p, "n_images", default=1000, aliases=("--n",), note="default 1000")
     add_data_args(p)
     add_option(p, "batch_size", default=50, note="images per bound computation; default 50")
-    p.add_argument("--time-limit", type=positive_float, default=60.0, help="MILP seconds per image (default 60)")
+    p.add_argument("--time-limit", type=positive_float, default=60.0,
+                   help="MILP or branch and bound seconds per image (default 60)")
     vnn = p.add_argument_group("VNN-COMP instances")
     vnn.add_argument("--onnx", default=None, help="an ONNX network (with --vnnlib)")
     vnn.add_argument("--vnnlib", default=None, help="a VNNLIB property of the --onnx network")
@@ -106,9 +108,10 @@ def _run_instances(args: argparse.Namespace) -> int:
 
     from robustlab.cli._common import check_out_dir, resolve_device
     from robustlab.verify.instances import Instance, read_instances, result_text, run_instances
+    from robustlab.verify.methods import DEFAULT_PROPERTY_METHOD
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args.method = args.method or "milp"
+    args.method = args.method or DEFAULT_PROPERTY_METHOD
     if args.method not in _property_methods():
         raise ValueError(f"--method with --onnx or --instances must be one of {', '.join(_property_methods())}, "
                          f"got {args.method}")
@@ -190,8 +193,8 @@ def _run(args: argparse.Namespace, info) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not args.time_limit > 0:
         raise ValueError(f"--time-limit must be > 0 seconds, got {args.time_limit}")
-    if args.method == "milp" and args.norm != "linf":
-        raise ValueError(f"--method milp needs --norm linf, got --norm {args.norm}")
+    if args.method in ("milp", "bab") and args.norm != "linf":
+        raise ValueError(f"--method {args.method} needs --norm linf, got --norm {args.norm}")
     tm = ThreatModel(args.norm, args.eps)
     out = Path(args.out) if args.out else Path("out") / "verify" / f"{Path(args.model).name}-{args.method}.json"
     folder = report_folder(out)
@@ -247,7 +250,7 @@ def _run(args: argparse.Namespace, info) -> int:
     print(f"clean accuracy     {clean_rate.value:.4f}  95% CI [{clean_rate.ci_low:.4f}, {clean_rate.ci_high:.4f}]")
     print(f"verified accuracy  {ver_rate.value:.4f}  95% CI [{ver_rate.ci_low:.4f}, {ver_rate.ci_high:.4f}]")
     counts = {s: statuses.count(s) for s in sorted(set(statuses))}
-    if args.method == "milp":
+    if args.method in ("milp", "bab"):
         print("outcomes: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     payload = _old_payload(args, section, per_image, counts, name, seconds)
     write_outputs(section, folder, f"robustlab verify: {args.method} on {section.name}", out, payload, parts=parts_dir,
@@ -262,7 +265,7 @@ def _old_payload(args: argparse.Namespace, section, per_image: list, counts: dic
     return {
         "format": "robustlab-verify", "format_version": 1,
         "model": str(args.model), "dataset": name, "split": args.split, "norm": args.norm, "eps": args.eps,
-        "method": args.method, "time_limit": args.time_limit if args.method == "milp" else None,
+        "method": args.method, "time_limit": args.time_limit if args.method in ("milp", "bab") else None,
         "device": section.device, "seconds": seconds, "seconds_per_image": seconds / n, "n": n,
         "clean_accuracy": clean.value, "clean_accuracy_ci95": [clean.ci_low, clean.ci_high],
         "verified_accuracy": ver.value, "verified_accuracy_ci95": [ver.ci_low, ver.ci_high],
@@ -283,7 +286,7 @@ def _images_section(args: argparse.Namespace, model, images, units: list, status
     labels = torch.cat([rec["label"].cpu() for rec in units])
     pred = torch.cat([rec["prediction"].cpu() for rec in units])
     verified = torch.cat([rec["verified"].cpu() for rec in units])
-    options = {"time_limit": args.time_limit} if args.method == "milp" else {}
+    options = {"time_limit": args.time_limit} if args.method in ("milp", "bab") else {}
     proven = Certificate(torch.where(verified, pred, torch.full_like(pred, -1)),
                          torch.where(verified, torch.full(verified.shape, float(args.eps), dtype=torch.float64), 0.0),
                          ~verified, norm=args.norm)  # radius eps where verified

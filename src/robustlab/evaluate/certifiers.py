@@ -3,7 +3,7 @@
 Each registers a :class:`~robustlab.evaluate.suite.CertifierEntry` with ``certifies="model"``: the
 radius holds for the evaluated model itself, so it is the lower end of each sample's robustness
 interval (the largest linf radius proven by bisection on eps with the chosen bound), next to the
-upper end found by the minimal-norm attacks. ``milp`` checks one radius (``eps``) completely.
+upper end found by the minimal-norm attacks. ``milp`` and ``bab`` check one radius (``eps``) completely.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _check(method: str):
     def check(o: Mapping[str, Any]) -> None:
         check_positive(o["eps"], f"certifier {method}: eps")
         ThreatModel("linf", float(o["eps"]))
-        if method == "milp":
+        if method in ("milp", "bab"):
             check_positive(o["time_limit"], f"certifier {method}: time_limit")
         else:
             check_positive(o["search_steps"], f"certifier {method}: search_steps", integer=True, allow_zero=True)
@@ -41,8 +41,8 @@ def _certify(method: str):
         from robustlab.verify import certify
 
         tm = ThreatModel("linf", float(o["eps"]))
-        if method == "milp":
-            return certify(model, x, None, tm, "milp", time_limit=float(o["time_limit"]))
+        if method in ("milp", "bab"):
+            return certify(model, x, None, tm, method, time_limit=float(o["time_limit"]))
         return certify(model, x, None, tm, method, search_steps=int(o["search_steps"]))
     return run
 
@@ -59,5 +59,12 @@ if "milp" not in CERTIFIERS:
         name="milp", certify=_certify("milp"), defaults={"eps": 0.1, "time_limit": 60.0}, check=_check("milp"),
         certifies="model", norm="linf",
         help="complete MILP verification at radius eps, Tjeng et al. 2019 (arXiv:1711.07356), HiGHS, "
+             "time_limit seconds per image",
+    ))
+if "bab" not in CERTIFIERS:
+    register_certifier(CertifierEntry(
+        name="bab", certify=_certify("bab"), defaults={"eps": 0.1, "time_limit": 60.0}, check=_check("bab"),
+        certifies="model", norm="linf",
+        help="complete branch and bound with beta-CROWN bounds at radius eps, Wang et al. 2021 (arXiv:2103.06624), "
              "time_limit seconds per image",
     ))

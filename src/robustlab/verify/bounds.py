@@ -25,6 +25,10 @@ For the set ``B(x) = {x' : ||x' - x||_p <= eps, lower <= x' <= upper}`` and a sp
 * ``crown-ibp`` -- IBP pre-activation bounds, CROWN for the final layer (Zhang et al. 2020,
   arXiv:1906.06316, eq. 7): the cheap bound certified training uses.
 
+Sigmoid and tanh (:class:`~robustlab.verify.network.ActivationOp`) are monotone (IBP maps the
+interval ends) and get the tangent / chord lines of CROWN (Zhang et al. 2018, Sec. 3.2, Table 1)
+in every backward pass: :func:`activation_relaxation`.
+
 All batched over images, differentiable in the model's parameters (for certified training) and
 on any device/dtype. The network is traced by :func:`robustlab.verify.network.trace`, which
 refuses modules it cannot bound.
@@ -40,7 +44,7 @@ from torch import Tensor, nn
 
 from robustlab._checks import check_images, check_labels
 from robustlab.threat import ThreatModel
-from robustlab.verify.network import Affine, Network, ReLUOp, trace
+from robustlab.verify.network import ActivationOp, Affine, Network, ReLUOp, trace
 from robustlab.verify.tolerance import TAU, check_tau
 
 METHODS = ("ibp", "crown", "alpha-crown", "lp", "crown-ibp")
@@ -58,6 +62,11 @@ class InputSet:
     hi: Tensor
     eps: Tensor
     norm: str
+
+    @classmethod
+    def from_box(cls, lo: Tensor, hi: Tensor) -> "InputSet":
+        """The box ``lo <= x' <= hi`` itself (N, *shape each): a VNNLIB input region."""
+        return cls((lo + hi) / 2, lo, hi, lo.new_zeros(lo.shape[0]), "linf")
 
     @classmethod
     def build(cls, x: Tensor, tm: ThreatModel, eps: Optional[Tensor] = None) -> "InputSet":
@@ -94,6 +103,82 @@ def _relu_relaxation(lower: Tensor, upper: Tensor, mask: Optional[Tensor]) -> tu
     return d, b, unstable
 
 
+def _act(kind: str, x: Tensor) -> Tensor:
+    return torch.sigmoid(x) if kind == "sigmoid" else torch.tanh(x)
+
+
+def _act_slope(kind: str, x: Tensor) -> Tensor:
+    f = _act(kind, x)
+    return f * (1 - f) if kind == "sigmoid" else 1 - f * f
+
+
+def _tangent_through(kind: str, anchor: Tensor, lo: Tensor, hi: Tensor, above: bool, steps: int = 40) -> Tensor:
+    """A tangent point ``t`` in ``[lo, hi]`` whose tangent line passes on the sound side of the point
+    ``(anchor, f(anchor))``: ``g(t) = f(t) + f'(t) (anchor - t) - f(anchor)`` is monotone in t on the
+    bracket (it increases on the concave side t >= 0 with anchor < t, and on the convex side t <= 0 with
+    anchor > t); bisection keeps the end where ``g >= 0`` (``above``) or ``g <= 0`` and returns it, so the
+    line is sound whatever the bisection's precision."""
+    f_anchor = _act(kind, anchor)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        g = _act(kind, mid) + _act_slope(kind, mid) * (anchor - mid) - f_anchor
+        ok = g >= 0 if above else g <= 0
+        # above (t on the concave side, g increasing): ok -> move hi down; below (convex side, g increasing):
+        # ok -> move lo up.
+        if above:
+            hi = torch.where(ok, mid, hi)
+            lo = torch.where(ok, lo, mid)
+        else:
+            lo = torch.where(ok, mid, lo)
+            hi = torch.where(ok, hi, mid)
+    return hi if above else lo
+
+
+def activation_relaxation(kind: str, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Lines ``a_lo x + b_lo <= f(x) <= a_up x + b_up`` for ``x`` in ``[lower, upper]``, f = sigmoid or tanh
+    (CROWN, Zhang et al. 2018, arXiv:1811.00866, Sec. 3.2 and Table 1; f is convex on x <= 0 and concave
+    on x >= 0):
+
+    * ``u <= 0`` (convex): lower = tangent at the midpoint, upper = chord;
+    * ``l >= 0`` (concave): upper = tangent at the midpoint, lower = chord;
+    * ``l < 0 < u``: the upper line is the chord if ``f'(u) >= k`` (k the chord's slope), else the
+      tangent at a point ``t in [0, u]`` whose line passes above ``(l, f(l))`` (valid on [0, u] as a
+      tangent of the concave part, and on [l, 0] because the gap to f is concave there and >= 0 at
+      both ends); symmetrically the lower line is the chord if ``f'(l) >= k``, else the tangent at a
+      point ``t in [l, 0]`` passing below ``(u, f(u))``.
+
+    Computed in float64 (the tangent point by a bisection that keeps the sound end); the intercepts
+    are then moved outwards by a few units of the working precision so that rounding the lines to
+    ``lower.dtype`` keeps them sound. Intervals narrower than 1e-9 get the constant lines f(l), f(u).
+    """
+    dtype = lower.dtype
+    l, u = lower.double(), upper.double()
+    fl, fu = _act(kind, l), _act(kind, u)
+    width = u - l
+    narrow = width < 1e-9
+    k = (fu - fl) / torch.where(narrow, torch.ones_like(width), width)
+    chord_b_lo = fl - k * l  # the chord through (l, f(l)) and (u, f(u))
+    mid = (l + u) / 2
+    zero = torch.zeros_like(l)
+    t_up = torch.where(l >= 0, mid, _tangent_through(kind, l, zero, u.clamp(min=0), above=True))
+    t_lo = torch.where(u <= 0, mid, _tangent_through(kind, u, l.clamp(max=0), zero, above=False))
+    a_tu, a_tl = _act_slope(kind, t_up), _act_slope(kind, t_lo)
+    b_tu, b_tl = _act(kind, t_up) - a_tu * t_up, _act(kind, t_lo) - a_tl * t_lo
+    upper_chord = (u <= 0) | ((l < 0) & (_act_slope(kind, u) >= k))
+    lower_chord = (l >= 0) | ((u > 0) & (_act_slope(kind, l) >= k))
+    a_up = torch.where(upper_chord, k, a_tu)
+    b_up = torch.where(upper_chord, chord_b_lo, b_tu)
+    a_lo = torch.where(lower_chord, k, a_tl)
+    b_lo = torch.where(lower_chord, chord_b_lo, b_tl)
+    a_up, a_lo = torch.where(narrow, zero, a_up), torch.where(narrow, zero, a_lo)
+    b_up, b_lo = torch.where(narrow, fu, b_up), torch.where(narrow, fl, b_lo)
+    span = l.abs().maximum(u.abs())
+    eps = torch.finfo(dtype).eps if dtype.is_floating_point else 2.0 ** -52
+    slack_up = 1e-12 + 8 * max(eps, 2.0 ** -52) * (1 + b_up.abs() + a_up.abs() * span)
+    slack_lo = 1e-12 + 8 * max(eps, 2.0 ** -52) * (1 + b_lo.abs() + a_lo.abs() * span)
+    return a_lo.to(dtype), (b_lo - slack_lo).to(dtype), a_up.to(dtype), (b_up + slack_up).to(dtype)
+
+
 def _lower_slope(d: Tensor, unstable: Tensor, rule: str) -> Tensor:
     """Lower line slope: 'adaptive' (CROWN: 1 if u > -l), 'parallel' (Wong & Kolter: u / (u - l))."""
     if rule == "parallel":
@@ -112,7 +197,12 @@ def backward_lower(net: Network, end: int, lam: Tensor, bounds: dict, inputs: In
     bias = lam.new_zeros(lam.shape[:2])
     for i in range(end - 1, start - 1, -1):
         op = net.ops[i]
-        if isinstance(op, ReLUOp):
+        if isinstance(op, ActivationOp):
+            a_lo, b_lo, a_up, b_up = activation_relaxation(op.kind, *bounds[i])
+            pos, neg = lam.clamp(min=0), lam.clamp(max=0)
+            bias = bias + (pos * b_lo + neg * b_up).flatten(2).sum(-1)
+            lam = pos * a_lo + neg * a_up
+        elif isinstance(op, ReLUOp):
             lower, upper = bounds[i]
             d, b, unstable = _relu_relaxation(lower, upper, op.mask)
             a = _lower_slope(d, unstable, rule) if slopes is None or i not in slopes else torch.where(
@@ -136,10 +226,6 @@ def _interval(op: Affine, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
     return c - r, c + r
 
 
-def _relu_interval(op: ReLUOp, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-    return op.forward(lo), op.forward(hi)
-
-
 def _identity_spec(shape: tuple, n: int, idx: Tensor, like: Tensor) -> Tensor:
     """One-hot coefficients (S, N, *shape) selecting the flat neurons ``idx`` (S,)."""
     s = idx.shape[0]
@@ -154,10 +240,13 @@ def _crown_preactivation(net: Network, i: int, bounds: dict, inputs: InputSet, i
     the batch; all of them when ``everything``), intersected with ``ibp``."""
     lo, hi = ibp
     n, shape = lo.shape[0], lo.shape[1:]
-    mask = net.ops[i].mask
-    unstable = (lo < 0) & (hi > 0)
-    if mask is not None:
-        unstable = unstable & mask
+    if isinstance(net.ops[i], ActivationOp):
+        unstable = hi > lo  # every neuron of a sigmoid / tanh layer is relaxed: all need bounds
+    else:
+        mask = net.ops[i].mask
+        unstable = (lo < 0) & (hi > 0)
+        if mask is not None:
+            unstable = unstable & mask
     flat_unstable = unstable.reshape(n, -1).any(0) if not everything else torch.ones_like(lo[0], dtype=torch.bool).flatten()
     idx = flat_unstable.nonzero().squeeze(1)
     if idx.numel() == 0:
@@ -179,15 +268,15 @@ def _crown_preactivation(net: Network, i: int, bounds: dict, inputs: InputSet, i
 
 
 def preactivation_bounds(net: Network, inputs: InputSet, mode: str) -> tuple[dict, tuple[Tensor, Tensor]]:
-    """Bounds of every ReLU's input (``{op index: (lower, upper)}``) and the interval of the last
-    ReLU's output (or of the input when there is none). ``mode``: 'ibp', 'crown' (adaptive) or
+    """Bounds of every ReLU's / activation's input (``{op index: (lower, upper)}``) and the interval
+    of the last one's output (or of the input when there is none). ``mode``: 'ibp', 'crown' (adaptive) or
     'lp' (parallel slopes)."""
     lo, hi = inputs.lo, inputs.hi
     bounds: dict = {}
     first = True
     last_box = (lo, hi)
     for i, op in enumerate(net.ops):
-        if isinstance(op, ReLUOp):
+        if isinstance(op, (ReLUOp, ActivationOp)):
             if mode != "ibp" and (not first or inputs.norm != "linf" or _weight_ops(net, i) > 1):
                 lo, hi = _crown_preactivation(net, i, bounds, inputs, (lo, hi), "parallel" if mode == "lp" else
                                               "adaptive", everything=first and inputs.norm != "linf")
@@ -195,7 +284,7 @@ def preactivation_bounds(net: Network, inputs: InputSet, mode: str) -> tuple[dic
                 lo, hi = _crown_preactivation(net, i, bounds, inputs, (lo, hi), "adaptive", everything=True)
             first = False
             bounds[i] = (lo, hi)
-            lo, hi = _relu_interval(op, lo, hi)
+            lo, hi = op.forward(lo), op.forward(hi)  # monotone
             last_box = (lo, hi)
         else:
             lo, hi = _interval(op, lo, hi)
@@ -203,7 +292,7 @@ def preactivation_bounds(net: Network, inputs: InputSet, mode: str) -> tuple[dic
 
 
 def _weight_ops(net: Network, end: int) -> int:
-    return sum(1 for op in net.ops[:end] if not isinstance(op, ReLUOp) and type(op).__name__ in ("LinearOp", "ConvOp",
+    return sum(1 for op in net.ops[:end] if type(op).__name__ in ("LinearOp", "ConvOp",
                                                                                               "MixOp", "ResidualOp"))
 
 
@@ -226,7 +315,7 @@ def _final(net: Network, c: Tensor, bounds: dict, last_box: tuple[Tensor, Tensor
     the interval bound is often the tighter one)."""
     both = torch.cat([c, -c]) if upper else c
     end = len(net.ops)
-    relus = net.relu_indices
+    relus = net.nonlinear_indices
 
     def interval() -> Tensor:
         start = relus[-1] + 1 if relus else 0
@@ -246,10 +335,12 @@ def _alpha_crown(net: Network, both: Tensor, bounds: dict, inputs: InputSet, ste
     end = len(net.ops)
     with torch.no_grad():
         best = backward_lower(net, end, both, bounds, inputs)
-    if steps == 0 or not bounds:
+    if steps == 0 or not any(isinstance(net.ops[i], ReLUOp) for i in bounds):
         return best
     alphas = {}
     for i, (lower, upper) in bounds.items():
+        if not isinstance(net.ops[i], ReLUOp):
+            continue
         d, _, unstable = _relu_relaxation(lower, upper, net.ops[i].mask)
         init = _lower_slope(d, unstable, "adaptive")
         alphas[i] = init.unsqueeze(0).expand(both.shape[0], *init.shape).clone().requires_grad_(True)

@@ -22,11 +22,13 @@ from torch import Tensor, nn
 from robustlab._checks import check_images, check_labels
 from robustlab.certificates import Certificate
 from robustlab.threat import ThreatModel
-from robustlab.verify.bounds import METHODS, _detached, _prepare, bound_network, spec_matrix
+from robustlab.verify.bounds import METHODS, InputSet, _detached, _prepare, bound_network, spec_matrix
 from robustlab.verify.milp import model_eval_logits, verify_milp
+from robustlab.verify.spec import robustness_property
 from robustlab.verify.tolerance import TAU, check_tau
 
-CERTIFY_METHODS = METHODS + ("milp",)
+CERTIFY_METHODS = METHODS + ("milp", "bab")
+_BAB_STATUS = {"unsat": "verified", "sat": "counterexample", "timeout": "unknown", "unknown": "unknown"}
 
 
 def certify(model: nn.Module, x: Tensor, y: Optional[Tensor], tm: ThreatModel, method: str = "crown", *,
@@ -39,9 +41,11 @@ def certify(model: nn.Module, x: Tensor, y: Optional[Tensor], tm: ThreatModel, m
         x: images (N, C, H, W); y: the class to certify per sample (N,), or None for the model's
             prediction (a misclassified sample with ``y`` given is never verified).
         tm: the threat model; ``tm.eps`` the radius to prove (the upper end with ``search_steps``).
-        method: ``ibp``, ``crown``, ``alpha-crown``, ``lp``, ``crown-ibp`` or ``milp`` (complete,
-            linf, ``time_limit`` seconds per sample; ``info["status"]`` holds verified /
-            counterexample / unknown per sample).
+        method: ``ibp``, ``crown``, ``alpha-crown``, ``lp``, ``crown-ibp``, ``milp`` or ``bab``
+            (both complete, linf, ``time_limit`` seconds per sample; ``info["status"]`` holds
+            verified / counterexample / unknown per sample; ``bab`` is branch and bound with
+            beta-CROWN, :func:`robustlab.verify.bab.verify_property`, on the robustness property of
+            the ball ∩ box, and adds ``info["domains"]``).
         search_steps: bisection steps for the largest provable radius (0: prove ``tm.eps`` only).
         tau: the margin (logits) every ``z_c - z_j`` must provably exceed (>= 0; see
             :mod:`robustlab.verify.tolerance`).
@@ -56,6 +60,8 @@ def certify(model: nn.Module, x: Tensor, y: Optional[Tensor], tm: ThreatModel, m
     x = check_images(x, "x", lower=tm.lower, upper=tm.upper)
     pred = model_eval_logits(model, x).argmax(1)
     cls = pred if y is None else check_labels(y, x.shape[0], "y").to(x.device)
+    if method == "bab":
+        return _certify_bab(model, x, pred, cls, tm, search_steps, time_limit, tau)
     if method == "milp":
         if search_steps:
             raise ValueError("search_steps is not supported with method='milp' (one complete check per radius)")
@@ -92,6 +98,40 @@ def certify(model: nn.Module, x: Tensor, y: Optional[Tensor], tm: ThreatModel, m
     any_ok = (radius > 0) | (ok & (tm.eps == 0))
     cert = _certificate(cls, any_ok, 0.0, tm.norm, x, radius=radius)
     cert.info.update({"method": method, "eps": tm.eps, "search_steps": search_steps, "tau": tau})
+    return cert
+
+
+def _certify_bab(model: nn.Module, x: Tensor, pred: Tensor, cls: Tensor, tm: ThreatModel, search_steps: int,
+                 time_limit: float, tau: float) -> Certificate:
+    """Branch and bound per sample on ``robustness_property(ball ∩ box, cls, margin=tau)``; a sample
+    the model already misclassifies is a counterexample at once; a point of margin in ``(0, tau]``
+    (unsafe for the property, the prediction unchanged) leaves the sample ``unknown``, as the MILP does."""
+    from robustlab.verify.bab import verify_property
+
+    if search_steps:
+        raise ValueError("search_steps is not supported with method='bab' (one complete check per radius)")
+    if tm.norm != "linf":
+        raise ValueError(f"method='bab' needs a linf threat model (the ball ∩ box is a box), got norm {tm.norm!r}")
+    if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)) or not time_limit > 0:
+        raise ValueError(f"time_limit must be > 0 seconds, got {time_limit!r}")
+    net, _ = _prepare(model, x, tm, "crown", "margin", cls)
+    inputs = InputSet.build(x, tm)
+    status, seconds, domains = [], [], []
+    for i in range(x.shape[0]):
+        if int(pred[i]) != int(cls[i]):
+            status.append("counterexample"), seconds.append(0.0), domains.append(0)
+            continue
+        prop = robustness_property(inputs.lo[i], inputs.hi[i], int(cls[i]), net.num_classes, name=f"sample {i}",
+                                   margin=tau)
+        res = verify_property(net, prop, timeout=float(time_limit))
+        verdict = _BAB_STATUS[res.status]
+        if verdict == "counterexample" and int(res.output.reshape(-1).argmax()) == int(cls[i]):
+            verdict = "unknown"  # within tau of the boundary, not across it
+        status.append(verdict), seconds.append(res.seconds), domains.append(res.domains)
+    ok = torch.tensor([st == "verified" for st in status], device=x.device)
+    cert = _certificate(cls, ok, tm.eps, tm.norm, x)
+    cert.info.update({"method": "bab", "status": status, "time_limit": float(time_limit), "seconds": seconds,
+                      "domains": domains, "tau": tau})
     return cert
 
 

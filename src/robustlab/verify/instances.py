@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from robustlab._io import atomic_write_text
 from robustlab.verify.falsify import falsify
-from robustlab.verify.methods import PROPERTY_METHODS, STATUSES
+from robustlab.verify.methods import DEFAULT_PROPERTY_METHOD, PROPERTY_METHODS, STATUSES
 from robustlab.verify.network import Network, trace
 from robustlab.verify.spec import Property
 from robustlab.verify.vnnlib import read_vnnlib
@@ -176,7 +176,7 @@ def _check_sat(loaded: LoadedNetwork, prop: Property, x: Tensor) -> tuple[bool, 
     return inside and bool(prop.unsafe(y[None])[0]), y, by
 
 
-def run_instance(inst: Instance, loaded: LoadedNetwork, *, method: str = "milp", seed: int = 0,
+def run_instance(inst: Instance, loaded: LoadedNetwork, *, method: str = DEFAULT_PROPERTY_METHOD, seed: int = 0,
                  timeout_scale: float = 1.0, check: bool = True,
                  methods: Optional[dict[str, Callable[..., Any]]] = None) -> dict:
     """Answer one instance and check the answer (module docstring); the record (a JSON-ready dict)."""
@@ -271,7 +271,7 @@ def _summary(records: list[dict], settings: dict) -> dict:
             "seconds": sum(r["seconds"] for r in records), "records": records}
 
 
-def run_instances(instances: Sequence[Instance], out: PathLike, *, method: str = "milp", seed: int = 0,
+def run_instances(instances: Sequence[Instance], out: PathLike, *, method: str = DEFAULT_PROPERTY_METHOD, seed: int = 0,
                   timeout_scale: float = 1.0, resume: bool = False, progress: bool = True,
                   device: "str | torch.device" = "cpu", check: bool = True,
                   methods: Optional[dict[str, Callable[..., Any]]] = None) -> dict:

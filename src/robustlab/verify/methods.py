@@ -17,6 +17,12 @@ them:
   the mixed-integer feasibility problem of :mod:`robustlab.verify.milp` (Tjeng et al. 2019) with
   the remaining time: infeasible excludes it, a solution is a candidate counterexample, accepted
   after the network's forward confirms it. ``timeout`` when the time runs out.
+* ``bab`` -- *complete*, the default: branch and bound with beta-CROWN bounds
+  (:func:`robustlab.verify.bab.verify_property`; Wang et al. 2021, arXiv:2103.06624): PGD from
+  the box, alpha-CROWN at the root, then ReLU splits bounded in batches with the split
+  constraints, PGD on the way and exact LP leaves. Any linear disjunctive property, ReLU
+  networks (sigmoid / tanh bounded by their linear relaxations: ``unknown`` where splitting ReLUs
+  cannot decide).
 
 Bounds run on the box rounded outwards to the network's dtype, searches on the box rounded
 inwards (:func:`~robustlab.verify.falsify.box_outward`, ``box_inward``), so an answer about the
@@ -27,7 +33,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 import torch
@@ -38,7 +44,10 @@ from robustlab.verify.falsify import box_inward, box_outward, falsify, network_l
 from robustlab.verify.network import Affine, Network, ReLUOp
 from robustlab.verify.spec import Property, stack_rows
 
-__all__ = ["PROPERTY_METHODS", "PropertyResult", "property_bounds"]
+if TYPE_CHECKING:
+    from robustlab.verify.bab import BaBResult
+
+__all__ = ["DEFAULT_PROPERTY_METHOD", "PROPERTY_METHODS", "PropertyResult", "property_bounds"]
 
 STATUSES = ("unsat", "sat", "timeout", "unknown")
 SEARCH = {"restarts": 32, "steps": 100}  # APGD before the bounds: random starts (one batch), steps
@@ -192,7 +201,16 @@ def _milp_method(net: Network, prop: Property, *, timeout: float, seed: int = 0)
     return PropertyResult("unsat", seconds=time.perf_counter() - t0, info={"proved_by": "milp"})
 
 
+def _bab_method(net: Network, prop: Property, *, timeout: float, seed: int = 0) -> "BaBResult":
+    """Branch and bound with beta-CROWN bounds (complete)."""
+    from robustlab.verify.bab import verify_property
+
+    return verify_property(net, prop, timeout=timeout, seed=seed)
+
+
 PROPERTY_METHODS: dict[str, Callable[..., PropertyResult]] = {
     **{name: _bound_method(name) for name in ("ibp", "crown", "alpha-crown", "lp")},
     "milp": _milp_method,
+    "bab": _bab_method,
 }
+DEFAULT_PROPERTY_METHOD = "bab"

@@ -1,12 +1,13 @@
 """A ReLU network as a chain of affine maps and (partial) ReLUs: the form every verifier reads.
 
 :func:`trace` walks the modules of a model (``nn.Sequential`` composition, robustlab's
-:class:`~robustlab.models.Normalize`, Linear, Conv2d, ReLU, Flatten, BatchNorm in eval mode,
-AvgPool2d, AdaptiveAvgPool2d, MaxPool2d with non-overlapping windows, Dropout and Identity as the
-identity, robustlab's ResNet-18 and its basic blocks) and
+:class:`~robustlab.models.Normalize`, Linear, Conv2d, ReLU, Sigmoid, Tanh, Flatten, BatchNorm in
+eval mode, AvgPool2d, AdaptiveAvgPool2d, MaxPool2d with non-overlapping windows, Dropout and
+Identity as the identity, robustlab's ResNet-18 and its basic blocks) and
 returns a :class:`Network`: a list of ops, each either an affine map ``h -> A h + b`` (with its
-transpose for back-substitution) or a ReLU applied to the coordinates of a mask (the others pass
-through unchanged). Anything else is refused with a :class:`TypeError` naming the module and its
+transpose for back-substitution), a ReLU applied to the coordinates of a mask (the others pass
+through unchanged), or an elementwise sigmoid / tanh (:class:`ActivationOp`, from nn.Sigmoid and
+nn.Tanh). Anything else is refused with a :class:`TypeError` naming the module and its
 type: a verifier that guessed the semantics of an unknown module would give unsound bounds.
 
 Residual blocks (robustlab's :class:`~robustlab.models.architectures.BasicBlock`, so the whole
@@ -391,6 +392,28 @@ class ReLUOp:
         return torch.relu(x) if self.mask is None else torch.where(self.mask, torch.relu(x), x)
 
 
+ACTIVATIONS = ("sigmoid", "tanh")
+
+
+@dataclass
+class ActivationOp:
+    """An elementwise S-shaped activation, ``kind`` one of :data:`ACTIVATIONS` (``sigmoid`` or
+    ``tanh``): convex below 0, concave above, monotone; bounded by tangent and chord lines
+    (:func:`robustlab.verify.bounds.activation_relaxation`)."""
+
+    name: str
+    kind: str
+    in_shape: Shape = ()
+    out_shape: Shape = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in ACTIVATIONS:
+            raise ValueError(f"ActivationOp {self.name!r}: kind must be one of {', '.join(ACTIVATIONS)}, got {self.kind!r}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(x) if self.kind == "sigmoid" else torch.tanh(x)
+
+
 @dataclass
 class Network:
     """A traced network: ``ops`` applied in order map (N, *in_shape) to (N, K) logits."""
@@ -408,6 +431,11 @@ class Network:
         return [i for i, op in enumerate(self.ops) if isinstance(op, ReLUOp)]
 
     @property
+    def nonlinear_indices(self) -> list[int]:
+        """The ops that are not affine: ReLUs and S-shaped activations."""
+        return [i for i, op in enumerate(self.ops) if isinstance(op, (ReLUOp, ActivationOp))]
+
+    @property
     def num_classes(self) -> int:
         return int(self.ops[-1].out_shape[0])
 
@@ -420,7 +448,7 @@ def _refuse(name: str, module: nn.Module, why: str = "") -> TypeError:
     extra = f" ({why})" if why else ""
     return TypeError(
         f"robustlab.verify cannot bound module {name or '<model>'!r} of type {type(module).__name__}{extra}; "
-        "supported: nn.Sequential, Normalize, Linear, Conv2d, ReLU, Flatten, BatchNorm1d/2d (eval), AvgPool2d, "
+        "supported: nn.Sequential, Normalize, Linear, Conv2d, ReLU, Sigmoid, Tanh, Flatten, BatchNorm1d/2d (eval), AvgPool2d, "
         "MaxPool2d (kernel == stride, no padding), AdaptiveAvgPool2d (output size dividing the input), Dropout, "
         "Identity, robustlab's ResNet18 / BasicBlock, and ONNX graphs converted by robustlab.models.onnx (branches "
         "joined by Add/Sub/Concat, Reshape, Flatten, Squeeze/Unsqueeze, Transpose, constant Pad, arithmetic with "
@@ -486,6 +514,8 @@ def _module_ops(module: nn.Module, name: str, shape: Shape) -> list:
                        _pair(module.dilation), module.groups, name)]
     if kind is nn.ReLU:
         return [ReLUOp(name)]
+    if kind in (nn.Sigmoid, nn.Tanh):
+        return [ActivationOp(name, "sigmoid" if kind is nn.Sigmoid else "tanh")]
     if kind is nn.Flatten:
         if module.start_dim != 1 or module.end_dim != -1:
             raise _refuse(name, module, f"start_dim={module.start_dim}, end_dim={module.end_dim}")

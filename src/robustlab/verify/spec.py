@@ -93,8 +93,10 @@ class Property:
         return flat.reshape(x.shape[0], -1).all(dim=1)
 
 
-def robustness_property(lower: Tensor, upper: Tensor, label: int, num_classes: int, name: str = "") -> Property:
-    """The property "class ``label`` stays the arg max on the box": U = union_{j != label} {y_label - y_j <= 0}."""
+def robustness_property(lower: Tensor, upper: Tensor, label: int, num_classes: int, name: str = "",
+                        margin: float = 0.0) -> Property:
+    """The property "class ``label`` stays the arg max on the box, by more than ``margin``":
+    U = union_{j != label} {y_label - y_j <= margin}."""
     if not 0 <= int(label) < int(num_classes):
         raise ValueError(f"label {label} is not a class of a {num_classes}-class network")
     groups: list[tuple[Tensor, Tensor]] = []
@@ -103,7 +105,7 @@ def robustness_property(lower: Tensor, upper: Tensor, label: int, num_classes: i
             continue
         c = torch.zeros(1, int(num_classes), dtype=torch.float64)
         c[0, int(label)], c[0, j] = 1.0, -1.0
-        groups.append((c, torch.zeros(1, dtype=torch.float64)))
+        groups.append((c, torch.full((1,), float(margin), dtype=torch.float64)))
     return Property(lower, upper, tuple(groups), int(label), name)
 
 
