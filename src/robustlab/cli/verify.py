@@ -175,18 +175,35 @@ def _print_table(summary: dict) -> None:
           f"   ({summary['seconds']:.1f} s, method {summary['method']})")
 
 
+def _per_image(units: list, starts: list) -> tuple[list, list, list]:
+    """Per image of every unit: its record (index, label, prediction, correct, verified, status),
+    the statuses and the seconds spent on it."""
+    from robustlab._io import tensor_json
+
+    per_image, statuses, seconds_per = [], [], []
+    for u, rec in enumerate(units):
+        status = tensor_json(rec["status_json"])
+        for i in range(rec["label"].shape[0]):
+            per_image.append({"index": starts[u] + i, "label": int(rec["label"][i]),
+                              "prediction": int(rec["prediction"][i]),
+                              "correct": bool(rec["prediction"][i] == rec["label"][i]),
+                              "verified": bool(rec["verified"][i]), "status": status[i]})
+        statuses += status
+        seconds_per += [float(v) for v in rec["seconds"].tolist()]
+    return per_image, statuses, seconds_per
+
+
 def _run(args: argparse.Namespace, info) -> int:
     import torch
     from tqdm.auto import tqdm
 
     from robustlab import data
-    from robustlab._io import json_tensor, tensor_json
+    from robustlab._io import json_tensor
     from robustlab.cli._common import load_model
     from robustlab.cli._outputs import report_folder, write_outputs
     from robustlab.threat import ThreatModel
     from robustlab.evaluate.shards import UnitFiles, config_hash, run_units
     from robustlab.verify import certify
-
 
     for name in ("n_images", "batch_size"):
         if getattr(args, name) < 1:
@@ -232,16 +249,7 @@ def _run(args: argparse.Namespace, info) -> int:
     bar.close()
     if not info.is_main:
         return 0
-    per_image, statuses, seconds_per = [], [], []
-    for u, rec in enumerate(units):
-        status = tensor_json(rec["status_json"])
-        for i in range(rec["label"].shape[0]):
-            per_image.append({"index": starts[u] + i, "label": int(rec["label"][i]),
-                              "prediction": int(rec["prediction"][i]),
-                              "correct": bool(rec["prediction"][i] == rec["label"][i]),
-                              "verified": bool(rec["verified"][i]), "status": status[i]})
-        statuses += status
-        seconds_per += [float(v) for v in rec["seconds"].tolist()]
+    per_image, statuses, seconds_per = _per_image(units, starts)
     seconds = time.perf_counter() - t0
     section = _images_section(args, model, images, units, statuses, seconds_per, seconds, device)
     clean_rate, ver_rate = section.clean, section.certificates[0].certified_accuracy[0]
