@@ -64,10 +64,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-train", type=positive_int, default=5000,
                    help="training images for references / the auto-encoder")
     add_data_args(p, split=False)
+    add_option(p, "device")
     add_option(p, "batch_size", default=100, note="images per batch; default 100")
     add_option(p, "seed", default=0)
     add_option(p, "out", required=True, note="a JSON file of the deprecated format; the report (report.json, "
                                               "index.html) goes into the folder of the same name without .json")
+    add_option(p, "no_progress")
     p.add_argument("--html", default=None, metavar="DIR",
                    help="also write the detection page (table and ROC curves: detection.html, detection_roc.png) into DIR")
     p.set_defaults(func=run)
@@ -75,7 +77,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, *, model: Optional[Any] = None) -> int:
     from robustlab import __version__, data
-    from robustlab.cli._common import dataset_name, load_model
+    from tqdm.auto import tqdm
+
+    from robustlab.cli._common import dataset_name, load_model, resolve_device
     from robustlab.cli._outputs import report_folder, write_outputs
     from robustlab.cli.evaluate import model_label
     from robustlab.evaluate.sections import CommandRun, Sections, detection, model_section
@@ -88,22 +92,23 @@ def run(args: argparse.Namespace, *, model: Optional[Any] = None) -> int:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if not 0.0 < args.fpr < 1.0:
         raise ValueError(f"--fpr must be in (0, 1), got {args.fpr}")
-    if model is None:
-        model = load_model(args)
-    model = model.eval()
+    device = resolve_device(getattr(args, "device", None))
+    model = (load_model(args, device) if model is None else model.to(device)).eval()
     dataset = dataset_name(args, model)
     test = data.load(dataset, "test", args.root)
     train = data.load(dataset, "train", args.root)
     n = args.n_images
     if n + args.n_fit > len(test.labels):
         raise ValueError(f"--n-images + --n-fit = {n + args.n_fit} exceeds the {len(test.labels)} test images")
-    x, y = test.images[:n], test.labels[:n]
-    fit_x = test.images[n : n + args.n_fit]
-    tr_x, tr_y = train.images[: args.n_train], train.labels[: args.n_train]
+    x, y = test.images[:n].to(device), test.labels[:n].to(device)
+    fit_x = test.images[n : n + args.n_fit].to(device)
+    tr_x, tr_y = train.images[: args.n_train].to(device), train.labels[: args.n_train].to(device)
 
     folder = report_folder(args.out)  # before any work: an unwritable report folder fails now
     t0 = time.perf_counter()
     records = []
+    bar = tqdm(total=len(detectors) * len(attacks) * (2 if args.adaptive else 1), unit="run", desc="detect",
+               disable=getattr(args, "no_progress", False))
     for dname in detectors:
         det = build_detector(dname, model, tr_x, tr_y, seed=args.seed).fit(fit_x, fpr=args.fpr, batch_size=args.batch_size)
         for aname in attacks:
@@ -113,11 +118,13 @@ def run(args: argparse.Namespace, *, model: Optional[Any] = None) -> int:
                 rec = evaluate_detector(det, model, attack, x, y, batch_size=args.batch_size)
                 rec.update(detector=dname, detector_config=det.config(), attack_name=aname, adaptive=adaptive)
                 records.append(rec)
+                bar.update(1)
                 rate = "n/a" if rec["detection_rate"] is None else f"{rec['detection_rate']:.3f}"
                 auc = "n/a" if rec["auc"] is None else f"{rec['auc']:.3f}"
                 print(f"{dname:8s} {aname:6s} {'adaptive' if adaptive else 'plain':8s} detection {rate} at "
                       f"FPR {args.fpr:g} (fit {det.fit_fpr:.3f}), AUC {auc}, evasion {rec['evasion_rate']:.3f} "
                       f"({rec['attack_success']} adversarial of {rec['n']})")
+    bar.close()
     out = {
         "format": "robustlab-detect", "format_version": 1, "robustlab": __version__, "model": str(args.model),
         "dataset": dataset, "eps": args.eps, "l2_eps": args.l2_eps, "fpr": args.fpr, "n": n,
