@@ -66,6 +66,24 @@ def _l2_stats(model, x, y, x_adv, seconds):
             "n_correct": int(ok.sum())}
 
 
+def _foolbox_fmn_projected(fb):
+    """Foolbox 3.3.4's ``L2FMNAttack`` with its L2-ball projection repaired.
+
+    Its ``project`` scales ``x - x0`` by ``min(1, norms / norms)`` (always 1, and of the norm of
+    ``x`` rather than of ``x - x0``), so the attack never shrinks onto its epsilon ball and returns
+    its first adversarial iterate (L2 = ``max_stepsize`` = 1.0). Here: ``min(1, eps / ||x - x0||)``.
+    """
+    import eagerpy as ep
+    from foolbox.devutils import atleast_kd, flatten
+
+    class L2FMNProjected(fb.attacks.L2FMNAttack):
+        def project(self, x, x0, epsilon):
+            norms = ep.maximum(flatten(x - x0).norms.l2(axis=-1), 1e-12)
+            return x0 + (x - x0) * atleast_kd(ep.minimum(1, epsilon / norms), x.ndim)
+
+    return L2FMNProjected
+
+
 def part_minnorm(args) -> dict:
     import foolbox as fb
     import torchattacks
@@ -96,6 +114,8 @@ def part_minnorm(args) -> dict:
         "fmn": {
             "robustlab": lambda: rl.attacks.registry.get("fmn", "l2", steps=STEPS, seed=0).attack(model, x, y).x_adv,
             "foolbox": lambda: fb.attacks.L2FMNAttack(steps=STEPS)(fmodel, x, y, epsilons=None)[0],
+            "foolbox (L2 projection repaired)": lambda: _foolbox_fmn_projected(fb)(steps=STEPS)(
+                fmodel, x, y, epsilons=None)[0],
         },
     }
     for attack, libs in runs.items():
