@@ -13,7 +13,9 @@ Three parts, each runnable alone (``--part``):
   ``hi * std + mean - eps`` where ``x - eps`` was clipped at 0), rounded to k/255 and checked to
   reproduce the box; the label is the one the property protects. Then robustlab's ``standard``
   vs pyautoattack's ``standard`` at 2/255 and 8/255 (robust accuracy, time ratio), and IBP, CROWN
-  and alpha-CROWN verified accuracy at 2/255 (``robustlab.verify.certify``).
+  and alpha-CROWN verified accuracy at each network's property radius (``robustlab.verify.certify``;
+  2/255 for ResNet-2B, 1/255 for ResNet-4B, as in VNN-COMP). ``--vnn-nets`` picks the networks;
+  each network's result is merged into the ``vnncomp`` entry of ``--out``, so they can run apart.
 - ``imagenet``: ``robustlab evaluate --suite quick`` on ``imagenet-sample`` (3x224x224) with a
   random-weight ``resnet18-imagenet`` whose labels are its own predictions (so every image is
   attacked): wall time and peak memory (the child process's maximum resident set) of the CLI.
@@ -28,7 +30,6 @@ import json
 import os
 import re
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -43,6 +44,7 @@ from robustlab.models import catalog
 VNN = Path(os.environ.get("VNNCOMP2021", "/work/shared/vnncomp2021")) / "cifar10_resnet"  # the benchmark folder
 CW = {"steps": 50, "binary_search_steps": 3, "lr": 0.01, "initial_const": 1.0, "kappa": 0.0}
 STEPS = 100  # DDN and FMN
+VNN_NETS = {"resnet2b": ("vnncomp-resnet2b", 2 / 255, 48), "resnet4b": ("vnncomp-resnet4b", 1 / 255, 24)}
 
 
 def _timed(fn):
@@ -62,6 +64,24 @@ def _l2_stats(model, x, y, x_adv, seconds):
     med = float(dist.median()) if len(dist) else float("nan")
     return {"median_l2": med, "success": float(fooled.sum()) / max(int(ok.sum()), 1), "seconds": round(seconds, 2),
             "n_correct": int(ok.sum())}
+
+
+def _foolbox_fmn_projected(fb):
+    """Foolbox 3.3.4's ``L2FMNAttack`` with its L2-ball projection repaired.
+
+    Its ``project`` scales ``x - x0`` by ``min(1, norms / norms)`` (always 1, and of the norm of
+    ``x`` rather than of ``x - x0``), so the attack never shrinks onto its epsilon ball and returns
+    its first adversarial iterate (L2 = ``max_stepsize`` = 1.0). Here: ``min(1, eps / ||x - x0||)``.
+    """
+    import eagerpy as ep
+    from foolbox.devutils import atleast_kd, flatten
+
+    class L2FMNProjected(fb.attacks.L2FMNAttack):
+        def project(self, x, x0, epsilon):
+            norms = ep.maximum(flatten(x - x0).norms.l2(axis=-1), 1e-12)
+            return x0 + (x - x0) * atleast_kd(ep.minimum(1, epsilon / norms), x.ndim)
+
+    return L2FMNProjected
 
 
 def part_minnorm(args) -> dict:
@@ -94,6 +114,8 @@ def part_minnorm(args) -> dict:
         "fmn": {
             "robustlab": lambda: rl.attacks.registry.get("fmn", "l2", steps=STEPS, seed=0).attack(model, x, y).x_adv,
             "foolbox": lambda: fb.attacks.L2FMNAttack(steps=STEPS)(fmodel, x, y, epsilons=None)[0],
+            "foolbox (L2 projection repaired)": lambda: _foolbox_fmn_projected(fb)(steps=STEPS)(
+                fmodel, x, y, epsilons=None)[0],
         },
     }
     for attack, libs in runs.items():
@@ -136,8 +158,10 @@ def part_vnncomp(args) -> dict:
     from pyautoattack import AutoAttack
 
     out: dict = {}
-    nets = (("vnncomp-resnet2b", "resnet2b", 2 / 255, 48), ("vnncomp-resnet4b", "resnet4b", 1 / 255, 24))
-    for name, folder, prop_eps, n in nets[: args.vnn_nets]:
+    for folder in args.vnn_nets.split(","):
+        if folder not in VNN_NETS:
+            raise SystemExit(f"--vnn-nets: unknown network {folder!r} (known: {', '.join(VNN_NETS)})")
+        name, prop_eps, n = VNN_NETS[folder]
         n = min(n, args.vnn_n)
         model = catalog.load(name, source=VNN)
         e = catalog.entry(name)
@@ -158,13 +182,14 @@ def part_vnncomp(args) -> dict:
                 "robustlab_s": round(t_rl, 1), "autoattack_s": round(t_aa, 1), "time_ratio": round(t_aa / t_rl, 2)}
             print(f"{name} eps {eps * 255:.0f}/255: robustlab standard {100 * row['robustlab_standard']:.1f}% "
                   f"({t_rl:.0f} s), AutoAttack {100 * row['autoattack_standard']:.1f}% ({t_aa:.0f} s)", flush=True)
-        tm = rl.ThreatModel("linf", 2 / 255)
+        tm = rl.ThreatModel("linf", prop_eps)  # the radius the properties ask to prove
         for method in args.methods.split(","):
             k = n if method != "alpha-crown" else min(n, args.alpha_n)
             cert, t = _timed(lambda: rl.verify.certify(model, x[:k], y[:k], tm, method=method))
             acc = float((~cert.abstain).float().mean())
-            res["verified"][method] = {"verified": acc, "n": k, "seconds": round(t, 1)}
-            print(f"{name} {method} at 2/255: verified {100 * acc:.1f}% of {k} ({t:.0f} s)", flush=True)
+            res["verified"][method] = {"verified": acc, "n": k, "eps": prop_eps, "seconds": round(t, 1)}
+            print(f"{name} {method} at {prop_eps * 255:.0f}/255: verified {100 * acc:.1f}% of {k} ({t:.0f} s)",
+                  flush=True)
         out[name] = res
     return out
 
@@ -200,19 +225,25 @@ def main() -> None:
     ap.add_argument("--cw-steps", type=int, default=50, help="CW Adam steps per search step")
     ap.add_argument("--steps", type=int, default=100, help="DDN and FMN steps")
     ap.add_argument("--vnn-n", type=int, default=48, help="at most this many properties per VNN-COMP network")
-    ap.add_argument("--vnn-nets", type=int, default=2, help="1: ResNet-2B only; 2: also ResNet-4B")
+    ap.add_argument("--vnn-nets", default="resnet2b,resnet4b", help="VNN-COMP networks (comma-separated)")
     ap.add_argument("--alpha-n", type=int, default=48, help="images for alpha-CROWN (slow on the CPU)")
     ap.add_argument("--imagenet-n", type=int, default=20)
     ap.add_argument("--imagenet-eps", default="0.00392156862745098,0.00784313725490196")
     ap.add_argument("--work", default="out/bench-natural")
     ap.add_argument("--out", default="benchmarks/results/natural.json")
     args = ap.parse_args()
-    results: dict = {"torch": torch.__version__, "threads": torch.get_num_threads()}
     path = Path(args.out)
-    if path.is_file():
-        results.update(json.loads(path.read_text()))
+    results: dict = json.loads(path.read_text()) if path.is_file() else {}
+    results.pop("threads", None)  # recorded per run below (parts may run apart, with other settings)
+    results["torch"] = torch.__version__
     for part in args.part.split(","):
-        results[part] = {"minnorm": part_minnorm, "vnncomp": part_vnncomp, "imagenet": part_imagenet}[part](args)
+        run = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "threads": torch.get_num_threads(),
+               "loadavg_at_start": [round(v, 2) for v in os.getloadavg()]}
+        new = {"minnorm": part_minnorm, "vnncomp": part_vnncomp, "imagenet": part_imagenet}[part](args)
+        if part == "vnncomp":  # one entry per network, each with its own run record
+            results[part] = {**results.get(part, {}), **{k: {**v, "run": run} for k, v in new.items()}}
+        else:
+            results[part] = {**new, "run": run}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps({k: v for k, v in results.items() if k != "imagenet"}, indent=1)[:4000])
