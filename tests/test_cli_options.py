@@ -204,3 +204,15 @@ def test_the_readme_command_lines_parse_without_a_deprecated_spelling(capsys):
     for argv in commands:
         build_parser().parse_args(argv)  # every line parses as printed (SystemExit otherwise)
         assert "deprecated" not in capsys.readouterr().err, argv
+
+
+def test_alpha_is_only_ever_a_probability(capsys):
+    """``--alpha`` is certify's failure probability; train's FGSM-regularised clean-loss weight is
+    ``--clean-weight`` (``--alpha`` there still works for one release, with a note)."""
+    args = build_parser().parse_args(["train", "--dataset", "digits", "--arch", "mlp", "--out", "o",
+                                      "--adversary", "fgsm-reg", "--clean-weight", "0.3"])
+    assert args.clean_weight == 0.3 and not hasattr(args, "alpha")
+    with pytest.warns(DeprecationWarning, match="--alpha is deprecated"):
+        old = build_parser().parse_args(["train", "--dataset", "digits", "--arch", "mlp", "--out", "o",
+                                         "--adversary", "fgsm-reg", "--alpha", "0.3"])
+    assert old.clean_weight == 0.3 and "--alpha is deprecated" in capsys.readouterr().err

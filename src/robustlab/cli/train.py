@@ -24,11 +24,14 @@ from typing import Any, Callable
 from robustlab.cli.options import (nonnegative_float, nonnegative_int, positive_float, positive_int, probability,
                                    unit_interval)
 
+#: Adversary parameters renamed so that one option means one thing in every subcommand: the old flag.
+_OLD_FLAGS = {"clean_weight": ("--alpha",)}
+
 #: How ``robustlab train`` parses the adversaries' numeric parameters (robustlab.training.base.Param):
 #: by name, else by type (counts >= 1, other numbers >= 0), so a bad value is an error naming the flag.
 PARAM_TYPES: dict[str, Callable[[str], Any]] = {
     "eps": nonnegative_float, "steps": positive_int, "step_size": positive_float, "beta": nonnegative_float,
-    "sigma": positive_float, "alpha": unit_interval, "kappa_start": unit_interval, "kappa_end": unit_interval,
+    "sigma": positive_float, "clean_weight": unit_interval, "kappa_start": unit_interval, "kappa_end": unit_interval,
     "warmup": unit_interval, "ramp": unit_interval, "max_norm": positive_float, "temperature": positive_float,
     "dp_eps": positive_float, "delta": unit_interval, "L": positive_float,
 }
@@ -54,7 +57,7 @@ def register(subparsers: "argparse._SubParsersAction[Any]") -> None:
     from robustlab.training.augment import AUGMENTATIONS
     from robustlab.models.registry import architectures
 
-    from robustlab.cli._common import SHARED, add_option
+    from robustlab.cli._common import SHARED, _Store, add_option
 
     p.add_argument("--recipe", default=None,
                    help=f"a published recipe ({', '.join(recipes.names())}) or a TOML file of these options "
@@ -83,8 +86,9 @@ def register(subparsers: "argparse._SubParsersAction[Any]") -> None:
         if param.name in SHARED:  # the one spelling, type and help of the shared vocabulary (--dp-eps)
             add_option(adv, param.name, default=None, note=defaults)
         else:
-            adv.add_argument(param.flag, dest=param.name, type=param_type(param), default=None,
-                             help=f"{param.help} [{defaults}]")
+            old = _OLD_FLAGS.get(param.name, ())  # the old spellings keep working for one release, with a note
+            adv.add_argument(param.flag, *old, dest=param.name, type=param_type(param), default=None,
+                             help=f"{param.help} [{defaults}]", **({"action": _Store, "deprecated": old} if old else {}))
     adv.add_argument("--eps-warmup", type=nonnegative_float, default=None,
                      help="epochs of linear eps warm-up from 0 (default 0)")
     val = p.add_mutually_exclusive_group()

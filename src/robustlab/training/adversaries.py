@@ -99,8 +99,11 @@ register_adversary("none", lambda: Standard(), (), "standard training (cross-ent
 register_adversary("noise", lambda sigma: GaussianNoise(sigma),
                    (Param("sigma", float, "Gaussian noise standard deviation in [0, 1] pixel units", 0.25),),
                    "Gaussian noise augmentation (Cohen et al. 2019), for randomized smoothing")
-register_adversary("fgsm-reg", lambda norm, eps, alpha: adversarial.FGSMRegularized(_threat(norm, eps), alpha=alpha),
-                   (_NORM, _EPS, Param("alpha", float, "clean-loss weight of FGSM-regularised training", 0.5)),
+register_adversary("fgsm-reg", lambda norm, eps, clean_weight: adversarial.FGSMRegularized(_threat(norm, eps),
+                                                                                         alpha=clean_weight),
+                   (_NORM, _EPS, Param("clean_weight", float, "clean-loss weight alpha of FGSM-regularised training "
+                                                              "(--alpha, deprecated: certify's --alpha is a probability)",
+                                       0.5)),
                    "FGSM-regularised objective (Goodfellow et al. 2015)")
 register_adversary("fgsm-rs", lambda norm, eps, step_size, fast: adversarial.FGSMRS(
                        _threat(norm, eps), step=step_size, fast=fast),
