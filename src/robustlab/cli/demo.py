@@ -95,6 +95,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--export", default=None, metavar="DIR",
                    help="also write the models used into DIR in the shipped form (<name>.safetensors and SHA256SUMS)")
     add_option(p, "resume", note="the finished evaluation batches")
+    add_option(p, "device", note="where the evaluation runs; default cpu")
+    add_option(p, "seed", default=0, note="of the evaluation's attacks and certificates; the models are trained "
+                                          "(--retrain) with their recipe's seed 0; default 0")
     add_option(p, "no_progress")
     p.set_defaults(func=run)
 
@@ -282,13 +285,14 @@ def _suites(quick: bool, trained: dict) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from robustlab import data, demo_models, evaluate
-    from robustlab.cli._common import check_out_dir
+    from robustlab.cli._common import check_out_dir, resolve_device
     from robustlab.data.sources import cache_dir
     from robustlab.report import assemble
     from robustlab.report.build import compare_table
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     t_start = time.perf_counter()
+    device = resolve_device(args.device)
     out = check_out_dir(args.out)  # a file, or an unwritable place, fails before any training
     if args.n_images is not None and args.n_images < 1:
         raise ValueError(f"--n-images must be >= 1, got {args.n_images}")
@@ -325,6 +329,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  evaluating {spec.name} ({suites[spec.name].name} suite, {n_eval} test images)")
         t0 = time.perf_counter()
         rep = evaluate.run(model, test_set, suites[spec.name], n=n_eval, out=out / spec.name, name=spec.name,
+                           seed=args.seed, device=device,
                            progress=progress, resume=args.resume, html=False)
         t_eval[spec.name] = time.perf_counter() - t0
         m = rep.models[0]
