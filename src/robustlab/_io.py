@@ -37,6 +37,15 @@ def atomic_open(path: "str | os.PathLike[str]", mode: str = "wb") -> Iterator[IO
         raise
 
 
+def probe_writable(folder: "str | os.PathLike[str]") -> None:
+    """Create ``folder`` (and parents) and write, then delete, a probe file in it; ``OSError`` if
+    either fails (the caller names the option or folder in its own error)."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+    os.close(fd)
+    os.unlink(probe)
+
+
 def atomic_write_bytes(path: "str | os.PathLike[str]", data: bytes) -> None:
     with atomic_open(path, "wb") as fh:
         fh.write(data)

@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from robustlab._io import probe_writable
 from robustlab.cli.options import (float_list, key_value, memory_size, nonnegative_int, positive_float, positive_int,
                                    positive_list)
 
@@ -211,10 +211,7 @@ def _probe_dir(folder: Path, arg: str, value: str) -> None:
     if anchor.exists() and not anchor.is_dir():
         raise ValueError(f"{arg} {value}: {anchor} is a file, not a folder; expected a path inside a folder")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
+        probe_writable(folder)
     except OSError as exc:
         raise ValueError(f"{arg} {value}: cannot write in {folder} ({exc.strerror or exc}); expected a writable "
                          "location") from None

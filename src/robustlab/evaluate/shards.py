@@ -35,7 +35,7 @@ from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
 from robustlab import distributed
-from robustlab._io import atomic_write_bytes, atomic_write_text
+from robustlab._io import atomic_write_bytes, atomic_write_text, probe_writable
 
 log = logging.getLogger("robustlab.evaluate.shards")
 #: The lock file that marks a folder in use by a run (:class:`OutputLock`).
@@ -243,10 +243,7 @@ def maybe_crash(written: int) -> None:
 def check_writable(out: Path) -> None:
     """Create ``out`` and write (then remove) a file in it; ``PermissionError`` naming it if not."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=out)
-        os.close(fd)
-        os.unlink(probe)
+        probe_writable(out)
     except OSError as exc:
         raise PermissionError(f"output directory {out} is not writable: {exc}") from exc
 
