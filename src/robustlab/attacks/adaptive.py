@@ -64,7 +64,19 @@ class BPDA(Wrapper):
         return inner._run(bpda_view(model), x, y, target, generator)
 
 
-class DetectorAwarePGD(Attack):
+class _AgainstDetector(Attack):
+    """An attack that evades a detector (``self.detector``) as well as the classifier; its
+    configuration names the detector."""
+
+    detector: Any
+
+    def config(self) -> dict:
+        out = super().config()
+        out["detector"] = getattr(self.detector, "name", type(self.detector).__name__)
+        return out
+
+
+class DetectorAwarePGD(_AgainstDetector):
     """PGD that misclassifies while keeping a fitted detector's score below its threshold.
 
     Args:
@@ -107,11 +119,6 @@ class DetectorAwarePGD(Attack):
         self.kappa = float(check_positive(kappa, "kappa", allow_zero=True))
         self.random_start = bool(random_start)
         self.seed = int(seed)
-
-    def config(self) -> dict:
-        out = super().config()
-        out["detector"] = getattr(self.detector, "name", type(self.detector).__name__)
-        return out
 
     def _objective(self, model: nn.Module, xa: Tensor, y: Tensor, target: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """``(logits, surrogate scores, grad J)``, averaged over ``_eot_draws`` forward passes."""
@@ -171,7 +178,7 @@ class DetectorAwarePGD(Attack):
         return RawResult(out, iterations, info={"evaded": evaded})
 
 
-class KNNFeaturePGD(Attack):
+class KNNFeaturePGD(_AgainstDetector):
     """Feature-space PGD against a kNN consistency detector (Sitawarin & Wagner 2019, arXiv:1903.08333).
 
     A kNN detector flags an input when the labels of its ``k`` nearest reference points, in the
@@ -233,11 +240,6 @@ class KNNFeaturePGD(Attack):
         self.classes = int(check_positive(classes, "classes", integer=True))
         self.random_start = bool(random_start)
         self.seed = int(seed)
-
-    def config(self) -> dict:
-        out = super().config()
-        out["detector"] = getattr(self.detector, "name", type(self.detector).__name__)
-        return out
 
     def _targets(self, f0: Tensor, y: Tensor, target: Optional[Tensor], k: int) -> Tensor:
         """(N, C) candidate target classes of K = ``k``, nearest first; -1 where a class has no
