@@ -41,6 +41,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from robustlab.data.download import sha256_file
 from robustlab.models.checkpoint import (
     FORMAT,
     METADATA,
@@ -53,13 +54,6 @@ from robustlab.models.normalize import Normalize
 PathLike = Union[str, "os.PathLike[str]"]
 ONNX_INSTALL = "pip install 'robustlab[onnx]' (the onnx package)"
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _split_spec(spec: str) -> tuple[str, str]:
@@ -184,7 +178,7 @@ def _strip_prefix(state: dict[str, torch.Tensor], own: Mapping[str, Any]) -> dic
 def _apply_weights(net: nn.Module, weights: PathLike, strict: bool) -> str:
     state = _strip_prefix(read_weights(weights), net.state_dict())
     load_state_dict_into(net, state, strict=strict, source=f"weights {weights}")
-    return _sha256(Path(weights)) if Path(weights).is_file() else ""
+    return sha256_file(Path(weights)) if Path(weights).is_file() else ""
 
 
 def _finish(net: nn.Module, norm: Optional[tuple[tuple[float, ...], tuple[float, ...]]], meta: dict,
@@ -264,7 +258,7 @@ def load_torchscript(path: PathLike, *, mean: Optional[Sequence[float]] = None, 
             net = torch.jit.load(str(p), map_location="cpu")
     except RuntimeError as exc:
         raise ValueError(f"cannot load TorchScript model {p}: {str(exc).splitlines()[0]}") from exc
-    meta = {"source": "torchscript", "file": str(p), "weights_sha256": _sha256(p)}
+    meta = {"source": "torchscript", "file": str(p), "weights_sha256": sha256_file(p)}
     return _finish(net, norm, meta, map_location)
 
 
@@ -283,7 +277,7 @@ def load_onnx(path: PathLike, *, mean: Optional[Sequence[float]] = None, std: Op
     from robustlab.models.onnx import convert
 
     net = convert(p)
-    meta = {"source": "onnx", "file": str(p), "weights_sha256": _sha256(p), "input_shape": list(net.input_shape),
+    meta = {"source": "onnx", "file": str(p), "weights_sha256": sha256_file(p), "input_shape": list(net.input_shape),
             "opset": net.opset}
     return _finish(net, norm, meta, map_location)
 

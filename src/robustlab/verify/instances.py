@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab._io import atomic_write_text
+from robustlab.data.download import sha256_file
 from robustlab.verify.falsify import falsify
 from robustlab.verify.methods import DEFAULT_PROPERTY_METHOD, PROPERTY_METHODS, STATUSES
 from robustlab.verify.network import Network, trace
@@ -104,13 +105,6 @@ def read_instances(path: PathLike) -> list[Instance]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 class LoadedNetwork:
     """An ONNX network converted (:func:`robustlab.models.onnx.convert`) and traced, with its
@@ -166,7 +160,7 @@ def load_network(path: PathLike, device: "str | torch.device" = "cpu") -> Loaded
     model = convert(p).to(device).eval()
     with torch.no_grad():
         net = trace(model, torch.zeros(1, *model.input_shape, device=device))
-    return LoadedNetwork(p, model, net, _sha256(p), time.perf_counter() - t0)
+    return LoadedNetwork(p, model, net, sha256_file(p), time.perf_counter() - t0)
 
 
 def _check_sat(loaded: LoadedNetwork, prop: Property, x: Tensor) -> tuple[bool, Tensor, str]:
@@ -252,9 +246,9 @@ def result_text(record: dict) -> str:
 
 
 def _config(inst: Instance, loaded: "LoadedNetwork | Exception", method: str, seed: int, timeout_scale: float) -> str:
-    network = loaded.sha256 if isinstance(loaded, LoadedNetwork) else _sha256(inst.network)
+    network = loaded.sha256 if isinstance(loaded, LoadedNetwork) else sha256_file(inst.network)
     blob = {"format": FORMAT, "version": FORMAT_VERSION, "method": method, "seed": seed,
-            "timeout": inst.timeout * timeout_scale, "network": network, "property": _sha256(inst.property)}
+            "timeout": inst.timeout * timeout_scale, "network": network, "property": sha256_file(inst.property)}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
 
