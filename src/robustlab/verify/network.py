@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -645,6 +645,16 @@ def _block_ops(block: nn.Module, name: str, probe: Tensor) -> tuple[list, Tensor
     return ops, probe
 
 
+def _probe_through(ops: list, lane: Any) -> None:
+    """Run ``lane``'s probe value through ``ops``, recording each op's input and output shapes."""
+    with torch.no_grad():
+        for op in ops:
+            op.in_shape = tuple(lane.value.shape[1:])
+            _to_like(op, lane.value)
+            lane.value = _apply_probe(op, lane.value)
+            op.out_shape = tuple(lane.value.shape[1:])
+
+
 def _apply_probe(op: object, probe: Tensor) -> Tensor:
     if isinstance(op, ReshapeOp) and not op.out_shape:
         # Flatten or the end of a max-pool tree: the output shape follows from the input.
@@ -873,23 +883,13 @@ class _GraphWalk:
         else:
             ops = _module_ops(module, where, tuple(x.shape[1:]))
         if all(isinstance(op, Affine) for op in ops):
-            with torch.no_grad():
-                for op in ops:
-                    op.in_shape = tuple(lane.value.shape[1:])
-                    _to_like(op, lane.value)
-                    lane.value = _apply_probe(op, lane.value)
-                    op.out_shape = tuple(lane.value.shape[1:])
+            _probe_through(ops, lane)
             lane.pending += ops
             return
         if len(self.lanes) != 1:
             raise _refuse(where, module, "a non-affine layer other than ReLU inside a branch")
         self._flush(where)
-        with torch.no_grad():
-            for op in ops:
-                op.in_shape = tuple(lane.value.shape[1:])
-                _to_like(op, lane.value)
-                lane.value = _apply_probe(op, lane.value)
-                op.out_shape = tuple(lane.value.shape[1:])
+        _probe_through(ops, lane)
         self.ops += ops
         lane.base = lane.value
 
