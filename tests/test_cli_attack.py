@@ -88,3 +88,15 @@ def test_missing_model_and_malformed_option(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["attack", "--model", "m", "--attack", "deepfool", "--out", "a.safetensors", "-o", "steps"])
     assert "expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_attack_without_out_writes_under_out_attack(digits_mlp, tmp_path, monkeypatch, capsys):
+    """As certify and verify: without --out the examples go to out/attack/<model>-<attack>.safetensors
+    (relative to the working directory) and the report into the folder of the same name."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["attack", "--model", str(digits_mlp), "--attack", "fgsm", "--eps", "0.1", "--n", "20",
+                 "--no-progress"]) == 0
+    out = tmp_path / "out" / "attack" / "digits-mlp-fgsm.safetensors"
+    assert out.is_file() and str(out.relative_to(tmp_path)) in capsys.readouterr().out
+    assert load_file(str(out))["x_adv"].shape == (20, 1, 8, 8)
+    assert (out.parent / "digits-mlp-fgsm" / "report.json").is_file()
