@@ -155,15 +155,17 @@ def _general_property(seed: int, center: torch.Tensor, width: float) -> Property
     return Property(lo, torch.maximum(lo, (center + width).clamp(-1, 1)), tuple(groups), name=f"random {seed}")
 
 
+@pytest.mark.parametrize("split", ["relu", "input"])
 @pytest.mark.parametrize("seed", range(8))
-def test_bab_equals_enumeration_on_general_properties(seed: int) -> None:
+def test_bab_equals_enumeration_on_general_properties(seed: int, split: str) -> None:
     model = _enumerable_net(seed)
     net = trace(model, torch.zeros(1, 2, dtype=torch.float64))
     center = torch.rand(2, generator=torch.Generator().manual_seed(100 + seed), dtype=torch.float64) - 0.5
     for width in (0.05, 0.3, 1.0):
         prop = _general_property(seed, center, width)
         exact = _exact_answer(model, prop)
-        res = verify_property(net, prop, timeout=60, seed=seed)
+        res = verify_property(net, prop, timeout=60, seed=seed, split=split)
+        assert res.info.get("split", "relu") == split
         if exact != "tie":
             assert res.status == exact, (seed, width, res.status, exact, res.stage)
         _check_answer(net, prop, res, seed)
@@ -181,17 +183,34 @@ def test_bab_reaches_exact_leaves() -> None:
     for delta, expected in ((1e-3, "unsat"), (-1e-3, "sat")):
         groups = ((torch.from_numpy(row).reshape(1, 3), torch.tensor([best - delta])),)
         prop = Property(lo, hi, groups)
-        res = verify_property(net, prop, timeout=60, attack_restarts=0, attack_steps=0)
+        res = verify_property(net, prop, timeout=60, attack_restarts=0, attack_steps=0, split="relu")
         assert res.status == expected and res.stage == "bab", (res.status, res.stage)
         _check_answer(net, prop, res)
         # Plain CROWN bounds with the splits' exact relaxations (no slopes, no multipliers) close few
         # domains: the unsat answer comes from the leaves.
         res = verify_property(net, prop, timeout=60, attack_restarts=0, attack_steps=0, steps=0, root_steps=0,
-                              intermediate_steps=0)
+                              intermediate_steps=0, split="relu")
         assert res.status == expected, (res.status, res.info)
         assert res.info["leaves"] > 0 or expected == "sat"
         _check_answer(net, prop, res)
 
+
+
+def test_input_split_decides_next_to_the_exact_optimum() -> None:
+    """The same knife-edge properties by input splitting, without attacks: the boxes must shrink until
+    CROWN's bound clears the region by less than 1e-3 (unsat), or a box's bound minimiser lands in it
+    (sat); the search records what it did."""
+    model = _enumerable_net(5, width=8)
+    net = trace(model, torch.zeros(1, 2, dtype=torch.float64))
+    lo, hi = -torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    row = np.array([1.0, -1.0, 0.0])
+    best = _exact_minimum(model, lo, hi, row)
+    for delta, expected in ((1e-3, "unsat"), (-1e-3, "sat")):
+        prop = Property(lo, hi, ((torch.from_numpy(row).reshape(1, 3), torch.tensor([best - delta])),))
+        res = verify_property(net, prop, timeout=60, attack_restarts=0, attack_steps=0)  # 2 inputs: "auto" splits them
+        assert (res.status, res.stage, res.info["split"]) == (expected, "bab", "input"), (res.status, res.info)
+        assert res.info["rounds"] >= 1 and (res.domains > 1 or expected == "sat")
+        _check_answer(net, prop, res)
 
 def _engine(kind: str, seed: int, eps: float) -> tuple:
     model = tiny_net(kind, seed)
@@ -344,6 +363,8 @@ def test_bad_arguments_are_refused() -> None:
         verify_property(net, robustness_property(x[0] - 0.1, x[0] + 0.1, 0, 5), timeout=1)
     with pytest.raises(ValueError, match="branching"):
         verify_property(net, prop, timeout=1, branching="random")
+    with pytest.raises(ValueError, match="split"):
+        verify_property(net, prop, timeout=1, split="neurons")
     with pytest.raises(TypeError, match="Network"):
         verify_property(model, prop, timeout=1)
     with pytest.raises(ValueError, match="linf"):

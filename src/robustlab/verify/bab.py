@@ -18,7 +18,8 @@ traced networks:
    projected gradient ascent from the parent's), children whose open disjuncts are all infeasible
    dropped. The minimiser of each child's linear bound is tried as a counterexample, and PGD
    runs from the most promising ones. A domain with every unstable ReLU split is a linear program,
-   solved exactly (HiGHS).
+   solved exactly (HiGHS). A network with only a few inputs is split along its input box instead
+   (:mod:`robustlab.verify.input_split`).
 
 **Soundness margin.** A bound proves a disjunct infeasible only when it exceeds
 ``tau = TAU * max(1, max_k |f(centre)_k|)``: the bounds themselves are recomputed in float64 from
@@ -43,11 +44,13 @@ from robustlab.verify.beta import BetaCrown, outward, relax
 from robustlab.verify.bounds import _detached
 from robustlab.verify.branching import BRANCHINGS, choose
 from robustlab.verify.falsify import first_unsafe, inner_box, pgd
+from robustlab.verify.input_split import INPUT_SPLIT_MAX_DIMS, InputSplitStats, search_inputs
 from robustlab.verify.network import Network
 from robustlab.verify.spec import Property, stack_rows
 
 TAU = 1e-5  # relative verdict margin: a disjunct is infeasible only where its bound exceeds TAU * output scale
 STATUSES = ("unsat", "sat", "timeout", "unknown")
+SPLITS = ("auto", "relu", "input")  # what branch and bound splits (see verify_property)
 _MEMORY_BYTES = 4 << 30  # domains kept in the queue at most (bytes of splits, slopes and multipliers)
 
 
@@ -199,7 +202,7 @@ def verify_property(net: Network, prop: Property, *, timeout: float, seed: int =
                     branching: str = "fsb", candidates: int = 5, reduce: str = "min", steps: int = 20,
                     lr_alpha: float = 0.05, lr_beta: float = 0.05, root_steps: int = 50, intermediate_steps: int = 20,
                     refresh_depth: int = 8, stall_steps: int = 60, attack_restarts: int = 64,
-                    attack_steps: int = 50) -> BaBResult:
+                    attack_steps: int = 50, split: str = "auto") -> BaBResult:
     """Decide ``prop`` for ``net`` within ``timeout`` seconds: ``unsat``, ``sat`` (with a
     counterexample), ``timeout`` or ``unknown``.
 
@@ -217,15 +220,19 @@ def verify_property(net: Network, prop: Property, *, timeout: float, seed: int =
         stall_steps: a child whose bound is no better than its parent's gets this many more steps,
             with 10 x ``lr_beta`` (0: never).
         attack_restarts, attack_steps: PGD before branch and bound.
+        split: what branch and bound splits: ``"relu"`` (unstable ReLUs, beta-CROWN), ``"input"``
+            (the input box, :mod:`robustlab.verify.input_split`) or ``"auto"``: the input when the
+            network has at most :data:`~robustlab.verify.input_split.INPUT_SPLIT_MAX_DIMS` inputs.
 
     The disjuncts left open by the root bounds are searched one after the other, those with the
     best root bound first, each by its own branch and bound over the rows of its conjunction (a
     domain is closed when one row's bound exceeds ``tau``); the first counterexample ends the search.
     """
-    _check(net, prop, timeout, batch_size, branching, reduce)
+    _check(net, prop, timeout, batch_size, branching, reduce, split)
     run = _Run(net, prop, float(timeout), int(seed), dict(
         batch_size=batch_size, branching=branching, candidates=candidates, reduce=reduce, steps=steps,
         lr_alpha=lr_alpha, lr_beta=lr_beta, refresh_depth=refresh_depth, stall_steps=stall_steps))
+    run.split = "input" if split == "input" or (split == "auto" and prop.lower.numel() <= INPUT_SPLIT_MAX_DIMS) else "relu"
     with run.clock("attack"):  # a quick attack on every disjunct
         found = run.attack(max(1, attack_restarts // 8), attack_steps, None, 0.1)
     if found is not None:
@@ -245,6 +252,8 @@ def verify_property(net: Network, prop: Property, *, timeout: float, seed: int =
         found = run.attack(attack_restarts, 2 * attack_steps, (gv <= run.tau).nonzero().squeeze(1).tolist(), 0.25)
     if found is not None:
         return run.result("sat", "attack", found)
+    if run.split == "input":
+        return run.split_inputs((gv <= run.tau).nonzero().squeeze(1).tolist())
     with run.clock("intermediate"):
         # at most until half the time is spent: the search needs the rest
         engine.tighten_intermediate(intermediate_steps, 0.1, deadline=min(run.deadline, run.t0 + run.timeout / 2))
@@ -286,6 +295,7 @@ class _Run:
         self.domains, self.max_depth, self.unstable, self.leaves = 0, 0, 0, 0
         self.open_bound, self.open_domains, self.rounds, self.stalled = None, 0, 0, 0
         self.lo, self.hi = inner_box(prop, self.dtype)
+        self.split = "relu"  # what branch and bound splits: "relu" or "input"
         with torch.no_grad():
             y_center = self.forward(((self.lo + self.hi) / 2).unsqueeze(0))
         self.tau = TAU * max(1.0, float(y_center.abs().max()))
@@ -306,13 +316,24 @@ class _Run:
         res.info.update({"stage": res.stage, "max_depth": res.max_depth, "tau": self.tau,
                          "seconds_by_phase": dict(self.clock.totals), "unstable": self.unstable, "leaves": self.leaves,
                          "open_bound": self.open_bound, "open_domains": self.open_domains, "rounds": self.rounds,
-                         "stalled": self.stalled})
+                         "stalled": self.stalled, "split": self.split})
         return res
 
     def attack(self, restarts: int, steps: int, groups: Optional[list], share: float,
                starts: Optional[Tensor] = None) -> Optional[tuple]:
         return pgd(self.forward, self.prop, restarts=restarts, steps=steps, generator=self.gen, starts=starts,
                    groups=groups, deadline=min(self.deadline, self.t0 + share * self.timeout), dtype=self.dtype)
+
+    def split_inputs(self, groups: list) -> BaBResult:
+        """The disjuncts ``groups`` decided by input splitting (:func:`search_inputs`)."""
+        stats = InputSplitStats()
+        with self.clock("input split"):
+            verdict, found = search_inputs(self.net, self.prop, tau=self.tau, deadline=self.deadline,
+                                           forward=self.forward, point=self.point, generator=self.gen, dtype=self.dtype,
+                                           groups=groups, batch_size=self.opts["batch_size"], stats=stats)
+        self.domains, self.rounds = stats.boxes, stats.rounds
+        self.open_bound, self.open_domains = stats.open_bound, stats.open_boxes
+        return self.result(verdict, "bab", found)
 
     def search(self, engine: BetaCrown, group: int, lb: Tensor, alpha: list, beta: list) -> tuple[str, Optional[tuple]]:
         """Branch and bound on disjunct ``group`` (the engine's rows are its conjunction's, S of them)
@@ -556,7 +577,8 @@ def _net_dtype(net: Network) -> torch.dtype:
     return torch.float32
 
 
-def _check(net: Network, prop: Property, timeout: float, batch_size: int, branching: str, reduce: str) -> None:
+def _check(net: Network, prop: Property, timeout: float, batch_size: int, branching: str, reduce: str,
+           split: str) -> None:
     if not isinstance(net, Network):
         raise TypeError(f"net must be a robustlab.verify.network.Network (trace(model, x)), got {type(net).__name__}")
     if not isinstance(prop, Property):
@@ -575,3 +597,5 @@ def _check(net: Network, prop: Property, timeout: float, batch_size: int, branch
         raise ValueError(f"branching must be one of {', '.join(BRANCHINGS)}, got {branching!r}")
     if reduce not in ("min", "max"):
         raise ValueError(f"reduce must be 'min' or 'max', got {reduce!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
