@@ -13,7 +13,8 @@ Parts (``--parts``, comma separated):
 * ``instances``: ``robustlab verify --instances`` on each benchmark of ``--benchmarks`` (the
   folders under ``--root``), with ``--method``, the official timeouts times ``--timeout-scale``,
   optionally only the instances ``--select`` (indices into the CSV, e.g. ``0-4,30``); per-instance
-  status and seconds, counts per network, next to the published VNN-COMP 2021 results.
+  status and seconds, counts per network, next to the published VNN-COMP 2021 results;
+  ``--jobs N`` answers N instances at once, one process each (``robustlab verify --jobs``).
 
     python benchmarks/bench_vnncomp.py --parts conversion --root ../shared/vnncomp2021
     flock /tmp/robustlab-heavy.lock python benchmarks/bench_vnncomp.py --parts instances \\
@@ -115,7 +116,7 @@ def _select(text: str, n: int) -> list[int]:
 
 
 def instances(root: Path, benchmarks: list[str], method: str, scale: float, select: str, out: Path, seed: int,
-              resume: bool) -> dict:
+              resume: bool, jobs: int = 1) -> dict:
     results = {}
     for bench in benchmarks:
         csv = next((root / bench).glob("*_instances.csv"))
@@ -125,7 +126,7 @@ def instances(root: Path, benchmarks: list[str], method: str, scale: float, sele
         state = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "hardware": hardware(),
                  "load_before": list(os.getloadavg())}
         summary = run_instances(rows, out / bench, method=method, seed=seed, timeout_scale=scale, resume=resume,
-                                progress=True)
+                                progress=True, jobs=jobs)
         summary["machine"] = {**state, "load_after": list(os.getloadavg())}
         results[bench] = summary
     return results
@@ -173,6 +174,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("out/bench_vnncomp"), help="instance records (instances)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=1, help="instances at once, one process each (instances)")
     p.add_argument("--json", type=Path, default=Path("benchmarks/results/vnncomp.json"))
     args = p.parse_args()
     if not args.root.is_dir():
@@ -186,7 +188,7 @@ def main() -> int:
         _print_conversion(report["conversion"])
     if "instances" in parts:
         results = instances(args.root, args.benchmarks.split(","), args.method, args.timeout_scale, args.select,
-                            args.out, args.seed, args.resume)
+                            args.out, args.seed, args.resume, args.jobs)
         report.setdefault("instances", {})
         for bench, summary in results.items():
             report["instances"][f"{bench}/{args.method}/x{args.timeout_scale:g}/{args.select or 'all'}"] = summary

@@ -119,6 +119,24 @@ def test_verify_instances_runs_a_benchmark_and_resumes(instance_files, tmp_path,
     assert [r["timeout"] for r in json.loads((out / "summary.json").read_text())["records"]] == [10.0, 15.0, 10.0]
 
 
+
+def test_verify_instances_in_worker_processes_give_the_same_answers(instance_files, tmp_path, capsys) -> None:
+    """--jobs 2: two instances at a time in spawned processes; the same records (in the file's order),
+    each written as its instance finishes, and a resumed run keeps them."""
+    base = ["verify", "--instances", str(instance_files / "instances.csv"), "--no-progress"]
+    assert main(base + ["--out", str(tmp_path / "one")]) == 0
+    assert main(base + ["--out", str(tmp_path / "two"), "--jobs", "2"]) == 0
+    one, two = (json.loads((tmp_path / k / "summary.json").read_text()) for k in ("one", "two"))
+    assert two["jobs"] == 2 and two["counts"] == one["counts"]
+    keys = ("index", "network", "property", "timeout", "status", "config")
+    assert [[r[k] for k in keys] for r in two["records"]] == [[r[k] for k in keys] for r in one["records"]]
+    assert all(r["counterexample"]["checked_by"] for r in two["records"] if r["status"] == "sat")
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "two" / "instances").glob("*.json")}
+    assert len(stamps) == 3
+    assert main(base + ["--out", str(tmp_path / "two"), "--jobs", "2", "--resume"]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "two" / "instances").glob("*.json")} == stamps
+    capsys.readouterr()
+
 def test_verify_instances_write_the_report(instance_files, tmp_path) -> None:
     out = tmp_path / "run"
     assert main(["verify", "--instances", str(instance_files / "instances.csv"), "--out", str(out), "--no-progress"]) == 0

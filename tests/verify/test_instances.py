@@ -187,3 +187,13 @@ def test_a_network_that_cannot_be_verified_does_not_stop_the_run(tiny, tmp_path)
     summary = run_instances(rows, tmp_path / "out", progress=False)
     bad, good = summary["records"]
     assert bad["status"] == "unknown" and "'Erf'" in bad["error"] and good["status"] == "unsat"
+
+
+def test_run_instances_refuses_bad_jobs(tiny, tmp_path) -> None:
+    folder, _, props = tiny
+    rows = [Instance(folder / "net.onnx", props[0.05], 10.0, 0)]
+    for jobs in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="jobs must be an integer >= 1"):
+            run_instances(rows, tmp_path / "out", progress=False, jobs=jobs)
+    with pytest.raises(ValueError, match="methods= table needs jobs=1"):
+        run_instances(rows, tmp_path / "out", progress=False, jobs=2, methods=dict(PROPERTY_METHODS))

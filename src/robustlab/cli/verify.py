@@ -29,7 +29,7 @@ import argparse
 import time
 from pathlib import Path
 
-from robustlab.cli.options import nonnegative_float, positive_float
+from robustlab.cli.options import nonnegative_float, positive_float, positive_int
 
 METHODS = ("ibp", "crown", "alpha-crown", "lp", "crown-ibp", "milp", "bab")
 
@@ -74,6 +74,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     vnn.add_argument("--timeout-scale", type=positive_float, default=1.0,
                      help="multiply every instance's timeout (default 1; e.g. 0.1 for a quick pass)")
     add_option(vnn, "seed", default=0, note="of the falsification searches; default 0")
+    vnn.add_argument("--jobs", type=positive_int, default=1, metavar="N",
+                     help="instances answered at once, each in its own process with its full timeout and the CPU "
+                          "threads shared out (default 1)")
     add_option(p, "device", default=None)
     add_option(p, "out", default=None,
                note="with --model: a JSON file, default out/verify/<model>-<method>.json; with --onnx or --instances: "
@@ -132,7 +135,8 @@ def _run_instances(args: argparse.Namespace) -> int:
         name = Path(args.instances).stem
     out = check_out_dir(args.out or Path("out") / "verify" / name)
     summary = run_instances(instances, out, method=args.method, seed=args.seed, timeout_scale=args.timeout_scale,
-                            resume=args.resume, progress=not args.no_progress, device=resolve_device(args.device))
+                            resume=args.resume, progress=not args.no_progress, device=resolve_device(args.device),
+                            jobs=args.jobs)
     _instances_report(args, summary, out)
     if len(instances) == 1 and args.onnx:
         print(result_text(summary["records"][0]), end="")

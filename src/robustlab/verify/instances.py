@@ -268,8 +268,13 @@ def _summary(records: list[dict], settings: dict) -> dict:
 def run_instances(instances: Sequence[Instance], out: PathLike, *, method: str = DEFAULT_PROPERTY_METHOD, seed: int = 0,
                   timeout_scale: float = 1.0, resume: bool = False, progress: bool = True,
                   device: "str | torch.device" = "cpu", check: bool = True,
-                  methods: Optional[dict[str, Callable[..., Any]]] = None) -> dict:
-    """Run ``instances`` into the folder ``out`` (module docstring) and return the summary."""
+                  methods: Optional[dict[str, Callable[..., Any]]] = None, jobs: int = 1) -> dict:
+    """Run ``instances`` into the folder ``out`` (module docstring) and return the summary.
+
+    ``jobs`` > 1 answers that many instances at once, each in its own process with
+    ``torch.get_num_threads() // jobs`` threads (at least 1) and its full timeout: on a CPU,
+    instances of small networks gain little from a second thread and much from a second process.
+    Records are written as the instances finish, so a stopped run resumes where it was."""
     from tqdm.auto import tqdm
 
     table = PROPERTY_METHODS if methods is None else methods
@@ -277,46 +282,95 @@ def run_instances(instances: Sequence[Instance], out: PathLike, *, method: str =
         raise ValueError(f"method must be one of {', '.join(table)}, got {method!r}")
     if not timeout_scale > 0 or not math.isfinite(timeout_scale):
         raise ValueError(f"timeout_scale must be > 0, got {timeout_scale}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
+    if jobs > 1 and methods is not None:
+        raise ValueError("jobs > 1 runs PROPERTY_METHODS in worker processes; a methods= table needs jobs=1")
     folder = Path(out) / "instances"
     folder.mkdir(parents=True, exist_ok=True)
     if not resume:
         for f in list(folder.glob("*.json")) + list(folder.glob("*.txt")):
             f.unlink()
     networks: dict[Path, "LoadedNetwork | Exception"] = {}
-    records: list[dict] = []
+    records: dict[int, dict] = {}
+    pending: list[tuple[int, Instance, str]] = []
+    for pos, inst in enumerate(instances):
+        if inst.network not in networks:
+            networks[inst.network] = _load_or_error(inst.network, device)
+        tag = _config(inst, networks[inst.network], method, seed, timeout_scale)
+        record = _reuse(folder / f"{inst.key}.json", tag) if resume else None
+        if record is None:
+            pending.append((pos, inst, tag))
+        else:
+            records[pos] = record
+    if records:
+        log.info("resumed: kept %d finished instance(s) of %d", len(records), len(instances))
     counts = {s: 0 for s in STATUSES}
     bar = tqdm(total=len(instances), unit="instance", desc=f"verify {method}", disable=not progress)
-    reused = 0
-    for inst in instances:
-        if inst.network not in networks:
-            try:
-                networks[inst.network] = load_network(inst.network, device)
-            except (ValueError, TypeError) as exc:  # not convertible or not traceable: every instance says so
-                log.error("%s: %s", inst.network, exc)
-                networks[inst.network] = exc
-        loaded = networks[inst.network]
-        tag = _config(inst, loaded, method, seed, timeout_scale)
-        path = folder / f"{inst.key}.json"
-        record = _reuse(path, tag) if resume else None
-        if record is None:
-            record = _run_or_fail(inst, loaded, method, seed, timeout_scale, check, table)
-            record["config"] = tag
-            atomic_write_text(folder / f"{inst.key}.txt", result_text(record))
-            atomic_write_text(path, json.dumps(record) + "\n")
-        else:
-            reused += 1
-        records.append(record)
+
+    def finished(pos: int, record: dict) -> None:
+        records[pos] = record
         counts[record["status"]] += 1
         bar.set_postfix({k: v for k, v in counts.items() if v}, refresh=False)
         bar.update(1)
+
+    for record in records.values():
+        counts[record["status"]] += 1
+    bar.update(len(records))
+    if jobs == 1:
+        for pos, inst, tag in pending:
+            record = _run_or_fail(inst, networks[inst.network], method, seed, timeout_scale, check, table)
+            finished(pos, _keep(folder, inst, record, tag))
+    else:
+        _run_in_workers(pending, folder, jobs, dict(method=method, seed=seed, timeout_scale=timeout_scale,
+                                                    check=check, device=str(device)), finished)
     bar.close()
-    if reused:
-        log.info("resumed: kept %d finished instance(s) of %d", reused, len(instances))
-    settings = {"method": method, "seed": seed, "timeout_scale": timeout_scale, "device": str(device),
+    settings = {"method": method, "seed": seed, "timeout_scale": timeout_scale, "device": str(device), "jobs": jobs,
                 "load_seconds": {p.name: n.seconds for p, n in networks.items() if isinstance(n, LoadedNetwork)}}
-    summary = _summary(records, settings)
+    summary = _summary([records[pos] for pos in range(len(instances))], settings)
     atomic_write_text(Path(out) / "summary.json", json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def _load_or_error(path: Path, device: "str | torch.device") -> "LoadedNetwork | Exception":
+    """The loaded network, or the error that says why it cannot be verified (every instance of it
+    then records that error)."""
+    try:
+        return load_network(path, device)
+    except (ValueError, TypeError) as exc:  # not convertible or not traceable
+        log.error("%s: %s", path, exc)
+        return exc
+
+
+def _keep(folder: Path, inst: Instance, record: dict, tag: str) -> dict:
+    """Write the record and its result text (atomically) and return it."""
+    record["config"] = tag
+    atomic_write_text(folder / f"{inst.key}.txt", result_text(record))
+    atomic_write_text(folder / f"{inst.key}.json", json.dumps(record) + "\n")
+    return record
+
+
+def _run_in_workers(pending: list, folder: Path, jobs: int, settings: dict, finished: Callable[[int, dict], None]) -> None:
+    """``pending`` instances answered by ``jobs`` worker processes (spawned: no state is inherited),
+    each record kept as soon as its instance is done."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=torch.set_num_threads,
+                             initargs=(threads,)) as pool:
+        futures = {pool.submit(_worker, inst, settings): (pos, inst, tag) for pos, inst, tag in pending}
+        for fut in as_completed(futures):
+            pos, inst, tag = futures[fut]
+            finished(pos, _keep(folder, inst, fut.result(), tag))
+
+
+def _worker(inst: Instance, settings: dict) -> dict:
+    """One instance in a worker process: load its network, answer and check it."""
+    loaded = _load_or_error(inst.network, settings["device"])
+    return _run_or_fail(inst, loaded, settings["method"], settings["seed"], settings["timeout_scale"],
+                        settings["check"], PROPERTY_METHODS)
 
 
 def _run_or_fail(inst: Instance, loaded: "LoadedNetwork | Exception", method: str, seed: int, timeout_scale: float,
