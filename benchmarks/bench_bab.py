@@ -5,7 +5,14 @@ linf ``--eps``, the time per image of BaB and of the MILP (``verify_milp``), ima
 same process (interleaved), with ``--time-limit`` each. Every BaB counterexample is re-checked by
 the model's own forward pass. (VNN-COMP instances, BaB included: ``bench_vnncomp.py``.)
 
+Part ``input-split``: a network with few inputs, the kind input splitting is for (ACAS Xu has 5):
+an MLP (4 -> 64 x 4 -> 3 ReLU) trained on scikit-learn's iris (real, offline; features scaled to
+[0, 1]), robustness of its correct predictions on the ``--n`` held-out flowers at each linf radius
+of ``--radii``, decided by ``verify_property`` with ``split="relu"`` and ``split="input"`` (the
+default for so few inputs), ``--time-limit`` seconds each; every answer checked as above.
+
     python benchmarks/bench_bab.py --model runs/mnist-certified-ibp-40ep --threads 1
+    python benchmarks/bench_bab.py --parts input-split --n 30 --radii 0.05,0.1,0.2 --time-limit 10 --threads 1
 
 Writes ``--json`` and prints a Markdown table.
 """
@@ -80,6 +87,56 @@ def part_certified(args, out: dict) -> None:
     }
 
 
+def _iris_mlp(seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """The iris MLP (trained here: Adam, 400 full-batch steps on 100 flowers) and the 50 held out."""
+    from sklearn.datasets import load_iris
+
+    data = load_iris()
+    x = torch.tensor(data.data, dtype=torch.float32)
+    x = (x - x.min(0).values) / (x.max(0).values - x.min(0).values)
+    y = torch.tensor(data.target)
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(y), generator=g)
+    train, test = order[:100], order[100:]
+    torch.manual_seed(seed)
+    layers: list = [torch.nn.Linear(4, 64), torch.nn.ReLU()]
+    for _ in range(3):
+        layers += [torch.nn.Linear(64, 64), torch.nn.ReLU()]
+    model = torch.nn.Sequential(*layers, torch.nn.Linear(64, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(400):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[train]), y[train]).backward()
+        opt.step()
+    return model.eval(), x[test], y[test]
+
+
+def part_input_split(args, out: dict) -> None:
+    model, x, y = _iris_mlp()
+    with torch.no_grad():
+        correct = (model(x).argmax(1) == y).nonzero().squeeze(1)[: args.n]
+    rows = []
+    for radius in (float(r) for r in args.radii.split(",")):
+        for split in ("relu", "input"):
+            counts = {"unsat": 0, "sat": 0, "timeout": 0, "unknown": 0}
+            seconds = []
+            for i in correct.tolist():
+                lo, hi = (x[i] - radius).clamp(0, 1).double(), (x[i] + radius).clamp(0, 1).double()
+                prop = robustness_property(lo, hi, int(y[i]), 3)
+                net = trace(model, x[i : i + 1])
+                res = verify_property(net, prop, timeout=args.time_limit, split=split)
+                if res.status == "sat":
+                    with torch.no_grad():
+                        assert bool(prop.unsafe(model(res.counterexample[None].float()))[0])
+                counts[res.status] += 1
+                seconds.append(res.seconds)
+            rows.append({"radius": radius, "split": split, **counts, "s_total": sum(seconds), "s_max": max(seconds),
+                         "load": _load()})
+            print(rows[-1], flush=True)
+    out["input-split"] = {"images": int(correct.numel()), "time_limit": args.time_limit,
+                          "test_accuracy": float((model(x).argmax(1) == y).float().mean()), "rows": rows}
+
+
 def _tables(out: dict) -> None:
     if "certified" in out:
         c = out["certified"]
@@ -89,6 +146,14 @@ def _tables(out: dict) -> None:
               f"{c['bab_s_total'] / n:.3f} | {c['bab_s_max']:.2f} |")
         print(f"| MILP | {c['milp']['verified']} | {c['milp']['counterexample']} | {c['milp']['unknown']} | "
               f"{c['milp_s_total'] / n:.3f} | {c['milp_s_max']:.2f} |")
+    if "input-split" in out:
+        c = out["input-split"]
+        print(f"\n{c['images']} iris flowers, {c['time_limit']:g} s each\n")
+        print("| linf radius | split | verified | falsified | timeout | unknown | s per flower (mean) | max s |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in c["rows"]:
+            print(f"| {r['radius']:g} | {r['split']} | {r['unsat']} | {r['sat']} | {r['timeout']} | {r['unknown']} | "
+                  f"{r['s_total'] / c['images']:.3f} | {r['s_max']:.2f} |")
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -98,6 +163,7 @@ def main() -> None:
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--time-limit", type=float, default=60.0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--radii", default="0.05,0.1,0.2", help="linf radii (input-split)")
     p.add_argument("--json", default="benchmarks/results/bab.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -108,6 +174,8 @@ def main() -> None:
         t0 = time.perf_counter()
         if part == "certified":
             part_certified(args, out)
+        elif part == "input-split":
+            part_input_split(args, out)
         else:
             raise SystemExit(f"unknown part {part!r}")
         out.setdefault("seconds", {})[part] = time.perf_counter() - t0

@@ -334,6 +334,30 @@ def test_sigmoid_tanh_networks_get_sound_answers(act: nn.Module) -> None:
     assert "unsat" in answers
 
 
+
+@pytest.mark.parametrize("act", [nn.Sigmoid(), nn.Tanh()], ids=["sigmoid", "tanh"])
+def test_input_split_decides_smooth_networks_next_to_the_optimum(act: nn.Module) -> None:
+    """Splitting ReLUs cannot tighten a sigmoid / tanh relaxation; halving the input box does. On a
+    2-input network the minimum of a logit difference over [-1, 1]^2 is pinned down by a 1001 x 1001
+    grid (its Lipschitz constant times the half spacing stays far below 0.05): 0.05 below it the
+    property is unsat, just above it sat, and input splitting must say so."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 12), act, nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 3)).double().eval()
+    net = trace(model, torch.zeros(1, 2, dtype=torch.float64))
+    grid = torch.stack(torch.meshgrid(*[torch.linspace(-1, 1, 1001, dtype=torch.float64)] * 2, indexing="ij"), -1)
+    row = torch.tensor([[1.0, -1.0, 0.0]], dtype=torch.float64)
+    with torch.no_grad():
+        values = model(grid.reshape(-1, 2)) @ row[0]
+        step = torch.autograd.functional.jacobian(lambda v: model(v) @ row[0], grid.reshape(-1, 2)[::997])
+    assert float(step.abs().sum(-1).max()) * 2 / 1000 < 0.01  # the grid is fine enough (sampled slopes)
+    best = float(values.min())
+    lo, hi = -torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    for offset, expected in ((-0.05, "unsat"), (0.01, "sat")):
+        prop = Property(lo, hi, ((row, torch.tensor([best + offset], dtype=torch.float64)),))
+        res = verify_property(net, prop, timeout=60, attack_restarts=0, attack_steps=0)
+        assert (res.status, res.info["split"]) == (expected, "input"), (offset, res.status, res.info)
+        _check_answer(net, prop, res)
+
 def test_certify_bab_matches_milp_and_reports_status() -> None:
     model = tiny_net("mlp", 3)
     x = tiny_inputs(5, 3)
