@@ -15,7 +15,7 @@ from verify_nets import KINDS, tiny_inputs, tiny_net
 
 import robustlab as rl
 from robustlab.verify import certify, trace, verify_milp
-from robustlab.verify.bab import BaBResult, verify_property
+from robustlab.verify.bab import BaBResult, _Domains, _leaf, verify_property
 from robustlab.verify.beta import BetaCrown, ascend, outward
 from robustlab.verify.bounds import InputSet
 from robustlab.verify.falsify import pgd
@@ -211,6 +211,37 @@ def test_input_split_decides_next_to_the_exact_optimum() -> None:
         assert (res.status, res.stage, res.info["split"]) == (expected, "bab", "input"), (res.status, res.info)
         assert res.info["rounds"] >= 1 and (res.domains > 1 or expected == "sat")
         _check_answer(net, prop, res)
+
+
+def test_leaf_answers_on_image_shaped_inputs() -> None:
+    """A leaf (every unstable ReLU decided) is a linear program over the flattened input; its solution
+    goes back to the property's own shape (1, 4, 4) before the forward pass checks it. The leaf of a
+    known counterexample's activation pattern must answer sat with a point of the box."""
+    model = tiny_net("mlp", 0)
+    x = tiny_inputs(1, 0)
+    y = int(model(x).argmax(1))
+    inputs = InputSet.build(x, rl.ThreatModel("linf", 0.3))
+    prop = robustness_property(inputs.lo[0], inputs.hi[0], y, 4)
+    net = trace(model, x)
+    hit = pgd(net.forward, prop, restarts=32, steps=100, generator=torch.Generator().manual_seed(0))
+    assert hit is not None
+    c, d, _ = (torch.cat([g[0] for g in prop.groups]), torch.cat([g[1] for g in prop.groups]), None)
+    engine = BetaCrown(net, prop.lower, prop.upper, c, d)
+    engine.init_bounds()
+    zs, _ = _preactivations(engine, hit[0][None])
+    split = [torch.where(z >= 0, 1, -1).to(torch.int8) for z in zs]
+    lower = [layer.lower[None].float() for layer in engine.relus]
+    upper = [layer.upper[None].float() for layer in engine.relus]
+    s = c.shape[0]
+    dom = _Domains(split, lower, upper, [torch.zeros(s, 1, layer.m) for layer in engine.relus],
+                   [torch.zeros(s, 1, layer.m) for layer in engine.relus], torch.zeros(1, s),
+                   torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.int8))
+    point = lambda v: torch.minimum(torch.maximum(v.float(), prop.lower.float()), prop.upper.float())  # noqa: E731
+    verdict, found = _leaf(engine, prop, dom, 1e-5, net.forward, point)
+    assert verdict == "sat" and found.shape == prop.lower.shape
+    assert bool(prop.contains(found[None].double())[0])
+    with torch.no_grad():
+        assert bool(prop.unsafe(net.forward(found[None]))[0])
 
 def _engine(kind: str, seed: int, eps: float) -> tuple:
     model = tiny_net(kind, seed)

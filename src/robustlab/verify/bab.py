@@ -552,7 +552,7 @@ def _leaf(engine: BetaCrown, prop: Property, dom: _Domains, tau: float, forward,
             if res.status == 2 and slack > 0:
                 break  # infeasible even with the rows relaxed: this disjunct is proven
             if res.status == 0:
-                hit = first_unsafe(forward, prop, point(torch.as_tensor(res.x).reshape(1, *in_shape)))
+                hit = first_unsafe(forward, prop, point(torch.as_tensor(res.x).reshape(1, *prop.lower.shape)))
                 if hit is not None:
                     return "sat", hit[0]
             if slack < 0:
