@@ -6,7 +6,7 @@ same process (interleaved), with ``--time-limit`` each. Every BaB counterexample
 the model's own forward pass. (VNN-COMP instances, BaB included: ``bench_vnncomp.py``.)
 
 Part ``input-split``: a network with few inputs, the kind input splitting is for (ACAS Xu has 5):
-an MLP (4 -> 64 x 4 -> 3 ReLU) trained on scikit-learn's iris (real, offline; features scaled to
+an MLP of ACAS Xu's shape (4 -> 50 x 6 -> 3, ReLU) trained on scikit-learn's iris (real, offline; features scaled to
 [0, 1]), robustness of its correct predictions on the ``--n`` held-out flowers at each linf radius
 of ``--radii``, decided by ``verify_property`` with ``split="relu"`` and ``split="input"`` (the
 default for so few inputs), ``--time-limit`` seconds each; every answer checked as above.
@@ -99,10 +99,10 @@ def _iris_mlp(seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor, torch.Tenso
     order = torch.randperm(len(y), generator=g)
     train, test = order[:100], order[100:]
     torch.manual_seed(seed)
-    layers: list = [torch.nn.Linear(4, 64), torch.nn.ReLU()]
-    for _ in range(3):
-        layers += [torch.nn.Linear(64, 64), torch.nn.ReLU()]
-    model = torch.nn.Sequential(*layers, torch.nn.Linear(64, 3))
+    layers: list = [torch.nn.Linear(4, 50), torch.nn.ReLU()]
+    for _ in range(5):
+        layers += [torch.nn.Linear(50, 50), torch.nn.ReLU()]
+    model = torch.nn.Sequential(*layers, torch.nn.Linear(50, 3))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(400):
         opt.zero_grad()
