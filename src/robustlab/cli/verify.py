@@ -14,7 +14,7 @@ writes the report (``report.json`` + ``index.html``: a schema-4 model section wi
 Of VNN-COMP instances (an ONNX network and a VNNLIB property)::
 
     robustlab verify --onnx net.onnx --vnnlib prop.vnnlib --timeout 120 [--method bab] [--out DIR]
-    robustlab verify --instances benchmark/instances.csv [--timeout-scale 0.5] [--out DIR] [--resume]
+    robustlab verify --instances benchmark/instances.csv [--timeout-scale 0.5] [--out DIR] [--resume] [--jobs N]
 
 prints the competition's answer (``sat`` with the counterexample, ``unsat``, ``timeout``,
 ``unknown``; one line per instance and a table for ``--instances``) and writes one record and one
