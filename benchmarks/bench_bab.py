@@ -115,6 +115,7 @@ def part_input_split(args, out: dict) -> None:
     model, x, y = _iris_mlp()
     with torch.no_grad():
         correct = (model(x).argmax(1) == y).nonzero().squeeze(1)[: args.n]
+    net = trace(model, x[:1])
     rows = []
     for radius in (float(r) for r in args.radii.split(",")):
         for split in ("relu", "input"):
@@ -123,7 +124,6 @@ def part_input_split(args, out: dict) -> None:
             for i in correct.tolist():
                 lo, hi = (x[i] - radius).clamp(0, 1).double(), (x[i] + radius).clamp(0, 1).double()
                 prop = robustness_property(lo, hi, int(y[i]), 3)
-                net = trace(model, x[i : i + 1])
                 res = verify_property(net, prop, timeout=args.time_limit, split=split)
                 if res.status == "sat":
                     with torch.no_grad():

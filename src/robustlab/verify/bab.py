@@ -231,8 +231,7 @@ def verify_property(net: Network, prop: Property, *, timeout: float, seed: int =
     _check(net, prop, timeout, batch_size, branching, reduce, split)
     run = _Run(net, prop, float(timeout), int(seed), dict(
         batch_size=batch_size, branching=branching, candidates=candidates, reduce=reduce, steps=steps,
-        lr_alpha=lr_alpha, lr_beta=lr_beta, refresh_depth=refresh_depth, stall_steps=stall_steps))
-    run.split = "input" if split == "input" or (split == "auto" and prop.lower.numel() <= INPUT_SPLIT_MAX_DIMS) else "relu"
+        lr_alpha=lr_alpha, lr_beta=lr_beta, refresh_depth=refresh_depth, stall_steps=stall_steps), split)
     with run.clock("attack"):  # a quick attack on every disjunct
         found = run.attack(max(1, attack_restarts // 8), attack_steps, None, 0.1)
     if found is not None:
@@ -285,7 +284,7 @@ class _Run:
     """The state of one :func:`verify_property` call: the clock, the attacks and the branch and bound
     of each open disjunct."""
 
-    def __init__(self, net: Network, prop: Property, timeout: float, seed: int, opts: dict) -> None:
+    def __init__(self, net: Network, prop: Property, timeout: float, seed: int, opts: dict, split: str) -> None:
         self.t0 = time.perf_counter()
         self.net, self.prop, self.timeout, self.opts = _detached(net), prop, timeout, opts
         self.deadline = self.t0 + timeout
@@ -295,7 +294,9 @@ class _Run:
         self.domains, self.max_depth, self.unstable, self.leaves = 0, 0, 0, 0
         self.open_bound, self.open_domains, self.rounds, self.stalled = None, 0, 0, 0
         self.lo, self.hi = inner_box(prop, self.dtype)
-        self.split = "relu"  # what branch and bound splits: "relu" or "input"
+        # what branch and bound splits: "input" ("auto": when the network has few inputs) or "relu"
+        few = prop.lower.numel() <= INPUT_SPLIT_MAX_DIMS
+        self.split = "input" if split == "input" or (split == "auto" and few) else "relu"
         with torch.no_grad():
             y_center = self.forward(((self.lo + self.hi) / 2).unsqueeze(0))
         self.tau = TAU * max(1.0, float(y_center.abs().max()))

@@ -39,17 +39,16 @@ _TINY = 1e-12  # a box narrower than this (relative to the input box) in every c
 
 
 class _Capture:
-    """The input set of the last backward pass of :func:`backward_lower`: concretises ``lam`` over
-    per-domain boxes (N, D) and keeps it (the input coefficients of the bound)."""
+    """The boxes' :class:`InputSet` for the last backward pass of :func:`backward_lower`: it
+    concretises ``lam`` as the set does and keeps it (S, N, D), the input coefficients of the bound."""
 
-    def __init__(self, lo: Tensor, hi: Tensor) -> None:
-        self.lo, self.hi = lo, hi
+    def __init__(self, boxes: InputSet) -> None:
+        self.boxes = boxes
         self.lam: Optional[Tensor] = None
 
     def concretize(self, lam: Tensor) -> Tensor:
-        flat = lam.flatten(2)  # (S, N, D)
-        self.lam = flat
-        return (flat.clamp(min=0) * self.lo).sum(-1) + (flat.clamp(max=0) * self.hi).sum(-1)
+        self.lam = lam.flatten(2)
+        return self.boxes.concretize(lam)
 
 
 @dataclass
@@ -115,9 +114,8 @@ def search_inputs(net: Network, prop: Property, *, tau: float, deadline: float, 
         lo, hi = boxes.pop(batch_size)
         n = lo.shape[0]
         with torch.no_grad():
-            pre, _ = preactivation_bounds(net64, InputSet.from_box(lo.reshape(n, *shape), hi.reshape(n, *shape)),
-                                          "crown")
-            cap = _Capture(lo, hi)
+            cap = _Capture(InputSet.from_box(lo.reshape(n, *shape), hi.reshape(n, *shape)))
+            pre, _ = preactivation_bounds(net64, cap.boxes, "crown")
             lam = c.unsqueeze(1).expand(-1, n, -1).reshape(c.shape[0], n, *out_shape)
             lb = (backward_lower(net64, len(net64.ops), lam, pre, cap) - d.unsqueeze(1)).t()  # (N, S)
         stats.boxes += n
@@ -135,7 +133,7 @@ def search_inputs(net: Network, prop: Property, *, tau: float, deadline: float, 
         lam_row = cap.lam[row, idx]  # (M, D)
         mid = (lo + hi) / 2
         cand = torch.where(lam_row > 0, lo, torch.where(lam_row < 0, hi, mid))
-        found = _first_unsafe(forward, point, prop, torch.cat([cand, mid]), shape)
+        found = first_unsafe(forward, prop, point(torch.cat([cand, mid]).reshape(-1, *shape)))
         if found is None and (stats.rounds & (stats.rounds - 1) == 0 or stats.rounds % 16 == 0):
             worst = gv.amin(1).topk(min(16, idx.numel()), largest=False).indices
             found = pgd(forward, prop, restarts=0, steps=20, generator=generator,
@@ -159,11 +157,6 @@ def search_inputs(net: Network, prop: Property, *, tau: float, deadline: float, 
         key = gv.amin(1)
         boxes.push(torch.cat([lo, lo_b]), torch.cat([hi_a, hi]), torch.cat([key, key]))
     return ("unknown" if undecided else "unsat"), None
-
-
-def _first_unsafe(forward: Callable[[Tensor], Tensor], point: Callable[[Tensor], Tensor], prop: Property,
-                  x: Tensor, shape: tuple) -> Optional[tuple]:
-    return first_unsafe(forward, prop, point(x.reshape(-1, *shape)))
 
 
 def _stop(stats: InputSplitStats, boxes: _Boxes, verdict: str) -> tuple[str, None]:
